@@ -1,0 +1,75 @@
+# mixprec: everything a fresh clone needs, installed on first use with pinned versions.
+#   make demo   the main job (CPU by default)
+#   make test   Zig tests, format checks, bun test, ptxas over the PTX
+#   make bench  every benchmark
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+ZIG_VERSION := 0.17.1
+TOOLS := .tools
+ZIG := $(TOOLS)/zig-$(ZIG_VERSION)/ziglang/zig
+BUN := node_modules/.bin/bun
+BIOME := node_modules/.bin/biome
+NODE_STAMP := node_modules/.installed
+LIB := zig/zig-out/lib/libmixprec.so
+PTX := zig/zig-out/ptx/mixprec.ptx
+ZIG_SOURCES := $(shell find zig/src -name '*.zig') zig/build.zig zig/build.zig.zon
+PTXAS := $(shell command -v ptxas 2>/dev/null)
+
+.PHONY: deps build test test-zig test-fmt test-bun test-ptx demo bench fmt clean
+
+deps: $(NODE_STAMP) $(ZIG)
+
+# npm packages pinned by package-lock.json: bun, bun-types, fast-check, mitata, biome.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Zig from the PyPI package `ziglang`, into a project-local folder.
+$(ZIG):
+	python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+		--target $(TOOLS)/zig-$(ZIG_VERSION) ziglang==$(ZIG_VERSION)
+	test -x $@
+
+build: $(LIB)
+
+$(LIB) $(PTX) &: $(ZIG) $(ZIG_SOURCES)
+	cd zig && ../$(ZIG) build
+	touch $(LIB) $(PTX)
+
+test: deps build test-zig test-fmt test-ptx test-bun
+
+test-zig: $(ZIG)
+	cd zig && ../$(ZIG) build test --summary all 2>&1 | tail -n 3
+
+test-fmt: deps
+	$(ZIG) fmt --check zig
+	$(BIOME) format src test bench biome.json package.json
+
+test-ptx: $(PTX)
+ifeq ($(PTXAS),)
+	@echo "ptxas not on PATH: PTX acceptance not checked here (install the CUDA toolkit's ptxas to check it)"
+else
+	ptxas -arch=sm_80 $(PTX) -o /dev/null
+	ptxas -arch=sm_90 $(PTX) -o /dev/null
+	@echo "ptxas accepts $(PTX) for sm_80 and sm_90"
+endif
+
+test-bun: deps build
+	$(BUN) test 2>&1 | tee .test.log
+	@awk '/^ *[0-9]+ pass$$/{p=$$1} /^ *[0-9]+ fail$$/{f=$$1} /^ *[0-9]+ skip$$/{s=$$1} \
+		END{printf "bun test: %d passed, %d failed", p, f; if (s) printf ", %d skipped", s; print ""}' .test.log
+
+demo: deps build
+	$(BUN) bench/cast_bench.ts
+
+bench: deps build
+	$(BUN) bench/cast_bench.ts
+
+fmt: deps
+	$(ZIG) fmt zig
+	$(BIOME) format --write src test bench biome.json package.json
+
+clean:
+	rm -rf zig/zig-out zig/.zig-cache .test.log

@@ -1,0 +1,103 @@
+/**
+ * The one dlopen table of the native library (zig/src/ffi.zig) and its status codes. The library
+ * is opened on first use, so code that needs no kernel (policies, loss-scale arithmetic) runs
+ * without it. `MIXPREC_LIB` overrides the library's path.
+ *
+ * @module
+ */
+
+import { dlopen, FFIType, suffix } from "bun:ffi";
+import { MixprecError } from "./errors.ts";
+
+/** Must equal `abi_version` in zig/src/ffi.zig; a mismatch means the library is out of date. */
+export const ABI_VERSION = 1;
+
+/** Status codes returned by every export, mirrored from `Status` in zig/src/ffi.zig. */
+export const Status = Object.freeze({
+  ok: 0,
+  invalid_dtype: 1,
+  null_pointer: 2,
+  out_of_memory: 3,
+  invalid_argument: 4,
+  overlap: 5,
+  cuda_unavailable: 6,
+  cuda_error: 7,
+} as const);
+
+/** Cast flags, mirrored from zig/src/numerics.zig. */
+export const CastFlag = Object.freeze({ stochastic: 1, saturate: 2 } as const);
+
+const SYMBOLS = {
+  mp_abi_version: { args: [], returns: FFIType.u32 },
+  mp_cpu_info: { args: [FFIType.ptr], returns: FFIType.i32 },
+  mp_set_threads: { args: [FFIType.u32], returns: FFIType.i32 },
+  mp_alloc: { args: [FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+  mp_free: { args: [FFIType.u64, FFIType.u64], returns: FFIType.i32 },
+  mp_ptx: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  mp_cast: {
+    args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.u32, FFIType.u32, FFIType.u32, FFIType.u32],
+    returns: FFIType.i32,
+  },
+  mp_unscale_check: { args: [FFIType.ptr, FFIType.u64, FFIType.f32, FFIType.ptr], returns: FFIType.i32 },
+} as const;
+
+type Library = ReturnType<typeof dlopen<typeof SYMBOLS>>;
+let library: Library | undefined;
+
+/** The default library path: zig/zig-out/lib/libmixprec.<suffix> in this checkout. */
+export function defaultLibraryPath(): string {
+  return new URL(`../zig/zig-out/lib/libmixprec.${suffix}`, import.meta.url).pathname;
+}
+
+function open(): Library {
+  const path = process.env.MIXPREC_LIB || defaultLibraryPath();
+  let opened: Library;
+  try {
+    opened = dlopen(path, SYMBOLS);
+  } catch (cause) {
+    const reason = cause instanceof Error ? cause.message : String(cause);
+    throw new MixprecError(
+      "library_missing",
+      `Cannot load the native library at ${path} (${reason}): run \`make build\` in the mixprec checkout, or set MIXPREC_LIB to the library's path`,
+    );
+  }
+  const version = opened.symbols.mp_abi_version();
+  if (version !== ABI_VERSION) {
+    opened.close();
+    throw new MixprecError(
+      "library_out_of_date",
+      `The native library at ${path} has ABI version ${version} but this code needs ${ABI_VERSION}: run \`make build\` to rebuild it`,
+    );
+  }
+  return opened;
+}
+
+/** The native symbols, opening the library on first use. */
+export function native(): Library["symbols"] {
+  library ??= open();
+  return library.symbols;
+}
+
+/** Whether the native library can be opened (never throws). */
+export function nativeAvailable(): boolean {
+  try {
+    native();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const STATUS_NAMES = Object.fromEntries(Object.entries(Status).map(([name, code]) => [code, name]));
+
+/**
+ * Throws a MixprecError when a native call returned a status other than ok.
+ *
+ * @param status The i32 the export returned.
+ * @param what The operation, for the message, e.g. "mp_cast(float32 -> bfloat16)".
+ */
+export function check(status: number, what: string): void {
+  if (status === Status.ok) return;
+  const name = STATUS_NAMES[status] ?? `unknown status ${status}`;
+  throw new MixprecError(name, `${what} failed in the native library: ${name}`);
+}

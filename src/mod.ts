@@ -1,0 +1,41 @@
+/**
+ * mixprec: mixed-precision training for Bun. Casts between float32, float16, bfloat16 and fp8 that
+ * agree bit for bit across TypeScript, CPU SIMD and GPU kernels; tensors; loss scaling.
+ *
+ * @example
+ * ```ts
+ * import { cast, dtypeInfo } from "mixprec";
+ * const bf16 = cast(new Float32Array([3.14159]), "float32", "bfloat16");
+ * if (dtypeInfo("bf16").bits !== 16 || bf16[0] !== 0x4049) throw new Error("unexpected");
+ * ```
+ *
+ * @module
+ */
+
+export {
+  type Dtype,
+  type DtypeAlias,
+  type DtypeInfo,
+  type DtypeName,
+  DTYPE_NAMES,
+  dtypeInfo,
+  type StorageArray,
+} from "./dtype.ts";
+export { cast, castInto, type CastOptions } from "./cast.ts";
+export { MixprecError } from "./errors.ts";
+export {
+  type Device,
+  type FillOptions,
+  full,
+  isTensor,
+  ones,
+  randn,
+  type RandnOptions,
+  type Shape,
+  Tensor,
+  tensor,
+  type TensorOptions,
+  zeros,
+} from "./tensor.ts";
+export { type Tree, treeLeaves, treeMap, type TreeStructure, treeStructure, treeUnflatten } from "./tree.ts";
+export { type GradientRow, unscaleAndCheck } from "./unscale.ts";

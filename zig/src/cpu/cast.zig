@@ -1,0 +1,134 @@
+//! CPU casts between every pair of dtypes: a SIMD loop and a scalar tail that run the same
+//! numerics (zig/src/numerics.zig), so results do not depend on vector width or thread count.
+
+const std = @import("std");
+const numerics = @import("../numerics.zig");
+const pool = @import("pool.zig");
+
+const Dtype = numerics.Dtype;
+pub const lanes = 16;
+
+pub fn Elem(comptime dtype: Dtype) type {
+    return switch (dtype.size_bytes()) {
+        4 => u32,
+        2 => u16,
+        1 => u8,
+        else => unreachable,
+    };
+}
+
+/// Loads `n` elements of `dtype` starting at `index` as zero-extended u32 lanes.
+pub inline fn load(comptime n: comptime_int, comptime dtype: Dtype, base: [*]const u8, index: u64) numerics.V(n) {
+    const T = Elem(dtype);
+    const typed: [*]align(1) const T = @ptrCast(base);
+    const array: [n]T = typed[index..][0..n].*;
+    const vector: @Vector(n, T) = array;
+    return @intCast(vector);
+}
+
+/// Stores `n` lanes (already in `dtype`'s bit width) at `index`.
+pub inline fn store(comptime n: comptime_int, comptime dtype: Dtype, base: [*]u8, index: u64, bits: numerics.V(n)) void {
+    const T = Elem(dtype);
+    const typed: [*]align(1) T = @ptrCast(base);
+    const vector: @Vector(n, T) = @truncate(bits);
+    typed[index..][0..n].* = vector;
+}
+
+pub const Request = struct {
+    source: [*]const u8,
+    target: [*]u8,
+    from: Dtype,
+    to: Dtype,
+    stochastic: bool,
+    saturate: bool,
+    seed: u32,
+};
+
+fn cast_range_typed(
+    comptime from: Dtype,
+    comptime to: Dtype,
+    comptime stochastic: bool,
+    comptime saturate: bool,
+    request: *const Request,
+    begin: u64,
+    end: u64,
+) void {
+    var index = begin;
+    while (index + lanes <= end) : (index += lanes) {
+        const wide = numerics.to_f32(lanes, from, load(lanes, from, request.source, index));
+        const threshold = if (stochastic) numerics.threshold_at(lanes, request.seed, index) else null;
+        store(lanes, to, request.target, index, numerics.from_f32(lanes, to, wide, threshold, saturate));
+    }
+    while (index < end) : (index += 1) {
+        const wide = numerics.to_f32(1, from, load(1, from, request.source, index));
+        const threshold = if (stochastic) numerics.threshold_at(1, request.seed, index) else null;
+        store(1, to, request.target, index, numerics.from_f32(1, to, wide, threshold, saturate));
+    }
+}
+
+fn cast_range(request: *const Request, begin: u64, end: u64) void {
+    switch (request.from) {
+        inline else => |from| switch (request.to) {
+            inline else => |to| {
+                // Only float16 and bfloat16 targets round stochastically; only fp8 targets saturate.
+                const sr_capable = to == .float16 or to == .bfloat16;
+                const sat_capable = to == .float8_e4m3fn or to == .float8_e5m2;
+                if (sr_capable and request.stochastic) {
+                    cast_range_typed(from, to, sr_capable, false, request, begin, end);
+                } else if (sat_capable and request.saturate) {
+                    cast_range_typed(from, to, false, sat_capable, request, begin, end);
+                } else {
+                    cast_range_typed(from, to, false, false, request, begin, end);
+                }
+            },
+        },
+    }
+}
+
+fn copy_range(request: *const Request, begin: u64, end: u64) void {
+    const size = request.from.size_bytes();
+    @memcpy(request.target[begin * size .. end * size], request.source[begin * size .. end * size]);
+}
+
+/// Casts `count` elements. Same-dtype casts copy the bits unchanged. Source and target must not
+/// overlap (the TypeScript side checks; this asserts).
+pub fn cast(request: Request, count: u64) void {
+    if (count == 0) return;
+    const source_end = @intFromPtr(request.source) + count * request.from.size_bytes();
+    const target_end = @intFromPtr(request.target) + count * request.to.size_bytes();
+    std.debug.assert(source_end <= @intFromPtr(request.target) or target_end <= @intFromPtr(request.source));
+    if (request.from == request.to) {
+        pool.parallel_for(count, &request, copy_range);
+    } else {
+        pool.parallel_for(count, &request, cast_range);
+    }
+}
+
+test "a cast gives the same bits on one thread and on several" {
+    const count = pool.parallel_threshold + 1000 + 3;
+    const source = try std.testing.allocator.alloc(u32, count);
+    defer std.testing.allocator.free(source);
+    const single = try std.testing.allocator.alloc(u16, count);
+    defer std.testing.allocator.free(single);
+    const multi = try std.testing.allocator.alloc(u16, count);
+    defer std.testing.allocator.free(multi);
+    var prng = std.Random.DefaultPrng.init(7);
+    for (source) |*x| x.* = prng.random().int(u32);
+    const request = Request{
+        .source = @ptrCast(source.ptr),
+        .target = @ptrCast(single.ptr),
+        .from = .float32,
+        .to = .bfloat16,
+        .stochastic = true,
+        .saturate = false,
+        .seed = 1234,
+    };
+    pool.set_thread_count(1);
+    cast(request, count);
+    pool.set_thread_count(4);
+    defer pool.set_thread_count(0);
+    var request_multi = request;
+    request_multi.target = @ptrCast(multi.ptr);
+    cast(request_multi, count);
+    try std.testing.expectEqualSlices(u16, single, multi);
+}

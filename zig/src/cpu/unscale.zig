@@ -1,0 +1,115 @@
+//! Multi-tensor unscale and non-finite check (PyTorch's _amp_foreach_non_finite_check_and_unscale_),
+//! for float32, float16 and bfloat16 gradients alike, in one call over a table of tensors.
+
+const std = @import("std");
+const numerics = @import("../numerics.zig");
+const pool = @import("pool.zig");
+const cast = @import("cast.zig");
+
+const Dtype = numerics.Dtype;
+
+/// One tensor in a multi-tensor call: where its elements are, how many, and their dtype.
+pub const TensorRow = extern struct {
+    address: u64,
+    count: u64,
+    dtype: u32,
+    reserved: u32,
+};
+
+comptime {
+    std.debug.assert(@sizeOf(TensorRow) == 24);
+}
+
+const Context = struct {
+    rows: []const TensorRow,
+    inv_scale: f32,
+    found: std.atomic.Value(u32),
+};
+
+/// Unscales one row's elements [begin, end) in place; returns true when any was inf or NaN.
+fn unscale_typed(comptime dtype: Dtype, row: TensorRow, begin: u64, end: u64, inv_scale: f32) bool {
+    const base: [*]u8 = @ptrFromInt(row.address);
+    const n = cast.lanes;
+    const exponent_all = @as(numerics.V(n), @splat(0x7f80_0000));
+    var found_lanes: @Vector(n, bool) = @splat(false);
+    var found_scalar = false;
+    const scaling = inv_scale != 1.0;
+    var index = begin;
+    while (index + n <= end) : (index += n) {
+        const wide = numerics.to_f32(n, dtype, cast.load(n, dtype, base, index));
+        found_lanes = found_lanes | ((wide & exponent_all) == exponent_all);
+        if (scaling) {
+            const values: @Vector(n, f32) = @bitCast(wide);
+            const scaled: numerics.V(n) = @bitCast(values * @as(@Vector(n, f32), @splat(inv_scale)));
+            cast.store(n, dtype, base, index, numerics.from_f32(n, dtype, scaled, null, false));
+        }
+    }
+    while (index < end) : (index += 1) {
+        const wide = numerics.to_f32(1, dtype, cast.load(1, dtype, base, index));
+        found_scalar = found_scalar or (wide[0] & 0x7f80_0000) == 0x7f80_0000;
+        if (scaling) {
+            const value: f32 = @bitCast(wide[0]);
+            const scaled: numerics.V(1) = @splat(@bitCast(value * inv_scale));
+            cast.store(1, dtype, base, index, numerics.from_f32(1, dtype, scaled, null, false));
+        }
+    }
+    return found_scalar or @reduce(.Or, found_lanes);
+}
+
+/// Handles the global element range [begin, end) of the concatenated rows.
+fn unscale_range(context: *Context, begin: u64, end: u64) void {
+    var found = false;
+    var row_start: u64 = 0;
+    for (context.rows) |row| {
+        const row_end = row_start + row.count;
+        defer row_start = row_end;
+        if (row_end <= begin) continue;
+        if (row_start >= end) break;
+        const local_begin = @max(begin, row_start) - row_start;
+        const local_end = @min(end, row_end) - row_start;
+        const row_found = switch (@as(Dtype, @enumFromInt(row.dtype))) {
+            .float32 => unscale_typed(.float32, row, local_begin, local_end, context.inv_scale),
+            .float16 => unscale_typed(.float16, row, local_begin, local_end, context.inv_scale),
+            .bfloat16 => unscale_typed(.bfloat16, row, local_begin, local_end, context.inv_scale),
+            else => unreachable, // Checked by validate().
+        };
+        found = found or row_found;
+    }
+    if (found) context.found.store(1, .monotonic);
+}
+
+/// Returns false when a row has a dtype other than float32, float16 or bfloat16, or a null address
+/// with a non-zero count.
+pub fn validate(rows: []const TensorRow) bool {
+    for (rows) |row| {
+        const dtype = Dtype.from_int(row.dtype) orelse return false;
+        if (dtype != .float32 and dtype != .float16 and dtype != .bfloat16) return false;
+        if (row.address == 0 and row.count != 0) return false;
+    }
+    return true;
+}
+
+/// Multiplies every element by `inv_scale` in float32 (skipped when it is 1), stores it back in the
+/// row's dtype with nearest-even rounding, and returns whether any element was inf or NaN.
+pub fn unscale_check(rows: []const TensorRow, inv_scale: f32) bool {
+    std.debug.assert(validate(rows));
+    var total: u64 = 0;
+    for (rows) |row| total += row.count;
+    var context = Context{ .rows = rows, .inv_scale = inv_scale, .found = .init(0) };
+    pool.parallel_for(total, &context, unscale_range);
+    return context.found.load(.monotonic) != 0;
+}
+
+test "unscale_check finds a NaN in the scalar tail of a float16 row" {
+    var a = [_]u32{ @bitCast(@as(f32, 4.0)), @bitCast(@as(f32, -8.0)) };
+    var b: [19]u16 = @splat(0x3c00);
+    const rows = [_]TensorRow{
+        .{ .address = @intFromPtr(&a), .count = a.len, .dtype = 0, .reserved = 0 },
+        .{ .address = @intFromPtr(&b), .count = b.len, .dtype = 1, .reserved = 0 },
+    };
+    try std.testing.expect(!unscale_check(&rows, 0.5));
+    try std.testing.expectEqual(@as(u32, @bitCast(@as(f32, 2.0))), a[0]);
+    try std.testing.expectEqual(@as(u16, 0x3800), b[18]);
+    b[18] = 0x7e01;
+    try std.testing.expect(unscale_check(&rows, 1.0));
+}
