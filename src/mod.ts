@@ -39,3 +39,22 @@ export {
 } from "./tensor.ts";
 export { type Tree, treeLeaves, treeMap, type TreeStructure, treeStructure, treeUnflatten } from "./tree.ts";
 export { type GradientRow, unscaleAndCheck } from "./unscale.ts";
+
+// I/O: safetensors files, checkpoint conversion, resumable training state (src/io/).
+export {
+  IntegerTensor,
+  integerTensor,
+  type IntegerArray,
+  type IntegerDtype,
+  type LoadedSafetensors,
+  type LoadOptions,
+  loadSafetensors,
+  openSafetensors,
+  type SafetensorsDtype,
+  type SafetensorsFile,
+  type SafetensorsLeaf,
+  type SafetensorsSource,
+  saveSafetensors,
+  serializeSafetensors,
+  type TensorInfo,
+} from "./io/safetensors.ts";
