@@ -22,8 +22,9 @@ PTXAS := $(shell command -v ptxas 2>/dev/null)
 deps: $(NODE_STAMP) $(ZIG)
 
 # npm packages pinned by package-lock.json: bun, bun-types, fast-check, mitata, biome.
+# (`npm ci` rejects the lock npm itself writes for biome's platform packages; install keeps it unchanged.)
 $(NODE_STAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Zig from the PyPI package `ziglang`, into a project-local folder.

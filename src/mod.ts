@@ -40,6 +40,23 @@ export {
 export { type Tree, treeLeaves, treeMap, type TreeStructure, treeStructure, treeUnflatten } from "./tree.ts";
 export { type GradientRow, unscaleAndCheck } from "./unscale.ts";
 
+// AMP: loss scales, precision policies (issue #3).
+export {
+  allFinite,
+  type DynamicLossScale,
+  type DynamicLossScaleOptions,
+  dynamicLossScale,
+  type LossScale,
+  type LossScaleEvent,
+  type LossScaleJSON,
+  lossScaleFromJSON,
+  noLossScale,
+  type StepResult,
+  staticLossScale,
+  type Unscaled,
+} from "./loss_scale.ts";
+export { getPolicy, isPolicy, type Policy, type PolicyDtype, POLICY_PRESETS } from "./policy.ts";
+
 // I/O: safetensors files, checkpoint conversion, resumable training state (src/io/).
 export {
   IntegerTensor,
