@@ -91,3 +91,22 @@ export {
   devices,
   registerDeviceProvider,
 } from "./device.ts";
+
+// I/O: safetensors files, checkpoint conversion, resumable training state (src/io/).
+export {
+  IntegerTensor,
+  integerTensor,
+  type IntegerArray,
+  type IntegerDtype,
+  type LoadedSafetensors,
+  type LoadOptions,
+  loadSafetensors,
+  openSafetensors,
+  type SafetensorsDtype,
+  type SafetensorsFile,
+  type SafetensorsLeaf,
+  type SafetensorsSource,
+  saveSafetensors,
+  serializeSafetensors,
+  type TensorInfo,
+} from "./io/safetensors.ts";
