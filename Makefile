@@ -76,6 +76,7 @@ demo: deps build
 
 bench: deps build
 	$(BUN) bench/cast_bench.ts
+	$(BUN) bench/unscale_bench.ts
 
 fmt: deps
 	$(ZIG) fmt zig
