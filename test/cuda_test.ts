@@ -34,6 +34,7 @@ import {
   cast,
   DTYPE_NAMES,
   type DtypeName,
+  devices,
   dtypeInfo,
   MixprecError,
   type StorageArray,
@@ -114,6 +115,10 @@ describe("without an NVIDIA driver", () => {
     expect(cudaDeviceCount()).toBe(0);
   });
 
+  test.skipIf(skip)("devices() lists only the CPU, without throwing", () => {
+    expect(devices().map((d) => d.name)).toEqual(["cpu"]);
+  });
+
   test.skipIf(skip)("asking for cuda:0 throws MixprecError cuda_unavailable with the reason and the fix", () => {
     const attempts: (() => unknown)[] = [
       () => zeros([2], { device: "cuda:0" }),
@@ -159,6 +164,22 @@ describe("CUDA devices", () => {
       expect(d.multiprocessorCount).toBeGreaterThan(0);
       expect(d.bf16).toBe(d.computeMajor >= 8);
       expect(d.fp8).toBe(d.computeMajor * 10 + d.computeMinor >= 89);
+    }
+  });
+
+  test.skipIf(!gpu)("devices() lists the CPU, then every cuda:N with its capabilities", () => {
+    const listed = devices();
+    expect(listed[0]!.name).toBe("cpu");
+    const cudaEntries = listed.filter((d) => d.kind === "cuda");
+    expect(cudaEntries.map((d) => d.name)).toEqual(cudaDevices().map((d) => d.device));
+    for (const [i, entry] of cudaEntries.entries()) {
+      const properties = cudaDevices()[i]!;
+      if (entry.kind !== "cuda") throw new Error("not a cuda entry");
+      expect(entry.computeCapability).toEqual([properties.computeMajor, properties.computeMinor]);
+      expect(entry.bf16).toBe(properties.bf16);
+      expect(entry.fp8).toBe(properties.fp8);
+      expect(entry.memoryBytes).toBe(properties.totalMemoryBytes);
+      expect(entry.model).toBe(properties.name);
     }
   });
 

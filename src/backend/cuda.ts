@@ -17,7 +17,7 @@ import { lastError, native, Status } from "../_ffi.ts";
 import { MixprecError } from "../errors.ts";
 
 /** A CUDA device as {@linkcode cudaDevices} lists it. */
-export interface CudaDeviceInfo {
+export interface CudaDeviceProperties {
   /** "cuda:N". */
   readonly device: `cuda:${number}`;
   /** N. */
@@ -114,8 +114,8 @@ export function cudaDeviceCount(): number {
  * for (const d of cudaDevices()) if (d.fp8 && !d.bf16) throw new Error("fp8 devices also have bf16");
  * ```
  */
-export function cudaDevices(): CudaDeviceInfo[] {
-  const devices: CudaDeviceInfo[] = [];
+export function cudaDevices(): CudaDeviceProperties[] {
+  const devices: CudaDeviceProperties[] = [];
   const name = new Uint8Array(256);
   const info = new BigUint64Array(3);
   for (let ordinal = 0; ordinal < cudaDeviceCount(); ordinal++) {
