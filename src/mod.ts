@@ -39,3 +39,17 @@ export {
 } from "./tensor.ts";
 export { type Tree, treeLeaves, treeMap, type TreeStructure, treeStructure, treeUnflatten } from "./tree.ts";
 export { type GradientRow, unscaleAndCheck } from "./unscale.ts";
+
+// Autodiff, ops and layers (issue 5).
+export {
+  type Backward,
+  checkpoint,
+  grad,
+  stopGradient,
+  type TapeReport,
+  type ValueAndGrad,
+  valueAndGrad,
+  type ValueAndGradOptions,
+} from "./autodiff.ts";
+export * as ops from "./ops/mod.ts";
+export { liveTensorCount } from "./tensor.ts";

@@ -34,9 +34,30 @@ interface Allocation {
   readonly sizeBytes: number;
 }
 
+/** Native allocations owned by tensors that are neither disposed nor collected. */
+let liveAllocations = 0;
+
 const registry = new FinalizationRegistry<Allocation>((allocation) => {
+  liveAllocations--;
   native().mp_free(allocation.address, allocation.sizeBytes);
 });
+
+/**
+ * The number of tensors whose native storage is live (created, not yet disposed or collected).
+ * Training loops can check that it stays flat from step to step.
+ *
+ * @returns The live count.
+ * @example
+ * ```ts
+ * import { liveTensorCount, zeros } from "./tensor.ts";
+ * const before = liveTensorCount();
+ * zeros([4]).dispose();
+ * if (liveTensorCount() !== before) throw new Error("leaked");
+ * ```
+ */
+export function liveTensorCount(): number {
+  return liveAllocations;
+}
 
 const ADDRESS_OUT = new BigUint64Array(1);
 
@@ -92,6 +113,7 @@ export class Tensor {
     const sizeBytes = this.size * (dtypeInfo(dtype).bits / 8);
     const address = allocate(sizeBytes);
     this.#allocation = { address, sizeBytes };
+    liveAllocations++;
     const buffer = toArrayBuffer(address, 0, Math.max(sizeBytes, 1));
     const view = allocateViewOf(dtype, buffer, this.size);
     view.fill(0);
@@ -187,6 +209,7 @@ export class Tensor {
     const { address, sizeBytes } = this.#allocation;
     this.#allocation = undefined;
     this.#view = undefined;
+    liveAllocations--;
     check(native().mp_free(address, sizeBytes), "freeing a tensor");
   }
 
