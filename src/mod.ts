@@ -40,6 +40,77 @@ export {
 export { type Tree, treeLeaves, treeMap, type TreeStructure, treeStructure, treeUnflatten } from "./tree.ts";
 export { type GradientRow, unscaleAndCheck } from "./unscale.ts";
 
+// AMP: loss scales, precision policies (issue #3).
+export {
+  allFinite,
+  type DynamicLossScale,
+  type DynamicLossScaleOptions,
+  dynamicLossScale,
+  type LossScale,
+  type LossScaleEvent,
+  type LossScaleJSON,
+  lossScaleFromJSON,
+  noLossScale,
+  type StepResult,
+  staticLossScale,
+  type Unscaled,
+} from "./loss_scale.ts";
+export { getPolicy, isPolicy, type Policy, type PolicyDtype, POLICY_PRESETS } from "./policy.ts";
+export {
+  AUTOCAST_OPS,
+  autocast,
+  type AutocastCategory,
+  autocastCategory,
+  autocastDtype,
+  type AutocastTensors,
+  autocastTensors,
+  currentPolicy,
+  promoteDtypes,
+} from "./autocast.ts";
+export {
+  GradScaler,
+  type GradScalerOptions,
+  type GradScalerStateDict,
+  type ScaleUpdate,
+  type ScalerOptimizer,
+} from "./grad_scaler.ts";
+export {
+  type DeviceCapabilities,
+  type LoraPrecision,
+  type NormalizedPrecisionConfig,
+  type PrecisionCheck,
+  type PrecisionConfig,
+  type Quantization,
+  validatePrecisionConfig,
+} from "./precision_config.ts";
+export {
+  type CpuDeviceInfo,
+  type CudaDeviceInfo,
+  cudaCapabilities,
+  type DeviceInfo,
+  devices,
+  registerDeviceProvider,
+} from "./device.ts";
+
+// I/O: safetensors files, checkpoint conversion, resumable training state (src/io/).
+export {
+  IntegerTensor,
+  integerTensor,
+  type IntegerArray,
+  type IntegerDtype,
+  type LoadedSafetensors,
+  type LoadOptions,
+  loadSafetensors,
+  openSafetensors,
+  type SafetensorsDtype,
+  type SafetensorsFile,
+  type SafetensorsLeaf,
+  type SafetensorsSource,
+  saveSafetensors,
+  serializeSafetensors,
+  type TensorInfo,
+} from "./io/safetensors.ts";
+
 // Autodiff, ops and layers (issue 5).
 export {
   type Backward,
