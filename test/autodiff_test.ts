@@ -3,6 +3,8 @@ import { checkpoint, grad, stopGradient, type TapeReport, valueAndGrad } from ".
 import { add, crossEntropy, gelu, linear, mean, mul, sum, tanh, toDtype } from "../src/ops/mod.ts";
 import { liveTensorCount, randn, type Tensor, tensor } from "../src/tensor.ts";
 import { treeLeaves } from "../src/tree.ts";
+import { autocast } from "../src/autocast.ts";
+import { getPolicy } from "../src/policy.ts";
 
 describe("autodiff", () => {
   test("valueAndGrad() returns gradients shaped like a nested params pytree, each in its parameter's dtype", () => {
@@ -141,6 +143,29 @@ describe("autodiff", () => {
     expect(new Set(counts.slice(1)).size).toBe(1);
     expect(counts[49]).toBe(counts[0]);
     expect(losses[49]!).toBeLessThan(losses[0]!);
+  });
+
+  test("under autocast(mixed_bf16) linear runs in bfloat16, cross-entropy in float32, and float32 params get float32 gradients", () => {
+    using w = randn([3, 4], { seed: 7 });
+    using x = randn([2, 4], { seed: 8 });
+    const dtypes: string[] = [];
+    const loss = autocast(getPolicy("mixed_bf16"), (p: { w: Tensor }) => {
+      const logits = linear(x, p.w);
+      dtypes.push(logits.dtype);
+      const l = crossEntropy(logits, [0, 2]);
+      dtypes.push(l.dtype);
+      return l;
+    });
+    const [value, grads] = valueAndGrad(loss)({ w });
+    expect(dtypes).toEqual(["bfloat16", "float32"]);
+    expect(grads.w.dtype).toBe("float32");
+    // Every gradient element went through bfloat16 (the linear's weight gradient is rounded there).
+    const g = grads.w.toArray();
+    const rounded = tensor(g, { dtype: "bf16" });
+    expect([...rounded.toArray()]).toEqual([...g]);
+    rounded.dispose();
+    expect(Number.isFinite(value as number)).toBe(true);
+    grads.w.dispose();
   });
 
   test("non-tensor parameters and non-scalar losses are refused with the fix named", () => {
