@@ -56,6 +56,41 @@ export {
   type Unscaled,
 } from "./loss_scale.ts";
 export { getPolicy, isPolicy, type Policy, type PolicyDtype, POLICY_PRESETS } from "./policy.ts";
+export {
+  AUTOCAST_OPS,
+  autocast,
+  type AutocastCategory,
+  autocastCategory,
+  autocastDtype,
+  type AutocastTensors,
+  autocastTensors,
+  currentPolicy,
+  promoteDtypes,
+} from "./autocast.ts";
+export {
+  GradScaler,
+  type GradScalerOptions,
+  type GradScalerStateDict,
+  type ScaleUpdate,
+  type ScalerOptimizer,
+} from "./grad_scaler.ts";
+export {
+  type DeviceCapabilities,
+  type LoraPrecision,
+  type NormalizedPrecisionConfig,
+  type PrecisionCheck,
+  type PrecisionConfig,
+  type Quantization,
+  validatePrecisionConfig,
+} from "./precision_config.ts";
+export {
+  type CpuDeviceInfo,
+  type CudaDeviceInfo,
+  cudaCapabilities,
+  type DeviceInfo,
+  devices,
+  registerDeviceProvider,
+} from "./device.ts";
 
 // I/O: safetensors files, checkpoint conversion, resumable training state (src/io/).
 export {
