@@ -17,7 +17,7 @@ PTX := zig/zig-out/ptx/mixprec.ptx
 ZIG_SOURCES := $(shell find zig/src -name '*.zig') zig/build.zig zig/build.zig.zon
 PTXAS := $(shell command -v ptxas 2>/dev/null)
 
-.PHONY: deps build test test-zig test-fmt test-bun test-ptx demo bench fmt clean
+.PHONY: deps build test test-zig test-fmt test-bun test-ptx test-cuda demo bench fmt clean
 
 deps: $(NODE_STAMP) $(ZIG)
 
@@ -71,11 +71,16 @@ test-bun: deps build $(PY_STAMP)
 	@awk '/^ *[0-9]+ pass$$/{p=$$1} /^ *[0-9]+ fail$$/{f=$$1} /^ *[0-9]+ skip$$/{s=$$1} \
 		END{printf "bun test: %d passed, %d failed", p, f; if (s) printf ", %d skipped", s; print ""}' .test.log
 
+# The GPU suites alone (they also run inside test-bun wherever CUDA is available).
+test-cuda: deps build
+	MIXPREC_DEVICE=cuda $(BUN) test test/cuda_test.ts test/kernels_test.ts
+
 demo: deps build
 	$(BUN) bench/cast_bench.ts
 
 bench: deps build
 	$(BUN) bench/cast_bench.ts
+	$(BUN) bench/cuda_bench.ts
 
 fmt: deps
 	$(ZIG) fmt zig
