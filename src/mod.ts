@@ -110,3 +110,11 @@ export {
   serializeSafetensors,
   type TensorInfo,
 } from "./io/safetensors.ts";
+export {
+  type ConversionReport,
+  type ConvertOptions,
+  convertCheckpoint,
+  describeConversion,
+  formatConversionReport,
+  type TensorConversion,
+} from "./io/convert.ts";
