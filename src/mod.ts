@@ -124,3 +124,11 @@ export {
 } from "./autodiff.ts";
 export * as ops from "./ops/mod.ts";
 export { liveTensorCount } from "./tensor.ts";
+export {
+  type ConversionReport,
+  type ConvertOptions,
+  convertCheckpoint,
+  describeConversion,
+  formatConversionReport,
+  type TensorConversion,
+} from "./io/convert.ts";

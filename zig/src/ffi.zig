@@ -9,6 +9,7 @@ const pool = @import("cpu/pool.zig");
 const cast = @import("cpu/cast.zig");
 const unscale = @import("cpu/unscale.zig");
 const matmul = @import("cpu/matmul.zig");
+const convert = @import("cpu/convert.zig");
 
 /// Bumped whenever an export's signature or meaning changes; src/_ffi.ts refuses a mismatch.
 pub const abi_version: u32 = 1;
@@ -169,6 +170,23 @@ export fn mp_peak_fma(iterations: u64, threads: u32, out_flops: ?*f64, out_check
     if (threads == 0 or threads > pool.thread_count_max) return status(.invalid_argument);
     checksum.* = matmul.peak_fma(iterations, threads);
     flops.* = @floatFromInt(iterations * threads * matmul.peak_flops_per_iteration);
+/// Casts `count` elements from `from` to `to` (nearest even) and writes the statistics of what the
+/// rounding did to `out_stats` (convert.zig `Stats`: overflow, underflow, subnormal and counted
+/// element counts, max and summed relative error). For checkpoint conversion (src/io/convert.ts).
+export fn mp_convert_stats(source: ?*const anyopaque, target: ?*anyopaque, count: u64, from: u32, to: u32, out_stats: ?*convert.Stats) i32 {
+    const out = out_stats orelse return status(.null_pointer);
+    const from_dtype = numerics.Dtype.from_int(from) orelse return status(.invalid_dtype);
+    const to_dtype = numerics.Dtype.from_int(to) orelse return status(.invalid_dtype);
+    if (count == 0) {
+        out.* = .{};
+        return status(.ok);
+    }
+    const source_bytes: [*]const u8 = @ptrCast(source orelse return status(.null_pointer));
+    const target_bytes: [*]u8 = @ptrCast(target orelse return status(.null_pointer));
+    const source_end = @intFromPtr(source_bytes) + count * from_dtype.size_bytes();
+    const target_end = @intFromPtr(target_bytes) + count * to_dtype.size_bytes();
+    if (source_end > @intFromPtr(target_bytes) and target_end > @intFromPtr(source_bytes)) return status(.overlap);
+    out.* = convert.convert(.{ .source = source_bytes, .target = target_bytes, .from = from_dtype, .to = to_dtype }, count);
     return status(.ok);
 }
 
@@ -178,6 +196,7 @@ test {
     _ = pool;
     _ = cast;
     _ = unscale;
+    _ = convert;
     _ = driver;
     _ = step_math;
 }
