@@ -11,6 +11,7 @@
 
 import { ptr } from "bun:ffi";
 import { check, native } from "./_ffi.ts";
+import { cudaDevices } from "./backend/cuda.ts";
 
 /** The CPU entry of {@linkcode devices}. */
 export interface CpuDeviceInfo {
@@ -84,7 +85,25 @@ export function cpuDevice(): CpuDeviceInfo {
   });
 }
 
-const providers: (() => readonly DeviceInfo[])[] = [];
+/**
+ * The `cuda:N` entries from the CUDA backend (src/backend/cuda.ts): empty, without throwing, where
+ * libcuda.so.1 or a device is missing.
+ */
+export function cudaDeviceEntries(): CudaDeviceInfo[] {
+  return cudaDevices().map((d) => {
+    const computeCapability = Object.freeze([d.computeMajor, d.computeMinor] as const);
+    return Object.freeze({
+      name: d.device,
+      kind: "cuda" as const,
+      computeCapability,
+      ...cudaCapabilities(computeCapability),
+      memoryBytes: d.totalMemoryBytes,
+      model: d.name,
+    });
+  });
+}
+
+const providers: (() => readonly DeviceInfo[])[] = [cudaDeviceEntries];
 
 /**
  * Adds a source of device entries (the CUDA backend registers one that lists `cuda:N`). A
