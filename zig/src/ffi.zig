@@ -170,6 +170,9 @@ export fn mp_peak_fma(iterations: u64, threads: u32, out_flops: ?*f64, out_check
     if (threads == 0 or threads > pool.thread_count_max) return status(.invalid_argument);
     checksum.* = matmul.peak_fma(iterations, threads);
     flops.* = @floatFromInt(iterations * threads * matmul.peak_flops_per_iteration);
+    return status(.ok);
+}
+
 /// Casts `count` elements from `from` to `to` (nearest even) and writes the statistics of what the
 /// rounding did to `out_stats` (convert.zig `Stats`: overflow, underflow, subnormal and counted
 /// element counts, max and summed relative error). For checkpoint conversion (src/io/convert.ts).
