@@ -132,3 +132,6 @@ export {
   formatConversionReport,
   type TensorConversion,
 } from "./io/convert.ts";
+
+// Pre-flight check: what float16 would do to one step's gradients, and a recommended recipe.
+export { preflight, type PreflightOptions, type PreflightReport, type PreflightTensor } from "./preflight.ts";
