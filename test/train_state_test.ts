@@ -185,7 +185,8 @@ describe("saveTrainState() and loadTrainState()", () => {
     expect(
       readdirSync(dir)
         .filter((n) => n.startsWith("ckpt-"))
-        .map((n) => n.slice(5, 15)),
+        .map((n) => n.slice(5, 15))
+        .sort(),
     ).toEqual(["0000000004", "0000000005"]);
   });
 
