@@ -132,6 +132,15 @@ export {
   formatConversionReport,
   type TensorConversion,
 } from "./io/convert.ts";
+export {
+  type Checkpointable,
+  type LoadTrainStateOptions,
+  loadTrainState,
+  type SaveTrainStateOptions,
+  saveTrainState,
+  TRAIN_STATE_VERSION,
+  type TrainState,
+} from "./io/train_state.ts";
 
 // Pre-flight check: what float16 would do to one step's gradients, and a recommended recipe.
 export { preflight, type PreflightOptions, type PreflightReport, type PreflightTensor } from "./preflight.ts";
