@@ -27,7 +27,7 @@ pub const Status = enum(i32) {
 const ptx_source = @embedFile("mixprec_ptx");
 
 fn status(code: Status) i32 {
-    return @intFromEnum(code);
+    return @backingInt(code);
 }
 
 export fn mp_abi_version() u32 {

@@ -109,7 +109,7 @@ pub const format_e5m2 = Narrow{ .ebits = 5, .mbits = 2 };
 /// The result may exceed the format's largest finite pattern; callers clamp per their overflow rule.
 fn narrow_abs_nearest(comptime n: comptime_int, comptime f: Narrow, a: V(n)) V(n) {
     const rebias = splat(n, (127 - f.bias()) << 23);
-        const half_minus_one = splat(n, (1 << (f.drop() - 1)) - 1);
+    const half_minus_one = splat(n, (1 << (f.drop() - 1)) - 1);
     const is_normal = a >= splat(n, f.min_normal_bits());
     // Normal inputs: a >= rebias, and a <= 0x7F800000 so the sum cannot wrap.
     const normal = ((a -% rebias) +% half_minus_one +% ((a >> @splat(f.drop())) & splat(n, 1))) >> @splat(f.drop());
@@ -275,10 +275,10 @@ fn scalar(v: V(1)) u32 {
 
 test "bfloat16 nearest-even edge cases from REFERENCE.md" {
     const cases = [_][2]u32{
-        .{ 0x8000_0000, 0x8000 },  .{ 0x7f80_0000, 0x7f80 }, .{ 0xff80_0000, 0xff80 },
-        .{ 0x007f_ffff, 0x0080 },  .{ 0x7f7f_8000, 0x7f80 }, .{ 0x7f7f_7fff, 0x7f7f },
-        .{ 0x7f80_0001, 0x7fc0 },  .{ 0x7fff_ffff, 0x7fc0 }, .{ 0xffc0_0000, 0xffc0 },
-        .{ 0x3f80_8000, 0x3f80 },  .{ 0x3f81_8000, 0x3f82 },
+        .{ 0x8000_0000, 0x8000 }, .{ 0x7f80_0000, 0x7f80 }, .{ 0xff80_0000, 0xff80 },
+        .{ 0x007f_ffff, 0x0080 }, .{ 0x7f7f_8000, 0x7f80 }, .{ 0x7f7f_7fff, 0x7f7f },
+        .{ 0x7f80_0001, 0x7fc0 }, .{ 0x7fff_ffff, 0x7fc0 }, .{ 0xffc0_0000, 0xffc0 },
+        .{ 0x3f80_8000, 0x3f80 }, .{ 0x3f81_8000, 0x3f82 },
     };
     for (cases) |case| try std.testing.expectEqual(case[1], scalar(f32_to_bf16(1, one(case[0]))));
 }

@@ -67,7 +67,7 @@ fn unscale_range(context: *Context, begin: u64, end: u64) void {
         if (row_start >= end) break;
         const local_begin = @max(begin, row_start) - row_start;
         const local_end = @min(end, row_end) - row_start;
-        const row_found = switch (@as(Dtype, @enumFromInt(row.dtype))) {
+        const row_found = switch (@as(Dtype, @fromBackingInt(@intCast(row.dtype)))) {
             .float32 => unscale_typed(.float32, row, local_begin, local_end, context.inv_scale),
             .float16 => unscale_typed(.float16, row, local_begin, local_end, context.inv_scale),
             .bfloat16 => unscale_typed(.bfloat16, row, local_begin, local_end, context.inv_scale),

@@ -57,8 +57,8 @@ fn from_f32_runtime(dtype: Dtype, bits: u32, threshold: ?u32, saturate: bool) u3
 
 /// Casts `count` elements; the same arguments and flags as mp_cast.
 export fn mp_cast_kernel(source: u64, target: u64, count: u64, from: u32, to: u32, flags: u32, seed: u32) callconv(.kernel) void {
-    const from_dtype: Dtype = @enumFromInt(from);
-    const to_dtype: Dtype = @enumFromInt(to);
+    const from_dtype: Dtype = @fromBackingInt(@intCast(from));
+    const to_dtype: Dtype = @fromBackingInt(@intCast(to));
     const stochastic = flags & numerics.flag_stochastic != 0;
     const saturate = flags & numerics.flag_saturate != 0;
     var index = global_index();
@@ -101,7 +101,7 @@ export fn mp_unscale_check_kernel(table: u64, row_count: u64, total_count: u64, 
                 row_start += rows[row].count;
                 row += 1;
             }
-            const dtype: Dtype = @enumFromInt(rows[row].dtype);
+            const dtype: Dtype = @fromBackingInt(@intCast(rows[row].dtype));
             const local = index - row_start;
             const wide = to_f32_runtime(dtype, load_bits(dtype, rows[row].address, local));
             found = found or (wide & 0x7f80_0000) == 0x7f80_0000;
