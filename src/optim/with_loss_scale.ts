@@ -1,0 +1,132 @@
+/**
+ * withLossScale: loss scaling as a gradient transformation.
+ *
+ * @module
+ */
+
+import type { Tensor } from "../tensor.ts";
+import { zeros } from "../tensor.ts";
+import { type Tree, treeMap } from "../tree.ts";
+import {
+  checkState,
+  freezeState,
+  type GradientTransformation,
+  type OptState,
+  type Params,
+  tensorLeaves,
+  type Updates,
+} from "./transformation.ts";
+
+/**
+ * The part of a LossScale (src/loss_scale.ts) this transformation uses: an immutable value that
+ * unscales gradients in place in one native call and adjusts itself after each step.
+ */
+export interface LossScaleLike {
+  readonly kind: "none" | "static" | "dynamic";
+  readonly value: number;
+  unscale(grads: Tree<Tensor>): { grads: Tree<Tensor>; finite: boolean };
+  adjust(finite: boolean): LossScaleLike;
+}
+
+/** The typed result of one step (the StepResult of src/loss_scale.ts). */
+export interface StepResult {
+  /** Whether the inner optimizer ran (false: the step was skipped). */
+  readonly applied: boolean;
+  /** "applied", "non_finite" (skipped), or "bf16_no_scaling" (applied, scaling switched off). */
+  readonly reason: "applied" | "non_finite" | "accumulating" | "bf16_no_scaling" | string;
+  readonly scaleBefore: number;
+  readonly scaleAfter: number;
+}
+
+/** State of {@linkcode withLossScale}. */
+export interface WithLossScaleState extends OptState {
+  readonly kind: "withLossScale";
+  /** The loss scale for the next step: multiply the loss by `lossScale.scale(loss)` / `.value`. */
+  readonly lossScale: LossScaleLike;
+  /** The last step's result (null before the first). */
+  readonly lastStep: StepResult | null;
+  readonly inner: OptState;
+}
+
+/** A pass-through "none" scale, used when bfloat16 gradients switch dynamic scaling off. */
+const NO_SCALE: LossScaleLike = Object.freeze({
+  kind: "none" as const,
+  value: 1,
+  unscale: (grads: Tree<Tensor>) => ({ grads, finite: true }),
+  adjust: () => NO_SCALE,
+});
+
+let bf16NoticeShown = false;
+
+/**
+ * Wraps an optimizer with loss scaling (jmp's pattern as one transformation): each update unscales
+ * the incoming gradients IN PLACE (`lossScale.unscale`, one multi-tensor native call that also
+ * checks for inf/NaN), runs `inner` only when they are finite (otherwise returns zero updates and
+ * leaves inner's state untouched), adjusts the scale, and records `{ applied, reason, scaleBefore,
+ * scaleAfter }` in `state.lastStep`. Scale the loss with `state.lossScale` before computing the
+ * gradients. With `noLossScale()` it is a pass-through. Given bfloat16 gradients under a dynamic
+ * scale it follows validatePrecisionConfig's notice: bfloat16 has float32's exponent range, so
+ * scaling is switched off (this step's gradients are still unscaled by the current value, the
+ * state's scale becomes "none", reason "bf16_no_scaling") and a notice is printed once.
+ *
+ * @param lossScale The initial loss scale (noLossScale, staticLossScale or dynamicLossScale).
+ * @param inner The optimizer.
+ * @returns A transformation whose state holds the current scale and the last step's result.
+ * @example
+ * ```ts
+ * import { tensor } from "../tensor.ts";
+ * import { sgd } from "./sgd.ts";
+ * import { withLossScale } from "./with_loss_scale.ts";
+ * const fixed = { kind: "static" as const, value: 4, adjust() { return fixed; },
+ *   unscale(grads: any) { for (const g of grads) g.data[0] /= 4; return { grads, finite: true }; } };
+ * const opt = withLossScale(fixed, sgd({ lr: 1 }));
+ * using g = tensor([8]);
+ * const [u, s] = opt.update([g], opt.init([g]));
+ * if ((u as any)[0].toArray()[0] !== -2 || !s.lastStep?.applied) throw new Error("unscaled step");
+ * ```
+ */
+export function withLossScale(
+  lossScale: LossScaleLike,
+  inner: GradientTransformation,
+): GradientTransformation<WithLossScaleState> {
+  if (typeof lossScale?.unscale !== "function" || typeof lossScale.adjust !== "function") {
+    throw new TypeError(
+      "withLossScale() needs a LossScale (noLossScale(), staticLossScale(s) or dynamicLossScale()) first",
+    );
+  }
+  return {
+    init(params: Params): WithLossScaleState {
+      return freezeState({ kind: "withLossScale", lossScale, lastStep: null, inner: inner.init(params) });
+    },
+    update(updates: Updates, state: WithLossScaleState, params?: Params) {
+      checkState(state, "withLossScale");
+      const scale = state.lossScale;
+      const before = scale.value;
+      if (scale.kind === "none") {
+        const [out, innerState] = inner.update(updates, state.inner, params);
+        const lastStep = { applied: true, reason: "applied", scaleBefore: before, scaleAfter: before };
+        return [out, freezeState({ ...state, lastStep, inner: innerState })] as const;
+      }
+      const leaves = tensorLeaves(updates, "withLossScale updates");
+      const bf16 = scale.kind === "dynamic" && leaves.some((g) => g.dtype === "bfloat16");
+      const { finite } = scale.unscale(updates);
+      let next = bf16 ? NO_SCALE : scale.adjust(finite);
+      if (bf16 && !bf16NoticeShown) {
+        bf16NoticeShown = true;
+        console.warn(
+          "mixprec: bfloat16 gradients with a dynamic loss scale: bfloat16 has float32's exponent range, so loss scaling is switched off (as validatePrecisionConfig advises); use noLossScale() to silence this",
+        );
+      }
+      if (!finite) {
+        const out = treeMap((u: Tensor) => zeros(u.shape), updates);
+        if (bf16) next = NO_SCALE;
+        const lastStep = { applied: false, reason: "non_finite", scaleBefore: before, scaleAfter: next.value };
+        return [out, freezeState({ ...state, lossScale: next, lastStep })] as const;
+      }
+      const [out, innerState] = inner.update(updates, state.inner, params);
+      const reason = bf16 ? "bf16_no_scaling" : "applied";
+      const lastStep = { applied: true, reason, scaleBefore: before, scaleAfter: next.value };
+      return [out, freezeState({ ...state, lossScale: next, lastStep, inner: innerState })] as const;
+    },
+  };
+}
