@@ -17,13 +17,14 @@ PTX := zig/zig-out/ptx/mixprec.ptx
 ZIG_SOURCES := $(shell find zig/src -name '*.zig') zig/build.zig zig/build.zig.zon
 PTXAS := $(shell command -v ptxas 2>/dev/null)
 
-.PHONY: deps build test test-zig test-fmt test-bun test-ptx demo bench fmt clean
+.PHONY: deps build test test-zig test-fmt test-bun test-ptx test-cuda demo bench fmt clean
 
 deps: $(NODE_STAMP) $(ZIG)
 
 # npm packages pinned by package-lock.json: bun, bun-types, fast-check, mitata, biome.
+# (`npm ci` rejects the lock npm itself writes for biome's platform packages; install keeps it unchanged.)
 $(NODE_STAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Zig from the PyPI package `ziglang`, into a project-local folder.
@@ -31,6 +32,15 @@ $(ZIG):
 	python3 -m pip install --quiet --disable-pip-version-check --no-deps \
 		--target $(TOOLS)/zig-$(ZIG_VERSION) ziglang==$(ZIG_VERSION)
 	test -x $@
+
+# Python packages for the safetensors interop tests, pinned, into a project-local folder. A failed
+# install (no network) does not fail the build: the interop tests then say they are skipped.
+PY_TOOLS := $(TOOLS)/py
+PY_STAMP := $(PY_TOOLS)/.installed
+$(PY_STAMP):
+	if python3 -m pip install --quiet --disable-pip-version-check --target $(PY_TOOLS) \
+		safetensors==0.8.0 numpy==2.4.6 ml_dtypes==0.6.0; then touch $@; \
+	else echo "pip could not install safetensors/numpy/ml_dtypes: interop tests will be skipped"; fi
 
 build: $(LIB)
 
@@ -56,16 +66,21 @@ else
 	@echo "ptxas accepts $(PTX) for sm_80 and sm_90"
 endif
 
-test-bun: deps build
+test-bun: deps build $(PY_STAMP)
 	$(BUN) test 2>&1 | tee .test.log
 	@awk '/^ *[0-9]+ pass$$/{p=$$1} /^ *[0-9]+ fail$$/{f=$$1} /^ *[0-9]+ skip$$/{s=$$1} \
 		END{printf "bun test: %d passed, %d failed", p, f; if (s) printf ", %d skipped", s; print ""}' .test.log
+
+# The GPU suites alone (they also run inside test-bun wherever CUDA is available).
+test-cuda: deps build
+	MIXPREC_DEVICE=cuda $(BUN) test test/cuda_test.ts test/kernels_test.ts
 
 demo: deps build
 	$(BUN) bench/cast_bench.ts
 
 bench: deps build
 	$(BUN) bench/cast_bench.ts
+	$(BUN) bench/cuda_bench.ts
 
 fmt: deps
 	$(ZIG) fmt zig

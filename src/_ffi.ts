@@ -6,7 +6,7 @@
  * @module
  */
 
-import { dlopen, FFIType, suffix } from "bun:ffi";
+import { dlopen, FFIType, ptr, suffix } from "bun:ffi";
 import { MixprecError } from "./errors.ts";
 
 /** Must equal `abi_version` in zig/src/ffi.zig; a mismatch means the library is out of date. */
@@ -43,6 +43,44 @@ const SYMBOLS = {
   mp_sum_squares: { args: [FFIType.ptr, FFIType.u64, FFIType.f32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   mp_fused_adamw: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   mp_fused_sgd: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  // I/O (issue #7): a cast fused with conversion statistics (zig/src/cpu/convert.zig).
+  mp_convert_stats: {
+    args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.u32, FFIType.u32, FFIType.ptr],
+    returns: FFIType.i32,
+  },
+  // CUDA backend (src/backend/cuda.ts). Device addresses cross as u64; the first u32 is the ordinal.
+  mp_last_error: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+  mp_cuda_init: { args: [], returns: FFIType.i32 },
+  mp_cuda_device_count: { args: [FFIType.ptr], returns: FFIType.i32 },
+  mp_cuda_device_info: { args: [FFIType.u32, FFIType.ptr, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+  mp_cuda_alloc: { args: [FFIType.u32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+  mp_cuda_free: { args: [FFIType.u32, FFIType.u64], returns: FFIType.i32 },
+  mp_cuda_empty_cache: { args: [FFIType.u32], returns: FFIType.i32 },
+  mp_cuda_memory_stats: { args: [FFIType.u32, FFIType.ptr], returns: FFIType.i32 },
+  mp_cuda_memcpy_h2d: { args: [FFIType.u32, FFIType.u64, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
+  mp_cuda_memcpy_d2h: { args: [FFIType.u32, FFIType.ptr, FFIType.u64, FFIType.u64], returns: FFIType.i32 },
+  mp_cuda_memcpy_d2d: { args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64], returns: FFIType.i32 },
+  mp_cuda_fill32: { args: [FFIType.u32, FFIType.u64, FFIType.u32, FFIType.u64], returns: FFIType.i32 },
+  mp_cuda_launch_cast: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u32, FFIType.u32, FFIType.u32, FFIType.u32],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_unscale_check: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.f32, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_update_scale: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.f32, FFIType.f32, FFIType.i32],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_global_norm: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_cuda_sync: { args: [FFIType.u32], returns: FFIType.i32 },
+  mp_cuda_sync_count: { args: [FFIType.ptr], returns: FFIType.i32 },
+  mp_cuda_timer_start: { args: [FFIType.u32], returns: FFIType.i32 },
+  mp_cuda_timer_stop: { args: [FFIType.u32, FFIType.ptr], returns: FFIType.i32 },
 } as const;
 
 type Library = ReturnType<typeof dlopen<typeof SYMBOLS>>;
@@ -104,4 +142,17 @@ export function check(status: number, what: string): void {
   if (status === Status.ok) return;
   const name = STATUS_NAMES[status] ?? `unknown status ${status}`;
   throw new MixprecError(name, `${what} failed in the native library: ${name}`);
+}
+
+const ERROR_LENGTH = new BigUint64Array(1);
+const ERROR_BUFFER = new Uint8Array(2048);
+
+/**
+ * The native library's message for its last failure (why CUDA is unavailable, or the CUresult
+ * name and description of a failed driver call); empty when there is none.
+ */
+export function lastError(): string {
+  check(native().mp_last_error(ptr(ERROR_BUFFER), ERROR_BUFFER.length, ptr(ERROR_LENGTH)), "mp_last_error");
+  const length = Math.min(Number(ERROR_LENGTH[0]), ERROR_BUFFER.length);
+  return new TextDecoder().decode(ERROR_BUFFER.subarray(0, length));
 }

@@ -68,6 +68,16 @@ function resolve(source: unknown, from: Dtype, to: Dtype, options: CastOptions):
   return { from: fromName, to: toName, flags, seed };
 }
 
+/**
+ * Validates cast options as {@linkcode cast} does and returns the native flags and seed, for casts
+ * that run elsewhere (the CUDA kernel of a device tensor's `to(dtype)`).
+ * @internal
+ */
+export function castFlags(from: Dtype, to: Dtype, options: CastOptions): { flags: number; seed: number } {
+  const resolved = resolve(allocateStorage(canonicalDtype(from), 0), from, to, options);
+  return { flags: resolved.flags, seed: resolved.seed };
+}
+
 function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
   if (a.buffer !== b.buffer) return false;
   return a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;

@@ -79,8 +79,6 @@ export {
 } from "./optim/schedules.ts";
 export { type MasterWeightsOptions, type MasterWeightsState, withMasterWeights } from "./optim/with_master_weights.ts";
 export {
-  type LossScaleLike,
-  type StepResult as OptimizerStepResult,
   withLossScale,
   type WithLossScaleState,
 } from "./optim/with_loss_scale.ts";
@@ -93,3 +91,81 @@ export {
   fusedAdamW,
 } from "./optim/fused_adamw.ts";
 export { type FusedSgdOptions, type FusedSgdState, fusedSgd } from "./optim/fused_sgd.ts";
+// AMP: loss scales, precision policies (issue #3).
+export {
+  allFinite,
+  type DynamicLossScale,
+  type DynamicLossScaleOptions,
+  dynamicLossScale,
+  type LossScale,
+  type LossScaleEvent,
+  type LossScaleJSON,
+  lossScaleFromJSON,
+  noLossScale,
+  type StepResult,
+  staticLossScale,
+  type Unscaled,
+} from "./loss_scale.ts";
+export { getPolicy, isPolicy, type Policy, type PolicyDtype, POLICY_PRESETS } from "./policy.ts";
+export {
+  AUTOCAST_OPS,
+  autocast,
+  type AutocastCategory,
+  autocastCategory,
+  autocastDtype,
+  type AutocastTensors,
+  autocastTensors,
+  currentPolicy,
+  promoteDtypes,
+} from "./autocast.ts";
+export {
+  GradScaler,
+  type GradScalerOptions,
+  type GradScalerStateDict,
+  type ScaleUpdate,
+  type ScalerOptimizer,
+} from "./grad_scaler.ts";
+export {
+  type DeviceCapabilities,
+  type LoraPrecision,
+  type NormalizedPrecisionConfig,
+  type PrecisionCheck,
+  type PrecisionConfig,
+  type Quantization,
+  validatePrecisionConfig,
+} from "./precision_config.ts";
+export {
+  type CpuDeviceInfo,
+  type CudaDeviceInfo,
+  cudaCapabilities,
+  type DeviceInfo,
+  devices,
+  registerDeviceProvider,
+} from "./device.ts";
+
+// I/O: safetensors files, checkpoint conversion, resumable training state (src/io/).
+export {
+  IntegerTensor,
+  integerTensor,
+  type IntegerArray,
+  type IntegerDtype,
+  type LoadedSafetensors,
+  type LoadOptions,
+  loadSafetensors,
+  openSafetensors,
+  type SafetensorsDtype,
+  type SafetensorsFile,
+  type SafetensorsLeaf,
+  type SafetensorsSource,
+  saveSafetensors,
+  serializeSafetensors,
+  type TensorInfo,
+} from "./io/safetensors.ts";
+export {
+  type ConversionReport,
+  type ConvertOptions,
+  convertCheckpoint,
+  describeConversion,
+  formatConversionReport,
+  type TensorConversion,
+} from "./io/convert.ts";

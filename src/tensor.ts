@@ -9,7 +9,17 @@
 
 import { ptr, toArrayBuffer } from "bun:ffi";
 import { check, native } from "./_ffi.ts";
-import { type CastOptions, castInto } from "./cast.ts";
+import {
+  cudaAlloc,
+  cudaCast,
+  cudaCopyOnDevice,
+  cudaCopyToDevice,
+  cudaCopyToHost,
+  cudaFill32,
+  cudaFree,
+  requireCuda,
+} from "./backend/cuda.ts";
+import { type CastOptions, castFlags, castInto } from "./cast.ts";
 import {
   allocateStorage,
   canonicalDtype,
@@ -20,7 +30,6 @@ import {
   isStorageOf,
   type StorageArray,
 } from "./dtype.ts";
-import { MixprecError } from "./errors.ts";
 import { squirrel5 } from "./_numerics.ts";
 
 /** Where a tensor lives: "cpu" or "cuda:N". */
@@ -29,13 +38,16 @@ export type Device = "cpu" | `cuda:${number}`;
 /** A tensor's shape: non-negative integer dimensions. */
 export type Shape = readonly number[];
 
+/** Native storage: host memory (ordinal -1) or device memory of cuda:ordinal. */
 interface Allocation {
   readonly address: number;
   readonly sizeBytes: number;
+  readonly ordinal: number;
 }
 
 const registry = new FinalizationRegistry<Allocation>((allocation) => {
-  native().mp_free(allocation.address, allocation.sizeBytes);
+  if (allocation.ordinal < 0) native().mp_free(allocation.address, allocation.sizeBytes);
+  else cudaFree(allocation.ordinal, allocation.address);
 });
 
 const ADDRESS_OUT = new BigUint64Array(1);
@@ -59,12 +71,15 @@ export function shapeSize(shape: unknown): number {
   return size;
 }
 
+/** "cpu", or "cuda:N" for "cuda" / "cuda:N" after checking that the device is there. */
 function checkDevice(device: unknown): Device {
   if (device === "cpu") return "cpu";
-  if (typeof device === "string" && /^cuda(:\d+)?$/.test(device)) {
-    throw new MixprecError("cuda_unavailable", `Device ${device} is not available in this build: use device "cpu"`);
-  }
+  if (typeof device === "string" && /^cuda(:\d+)?$/.test(device)) return `cuda:${requireCuda(device)}`;
   throw new TypeError(`Unknown device ${JSON.stringify(device)}: use "cpu" or "cuda:N"`);
+}
+
+function ordinalOf(device: Device): number {
+  return device === "cpu" ? -1 : Number(device.slice(5));
 }
 
 /**
@@ -90,8 +105,17 @@ export class Tensor {
     this.size = shapeSize(this.shape);
     this.device = device;
     const sizeBytes = this.size * (dtypeInfo(dtype).bits / 8);
+    const ordinal = ordinalOf(device);
+    if (ordinal >= 0) {
+      // Device storage: zeroed on the stream; the host never maps it.
+      const address = cudaAlloc(ordinal, sizeBytes);
+      cudaFill32(ordinal, address, 0, Math.ceil(sizeBytes / 4));
+      this.#allocation = { address, sizeBytes, ordinal };
+      registry.register(this, this.#allocation, this);
+      return;
+    }
     const address = allocate(sizeBytes);
-    this.#allocation = { address, sizeBytes };
+    this.#allocation = { address, sizeBytes, ordinal };
     const buffer = toArrayBuffer(address, 0, Math.max(sizeBytes, 1));
     const view = allocateViewOf(dtype, buffer, this.size);
     view.fill(0);
@@ -109,11 +133,16 @@ export class Tensor {
    * for 16-bit types, Uint8Array for fp8). Valid until the tensor is disposed; do not keep it.
    */
   get data(): StorageArray {
-    if (this.#view === undefined) throw this.#disposedError("data");
+    if (this.#view === undefined) {
+      if (this.#allocation === undefined) throw this.#disposedError("data");
+      throw new TypeError(
+        `Cannot read data of ${this.toString()} from the host: its storage is device memory. Call .to("cpu") for a CPU tensor, or .toArray() for its values`,
+      );
+    }
     return this.#view;
   }
 
-  /** The native address of the storage (for kernels). */
+  /** The native address of the storage (for kernels): host memory on "cpu", device memory on "cuda:N". */
   get address(): number {
     if (this.#allocation === undefined) throw this.#disposedError("address");
     return this.#allocation.address;
@@ -132,14 +161,24 @@ export class Tensor {
 
   /** Values as a new Float32Array (every dtype widens to float32 exactly). */
   toArray(): Float32Array {
-    const data = this.data;
+    const data = this.#hostBits();
     if (this.dtype === "float32") return (data as Float32Array).slice();
     return castInto(data, new Float32Array(this.size), this.dtype, "float32");
   }
 
   /** A copy of the raw bits. */
   bits(): StorageArray {
-    return this.data.slice();
+    return this.device === "cpu" ? this.data.slice() : this.#hostBits();
+  }
+
+  /** The storage view on the CPU; a fresh host copy (one wait for the device) on CUDA. */
+  #hostBits(): StorageArray {
+    const allocation = this.#allocation;
+    if (allocation === undefined) throw this.#disposedError("data");
+    if (allocation.ordinal < 0) return this.data;
+    const host = allocateStorage(this.dtype, this.size);
+    cudaCopyToHost(allocation.ordinal, host, allocation.address);
+    return host;
   }
 
   /**
@@ -153,12 +192,28 @@ export class Tensor {
     if (typeof target === "string" && (target === "cpu" || target.startsWith("cuda"))) {
       const device = checkDevice(target);
       const copy = new Tensor(this.dtype, this.shape, device);
-      copy.data.set(this.data);
+      copyStorage(this, copy);
       return copy;
     }
     const dtype = canonicalDtype(target);
+    if (this.device !== "cpu" && dtype !== this.dtype) {
+      const { flags, seed } = castFlags(this.dtype, dtype, options);
+      const result = new Tensor(dtype, this.shape, this.device);
+      const from = dtypeInfo(this.dtype).code;
+      cudaCast(
+        ordinalOf(this.device),
+        this.address,
+        result.address,
+        this.size,
+        from,
+        dtypeInfo(dtype).code,
+        flags,
+        seed,
+      );
+      return result;
+    }
     const result = new Tensor(dtype, this.shape, this.device);
-    if (dtype === this.dtype) result.data.set(this.data);
+    if (dtype === this.dtype) copyStorage(this, result);
     else castInto(this.data, result.data, this.dtype, dtype, options);
     return result;
   }
@@ -176,7 +231,7 @@ export class Tensor {
       );
     }
     const result = new Tensor(this.dtype, shape, this.device);
-    result.data.set(this.data);
+    copyStorage(this, result);
     return result;
   }
 
@@ -184,10 +239,11 @@ export class Tensor {
   dispose(): void {
     if (this.#allocation === undefined) return;
     registry.unregister(this);
-    const { address, sizeBytes } = this.#allocation;
+    const { address, sizeBytes, ordinal } = this.#allocation;
     this.#allocation = undefined;
     this.#view = undefined;
-    check(native().mp_free(address, sizeBytes), "freeing a tensor");
+    if (ordinal >= 0) cudaFree(ordinal, address);
+    else check(native().mp_free(address, sizeBytes), "freeing a tensor");
   }
 
   /** For `using t = tensor(...)`. */
@@ -205,6 +261,17 @@ export class Tensor {
       `Cannot read ${what} of a disposed ${this.toString()}: keep the tensor alive until its last use`,
     );
   }
+}
+
+/** Copies the storage bytes of `source` into `target` (same dtype and size), across devices too. */
+function copyStorage(source: Tensor, target: Tensor): void {
+  const from = ordinalOf(source.device);
+  const to = ordinalOf(target.device);
+  if (from < 0 && to < 0) target.data.set(source.data);
+  else if (from < 0) cudaCopyToDevice(to, target.address, source.data);
+  else if (to < 0) cudaCopyToHost(from, target.data, source.address);
+  else if (from === to) cudaCopyOnDevice(to, target.address, source.address, source.sizeBytes);
+  else cudaCopyToDevice(to, target.address, source.bits());
 }
 
 function allocateViewOf(dtype: DtypeName, buffer: ArrayBuffer, length: number): StorageArray {
@@ -297,11 +364,14 @@ export function tensor(data: number | readonly unknown[] | StorageArray, options
   if (shapeSize(shape) !== length) {
     throw new RangeError(`Shape [${shape.join(", ")}] holds ${shapeSize(shape)} elements but the data has ${length}`);
   }
-  const result = new Tensor(dtype, shape, device);
+  const result = new Tensor(dtype, shape, "cpu");
   if (bits !== undefined) result.data.set(bits);
   else if (dtype === "float32") result.data.set(values!);
   else castInto(values!, result.data, "float32", dtype);
-  return result;
+  if (device === "cpu") return result;
+  // Device tensors are filled on the host and copied over once.
+  using host = result;
+  return host.to(device);
 }
 
 /** Options for filled tensors. */
@@ -336,6 +406,11 @@ export function zeros(shape: Shape, options: FillOptions = {}): Tensor {
  * @returns A new tensor.
  */
 export function full(shape: Shape, value: number, options: FillOptions = {}): Tensor {
+  const device = checkDevice(options.device ?? "cpu");
+  if (device !== "cpu") {
+    using host = full(shape, value, { dtype: options.dtype });
+    return host.to(device);
+  }
   const result = zeros(shape, options);
   const one = castInto(new Float32Array([value]), allocateStorage(result.dtype, 1), "float32", result.dtype);
   result.data.fill(one[0]!);

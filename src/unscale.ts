@@ -7,6 +7,7 @@
 
 import { ptr } from "bun:ffi";
 import { check, native } from "./_ffi.ts";
+import { cudaAlloc, cudaCopyToHost, cudaFill32, cudaFree, cudaTable, cudaUnscaleCheck } from "./backend/cuda.ts";
 import {
   canonicalDtype,
   describeKind,
@@ -83,8 +84,47 @@ export function unscaleAndCheck(grads: readonly (Tensor | GradientRow)[], invSca
   if (typeof invScale !== "number" || Number.isNaN(invScale)) {
     throw new TypeError(`invScale must be a number, got ${String(invScale)}: pass 1 / lossScale`);
   }
+  if (Array.isArray(grads) && grads.some((grad) => grad instanceof Tensor && grad.device !== "cpu")) {
+    return unscaleOnDevice(grads, invScale);
+  }
   const table = gradientTable(grads, "unscaleAndCheck");
   if (grads.length === 0) return false;
   check(native().mp_unscale_check(ptr(table), grads.length, Math.fround(invScale), ptr(FOUND_OUT)), "unscaleAndCheck");
   return FOUND_OUT[0] !== 0;
+}
+
+/**
+ * unscaleAndCheck for CUDA tensors: one kernel launch over a device row table, then one read of the
+ * found-inf flag (the boolean result needs it). A training step that must not wait keeps the flag
+ * on the device instead (src/backend/cuda.ts cudaUnscaleCheck).
+ */
+function unscaleOnDevice(grads: readonly (Tensor | GradientRow)[], invScale: number): boolean {
+  const first = grads[0] as Tensor;
+  grads.forEach((grad, i) => {
+    if (!(grad instanceof Tensor) || grad.device !== first.device) {
+      const where = grad instanceof Tensor ? grad.device : "the host";
+      throw new TypeError(
+        `Gradient ${i} is on ${where} but gradient 0 is on ${first.device}: unscale the gradients of one device per call`,
+      );
+    }
+    if (!UNSCALABLE.has(grad.dtype)) {
+      throw new TypeError(`Gradient ${i} has dtype ${grad.dtype}: gradients are float32, float16 or bfloat16`);
+    }
+  });
+  const tensors = grads as readonly Tensor[];
+  const ordinal = Number(first.device.slice(5));
+  using table = cudaTable(
+    ordinal,
+    tensors.map((t) => ({ address: t.address, count: t.size, dtypeCode: dtypeInfo(t.dtype).code })),
+  );
+  const found = cudaAlloc(ordinal, 4);
+  try {
+    cudaFill32(ordinal, found, 0, 1);
+    cudaUnscaleCheck(table, { invScale }, found);
+    const flag = new Uint32Array(1);
+    cudaCopyToHost(ordinal, flag, found);
+    return flag[0] !== 0;
+  } finally {
+    cudaFree(ordinal, found);
+  }
 }

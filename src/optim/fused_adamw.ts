@@ -6,6 +6,8 @@
  */
 
 import type { DtypeName } from "../dtype.ts";
+import type { ScalerOptimizer } from "../grad_scaler.ts";
+import { type LossScale, noLossScale, type StepResult } from "../loss_scale.ts";
 import type { Tensor } from "../tensor.ts";
 import { zeros } from "../tensor.ts";
 import { checkStateDtype, rowSeed } from "./_ops.ts";
@@ -79,6 +81,18 @@ export interface FusedAdamWState {
 export interface FusedOptimizer<S> {
   /** Steps `params` in place from `grads` (read only; any float dtype). */
   step(params: Params, grads: Updates, options?: FusedStepOptions): FusedStepResult;
+  /**
+   * One step under a loss scale without an unscale pass: the check pass reads the scaled
+   * gradients, the kernel multiplies by `1 / scale` itself. Returns the typed step result and the
+   * adjusted scale for the next step. bfloat16 gradients under a dynamic scale switch scaling off
+   * (reason "bf16_no_scaling"), as `withLossScale` does.
+   */
+  stepWithLossScale(params: Params, grads: Updates, lossScale: LossScale): { step: StepResult; lossScale: LossScale };
+  /**
+   * This optimizer as the GradScaler's `ScalerOptimizer`: `scaler.step(opt.scalerOptimizer(params, grads))`.
+   * The scaler unscales `grads` in place first and calls step() only when they are finite.
+   */
+  scalerOptimizer(params: Params, grads: Updates | (() => Updates)): ScalerOptimizer;
   /** The state, created by the first step (null before). */
   readonly state: S | null;
   /** PyTorch's flag: step() takes the loss scale and found-inf itself (GradScaler skips unscale). */
@@ -152,7 +166,7 @@ export function fusedAdamW(options: FusedAdamWOptions = {}): FusedOptimizer<Fuse
     lastStep: null,
   });
 
-  return {
+  return withScalerMethods<FusedAdamWState>({
     stepSupportsAmpScaling: true,
     get state(): FusedAdamWState | null {
       if (state === null) return null;
@@ -215,7 +229,7 @@ export function fusedAdamW(options: FusedAdamWOptions = {}): FusedOptimizer<Fuse
       for (const t of [...state.master, ...state.mu, ...state.nu, ...(state.nuMax ?? [])]) t?.dispose();
       state = null;
     },
-  };
+  });
 }
 
 /** @internal */
@@ -266,4 +280,47 @@ export function preCheck(
   if (maxGradNorm === null) return { skip: false, invScale, clip: 1, gradNorm: null, flag };
   const { norm, coefficient } = clipCoefficient(sum, maxGradNorm);
   return { skip: false, invScale, clip: coefficient, gradNorm: norm, flag };
+}
+
+/**
+ * Adds the loss-scale and GradScaler entry points to a fused optimizer's core `step`.
+ * @internal
+ */
+export function withScalerMethods<S>(
+  core: Omit<FusedOptimizer<S>, "stepWithLossScale" | "scalerOptimizer">,
+): FusedOptimizer<S> {
+  const optimizer: FusedOptimizer<S> = Object.defineProperties(
+    {
+      step: core.step,
+      dispose: core.dispose,
+      stepSupportsAmpScaling: true as const,
+      stepWithLossScale(params: Params, grads: Updates, lossScale: LossScale) {
+        const before = lossScale.value;
+        const leaves = tensorLeaves(grads, "stepWithLossScale grads");
+        const bf16 = lossScale.kind === "dynamic" && leaves.some((g) => g.dtype === "bfloat16");
+        const invScale = lossScale.kind === "none" ? 1 : fround(1 / before);
+        const result = core.step(params, grads, { invScale });
+        const next = lossScale.kind === "none" ? lossScale : bf16 ? noLossScale() : lossScale.adjust(result.applied);
+        const reason = result.applied && bf16 ? "bf16_no_scaling" : result.reason;
+        const step: StepResult = Object.freeze({
+          applied: result.applied,
+          reason,
+          scaleBefore: before,
+          scaleAfter: next.value,
+        });
+        return { step, lossScale: next };
+      },
+      scalerOptimizer(params: Params, grads: Updates | (() => Updates)): ScalerOptimizer {
+        const current = () => (typeof grads === "function" ? grads() : grads);
+        return {
+          get grads() {
+            return current();
+          },
+          step: () => core.step(params, current(), { foundInf: false }),
+        };
+      },
+    },
+    { state: { get: () => core.state, enumerable: true } },
+  ) as FusedOptimizer<S>;
+  return optimizer;
 }

@@ -17,6 +17,7 @@ import {
   type FusedStepResult,
   preCheck,
   skipped,
+  withScalerMethods,
 } from "./fused_adamw.ts";
 import {
   checkLeavesMatch,
@@ -96,7 +97,7 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
     buffer: Tensor[] | null;
     lastStep: FusedStepResult | null;
   } | null = null;
-  return {
+  return withScalerMethods<FusedSgdState>({
     stepSupportsAmpScaling: true,
     get state(): FusedSgdState | null {
       if (state === null) return null;
@@ -158,5 +159,5 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
       for (const t of [...state.master, ...(state.buffer ?? [])]) t?.dispose();
       state = null;
     },
-  };
+  });
 }

@@ -4,9 +4,11 @@
  * @module
  */
 
+import { type LossScale, noLossScale, type StepResult } from "../loss_scale.ts";
+import { validatePrecisionConfig } from "../precision_config.ts";
 import type { Tensor } from "../tensor.ts";
 import { zeros } from "../tensor.ts";
-import { type Tree, treeMap } from "../tree.ts";
+import { treeMap } from "../tree.ts";
 import {
   checkState,
   freezeState,
@@ -17,44 +19,15 @@ import {
   type Updates,
 } from "./transformation.ts";
 
-/**
- * The part of a LossScale (src/loss_scale.ts) this transformation uses: an immutable value that
- * unscales gradients in place in one native call and adjusts itself after each step.
- */
-export interface LossScaleLike {
-  readonly kind: "none" | "static" | "dynamic";
-  readonly value: number;
-  unscale(grads: Tree<Tensor>): { grads: Tree<Tensor>; finite: boolean };
-  adjust(finite: boolean): LossScaleLike;
-}
-
-/** The typed result of one step (the StepResult of src/loss_scale.ts). */
-export interface StepResult {
-  /** Whether the inner optimizer ran (false: the step was skipped). */
-  readonly applied: boolean;
-  /** "applied", "non_finite" (skipped), or "bf16_no_scaling" (applied, scaling switched off). */
-  readonly reason: "applied" | "non_finite" | "accumulating" | "bf16_no_scaling" | string;
-  readonly scaleBefore: number;
-  readonly scaleAfter: number;
-}
-
 /** State of {@linkcode withLossScale}. */
 export interface WithLossScaleState extends OptState {
   readonly kind: "withLossScale";
   /** The loss scale for the next step: multiply the loss by `lossScale.scale(loss)` / `.value`. */
-  readonly lossScale: LossScaleLike;
+  readonly lossScale: LossScale;
   /** The last step's result (null before the first). */
   readonly lastStep: StepResult | null;
   readonly inner: OptState;
 }
-
-/** A pass-through "none" scale, used when bfloat16 gradients switch dynamic scaling off. */
-const NO_SCALE: LossScaleLike = Object.freeze({
-  kind: "none" as const,
-  value: 1,
-  unscale: (grads: Tree<Tensor>) => ({ grads, finite: true }),
-  adjust: () => NO_SCALE,
-});
 
 let bf16NoticeShown = false;
 
@@ -74,19 +47,18 @@ let bf16NoticeShown = false;
  * @returns A transformation whose state holds the current scale and the last step's result.
  * @example
  * ```ts
+ * import { staticLossScale } from "../loss_scale.ts";
  * import { tensor } from "../tensor.ts";
  * import { sgd } from "./sgd.ts";
  * import { withLossScale } from "./with_loss_scale.ts";
- * const fixed = { kind: "static" as const, value: 4, adjust() { return fixed; },
- *   unscale(grads: any) { for (const g of grads) g.data[0] /= 4; return { grads, finite: true }; } };
- * const opt = withLossScale(fixed, sgd({ lr: 1 }));
+ * const opt = withLossScale(staticLossScale(4), sgd({ lr: 1 }));
  * using g = tensor([8]);
  * const [u, s] = opt.update([g], opt.init([g]));
  * if ((u as any)[0].toArray()[0] !== -2 || !s.lastStep?.applied) throw new Error("unscaled step");
  * ```
  */
 export function withLossScale(
-  lossScale: LossScaleLike,
+  lossScale: LossScale,
   inner: GradientTransformation,
 ): GradientTransformation<WithLossScaleState> {
   if (typeof lossScale?.unscale !== "function" || typeof lossScale.adjust !== "function") {
@@ -110,22 +82,20 @@ export function withLossScale(
       const leaves = tensorLeaves(updates, "withLossScale updates");
       const bf16 = scale.kind === "dynamic" && leaves.some((g) => g.dtype === "bfloat16");
       const { finite } = scale.unscale(updates);
-      let next = bf16 ? NO_SCALE : scale.adjust(finite);
+      const next = bf16 ? noLossScale() : scale.adjust(finite);
       if (bf16 && !bf16NoticeShown) {
         bf16NoticeShown = true;
-        console.warn(
-          "mixprec: bfloat16 gradients with a dynamic loss scale: bfloat16 has float32's exponent range, so loss scaling is switched off (as validatePrecisionConfig advises); use noLossScale() to silence this",
-        );
+        const { notices } = validatePrecisionConfig({ compute: "bfloat16", lossScale: "dynamic" });
+        console.warn(`mixprec withLossScale: ${notices.join("; ")} (pass noLossScale() to silence this)`);
       }
       if (!finite) {
         const out = treeMap((u: Tensor) => zeros(u.shape), updates);
-        if (bf16) next = NO_SCALE;
         const lastStep = { applied: false, reason: "non_finite", scaleBefore: before, scaleAfter: next.value };
         return [out, freezeState({ ...state, lossScale: next, lastStep })] as const;
       }
       const [out, innerState] = inner.update(updates, state.inner, params);
       const reason = bf16 ? "bf16_no_scaling" : "applied";
-      const lastStep = { applied: true, reason, scaleBefore: before, scaleAfter: next.value };
+      const lastStep: StepResult = { applied: true, reason, scaleBefore: before, scaleAfter: next.value };
       return [out, freezeState({ ...state, lossScale: next, lastStep, inner: innerState })] as const;
     },
   };

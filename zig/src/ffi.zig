@@ -11,6 +11,7 @@ const unscale = @import("cpu/unscale.zig");
 const sum_squares = @import("cpu/sum_squares.zig");
 const adamw = @import("cpu/adamw.zig");
 const sgd = @import("cpu/sgd.zig");
+const convert = @import("cpu/convert.zig");
 
 /// Bumped whenever an export's signature or meaning changes; src/_ffi.ts refuses a mismatch.
 pub const abi_version: u32 = 1;
@@ -189,9 +190,289 @@ test {
     _ = sgd;
 }
 
+/// Casts `count` elements from `from` to `to` (nearest even) and writes the statistics of what the
+/// rounding did to `out_stats` (convert.zig `Stats`: overflow, underflow, subnormal and counted
+/// element counts, max and summed relative error). For checkpoint conversion (src/io/convert.ts).
+export fn mp_convert_stats(source: ?*const anyopaque, target: ?*anyopaque, count: u64, from: u32, to: u32, out_stats: ?*convert.Stats) i32 {
+    const out = out_stats orelse return status(.null_pointer);
+    const from_dtype = numerics.Dtype.from_int(from) orelse return status(.invalid_dtype);
+    const to_dtype = numerics.Dtype.from_int(to) orelse return status(.invalid_dtype);
+    if (count == 0) {
+        out.* = .{};
+        return status(.ok);
+    }
+    const source_bytes: [*]const u8 = @ptrCast(source orelse return status(.null_pointer));
+    const target_bytes: [*]u8 = @ptrCast(target orelse return status(.null_pointer));
+    const source_end = @intFromPtr(source_bytes) + count * from_dtype.size_bytes();
+    const target_end = @intFromPtr(target_bytes) + count * to_dtype.size_bytes();
+    if (source_end > @intFromPtr(target_bytes) and target_end > @intFromPtr(source_bytes)) return status(.overlap);
+    out.* = convert.convert(.{ .source = source_bytes, .target = target_bytes, .from = from_dtype, .to = to_dtype }, count);
+    return status(.ok);
+}
+
 test {
     _ = numerics;
     _ = pool;
     _ = cast;
     _ = unscale;
+    _ = convert;
+    _ = driver;
+    _ = step_math;
+}
+
+// ---- CUDA backend (zig/src/cuda/driver.zig). Device memory crosses as u64 addresses; every call
+// names the device ordinal N of "cuda:N". A failure's reason is read with mp_last_error.
+
+const driver = @import("cuda/driver.zig");
+const step_math = @import("cuda/step_math.zig");
+
+fn cuda_status(err: driver.Error) i32 {
+    return status(switch (err) {
+        error.CudaUnavailable => .cuda_unavailable,
+        error.CudaError => .cuda_error,
+        error.OutOfMemory => .out_of_memory,
+        error.InvalidArgument => .invalid_argument,
+    });
+}
+
+fn cuda_device(ordinal: u32) driver.Error!*driver.Device {
+    return driver.device(ordinal, ptx_source);
+}
+
+/// Copies the message of the last failure (why CUDA is unavailable, or the CUresult name of a
+/// failed driver call) into `buffer` (truncated to `capacity`); `out_length` gets its full length.
+export fn mp_last_error(buffer: ?[*]u8, capacity: u64, out_length: ?*u64) i32 {
+    const length = out_length orelse return status(.null_pointer);
+    const message = driver.last_error();
+    length.* = message.len;
+    if (capacity == 0) return status(.ok);
+    const target = buffer orelse return status(.null_pointer);
+    const count = @min(message.len, capacity);
+    @memcpy(target[0..count], message[0..count]);
+    return status(.ok);
+}
+
+/// Loads libcuda.so.1 and initialises the driver; cuda_unavailable (reason in mp_last_error) on a
+/// machine without an NVIDIA driver or device.
+export fn mp_cuda_init() i32 {
+    driver.init() catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// The number of CUDA devices; 0 where CUDA is unavailable (this call never fails for that).
+export fn mp_cuda_device_count(out_count: ?*u32) i32 {
+    const out = out_count orelse return status(.null_pointer);
+    out.* = driver.device_count();
+    return status(.ok);
+}
+
+/// Device `ordinal`'s NUL-terminated name (into `name`, `capacity` >= 2 bytes) and its compute
+/// capability, memory and multiprocessor count (into `out_info`, a driver.DeviceInfo of 24 bytes).
+export fn mp_cuda_device_info(ordinal: u32, name: ?[*]u8, capacity: u64, out_info: ?*driver.DeviceInfo) i32 {
+    const info = out_info orelse return status(.null_pointer);
+    const target = name orelse return status(.null_pointer);
+    if (capacity < 2 or capacity > 1 << 20) return status(.invalid_argument);
+    driver.device_info(ordinal, target[0..capacity], info) catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// Allocates `size_bytes` of device memory from the caching allocator; `out_address` receives it.
+export fn mp_cuda_alloc(ordinal: u32, size_bytes: u64, out_address: ?*u64) i32 {
+    const out = out_address orelse return status(.null_pointer);
+    const target = cuda_device(ordinal) catch |err| return cuda_status(err);
+    out.* = target.cache.alloc(size_bytes) catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// Returns a block from mp_cuda_alloc to the allocator's cache (no driver call, no sync).
+export fn mp_cuda_free(ordinal: u32, address: u64) i32 {
+    if (address == 0) return status(.null_pointer);
+    const target = cuda_device(ordinal) catch |err| return cuda_status(err);
+    target.cache.free(address) catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// Gives the allocator's cached blocks back to the driver (synchronises).
+export fn mp_cuda_empty_cache(ordinal: u32) i32 {
+    const target = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.empty_cache(target) catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// Bytes the allocator holds for live tensors (out_stats[0]) and in its cache (out_stats[1]).
+export fn mp_cuda_memory_stats(ordinal: u32, out_stats: ?*[2]u64) i32 {
+    const out = out_stats orelse return status(.null_pointer);
+    const target = cuda_device(ordinal) catch |err| return cuda_status(err);
+    out.* = .{ target.cache.live_bytes, target.cache.cached_bytes };
+    return status(.ok);
+}
+
+/// Host -> device, `size_bytes` from `source` to device `target`. Returns once the bytes are in
+/// pinned staging (the host buffer may be reused at once), before the device has them.
+export fn mp_cuda_memcpy_h2d(ordinal: u32, target: u64, source: ?[*]const u8, size_bytes: u64) i32 {
+    if (size_bytes == 0) return status(.ok);
+    const bytes = source orelse return status(.null_pointer);
+    if (target == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.copy_to_device(device, target, bytes[0..size_bytes]) catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// Device -> host after all queued work (synchronises).
+export fn mp_cuda_memcpy_d2h(ordinal: u32, target: ?[*]u8, source: u64, size_bytes: u64) i32 {
+    if (size_bytes == 0) return status(.ok);
+    const bytes = target orelse return status(.null_pointer);
+    if (source == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.copy_to_host(device, bytes[0..size_bytes], source) catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// Device -> device on the stream (no sync).
+export fn mp_cuda_memcpy_d2d(ordinal: u32, target: u64, source: u64, size_bytes: u64) i32 {
+    if (size_bytes == 0) return status(.ok);
+    if (target == 0 or source == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.copy_on_device(device, target, source, size_bytes) catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// Fills `count` u32 words at `target` with `value` on the stream (no sync), e.g. to zero found_inf.
+export fn mp_cuda_fill32(ordinal: u32, target: u64, value: u32, count: u64) i32 {
+    if (count == 0) return status(.ok);
+    if (target == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.fill32(device, target, value, count) catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// mp_cast on device memory: the same arguments, flags and bits (no sync).
+export fn mp_cuda_launch_cast(ordinal: u32, source: u64, target: u64, count: u64, from: u32, to: u32, flags: u32, seed: u32) i32 {
+    const from_dtype = numerics.Dtype.from_int(from) orelse return status(.invalid_dtype);
+    const to_dtype = numerics.Dtype.from_int(to) orelse return status(.invalid_dtype);
+    if (flags & ~(numerics.flag_stochastic | numerics.flag_saturate) != 0) return status(.invalid_argument);
+    if (count == 0) return status(.ok);
+    if (source == 0 or target == 0) return status(.null_pointer);
+    const source_end = source + count * from_dtype.size_bytes();
+    const target_end = target + count * to_dtype.size_bytes();
+    if (source_end > target and target_end > source) return status(.overlap);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const grid = driver.grid_blocks(device, count);
+    driver.launch(device, .cast, grid, driver.block_threads, .{ source, target, count, from, to, flags, seed }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// Multi-tensor unscale and check on the device. `table` is a device copy of `row_count` 24-byte
+/// rows (unscale.TensorRow with device addresses) holding `total_count` elements in all. When
+/// `scale` is not 0 it is the device address of the float32 loss scale and the kernel unscales by
+/// float32(1 / float64(scale)); else by `inv_scale`. Sets the device u32 at `found_inf` to 1 when
+/// any element is inf or NaN (never clears it). No sync.
+export fn mp_cuda_launch_unscale_check(ordinal: u32, table: u64, row_count: u64, total_count: u64, inv_scale: f32, scale: u64, found_inf: u64) i32 {
+    if (found_inf == 0) return status(.null_pointer);
+    if (total_count == 0) return status(.ok);
+    if (table == 0) return status(.null_pointer);
+    if (row_count == 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const grid = driver.grid_blocks(device, total_count);
+    driver.launch(device, .unscale_check, grid, driver.block_threads, .{ table, row_count, total_count, inv_scale, scale, found_inf }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// PyTorch's _amp_update_scale_ on the device: `state` holds { scale: f32, tracker: i32 } and
+/// `found_inf` the u32 flag from the unscale. No sync.
+export fn mp_cuda_launch_update_scale(ordinal: u32, state: u64, found_inf: u64, growth_factor: f32, backoff_factor: f32, growth_interval: i32) i32 {
+    if (state == 0 or found_inf == 0) return status(.null_pointer);
+    if (growth_interval <= 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.launch(device, .update_scale, 1, 32, .{ state, found_inf, growth_factor, backoff_factor, growth_interval }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// The global L2 norm of the tensors of a device row table (as mp_cuda_launch_unscale_check),
+/// written as a float32 to device address `norm`. Two launches, a fixed summation order for a
+/// given device (so the same inputs give the same bits), no sync.
+export fn mp_cuda_launch_global_norm(ordinal: u32, table: u64, row_count: u64, total_count: u64, norm: u64) i32 {
+    if (norm == 0) return status(.null_pointer);
+    if (total_count != 0 and table == 0) return status(.null_pointer);
+    if (total_count != 0 and row_count == 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const blocks: u32 = @min(driver.grid_blocks(device, total_count), driver.norm_partials_max);
+    const partials = driver.scratch(device, @as(u64, blocks) * 4) catch |err| return cuda_status(err);
+    if (total_count == 0) {
+        driver.fill32(device, partials, 0, 1) catch |err| return cuda_status(err);
+    } else {
+        driver.launch(device, .sum_squares, blocks, driver.block_threads, .{ table, row_count, total_count, partials }) catch |err|
+            return cuda_status(err);
+    }
+    driver.launch(device, .global_norm_finish, 1, driver.block_threads, .{ partials, blocks, norm }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// Waits until the device has finished all queued work (a counted synchronisation).
+export fn mp_cuda_sync(ordinal: u32) i32 {
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.synchronize(device) catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// How many host-device synchronisations the library has performed since it was loaded: a test
+/// reads it before and after a step to prove the step performed none.
+export fn mp_cuda_sync_count(out_count: ?*u64) i32 {
+    const out = out_count orelse return status(.null_pointer);
+    out.* = driver.synchronisations();
+    return status(.ok);
+}
+
+/// Records a start event on the device's stream (for benchmarks).
+export fn mp_cuda_timer_start(ordinal: u32) i32 {
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.timer_start(device) catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// Records a stop event, waits for it (counted) and writes the device milliseconds since the start.
+export fn mp_cuda_timer_stop(ordinal: u32, out_milliseconds: ?*f32) i32 {
+    const out = out_milliseconds orelse return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    out.* = driver.timer_stop(device) catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+test "every kernel of the driver's table is a PTX entry with exactly the parameter types it launches with" {
+    inline for (comptime std.meta.fieldNames(driver.Kernel)) |field_name| {
+        const kernel: driver.Kernel = @field(driver.Kernel, field_name);
+        const header = ".entry " ++ comptime kernel.entry() ++ "(";
+        const start = std.mem.indexOf(u8, ptx_source, header) orelse return error.MissingKernel;
+        const end = std.mem.indexOfScalarPos(u8, ptx_source, start, ')') orelse return error.MalformedPtx;
+        var lines = std.mem.tokenizeScalar(u8, ptx_source[start + header.len .. end], '\n');
+        inline for (comptime kernel.params()) |param| {
+            const line = lines.next() orelse return error.TooFewParameters;
+            const expected = switch (param) {
+                u64 => ".param .u64 ",
+                u32, i32 => ".param .u32 ",
+                f32 => ".param .f32 ",
+                else => @compileError("unsupported parameter type"),
+            };
+            try std.testing.expect(std.mem.startsWith(u8, std.mem.trim(u8, line, " \t"), expected));
+        }
+        try std.testing.expect(lines.next() == null);
+    }
+}
+
+test "the CUDA exports report cuda_unavailable with a reason when libcuda.so.1 cannot be loaded" {
+    if (driver.device_count() != 0) return error.SkipZigTest; // A machine with a driver.
+    try std.testing.expectEqual(status(.cuda_unavailable), mp_cuda_init());
+    var address: u64 = 0;
+    try std.testing.expectEqual(status(.cuda_unavailable), mp_cuda_alloc(0, 16, &address));
+    var count: u32 = 99;
+    try std.testing.expectEqual(status(.ok), mp_cuda_device_count(&count));
+    try std.testing.expectEqual(@as(u32, 0), count);
+    var message: [256]u8 = undefined;
+    var length: u64 = 0;
+    try std.testing.expectEqual(status(.ok), mp_last_error(&message, message.len, &length));
+    try std.testing.expect(std.mem.indexOf(u8, message[0..@min(length, message.len)], "libcuda.so.1") != null);
 }

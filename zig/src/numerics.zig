@@ -56,17 +56,6 @@ pub fn bf16_to_f32(comptime n: comptime_int, h: V(n)) V(n) {
     return h << @splat(16);
 }
 
-/// Round `value >> shift` to nearest even, for shift in [1, 31]; lanes with shift >= 32 give 0.
-fn shift_round_nearest(comptime n: comptime_int, value: V(n), shift: V(n)) V(n) {
-    const too_far = shift > splat(n, 31);
-    const s = @min(shift, splat(n, 31));
-    const half_minus_one = (splat(n, 1) << @intCast(s - splat(n, 1))) - splat(n, 1);
-    const lsb = (value >> @intCast(s)) & splat(n, 1);
-    // value < 2^24 and half < 2^30, so the sum cannot wrap.
-    const rounded = (value + half_minus_one + lsb) >> @intCast(s);
-    return @select(u32, too_far, splat(n, 0), rounded);
-}
-
 /// Round `value >> shift` up in magnitude when the dropped bits exceed `threshold` (masked to the
 /// same width), else truncate; lanes with shift >= 32 give 0.
 fn shift_round_stochastic(comptime n: comptime_int, value: V(n), shift: V(n), threshold: V(n)) V(n) {
@@ -113,11 +102,14 @@ fn narrow_abs_nearest(comptime n: comptime_int, comptime f: Narrow, a: V(n)) V(n
     const is_normal = a >= splat(n, f.min_normal_bits());
     // Normal inputs: a >= rebias, and a <= 0x7F800000 so the sum cannot wrap.
     const normal = ((a -% rebias) +% half_minus_one +% ((a >> @splat(f.drop())) & splat(n, 1))) >> @splat(f.drop());
-    const exponent = a >> @splat(23);
-    const significand = (a & splat(n, 0x7f_ffff)) | splat(n, 0x80_0000);
-    const shift = splat(n, f.sub_shift_base()) -% @min(exponent, splat(n, f.sub_shift_base() - 1));
-    const subnormal = shift_round_nearest(n, significand, shift);
-    // A float32 zero or subnormal has exponent 0, so the shift is at least 24 + 1 and it rounds to 0.
+    // Below the format's smallest normal, adding magic = 2^(24 - bias - mbits), whose float32 ulp is
+    // the format's smallest subnormal, makes the float32 adder round |x| to a whole number of
+    // subnormal units (nearest even), read off the low bits. The sum is a normal float32 and
+    // float32 subnormal inputs round to 0 either way, so flush-to-zero modes cannot change it.
+    const magic: f32 = comptime std.math.ldexp(@as(f32, 1.0), 24 - @as(i32, f.bias()) - @as(i32, f.mbits));
+    const magnitude: @Vector(n, f32) = @bitCast(a & splat(n, 0x7fff_ffff));
+    const sum: V(n) = @bitCast(@min(magnitude, @as(@Vector(n, f32), @splat(magic))) + @as(@Vector(n, f32), @splat(magic)));
+    const subnormal = sum -% splat(n, @as(u32, @bitCast(magic)));
     return @select(u32, is_normal, normal, subnormal);
 }
 

@@ -8,7 +8,8 @@
 //!   g = g * inv_scale; g = g * clip
 //!   m = m + (1 - b1) * (g - m);  v = b2 * v + ((1 - b2) * g) * g;  (amsgrad: v_max = max(v_max, v))
 //!   denom = sqrt(v) / sqrt(1 - b2^t) + eps;  r = (m / (1 - b1^t)) / denom
-//!   p = p * (1 - lr * wd) + (-lr) * r
+//!   p = p * (1 - lr * wd) + (-lr) * r   (computed as p + ((p * (1 - lr * wd) + (-lr) * r) - p), as
+//!                                         the chain's update is added back)
 //!
 //! Bytes per element with a float32 master and state: grad 2 + master 4+4 + m 4+4 + v 4+4 + param 2.
 
@@ -118,7 +119,15 @@ inline fn step_lanes(
     const u = @as(F, @splat(h.neg_lr)) * r;
     const has_master = row.master != 0;
     var p = if (has_master) load_f32(w, .float32, row.master, index) else load_f32(w, param_dtype, row.param, index);
-    p = p * @as(F, @splat(h.decay)) + u;
+    // The composed chain returns `(p * decay + u) - p` and applyUpdates adds it to p; doing the
+    // same here keeps fused and composed bit-identical even when the step is not within a factor
+    // 2 of p (where that subtraction rounds). With decay 1 the chain passes u through.
+    if (h.decay != 1.0) {
+        const decayed = p * @as(F, @splat(h.decay)) + u;
+        p = p + (decayed - p);
+    } else {
+        p = p + u;
+    }
     if (has_master) cast.store(w, .float32, @ptrFromInt(row.master), index, @bitCast(p));
     const threshold = if (h.flags & flag_stochastic != 0) numerics.threshold_at(w, row.seed, index) else null;
     cast.store(w, param_dtype, @ptrFromInt(row.param), index, numerics.from_f32(w, param_dtype, @bitCast(p), threshold, false));

@@ -2,6 +2,7 @@
 //! numerics (zig/src/numerics.zig), so results do not depend on vector width or thread count.
 
 const std = @import("std");
+const builtin = @import("builtin");
 const numerics = @import("../numerics.zig");
 const pool = @import("pool.zig");
 
@@ -44,6 +45,43 @@ pub const Request = struct {
     seed: u32,
 };
 
+/// x86 F16C (and AVX-512F) convert float32 <-> float16 in hardware with round to nearest even,
+/// which is the rule in numerics.zig for every non-NaN input; the NaN lanes are fixed up to the
+/// canonical quiet NaN. The tests compare this path with the TypeScript reference bit for bit.
+const hardware_f16 = builtin.cpu.arch == .x86_64 and
+    std.Target.x86.featureSetHas(builtin.cpu.features, .f16c);
+
+inline fn f32_to_f16_hardware(comptime n: comptime_int, bits: numerics.V(n)) numerics.V(n) {
+    const values: @Vector(n, f32) = @bitCast(bits);
+    const halves: @Vector(n, u16) = @bitCast(@as(@Vector(n, f16), @floatCast(values)));
+    const is_nan = (bits & @as(numerics.V(n), @splat(0x7fff_ffff))) > @as(numerics.V(n), @splat(0x7f80_0000));
+    const nan = ((bits >> @splat(16)) & @as(numerics.V(n), @splat(0x8000))) | @as(numerics.V(n), @splat(0x7e00));
+    return @select(u32, is_nan, nan, @as(numerics.V(n), halves));
+}
+
+inline fn f16_to_f32_hardware(comptime n: comptime_int, bits: numerics.V(n)) numerics.V(n) {
+    const halves: @Vector(n, f16) = @bitCast(@as(@Vector(n, u16), @truncate(bits)));
+    return @bitCast(@as(@Vector(n, f32), @floatCast(halves)));
+}
+
+/// One block of `n` elements: the hardware path where it applies, else the shared numerics.
+inline fn convert(
+    comptime n: comptime_int,
+    comptime from: Dtype,
+    comptime to: Dtype,
+    comptime stochastic: bool,
+    comptime saturate: bool,
+    bits: numerics.V(n),
+    seed: u32,
+    index: u64,
+) numerics.V(n) {
+    if (hardware_f16 and from == .float32 and to == .float16 and !stochastic) return f32_to_f16_hardware(n, bits);
+    if (hardware_f16 and from == .float16 and to == .float32) return f16_to_f32_hardware(n, bits);
+    const wide = numerics.to_f32(n, from, bits);
+    const threshold = if (stochastic) numerics.threshold_at(n, seed, index) else null;
+    return numerics.from_f32(n, to, wide, threshold, saturate);
+}
+
 fn cast_range_typed(
     comptime from: Dtype,
     comptime to: Dtype,
@@ -55,14 +93,12 @@ fn cast_range_typed(
 ) void {
     var index = begin;
     while (index + lanes <= end) : (index += lanes) {
-        const wide = numerics.to_f32(lanes, from, load(lanes, from, request.source, index));
-        const threshold = if (stochastic) numerics.threshold_at(lanes, request.seed, index) else null;
-        store(lanes, to, request.target, index, numerics.from_f32(lanes, to, wide, threshold, saturate));
+        const bits = load(lanes, from, request.source, index);
+        store(lanes, to, request.target, index, convert(lanes, from, to, stochastic, saturate, bits, request.seed, index));
     }
     while (index < end) : (index += 1) {
-        const wide = numerics.to_f32(1, from, load(1, from, request.source, index));
-        const threshold = if (stochastic) numerics.threshold_at(1, request.seed, index) else null;
-        store(1, to, request.target, index, numerics.from_f32(1, to, wide, threshold, saturate));
+        const bits = load(1, from, request.source, index);
+        store(1, to, request.target, index, convert(1, from, to, stochastic, saturate, bits, request.seed, index));
     }
 }
 
@@ -101,6 +137,19 @@ pub fn cast(request: Request, count: u64) void {
         pool.parallel_for(count, &request, copy_range);
     } else {
         pool.parallel_for(count, &request, cast_range);
+    }
+}
+
+test "the hardware float16 path equals the shared numerics on a dense sample of float32" {
+    if (!hardware_f16) return error.SkipZigTest;
+    var bits: u64 = 0;
+    while (bits <= 0xffff_ffff) : (bits += 4093) {
+        const u: numerics.V(1) = @splat(@intCast(bits));
+        try std.testing.expectEqual(numerics.f32_to_f16(1, u, null)[0], f32_to_f16_hardware(1, u)[0]);
+    }
+    for (0..65536) |h| {
+        const u: numerics.V(1) = @splat(@intCast(h));
+        try std.testing.expectEqual(numerics.f16_to_f32(1, u)[0], f16_to_f32_hardware(1, u)[0]);
     }
 }
 

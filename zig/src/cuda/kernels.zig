@@ -3,6 +3,7 @@
 //! cast or an unscale gives the CPU's bits.
 
 const numerics = @import("numerics");
+const step_math = @import("step_math.zig");
 const Dtype = numerics.Dtype;
 
 const TensorRow = extern struct {
@@ -86,8 +87,12 @@ inline fn block_any_store(found: bool, flag: *u32) void {
 
 /// Multi-tensor unscale and check: the table of rows lives in device memory, so any number of
 /// tensors fits one launch. Rows are concatenated into one index space walked grid-stride.
-export fn mp_unscale_check_kernel(table: u64, row_count: u64, total_count: u64, inv_scale: f32, found_inf: u64) callconv(.kernel) void {
+/// `scale`, when not 0, is the address of the device-resident float32 loss scale: the kernel then
+/// unscales by float32(1 / float64(scale)) and ignores `inv_scale`, so a step needs no host read.
+/// `found_inf` (u32) is only ever set to 1, never cleared: zero it before the step.
+export fn mp_unscale_check_kernel(table: u64, row_count: u64, total_count: u64, inv_scale: f32, scale: u64, found_inf: u64) callconv(.kernel) void {
     const rows: [*]const TensorRow = @ptrFromInt(table);
+    const inv: f32 = if (scale != 0) step_math.inverse_scale(@as(*const f32, @ptrFromInt(scale)).*) else inv_scale;
     var found = false;
     var row: u64 = 0;
     var row_start: u64 = 0;
@@ -105,12 +110,89 @@ export fn mp_unscale_check_kernel(table: u64, row_count: u64, total_count: u64, 
             const local = index - row_start;
             const wide = to_f32_runtime(dtype, load_bits(dtype, rows[row].address, local));
             found = found or (wide & 0x7f80_0000) == 0x7f80_0000;
-            if (inv_scale != 1.0) {
-                const scaled: u32 = @bitCast(@as(f32, @bitCast(wide)) * inv_scale);
+            if (inv != 1.0) {
+                const scaled: u32 = @bitCast(@as(f32, @bitCast(wide)) * inv);
                 store_bits(dtype, rows[row].address, local, from_f32_runtime(dtype, scaled, null, false));
             }
         }
         index += grid_stride();
     }
     block_any_store(found, @ptrFromInt(found_inf));
+}
+
+/// PyTorch's `_amp_update_scale_` on the device-resident (scale, tracker) pair, reading the
+/// device-resident found_inf flag (u32) the unscale kernel set. One thread; launch <<<1, 1>>>.
+/// Keeping all three on the device is what makes a step free of host synchronisation.
+export fn mp_update_scale_kernel(state: u64, found_inf: u64, growth_factor: f32, backoff_factor: f32, growth_interval: i32) callconv(.kernel) void {
+    if (@workGroupId(0) != 0 or @workItemId(0) != 0) return;
+    const scale_state: *step_math.ScaleState = @ptrFromInt(state);
+    const found = @as(*const u32, @ptrFromInt(found_inf)).* != 0;
+    scale_state.* = step_math.update_scale(scale_state.*, found, growth_factor, backoff_factor, growth_interval);
+}
+
+/// Per-warp partial sums of a block reduction; block_sum supports blocks of up to 1024 threads.
+var warp_sums: [32]f32 addrspace(.shared) = undefined;
+
+inline fn shuffle_down(value: f32, offset: u32) f32 {
+    const bits = asm volatile ("shfl.sync.down.b32 %[r], %[x], %[o], 0x1f, 0xffffffff;"
+        : [r] "=r" (-> u32),
+        : [x] "r" (@as(u32, @bitCast(value))),
+          [o] "r" (offset),
+    );
+    return @bitCast(bits);
+}
+
+inline fn barrier() void {
+    asm volatile ("bar.sync 0;" ::: .{ .memory = true });
+}
+
+/// The sum of `value` over the block, in a fixed order (so a launch configuration always gives the
+/// same bits); valid in thread 0. Every thread of the block must call it. The block size is a
+/// multiple of 32.
+inline fn block_sum(value: f32) f32 {
+    var sum = value;
+    inline for ([_]u32{ 16, 8, 4, 2, 1 }) |offset| sum += shuffle_down(sum, offset);
+    const thread = @workItemId(0);
+    if (thread & 31 == 0) warp_sums[thread >> 5] = sum;
+    barrier();
+    var total: f32 = 0;
+    if (thread == 0) {
+        var warp: u32 = 0;
+        while (warp < @workGroupSize(0) >> 5) : (warp += 1) total += warp_sums[warp];
+    }
+    barrier();
+    return total;
+}
+
+/// First pass of the global norm: every block writes the float32 sum of squares of its share of
+/// the concatenated rows (any dtype, widened exactly) to `partials[block]`.
+export fn mp_sum_squares_kernel(table: u64, row_count: u64, total_count: u64, partials: u64) callconv(.kernel) void {
+    const rows: [*]const TensorRow = @ptrFromInt(table);
+    var sum: f32 = 0;
+    var row: u64 = 0;
+    var row_start: u64 = 0;
+    var index = global_index();
+    while (index < total_count) : (index += grid_stride()) {
+        while (row < row_count and index >= row_start + rows[row].count) {
+            row_start += rows[row].count;
+            row += 1;
+        }
+        const dtype: Dtype = @fromBackingInt(@intCast(rows[row].dtype));
+        const value: f32 = @bitCast(to_f32_runtime(dtype, load_bits(dtype, rows[row].address, index - row_start)));
+        sum += value * value;
+    }
+    const block_total = block_sum(sum);
+    if (@workItemId(0) == 0) @as([*]f32, @ptrFromInt(partials))[@workGroupId(0)] = block_total;
+}
+
+/// Second pass of the global norm, one block: sums `partial_count` partials in a fixed order and
+/// writes sqrt(sum) (float32, correctly rounded) to `norm`. inf or NaN anywhere gives inf or NaN.
+export fn mp_global_norm_finish_kernel(partials: u64, partial_count: u32, norm: u64) callconv(.kernel) void {
+    if (@workGroupId(0) != 0) return;
+    const values: [*]const f32 = @ptrFromInt(partials);
+    var sum: f32 = 0;
+    var index: u32 = @workItemId(0);
+    while (index < partial_count) : (index += @workGroupSize(0)) sum += values[index];
+    const total = block_sum(sum);
+    if (@workItemId(0) == 0) @as(*f32, @ptrFromInt(norm)).* = @sqrt(total);
 }

@@ -1,0 +1,290 @@
+/**
+ * Functional autocast: `autocast(policy, fn)` runs fn with a precision policy in force, and ops
+ * ask {@linkcode autocastDtype} which dtype to compute in. The op lists are PyTorch's CUDA autocast
+ * lists (torch/amp, aten/src/ATen/autocast_mode.cpp), as data in one table:
+ *
+ * - "lower": matmul-like ops, computed in the policy's compute dtype (float16 or bfloat16);
+ * - "float32": ops whose range or accuracy suffers in 16 bits (softmax, log_softmax, losses, norms,
+ *   exp, log, pow, reductions), computed in float32;
+ * - "promote" (also every op not in the table): computed in the widest input dtype.
+ *
+ * A policy whose compute dtype is float32 turns autocast off, so an inner `autocast(fp32, ...)`
+ * disables an outer mixed one. The policy in force follows fn's asynchronous extent too: it is
+ * held in an AsyncLocalStorage, so code after an `await` inside fn still sees it, and code outside
+ * fn (including other tasks running while fn awaits) never does. It is restored when fn throws.
+ *
+ * @module
+ */
+
+import { AsyncLocalStorage } from "node:async_hooks";
+import { canonicalDtype, describeKind, type DtypeName } from "./dtype.ts";
+import { isPolicy, type Policy } from "./policy.ts";
+import { isTensor, type Tensor } from "./tensor.ts";
+
+/** How autocast treats an op. */
+export type AutocastCategory = "lower" | "float32" | "promote";
+
+/** The op table: op name -> category. Ops not listed promote to the widest input dtype. */
+export const AUTOCAST_OPS: Readonly<Record<string, AutocastCategory>> = Object.freeze({
+  // Lower precision: tensor-core friendly, accumulate in float32 inside the kernel.
+  matmul: "lower",
+  mm: "lower",
+  mv: "lower",
+  bmm: "lower",
+  addmm: "lower",
+  addmv: "lower",
+  baddbmm: "lower",
+  addbmm: "lower",
+  linear: "lower",
+  conv: "lower",
+  conv1d: "lower",
+  conv2d: "lower",
+  conv3d: "lower",
+  conv_transpose: "lower",
+  einsum: "lower",
+  prelu: "lower",
+  // float32: range- or accuracy-sensitive.
+  softmax: "float32",
+  log_softmax: "float32",
+  cross_entropy: "float32",
+  nll_loss: "float32",
+  mse_loss: "float32",
+  l1_loss: "float32",
+  smooth_l1_loss: "float32",
+  huber_loss: "float32",
+  kl_div: "float32",
+  binary_cross_entropy_with_logits: "float32",
+  layer_norm: "float32",
+  rms_norm: "float32",
+  group_norm: "float32",
+  norm: "float32",
+  exp: "float32",
+  expm1: "float32",
+  log: "float32",
+  log1p: "float32",
+  log2: "float32",
+  log10: "float32",
+  pow: "float32",
+  reciprocal: "float32",
+  rsqrt: "float32",
+  softplus: "float32",
+  logsumexp: "float32",
+  sum: "float32",
+  mean: "float32",
+  prod: "float32",
+  cumsum: "float32",
+  cumprod: "float32",
+  cosine_similarity: "float32",
+  // Promote: elementwise ops with several inputs run in the widest.
+  add: "promote",
+  sub: "promote",
+  mul: "promote",
+  div: "promote",
+  addcmul: "promote",
+  addcdiv: "promote",
+  cat: "promote",
+  stack: "promote",
+  where: "promote",
+  dot: "promote",
+});
+
+/**
+ * The widest of two dtypes: the narrowest dtype that holds both exactly. float16 and bfloat16
+ * promote to float32 (as in PyTorch); fp8 values fit in either 16-bit type.
+ */
+const PROMOTE: Readonly<Record<DtypeName, Readonly<Record<DtypeName, DtypeName>>>> = Object.freeze({
+  float32: {
+    float32: "float32",
+    float16: "float32",
+    bfloat16: "float32",
+    float8_e4m3fn: "float32",
+    float8_e5m2: "float32",
+  },
+  float16: {
+    float32: "float32",
+    float16: "float16",
+    bfloat16: "float32",
+    float8_e4m3fn: "float16",
+    float8_e5m2: "float16",
+  },
+  bfloat16: {
+    float32: "float32",
+    float16: "float32",
+    bfloat16: "bfloat16",
+    float8_e4m3fn: "bfloat16",
+    float8_e5m2: "bfloat16",
+  },
+  float8_e4m3fn: {
+    float32: "float32",
+    float16: "float16",
+    bfloat16: "bfloat16",
+    float8_e4m3fn: "float8_e4m3fn",
+    float8_e5m2: "float16",
+  },
+  float8_e5m2: {
+    float32: "float32",
+    float16: "float16",
+    bfloat16: "bfloat16",
+    float8_e4m3fn: "float16",
+    float8_e5m2: "float8_e5m2",
+  },
+});
+
+const store = new AsyncLocalStorage<Policy | null>();
+
+/**
+ * The policy in force: the innermost `autocast` around the caller, or null outside any.
+ *
+ * @returns The policy, or null.
+ * @example
+ * ```ts
+ * import { autocast, currentPolicy } from "./autocast.ts";
+ * import { getPolicy } from "./policy.ts";
+ * const inner = autocast(getPolicy("mixed_bf16"), () => currentPolicy()?.compute);
+ * if (inner() !== "bfloat16" || currentPolicy() !== null) throw new Error("wrong policy");
+ * ```
+ */
+export function currentPolicy(): Policy | null {
+  return store.getStore() ?? null;
+}
+
+/**
+ * The category of an op in the autocast table ("promote" for ops not listed).
+ *
+ * @param op An op name such as "matmul".
+ * @returns "lower", "float32" or "promote".
+ */
+export function autocastCategory(op: string): AutocastCategory {
+  if (typeof op !== "string") throw new TypeError(`An op name is a string, got ${describeKind(op)}`);
+  return Object.hasOwn(AUTOCAST_OPS, op) ? AUTOCAST_OPS[op]! : "promote";
+}
+
+/**
+ * The widest of some dtypes (float32 for none).
+ *
+ * @param dtypes Dtype names or aliases.
+ * @returns The narrowest dtype that holds all of them exactly.
+ */
+export function promoteDtypes(dtypes: readonly string[]): DtypeName {
+  if (!Array.isArray(dtypes))
+    throw new TypeError(`promoteDtypes takes an array of dtypes, got ${describeKind(dtypes)}`);
+  if (dtypes.length === 0) return "float32";
+  let widest = canonicalDtype(dtypes[0]);
+  for (let i = 1; i < dtypes.length; i++) widest = PROMOTE[widest][canonicalDtype(dtypes[i])];
+  return widest;
+}
+
+/**
+ * The dtype an op computes in under the policy in force: the compute dtype for "lower" ops,
+ * float32 for "float32" ops, the widest input dtype for the rest. Outside autocast, or under a
+ * policy whose compute dtype is float32, every op computes in its widest input dtype.
+ *
+ * @param op The op name (see {@linkcode AUTOCAST_OPS}).
+ * @param inputDtypes The dtypes of the op's floating-point inputs.
+ * @returns The dtype to cast inputs to and compute in.
+ * @example
+ * ```ts
+ * import { autocast, autocastDtype } from "./autocast.ts";
+ * import { getPolicy } from "./policy.ts";
+ * const f = autocast(getPolicy("mixed_f16"), () => [
+ *   autocastDtype("matmul", ["float32", "float32"]),
+ *   autocastDtype("softmax", ["float16"]),
+ *   autocastDtype("add", ["float16", "float32"]),
+ * ]);
+ * if (f().join() !== "float16,float32,float32") throw new Error("wrong dispatch");
+ * if (autocastDtype("matmul", ["float32"]) !== "float32") throw new Error("autocast leaked");
+ * ```
+ */
+export function autocastDtype(op: string, inputDtypes: readonly string[]): DtypeName {
+  const category = autocastCategory(op);
+  const widest = promoteDtypes(inputDtypes);
+  const policy = currentPolicy();
+  if (policy === null || policy.compute === "float32") return widest;
+  if (category === "lower") return policy.compute;
+  if (category === "float32") return "float32";
+  return widest;
+}
+
+/**
+ * Wraps fn so that it runs with `policy` in force. Nestable; the previous policy is back in force
+ * when fn returns or throws. For an async fn the policy holds through its awaits (see the module
+ * docs), and only there.
+ *
+ * @param policy A policy from getPolicy (compute float32 turns autocast off inside).
+ * @param fn The function to run.
+ * @returns A function with fn's parameters and result.
+ * @example
+ * ```ts
+ * import { autocast, currentPolicy } from "./autocast.ts";
+ * import { getPolicy } from "./policy.ts";
+ * const outer = autocast(getPolicy("mixed_bf16"), () => autocast(getPolicy("fp32"), () => currentPolicy()!.compute)());
+ * if (outer() !== "float32") throw new Error("inner policy not in force");
+ * ```
+ */
+export function autocast<A extends unknown[], R>(policy: Policy, fn: (...args: A) => R): (...args: A) => R {
+  if (!isPolicy(policy)) {
+    throw new TypeError(
+      `autocast takes a policy from getPolicy(), got ${describeKind(policy)}: e.g. getPolicy("mixed_bf16")`,
+    );
+  }
+  if (typeof fn !== "function") throw new TypeError(`autocast takes a function to run, got ${describeKind(fn)}`);
+  return (...args: A) => store.run(policy, fn, ...args);
+}
+
+/** Inputs cast for an op by {@linkcode autocastTensors}; disposing it frees only the casts it made. */
+export interface AutocastTensors extends Disposable {
+  /** The dtype the op computes in. */
+  readonly dtype: DtypeName;
+  /** The inputs in that dtype: an input already in it is passed as is, others are new casts. */
+  readonly tensors: readonly Tensor[];
+  /** Frees the casts made here (never the caller's inputs). */
+  dispose(): void;
+}
+
+/**
+ * Casts an op's tensor inputs to the dtype {@linkcode autocastDtype} chooses. Use with `using` so
+ * the temporary casts are freed when the op is done.
+ *
+ * @param op The op name.
+ * @param inputs The op's floating-point tensor inputs.
+ * @returns The dtype and the inputs in it.
+ * @example
+ * ```ts
+ * import { autocast, autocastTensors } from "./autocast.ts";
+ * import { getPolicy } from "./policy.ts";
+ * import { tensor } from "./tensor.ts";
+ * using a = tensor([1, 2]);
+ * autocast(getPolicy("mixed_bf16"), () => {
+ *   using cast = autocastTensors("matmul", [a]);
+ *   if (cast.dtype !== "bfloat16" || cast.tensors[0]!.dtype !== "bfloat16") throw new Error("not cast");
+ * })();
+ * ```
+ */
+export function autocastTensors(op: string, inputs: readonly Tensor[]): AutocastTensors {
+  if (!Array.isArray(inputs))
+    throw new TypeError(`autocastTensors takes an array of tensors, got ${describeKind(inputs)}`);
+  inputs.forEach((input, i) => {
+    if (!isTensor(input)) throw new TypeError(`Input ${i} of ${op} is a ${describeKind(input)}, not a Tensor`);
+  });
+  const dtype = autocastDtype(
+    op,
+    inputs.map((t) => t.dtype),
+  );
+  const made: Tensor[] = [];
+  const dispose = () => {
+    for (const t of made) t.dispose();
+  };
+  let tensors: Tensor[];
+  try {
+    tensors = inputs.map((t) => {
+      if (t.dtype === dtype) return t;
+      const cast = t.to(dtype);
+      made.push(cast);
+      return cast;
+    });
+  } catch (error) {
+    dispose();
+    throw error;
+  }
+  return Object.freeze({ dtype, tensors: Object.freeze(tensors), dispose, [Symbol.dispose]: dispose });
+}

@@ -1,0 +1,406 @@
+/**
+ * The CUDA backend: devices, device memory, copies and kernel launches over the native library's
+ * `mp_cuda_*` exports (zig/src/cuda/driver.zig). libcuda.so.1 is opened at run time, so everything
+ * here answers "unavailable, because ..." on a machine without an NVIDIA driver instead of failing
+ * to load. Device memory is a number (a u64 device address below 2^53); every call names the
+ * device ordinal N of "cuda:N".
+ *
+ * Work is queued on one stream per device and nothing waits for the device except reading memory
+ * back ({@linkcode cudaCopyToHost}), {@linkcode cudaSynchronize}, {@linkcode cudaEmptyCache} and the
+ * timer; {@linkcode cudaSyncCount} counts those waits so a test can prove that a step has none.
+ *
+ * @module
+ */
+
+import { ptr } from "bun:ffi";
+import { lastError, native, Status } from "../_ffi.ts";
+import { MixprecError } from "../errors.ts";
+
+/** A CUDA device as {@linkcode cudaDevices} lists it. */
+export interface CudaDeviceProperties {
+  /** "cuda:N". */
+  readonly device: `cuda:${number}`;
+  /** N. */
+  readonly ordinal: number;
+  /** The driver's name, e.g. "NVIDIA H100 80GB HBM3". */
+  readonly name: string;
+  /** Compute capability as "major.minor", e.g. "9.0". */
+  readonly computeCapability: string;
+  readonly computeMajor: number;
+  readonly computeMinor: number;
+  /** Device memory in bytes. */
+  readonly totalMemoryBytes: number;
+  readonly multiprocessorCount: number;
+  /** bfloat16 arithmetic in hardware (sm_80 and later). */
+  readonly bf16: boolean;
+  /** fp8 tensor cores (sm_89 and later). */
+  readonly fp8: boolean;
+}
+
+/** Whether CUDA can be used here, and why not when it cannot. */
+export type CudaAvailability = { readonly available: true } | { readonly available: false; readonly reason: string };
+
+const STATUS_NAMES: Record<number, string> = Object.fromEntries(
+  Object.entries(Status).map(([name, code]) => [code, name]),
+);
+const U32_OUT = new Uint32Array(1);
+const U64_OUT = new BigUint64Array(2);
+const F32_OUT = new Float32Array(1);
+
+let availability: CudaAvailability | undefined;
+
+/**
+ * Whether CUDA is usable: the native library loads, libcuda.so.1 loads and cuInit succeeds. The
+ * answer is computed once. Never throws.
+ *
+ * @returns `{ available: true }` or `{ available: false, reason }` with a sentence naming the fix.
+ * @example
+ * ```ts
+ * import { cudaAvailability } from "./cuda.ts";
+ * const status = cudaAvailability();
+ * if (!status.available && !status.reason) throw new Error("a reason is always given");
+ * ```
+ */
+export function cudaAvailability(): CudaAvailability {
+  if (availability !== undefined) return availability;
+  try {
+    const code = native().mp_cuda_init();
+    availability =
+      code === Status.ok ? { available: true } : { available: false, reason: lastError() || statusName(code) };
+  } catch (error) {
+    availability = { available: false, reason: error instanceof Error ? error.message : String(error) };
+  }
+  return availability;
+}
+
+function statusName(code: number): string {
+  return STATUS_NAMES[code] ?? `unknown status ${code}`;
+}
+
+/**
+ * Throws a MixprecError whose code is the status name and whose message carries the native
+ * library's reason (the CUresult name for a failed driver call).
+ */
+function checkCuda(code: number, what: string): void {
+  if (code === Status.ok) return;
+  const reason = lastError();
+  throw new MixprecError(statusName(code), `${what} failed: ${reason || statusName(code)}`);
+}
+
+/**
+ * The number of CUDA devices (0 where CUDA is unavailable). Never throws.
+ *
+ * @returns The device count.
+ * @example
+ * ```ts
+ * import { cudaDeviceCount } from "./cuda.ts";
+ * if (!Number.isInteger(cudaDeviceCount())) throw new Error("a count");
+ * ```
+ */
+export function cudaDeviceCount(): number {
+  if (!cudaAvailability().available) return 0;
+  checkCuda(native().mp_cuda_device_count(ptr(U32_OUT)), "Counting CUDA devices");
+  return U32_OUT[0]!;
+}
+
+/**
+ * Every CUDA device with its capabilities; empty where CUDA is unavailable. Never throws for a
+ * missing driver.
+ *
+ * @returns One entry per device, in ordinal order.
+ * @example
+ * ```ts
+ * import { cudaDevices } from "./cuda.ts";
+ * for (const d of cudaDevices()) if (d.fp8 && !d.bf16) throw new Error("fp8 devices also have bf16");
+ * ```
+ */
+export function cudaDevices(): CudaDeviceProperties[] {
+  const devices: CudaDeviceProperties[] = [];
+  const name = new Uint8Array(256);
+  const info = new BigUint64Array(3);
+  for (let ordinal = 0; ordinal < cudaDeviceCount(); ordinal++) {
+    name.fill(0);
+    checkCuda(native().mp_cuda_device_info(ordinal, ptr(name), name.length, ptr(info)), `Reading cuda:${ordinal}`);
+    const words = new Uint32Array(info.buffer);
+    const [major, minor] = [words[0]!, words[1]!];
+    const end = name.indexOf(0);
+    devices.push({
+      device: `cuda:${ordinal}`,
+      ordinal,
+      name: new TextDecoder().decode(name.subarray(0, end < 0 ? name.length : end)),
+      computeCapability: `${major}.${minor}`,
+      computeMajor: major,
+      computeMinor: minor,
+      totalMemoryBytes: Number(info[1]),
+      multiprocessorCount: words[4]!,
+      bf16: major >= 8,
+      fp8: major > 8 || (major === 8 && minor >= 9),
+    });
+  }
+  return devices;
+}
+
+/**
+ * The ordinal N of "cuda:N" ("cuda" means "cuda:0"), checking that CUDA is available and that the
+ * device exists.
+ *
+ * @param device "cuda" or "cuda:N".
+ * @returns N.
+ * @throws {MixprecError} code "cuda_unavailable" with the reason and the fix when CUDA is not there.
+ * @throws {RangeError} when N is not a device of this machine.
+ * @example
+ * ```ts
+ * import { cudaAvailability, requireCuda } from "./cuda.ts";
+ * if (!cudaAvailability().available) {
+ *   let code = "";
+ *   try { requireCuda("cuda:0"); } catch (e) { code = (e as { code: string }).code; }
+ *   if (code !== "cuda_unavailable") throw new Error("expected cuda_unavailable");
+ * }
+ * ```
+ */
+export function requireCuda(device: string): number {
+  const match = /^cuda(?::(\d+))?$/.exec(device);
+  if (match === null) throw new TypeError(`Unknown device ${JSON.stringify(device)}: use "cpu" or "cuda:N"`);
+  const ordinal = Number(match[1] ?? 0);
+  const status = cudaAvailability();
+  if (!status.available) {
+    throw new MixprecError(
+      "cuda_unavailable",
+      `Device ${device} was asked for but CUDA is unavailable: ${status.reason}`,
+    );
+  }
+  const count = cudaDeviceCount();
+  if (ordinal >= count) {
+    throw new RangeError(
+      `Device ${device} does not exist: this machine has ${count} CUDA device(s), cuda:0 to cuda:${count - 1}`,
+    );
+  }
+  return ordinal;
+}
+
+/** Allocates `sizeBytes` of device memory from the caching allocator and returns its address. */
+export function cudaAlloc(ordinal: number, sizeBytes: number): number {
+  checkCuda(
+    native().mp_cuda_alloc(ordinal, sizeBytes, ptr(U64_OUT)),
+    `Allocating ${sizeBytes} bytes on cuda:${ordinal}`,
+  );
+  return Number(U64_OUT[0]);
+}
+
+/** Returns a block from {@linkcode cudaAlloc} to the cache (no driver call, no wait). */
+export function cudaFree(ordinal: number, address: number): void {
+  checkCuda(native().mp_cuda_free(ordinal, address), `Freeing device memory on cuda:${ordinal}`);
+}
+
+/** Gives the allocator's cached blocks back to the driver (waits for the device first). */
+export function cudaEmptyCache(ordinal: number): void {
+  checkCuda(native().mp_cuda_empty_cache(ordinal), `Emptying the cache of cuda:${ordinal}`);
+}
+
+/** Bytes held for live blocks and bytes held in the allocator's cache. */
+export function cudaMemoryStats(ordinal: number): { liveBytes: number; cachedBytes: number } {
+  checkCuda(native().mp_cuda_memory_stats(ordinal, ptr(U64_OUT)), `Reading memory stats of cuda:${ordinal}`);
+  return { liveBytes: Number(U64_OUT[0]), cachedBytes: Number(U64_OUT[1]) };
+}
+
+/** Copies a host view's bytes to device memory; returns before the device has them (no wait). */
+export function cudaCopyToDevice(ordinal: number, address: number, source: ArrayBufferView): void {
+  if (source.byteLength === 0) return;
+  checkCuda(
+    native().mp_cuda_memcpy_h2d(ordinal, address, ptr(source), source.byteLength),
+    `Copying to cuda:${ordinal}`,
+  );
+}
+
+/** Copies device bytes into a host view after all queued work (waits for the device). */
+export function cudaCopyToHost(ordinal: number, target: ArrayBufferView, address: number): void {
+  if (target.byteLength === 0) return;
+  checkCuda(
+    native().mp_cuda_memcpy_d2h(ordinal, ptr(target), address, target.byteLength),
+    `Copying from cuda:${ordinal}`,
+  );
+}
+
+/** Copies device bytes to device bytes on the stream (no wait). */
+export function cudaCopyOnDevice(ordinal: number, target: number, source: number, sizeBytes: number): void {
+  checkCuda(native().mp_cuda_memcpy_d2d(ordinal, target, source, sizeBytes), `Copying on cuda:${ordinal}`);
+}
+
+/** Fills `count` 32-bit words at `address` with `value` on the stream (no wait). */
+export function cudaFill32(ordinal: number, address: number, value: number, count: number): void {
+  checkCuda(native().mp_cuda_fill32(ordinal, address, value >>> 0, count), `Filling memory on cuda:${ordinal}`);
+}
+
+/** The device cast kernel: mp_cast's arguments on device addresses (no wait). */
+export function cudaCast(
+  ordinal: number,
+  source: number,
+  target: number,
+  count: number,
+  fromCode: number,
+  toCode: number,
+  flags: number,
+  seed: number,
+): void {
+  checkCuda(
+    native().mp_cuda_launch_cast(ordinal, source, target, count, fromCode, toCode, flags, seed),
+    `Casting on cuda:${ordinal}`,
+  );
+}
+
+/** Waits until the device has finished everything queued (one counted synchronisation). */
+export function cudaSynchronize(ordinal: number): void {
+  checkCuda(native().mp_cuda_sync(ordinal), `Synchronising cuda:${ordinal}`);
+}
+
+/**
+ * How many times the library has waited for a device since it was loaded (reads, explicit syncs,
+ * cache emptying, timers). Read it before and after a step: equal means the step never waited.
+ *
+ * @returns The count.
+ * @example
+ * ```ts
+ * import { cudaSyncCount } from "./cuda.ts";
+ * if (cudaSyncCount() < 0) throw new Error("a count");
+ * ```
+ */
+export function cudaSyncCount(): number {
+  checkCuda(native().mp_cuda_sync_count(ptr(U64_OUT)), "Reading the synchronisation count");
+  return Number(U64_OUT[0]);
+}
+
+/** Records a start event on the device's stream. */
+export function cudaTimerStart(ordinal: number): void {
+  checkCuda(native().mp_cuda_timer_start(ordinal), `Starting a timer on cuda:${ordinal}`);
+}
+
+/** Records a stop event, waits for it and returns device milliseconds since the start event. */
+export function cudaTimerStop(ordinal: number): number {
+  checkCuda(native().mp_cuda_timer_stop(ordinal, ptr(F32_OUT)), `Stopping a timer on cuda:${ordinal}`);
+  return F32_OUT[0]!;
+}
+
+/** One tensor of a device row table. */
+export interface CudaRow {
+  /** Device address of the elements. */
+  readonly address: number;
+  /** Element count. */
+  readonly count: number;
+  /** Native dtype code (dtypeInfo(dtype).code). */
+  readonly dtypeCode: number;
+}
+
+/**
+ * A table of (address, count, dtype) rows in device memory: what the multi-tensor kernels read, so
+ * one launch covers any number of tensors. Build it once for a fixed list of tensors (parameters,
+ * gradients) and reuse it every step; dispose it when done.
+ */
+export interface CudaTable {
+  readonly ordinal: number;
+  readonly address: number;
+  readonly rowCount: number;
+  readonly totalCount: number;
+  dispose(): void;
+  [Symbol.dispose](): void;
+}
+
+/**
+ * Uploads a row table to device memory (no wait: the copy is queued before any kernel that reads it).
+ *
+ * @param ordinal The device.
+ * @param rows The tensors, each a device address, a count and a dtype code.
+ * @returns The table; dispose it when the tensors are gone.
+ */
+export function cudaTable(ordinal: number, rows: readonly CudaRow[]): CudaTable {
+  const words = new BigUint64Array(Math.max(rows.length, 1) * 3);
+  let totalCount = 0;
+  rows.forEach((row, i) => {
+    words[3 * i] = BigInt(row.address);
+    words[3 * i + 1] = BigInt(row.count);
+    words[3 * i + 2] = BigInt(row.dtypeCode);
+    totalCount += row.count;
+  });
+  const address = cudaAlloc(ordinal, words.byteLength);
+  cudaCopyToDevice(ordinal, address, words);
+  let live = true;
+  const dispose = () => {
+    if (!live) return;
+    live = false;
+    cudaFree(ordinal, address);
+  };
+  return { ordinal, address, rowCount: rows.length, totalCount, dispose, [Symbol.dispose]: dispose };
+}
+
+/**
+ * Multi-tensor unscale and non-finite check on the device, in place. The scale is either a host
+ * number (`invScale`) or the device address of the float32 loss scale (`scaleAddress`), in which
+ * case the kernel uses float32(1 / float64(scale)) and the host never reads the scale. Sets the
+ * device u32 at `foundInfAddress` to 1 when any element is inf or NaN (zero it before). No wait.
+ */
+export function cudaUnscaleCheck(
+  table: CudaTable,
+  scale: { readonly invScale: number } | { readonly scaleAddress: number },
+  foundInfAddress: number,
+): void {
+  const invScale = "invScale" in scale ? Math.fround(scale.invScale) : 1;
+  const scaleAddress = "scaleAddress" in scale ? scale.scaleAddress : 0;
+  checkCuda(
+    native().mp_cuda_launch_unscale_check(
+      table.ordinal,
+      table.address,
+      table.rowCount,
+      table.totalCount,
+      invScale,
+      scaleAddress,
+      foundInfAddress,
+    ),
+    `Unscaling on cuda:${table.ordinal}`,
+  );
+}
+
+/** Dynamic loss-scale hyperparameters (PyTorch GradScaler's names and defaults). */
+export interface ScaleUpdateOptions {
+  readonly growthFactor?: number;
+  readonly backoffFactor?: number;
+  readonly growthInterval?: number;
+}
+
+/**
+ * PyTorch's `_amp_update_scale_` on the device: `stateAddress` holds { scale: float32, tracker:
+ * int32 } (8 bytes) and `foundInfAddress` the u32 flag the unscale set. No wait.
+ */
+export function cudaUpdateScale(
+  ordinal: number,
+  stateAddress: number,
+  foundInfAddress: number,
+  options: ScaleUpdateOptions = {},
+): void {
+  const growthFactor = options.growthFactor ?? 2;
+  const backoffFactor = options.backoffFactor ?? 0.5;
+  const growthInterval = options.growthInterval ?? 2000;
+  if (!Number.isInteger(growthInterval) || growthInterval < 1 || growthInterval > 2 ** 31 - 1) {
+    throw new RangeError(`growthInterval ${growthInterval} is not a positive int32: pass e.g. 2000`);
+  }
+  checkCuda(
+    native().mp_cuda_launch_update_scale(
+      ordinal,
+      stateAddress,
+      foundInfAddress,
+      Math.fround(growthFactor),
+      Math.fround(backoffFactor),
+      growthInterval,
+    ),
+    `Updating the loss scale on cuda:${ordinal}`,
+  );
+}
+
+/**
+ * The global L2 norm of a table's tensors, written as a float32 to device address `normAddress`
+ * (two launches, a fixed summation order on a given device, no wait).
+ */
+export function cudaGlobalNorm(table: CudaTable, normAddress: number): void {
+  checkCuda(
+    native().mp_cuda_launch_global_norm(table.ordinal, table.address, table.rowCount, table.totalCount, normAddress),
+    `Computing a global norm on cuda:${table.ordinal}`,
+  );
+}

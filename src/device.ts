@@ -1,0 +1,147 @@
+/**
+ * The devices this process can compute on, with the precision capabilities code chooses by.
+ *
+ * `cpu` is always there: it supports bfloat16 everywhere (natively with AVX512-BF16, emulated in
+ * float32 otherwise) and fp8 (emulated). CUDA devices (`cuda:N`) are added by the CUDA backend
+ * through {@linkcode registerDeviceProvider}; their bf16 support needs compute capability 8.0+
+ * (sm_80) and their fp8 support 8.9+ (sm_89).
+ *
+ * @module
+ */
+
+import { ptr } from "bun:ffi";
+import { check, native } from "./_ffi.ts";
+import { cudaDevices } from "./backend/cuda.ts";
+
+/** The CPU entry of {@linkcode devices}. */
+export interface CpuDeviceInfo {
+  readonly name: "cpu";
+  readonly kind: "cpu";
+  /** bfloat16 is always supported on the CPU. */
+  readonly bf16: true;
+  /** Whether bfloat16 conversion runs on AVX512-BF16 instructions (else emulated with integer code). */
+  readonly bf16Native: boolean;
+  /** Whether float16 conversion runs on F16C instructions. */
+  readonly f16Native: boolean;
+  /** fp8 is supported, always emulated. */
+  readonly fp8: true;
+  readonly fp8Native: false;
+  /** Threads a kernel call uses. */
+  readonly threads: number;
+  /** ISA features the kernels were built for: any of "avx2", "avx512f", "avx512bf16", "f16c". */
+  readonly features: readonly string[];
+}
+
+/** A CUDA entry of {@linkcode devices} (added by the CUDA backend). */
+export interface CudaDeviceInfo {
+  /** "cuda:0", "cuda:1", ... */
+  readonly name: `cuda:${number}`;
+  readonly kind: "cuda";
+  /** [major, minor], e.g. [8, 0] for an A100, [9, 0] for an H100. */
+  readonly computeCapability: readonly [number, number];
+  /** Whether bfloat16 arithmetic is supported (compute capability 8.0+). */
+  readonly bf16: boolean;
+  /** Whether fp8 tensor-core arithmetic is supported (compute capability 8.9+). */
+  readonly fp8: boolean;
+  /** Total device memory. */
+  readonly memoryBytes: number;
+  /** The product name the driver reports, e.g. "NVIDIA H100 80GB HBM3". */
+  readonly model: string;
+}
+
+/** Any entry of {@linkcode devices}. */
+export type DeviceInfo = CpuDeviceInfo | CudaDeviceInfo;
+
+/** bf16 needs sm_80+, fp8 sm_89+ (the rule CUDA entries and validatePrecisionConfig share). */
+export function cudaCapabilities(computeCapability: readonly [number, number]): { bf16: boolean; fp8: boolean } {
+  const [major, minor] = computeCapability;
+  return { bf16: major >= 8, fp8: major > 8 || (major === 8 && minor >= 9) };
+}
+
+const FEATURE_BITS: readonly (readonly [number, string])[] = [
+  [1, "avx2"],
+  [2, "avx512f"],
+  [4, "avx512bf16"],
+  [8, "f16c"],
+];
+
+const FLAGS_OUT = new Uint32Array(1);
+
+/** The CPU entry, from the native library's `mp_cpu_info`. */
+export function cpuDevice(): CpuDeviceInfo {
+  check(native().mp_cpu_info(ptr(FLAGS_OUT)), "mp_cpu_info");
+  const flags = FLAGS_OUT[0]!;
+  const features = FEATURE_BITS.filter(([bit]) => (flags & bit) !== 0).map(([, name]) => name);
+  return Object.freeze({
+    name: "cpu" as const,
+    kind: "cpu" as const,
+    bf16: true as const,
+    bf16Native: (flags & 4) !== 0,
+    f16Native: (flags & 8) !== 0,
+    fp8: true as const,
+    fp8Native: false as const,
+    threads: (flags >>> 8) & 0xff,
+    features: Object.freeze(features),
+  });
+}
+
+/**
+ * The `cuda:N` entries from the CUDA backend (src/backend/cuda.ts): empty, without throwing, where
+ * libcuda.so.1 or a device is missing.
+ */
+export function cudaDeviceEntries(): CudaDeviceInfo[] {
+  return cudaDevices().map((d) => {
+    const computeCapability = Object.freeze([d.computeMajor, d.computeMinor] as const);
+    return Object.freeze({
+      name: d.device,
+      kind: "cuda" as const,
+      computeCapability,
+      ...cudaCapabilities(computeCapability),
+      memoryBytes: d.totalMemoryBytes,
+      model: d.name,
+    });
+  });
+}
+
+const providers: (() => readonly DeviceInfo[])[] = [cudaDeviceEntries];
+
+/**
+ * Adds a source of device entries (the CUDA backend registers one that lists `cuda:N`). A
+ * provider that throws is skipped, so a broken driver never hides the CPU.
+ *
+ * @param provider Returns the devices it knows, each with a unique name.
+ * @returns A function that removes the provider again.
+ */
+export function registerDeviceProvider(provider: () => readonly DeviceInfo[]): () => void {
+  if (typeof provider !== "function") throw new TypeError("registerDeviceProvider takes a function");
+  providers.push(provider);
+  return () => {
+    const index = providers.indexOf(provider);
+    if (index >= 0) providers.splice(index, 1);
+  };
+}
+
+/**
+ * Lists the devices this process can use, CPU first.
+ *
+ * @returns The CPU entry and any CUDA entries, with their precision capabilities.
+ * @example
+ * ```ts
+ * import { devices } from "./device.ts";
+ * const cpu = devices()[0]!;
+ * if (cpu.name !== "cpu" || !cpu.bf16 || typeof cpu.threads !== "number") throw new Error("no cpu entry");
+ * ```
+ */
+export function devices(): DeviceInfo[] {
+  const list: DeviceInfo[] = [cpuDevice()];
+  for (const provider of providers) {
+    let found: readonly DeviceInfo[];
+    try {
+      found = provider();
+    } catch {
+      continue;
+    }
+    for (const device of found) if (!list.some((d) => d.name === device.name)) list.push(device);
+  }
+  return list;
+}

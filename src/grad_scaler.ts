@@ -1,0 +1,410 @@
+/**
+ * GradScaler: PyTorch's imperative loss-scaling facade (torch/amp/grad_scaler.py), with its method
+ * names, its state_dict keys and its misuse errors, over the immutable {@linkcode dynamicLossScale}.
+ *
+ * What "optimizer" means here: any object with the gradients it will apply and a `step()` that
+ * applies them ({@linkcode ScalerOptimizer}). The scaler unscales `optimizer.grads` in place (one
+ * native call for the whole tree, float32, float16 and bfloat16 alike: PyTorch refuses bfloat16
+ * gradients on CUDA) and calls `optimizer.step()` only when they are all finite.
+ *
+ * Created for bfloat16 training (`new GradScaler({ dtype: "bfloat16" })`) the scaler is a
+ * pass-through, like PyTorch's `enabled=False`: bfloat16 needs no loss scaling. It says so once
+ * per process with console.warn, and in its `notice`.
+ *
+ * @module
+ */
+
+import type { Dtype } from "./dtype.ts";
+import { describeKind } from "./dtype.ts";
+import { MixprecError } from "./errors.ts";
+import {
+  type DynamicLossScale,
+  dynamicLossScale,
+  type LossScaleEvent,
+  lossScaleFromJSON,
+  type StepResult,
+} from "./loss_scale.ts";
+import { validatePrecisionConfig } from "./precision_config.ts";
+import { isTensor, type Tensor } from "./tensor.ts";
+import { type Tree, treeMap } from "./tree.ts";
+
+/**
+ * The optimizer a GradScaler drives: its gradients and a step that applies them. `grads` is read
+ * at each unscale_/step, so it may be a getter or be replaced between iterations. The optimizer
+ * helper's imperative wrappers satisfy it; so does `{ grads, step: () => applyUpdates(...) }`.
+ */
+export interface ScalerOptimizer {
+  /** The gradients step() will apply (unscaled in place by the scaler). */
+  readonly grads: Tree<Tensor>;
+  /** Applies the gradients; called only when they are all finite. */
+  step(): unknown;
+}
+
+/** Options of {@linkcode GradScaler}; PyTorch's defaults. */
+export interface GradScalerOptions {
+  /** Initial scale (default 2^16). */
+  readonly initScale?: number;
+  /** Growth multiplier (default 2). */
+  readonly growthFactor?: number;
+  /** Backoff multiplier (default 0.5). */
+  readonly backoffFactor?: number;
+  /** Clean steps before growth (default 2000). */
+  readonly growthInterval?: number;
+  /** false: every method is a pass-through (default true). */
+  readonly enabled?: boolean;
+  /** The low-precision dtype being trained (default float16); bfloat16 makes a pass-through. */
+  readonly dtype?: Dtype;
+  /** The device trained on (default "cpu"), checked by validatePrecisionConfig. */
+  readonly device?: string;
+  /** mixprec extensions (see dynamicLossScale): floor, ceiling, hysteresis. */
+  readonly minScale?: number | null;
+  readonly maxScale?: number | null;
+  readonly hysteresis?: number;
+}
+
+/** PyTorch's GradScaler state_dict (mixprec's extension keys appear only when configured). */
+export interface GradScalerStateDict {
+  readonly scale: number;
+  readonly growth_factor: number;
+  readonly backoff_factor: number;
+  readonly growth_interval: number;
+  readonly _growth_tracker: number;
+  readonly min_scale?: number;
+  readonly max_scale?: number;
+  readonly hysteresis?: number;
+  readonly _hysteresis_left?: number;
+}
+
+/** What update() did. */
+export interface ScaleUpdate {
+  readonly scaleBefore: number;
+  readonly scaleAfter: number;
+  /** The loss scale's event ("backoff", "grew", "floor", ...); null for a manual scale. */
+  readonly event: LossScaleEvent;
+}
+
+type Stage = "ready" | "unscaled" | "stepped";
+
+interface OptimizerState {
+  stage: Stage;
+  foundInf: boolean | null;
+}
+
+let bf16NoticeShown = false;
+
+const UNINITIALIZED_FIX =
+  "This may indicate your script did not use scaler.scale(loss or outputs) earlier in the iteration.";
+
+/**
+ * PyTorch's GradScaler. Misuse raises MixprecError with PyTorch's message and a code:
+ * "unscale_twice", "unscale_after_step", "step_twice", "not_scaled" (step/unscale_/update before
+ * the first scale()), "no_inf_checks" (update() with no step or unscale_ since the last update),
+ * "empty_state_dict".
+ *
+ * @example
+ * ```ts
+ * import { GradScaler } from "./grad_scaler.ts";
+ * import { tensor } from "./tensor.ts";
+ * const scaler = new GradScaler({ initScale: 1024, dtype: "float16" });
+ * using g = tensor([2048], { dtype: "f16" });
+ * let steps = 0;
+ * const optimizer = { grads: [g], step: () => steps++ };
+ * scaler.scale(1.0);
+ * const result = scaler.step(optimizer);
+ * scaler.update();
+ * if (!result.applied || steps !== 1 || g.toArray()[0] !== 2) throw new Error("not unscaled");
+ * ```
+ */
+export class GradScaler {
+  /** Why the scaler is a pass-through, or another fact worth knowing; null when none. */
+  readonly notice: string | null;
+  readonly #enabled: boolean;
+  readonly #bf16: boolean;
+  readonly #extensions: { minScale: number | null; maxScale: number | null; hysteresis: number };
+  #loss: DynamicLossScale;
+  #initialized = false;
+  #states = new Map<ScalerOptimizer, OptimizerState>();
+
+  /**
+   * @param options initScale, growthFactor, backoffFactor, growthInterval, enabled, dtype, device,
+   *   minScale, maxScale, hysteresis.
+   * @throws {RangeError} For out-of-range options (from dynamicLossScale / validatePrecisionConfig).
+   */
+  constructor(options: GradScalerOptions = {}) {
+    if (typeof options !== "object" || options === null) {
+      throw new TypeError(`GradScaler options must be an object, got ${describeKind(options)}`);
+    }
+    const enabled = options.enabled ?? true;
+    if (typeof enabled !== "boolean") throw new TypeError(`enabled must be a boolean, got ${describeKind(enabled)}`);
+    const checked = validatePrecisionConfig({
+      compute: options.dtype ?? "float16",
+      lossScale: "dynamic",
+      ...(options.device === undefined ? {} : { device: options.device }),
+    });
+    this.#bf16 = checked.config.lossScale === "none";
+    this.notice = checked.notices.length > 0 ? checked.notices.join("; ") : null;
+    this.#enabled = enabled && !this.#bf16;
+    this.#extensions = {
+      minScale: options.minScale ?? null,
+      maxScale: options.maxScale ?? null,
+      hysteresis: options.hysteresis ?? 1,
+    };
+    this.#loss = dynamicLossScale({
+      initialScale: options.initScale ?? 2 ** 16,
+      growthFactor: options.growthFactor ?? 2,
+      backoffFactor: options.backoffFactor ?? 0.5,
+      growthInterval: options.growthInterval ?? 2000,
+      ...this.#extensions,
+    });
+    if (this.#bf16 && enabled && !bf16NoticeShown) {
+      bf16NoticeShown = true;
+      console.warn(`mixprec GradScaler: ${this.notice} (the scaler is a pass-through)`);
+    }
+  }
+
+  /** The current loss scale as an immutable value (its `event` says what the last update did). */
+  get lossScale(): DynamicLossScale {
+    return this.#loss;
+  }
+
+  /**
+   * Multiplies a loss (a number, a tensor, or a tree of them) by the scale. Tensors come back as
+   * new tensors the caller owns. A pass-through scaler returns `outputs` unchanged.
+   *
+   * @param outputs The loss or losses.
+   * @returns The scaled loss(es).
+   */
+  scale(outputs: number): number;
+  scale(outputs: Tensor): Tensor;
+  scale<T>(outputs: Tree<T>): Tree<T>;
+  scale(outputs: unknown): unknown {
+    if (!this.#enabled) return outputs;
+    this.#initialized = true;
+    const loss = this.#loss;
+    return treeMap(
+      (leaf: unknown) => {
+        if (typeof leaf === "number") return loss.scale(leaf);
+        if (isTensor(leaf)) return loss.scale(leaf);
+        throw new TypeError(`scale() takes numbers or Tensors (or trees of them), got ${describeKind(leaf)}`);
+      },
+      outputs as Tree<unknown>,
+    );
+  }
+
+  /**
+   * Divides the optimizer's gradients by the scale in place and records whether any is inf or NaN.
+   * Optional: step() does it when it was not called. Call it once per optimizer per iteration,
+   * e.g. to clip unscaled gradients.
+   *
+   * @param optimizer The optimizer whose `grads` to unscale.
+   */
+  unscale_(optimizer: ScalerOptimizer): void {
+    if (!this.#enabled) return;
+    this.#checkInitialized("unscale_");
+    checkOptimizer(optimizer);
+    const state = this.#stateOf(optimizer);
+    if (state.stage === "unscaled") {
+      throw new MixprecError(
+        "unscale_twice",
+        "unscale_() has already been called on this optimizer since the last update(): call it once per optimizer per iteration",
+      );
+    }
+    if (state.stage === "stepped") {
+      throw new MixprecError(
+        "unscale_after_step",
+        "unscale_() is being called after step(): call unscale_() before step(), or call update() first",
+      );
+    }
+    const { finite } = this.#loss.unscale(optimizer.grads);
+    state.foundInf = !finite;
+    state.stage = "unscaled";
+  }
+
+  /**
+   * Unscales the optimizer's gradients (unless unscale_ was called) and calls `optimizer.step()`
+   * when they are all finite; skips it otherwise.
+   *
+   * @param optimizer The optimizer.
+   * @returns Whether the step was applied, why, the scale used and the scale the next update()
+   *   will set (given the checks recorded so far this iteration).
+   */
+  step(optimizer: ScalerOptimizer): StepResult {
+    checkOptimizer(optimizer);
+    if (!this.#enabled) {
+      optimizer.step();
+      const reason = this.#bf16 ? "bf16_no_scaling" : "applied";
+      return Object.freeze({ applied: true, reason, scaleBefore: 1, scaleAfter: 1 });
+    }
+    this.#checkInitialized("step");
+    const state = this.#stateOf(optimizer);
+    if (state.stage === "stepped") {
+      throw new MixprecError(
+        "step_twice",
+        "step() has already been called since the last update(): call update() once per iteration after step()",
+      );
+    }
+    if (state.stage === "ready") this.unscale_(optimizer);
+    const applied = state.foundInf === false;
+    if (applied) optimizer.step();
+    state.stage = "stepped";
+    return Object.freeze({
+      applied,
+      reason: applied ? "applied" : "non_finite",
+      scaleBefore: this.#loss.value,
+      scaleAfter: this.#loss.adjust(!this.#anyFoundInf()).value,
+    });
+  }
+
+  /**
+   * Updates the scale for the next iteration: backoff when any optimizer's gradients were
+   * non-finite this iteration, growth after growthInterval clean iterations. With `newScale`
+   * the scale is set to it instead (the growth tracker is kept, as in PyTorch).
+   *
+   * @param newScale Optional manual scale (a finite number >= 0, rounded to float32).
+   * @returns The scale before and after, and the loss scale's event.
+   */
+  update(newScale?: number): ScaleUpdate {
+    const scaleBefore = this.getScale();
+    if (!this.#enabled) return Object.freeze({ scaleBefore, scaleAfter: scaleBefore, event: null });
+    this.#checkInitialized("update");
+    if (newScale !== undefined) {
+      if (typeof newScale !== "number" || !Number.isFinite(newScale) || newScale < 0) {
+        throw new RangeError(`newScale must be a finite number >= 0, got ${String(newScale)}`);
+      }
+      const json = this.#loss.toJSON() as Extract<ReturnType<DynamicLossScale["toJSON"]>, { kind: "dynamic" }>;
+      this.#loss = lossScaleFromJSON({ ...json, scale: Math.fround(newScale), event: null }) as DynamicLossScale;
+    } else {
+      const checks = [...this.#states.values()].filter((s) => s.foundInf !== null);
+      if (checks.length === 0) {
+        throw new MixprecError(
+          "no_inf_checks",
+          "No inf checks were recorded prior to update(): call scaler.step(optimizer) (or unscale_) before update()",
+        );
+      }
+      this.#loss = this.#loss.adjust(!this.#anyFoundInf());
+    }
+    this.#states = new Map();
+    return Object.freeze({ scaleBefore, scaleAfter: this.#loss.value, event: this.#loss.event });
+  }
+
+  /** The current scale (1 when disabled or a bf16 pass-through). */
+  getScale(): number {
+    return this.#enabled ? this.#loss.value : 1;
+  }
+
+  /** The growth factor (float32). */
+  getGrowthFactor(): number {
+    return this.#loss.growthFactor;
+  }
+
+  /** The backoff factor (float32). */
+  getBackoffFactor(): number {
+    return this.#loss.backoffFactor;
+  }
+
+  /** The growth interval. */
+  getGrowthInterval(): number {
+    return this.#loss.growthInterval;
+  }
+
+  /** Whether scaling is on (false when disabled or for bfloat16). */
+  isEnabled(): boolean {
+    return this.#enabled;
+  }
+
+  /**
+   * The scaler's state under PyTorch's keys (empty when disabled). Call it after update().
+   *
+   * @returns scale, growth_factor, backoff_factor, growth_interval, _growth_tracker (and min_scale,
+   *   max_scale, hysteresis, _hysteresis_left when those extensions are configured).
+   */
+  stateDict(): GradScalerStateDict | Record<string, never> {
+    if (!this.#enabled) return {};
+    const s = this.#loss;
+    return {
+      scale: s.value,
+      growth_factor: s.growthFactor,
+      backoff_factor: s.backoffFactor,
+      growth_interval: s.growthInterval,
+      _growth_tracker: s.growthTracker,
+      ...(s.minScale === null ? {} : { min_scale: s.minScale }),
+      ...(s.maxScale === null ? {} : { max_scale: s.maxScale }),
+      ...(s.hysteresis === 1 ? {} : { hysteresis: s.hysteresis, _hysteresis_left: s.hysteresisLeft }),
+    };
+  }
+
+  /**
+   * Loads a state dict from stateDict() (or from PyTorch's GradScaler.state_dict()). A no-op when
+   * disabled. Nothing changes when the dict is rejected.
+   *
+   * @param stateDict The state.
+   * @throws {MixprecError} "empty_state_dict" for {} (saved from a disabled scaler).
+   * @throws {TypeError} / {RangeError} for missing or out-of-range entries.
+   */
+  loadStateDict(stateDict: Partial<GradScalerStateDict>): void {
+    if (!this.#enabled) return;
+    if (typeof stateDict !== "object" || stateDict === null) {
+      throw new TypeError(`loadStateDict takes an object from stateDict(), got ${describeKind(stateDict)}`);
+    }
+    if (Object.keys(stateDict).length === 0) {
+      throw new MixprecError(
+        "empty_state_dict",
+        "The source state dict is empty, possibly because it was saved from a disabled instance of GradScaler",
+      );
+    }
+    for (const key of ["scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"] as const) {
+      if (typeof stateDict[key] !== "number") {
+        throw new TypeError(`The state dict lacks a number "${key}": pass the object stateDict() returned`);
+      }
+    }
+    const hysteresis = stateDict.hysteresis ?? this.#extensions.hysteresis;
+    const restored = lossScaleFromJSON({
+      kind: "dynamic",
+      scale: Math.fround(stateDict.scale!),
+      growthFactor: stateDict.growth_factor,
+      backoffFactor: stateDict.backoff_factor,
+      growthInterval: stateDict.growth_interval,
+      minScale: stateDict.min_scale ?? this.#extensions.minScale,
+      maxScale: stateDict.max_scale ?? this.#extensions.maxScale,
+      hysteresis,
+      consecutiveHysteresis: false,
+      growthTracker: stateDict._growth_tracker,
+      hysteresisLeft: stateDict._hysteresis_left ?? hysteresis,
+      event: null,
+    });
+    this.#loss = restored as DynamicLossScale;
+  }
+
+  #checkInitialized(what: string): void {
+    if (!this.#initialized) {
+      throw new MixprecError("not_scaled", `Attempted ${what} but the scale was never used. ${UNINITIALIZED_FIX}`);
+    }
+  }
+
+  #stateOf(optimizer: ScalerOptimizer): OptimizerState {
+    let state = this.#states.get(optimizer);
+    if (state === undefined) {
+      state = { stage: "ready", foundInf: null };
+      this.#states.set(optimizer, state);
+    }
+    return state;
+  }
+
+  #anyFoundInf(): boolean {
+    for (const state of this.#states.values()) if (state.foundInf === true) return true;
+    return false;
+  }
+}
+
+function checkOptimizer(optimizer: unknown): asserts optimizer is ScalerOptimizer {
+  if (
+    typeof optimizer !== "object" ||
+    optimizer === null ||
+    typeof (optimizer as ScalerOptimizer).step !== "function" ||
+    !("grads" in optimizer)
+  ) {
+    throw new TypeError(
+      `The optimizer must be an object with grads (a tree of Tensors) and step(), got ${describeKind(optimizer)}`,
+    );
+  }
+}

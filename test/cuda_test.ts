@@ -1,0 +1,460 @@
+/**
+ * The CUDA backend. Two halves:
+ * - without a driver (every machine without an NVIDIA GPU): CUDA is reported unavailable with the
+ *   reason and the fix, and nothing throws except an explicit request for a cuda device;
+ * - with a device: the GPU property suites (casts bit for bit against the CPU for both roundings,
+ *   unscale flags and values against the CPU, the loss-scale update against a TypeScript
+ *   reference, the global norm, and a training step that never waits for the device).
+ * The GPU half runs where CUDA is available (MIXPREC_DEVICE=cpu turns it off); elsewhere it is
+ * skipped with one printed line saying why. `make test-cuda` runs this file with MIXPREC_DEVICE=cuda.
+ */
+
+import { describe, expect, test } from "bun:test";
+import fc from "fast-check";
+import {
+  cudaAlloc,
+  cudaAvailability,
+  cudaCopyToDevice,
+  cudaCopyToHost,
+  cudaDeviceCount,
+  cudaDevices,
+  cudaFill32,
+  cudaFree,
+  cudaGlobalNorm,
+  cudaMemoryStats,
+  cudaSyncCount,
+  cudaSynchronize,
+  cudaTable,
+  cudaUnscaleCheck,
+  cudaUpdateScale,
+  requireCuda,
+} from "../src/backend/cuda.ts";
+import { allocateStorage } from "../src/dtype.ts";
+import {
+  cast,
+  DTYPE_NAMES,
+  type DtypeName,
+  devices,
+  dtypeInfo,
+  MixprecError,
+  type StorageArray,
+  Tensor,
+  tensor,
+  unscaleAndCheck,
+  zeros,
+} from "../src/mod.ts";
+
+const availability = cudaAvailability();
+const requested = process.env.MIXPREC_DEVICE ?? "";
+const gpu = availability.available && requested !== "cpu";
+if (!gpu) {
+  const why = availability.available ? "MIXPREC_DEVICE=cpu" : availability.reason;
+  console.log(`CUDA suites skipped (${why}); they run on a machine with an NVIDIA GPU (make test-cuda)`);
+}
+const device = "cuda:0";
+
+/** Special float32 bit patterns mixed into every property. */
+const SPECIAL_F32 = [
+  0x00000000, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000, 0xffc00000, 0x7f800001, 0xff800001, 0x7fffffff,
+  0x00000001, 0x807fffff, 0x007fffff, 0x00800000, 0x7f7fffff, 0x7f7f8000, 0x7f7f7fff, 0x477fefff, 0x477ff000,
+  0x33000000, 0x33000001, 0x43e80000, 0x43e80001, 0x47700000, 0x3f808000, 0x3f818000, 0x387fffff,
+];
+
+function randomBits(dtype: DtypeName, count: number, seed: number): StorageArray {
+  const bits = dtypeInfo(dtype).bits;
+  const storage = allocateStorage(dtype, count);
+  const raw = storage instanceof Float32Array ? new Uint32Array(storage.buffer) : storage;
+  let state = seed >>> 0;
+  for (let i = 0; i < count; i++) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    const special = bits === 32 && i % 17 === 3;
+    raw[i] = special ? SPECIAL_F32[(i >>> 4) % SPECIAL_F32.length]! : bits === 32 ? state : state >>> (32 - bits);
+  }
+  return storage;
+}
+
+function rawBits(array: StorageArray): number[] {
+  if (array instanceof Float32Array) return [...new Uint32Array(array.buffer, array.byteOffset, array.length)];
+  return [...array];
+}
+
+/** Device tensor from raw bits. */
+function onDevice(dtype: DtypeName, bits: StorageArray): Tensor {
+  const result = new Tensor(dtype, [bits.length], device);
+  cudaCopyToDevice(0, result.address, bits);
+  return result;
+}
+
+/** PyTorch's _amp_update_scale_, from shared/REFERENCE.md, in float32 arithmetic. */
+function referenceUpdateScale(
+  state: { scale: number; tracker: number },
+  foundInf: boolean,
+  growth: number,
+  backoff: number,
+  interval: number,
+): { scale: number; tracker: number } {
+  if (foundInf) return { scale: Math.fround(state.scale * Math.fround(backoff)), tracker: 0 };
+  const successful = state.tracker + 1;
+  if (successful !== interval) return { scale: state.scale, tracker: successful };
+  const grown = Math.fround(state.scale * Math.fround(growth));
+  return { scale: Number.isFinite(grown) ? grown : state.scale, tracker: 0 };
+}
+
+describe("without an NVIDIA driver", () => {
+  const skip = availability.available;
+
+  test.skipIf(skip)("cudaAvailability() says libcuda.so.1 is missing and names device cpu as the fix", () => {
+    expect(availability.available).toBe(false);
+    const reason = (availability as { reason: string }).reason;
+    expect(reason).toContain("libcuda.so.1 not found");
+    expect(reason).toContain('use device "cpu"');
+  });
+
+  test.skipIf(skip)("cudaDevices() is empty and cudaDeviceCount() is 0, without throwing", () => {
+    expect(cudaDevices()).toEqual([]);
+    expect(cudaDeviceCount()).toBe(0);
+  });
+
+  test.skipIf(skip)("devices() lists only the CPU, without throwing", () => {
+    expect(devices().map((d) => d.name)).toEqual(["cpu"]);
+  });
+
+  test.skipIf(skip)("asking for cuda:0 throws MixprecError cuda_unavailable with the reason and the fix", () => {
+    const attempts: (() => unknown)[] = [
+      () => zeros([2], { device: "cuda:0" }),
+      () => tensor([1, 2], { device: "cuda:0" }),
+      () => tensor([1, 2]).to("cuda:0"),
+      () => requireCuda("cuda"),
+    ];
+    for (const attempt of attempts) {
+      let caught: unknown;
+      try {
+        attempt();
+      } catch (error) {
+        caught = error;
+      }
+      expect(caught).toBeInstanceOf(MixprecError);
+      expect((caught as MixprecError).code).toBe("cuda_unavailable");
+      expect((caught as MixprecError).message).toContain("libcuda.so.1 not found: this machine has no NVIDIA driver");
+      expect((caught as MixprecError).message).toContain('use device "cpu"');
+    }
+  });
+
+  test("an unknown device name throws TypeError listing the valid ones", () => {
+    expect(() => zeros([1], { device: "gpu" as never })).toThrow(TypeError);
+    expect(() => zeros([1], { device: "cuda:x" as never })).toThrow('use "cpu" or "cuda:N"');
+  });
+
+  test("CPU tensors work whether or not CUDA is there", () => {
+    using t = tensor([1, -2, 3], { dtype: "bf16" });
+    using back = t.to("cpu");
+    expect([...back.toArray()]).toEqual([1, -2, 3]);
+  });
+});
+
+describe("CUDA devices", () => {
+  test.skipIf(!gpu)("cudaDevices() lists every device with compute capability, memory, bf16 and fp8", () => {
+    const devices = cudaDevices();
+    expect(devices.length).toBeGreaterThan(0);
+    for (const [i, d] of devices.entries()) {
+      expect(d.device).toBe(`cuda:${i}`);
+      expect(d.name.length).toBeGreaterThan(0);
+      expect(d.computeCapability).toBe(`${d.computeMajor}.${d.computeMinor}`);
+      expect(d.totalMemoryBytes).toBeGreaterThan(1 << 30);
+      expect(d.multiprocessorCount).toBeGreaterThan(0);
+      expect(d.bf16).toBe(d.computeMajor >= 8);
+      expect(d.fp8).toBe(d.computeMajor * 10 + d.computeMinor >= 89);
+    }
+  });
+
+  test.skipIf(!gpu)("devices() lists the CPU, then every cuda:N with its capabilities", () => {
+    const listed = devices();
+    expect(listed[0]!.name).toBe("cpu");
+    const cudaEntries = listed.filter((d) => d.kind === "cuda");
+    expect(cudaEntries.map((d) => d.name)).toEqual(cudaDevices().map((d) => d.device));
+    for (const [i, entry] of cudaEntries.entries()) {
+      const properties = cudaDevices()[i]!;
+      if (entry.kind !== "cuda") throw new Error("not a cuda entry");
+      expect(entry.computeCapability).toEqual([properties.computeMajor, properties.computeMinor]);
+      expect(entry.bf16).toBe(properties.bf16);
+      expect(entry.fp8).toBe(properties.fp8);
+      expect(entry.memoryBytes).toBe(properties.totalMemoryBytes);
+      expect(entry.model).toBe(properties.name);
+    }
+  });
+
+  test.skipIf(!gpu)("a device that does not exist throws RangeError naming the devices there are", () => {
+    expect(() => zeros([1], { device: "cuda:99" })).toThrow(RangeError);
+  });
+});
+
+describe("device tensors", () => {
+  test.skipIf(!gpu)("to(cuda) and back keeps every bit of every dtype, for empty, odd and multi-chunk sizes", () => {
+    for (const dtype of DTYPE_NAMES) {
+      for (const count of [0, 1, 7, 4099, (5 << 20) + 3]) {
+        const bits = randomBits(dtype, count, count + 1);
+        using source = new Tensor(dtype, [count], "cpu");
+        source.data.set(bits);
+        using gpuTensor = source.to(device);
+        expect(gpuTensor.device).toBe(device);
+        using back = gpuTensor.to("cpu");
+        expect(rawBits(back.data)).toEqual(rawBits(bits));
+      }
+    }
+  });
+
+  test.skipIf(!gpu)("data on a cuda tensor throws TypeError telling to call .to('cpu') or toArray()", () => {
+    using t = tensor([1, 2, 3], { device });
+    expect(() => t.data).toThrow(TypeError);
+    expect(() => t.data).toThrow('.to("cpu")');
+    expect([...t.toArray()]).toEqual([1, 2, 3]);
+    using c = t.clone();
+    using r = c.reshape([3, 1]);
+    expect([...r.toArray()]).toEqual([1, 2, 3]);
+  });
+
+  test.skipIf(!gpu)("zeros, ones and full on the device hold what they do on the CPU", () => {
+    for (const dtype of DTYPE_NAMES) {
+      using z = zeros([5], { dtype, device });
+      expect([...z.toArray()]).toEqual([0, 0, 0, 0, 0]);
+      using o = tensor([0.5, 0.5, 0.5], { dtype, device });
+      expect([...o.toArray()]).toEqual([0.5, 0.5, 0.5]);
+    }
+  });
+
+  test.skipIf(!gpu)("disposed device tensors return their memory to the cache", () => {
+    const before = cudaMemoryStats(0).liveBytes;
+    const t = zeros([1 << 20], { device });
+    expect(cudaMemoryStats(0).liveBytes).toBe(before + (4 << 20));
+    t.dispose();
+    expect(cudaMemoryStats(0).liveBytes).toBe(before);
+    expect(() => cudaFree(0, 12345)).toThrow(MixprecError);
+  });
+});
+
+describe("device casts equal the CPU bit for bit", () => {
+  const pairs = DTYPE_NAMES.flatMap((from) => DTYPE_NAMES.map((to) => [from, to] as const));
+  for (const [from, to] of pairs) {
+    test.skipIf(!gpu)(`${from} -> ${to}, nearest even (and saturating for fp8 targets)`, () => {
+      for (const count of [1, 255, 257, (1 << 20) + 7]) {
+        const bits = randomBits(from, count, count * 31 + 5);
+        using source = onDevice(from, bits);
+        const fp8 = to === "float8_e4m3fn" || to === "float8_e5m2";
+        for (const saturate of fp8 ? [false, true] : [false]) {
+          using result = source.to(to, { saturate });
+          // to() the same dtype is a copy, options or not (as on the CPU).
+          const expected = from === to ? bits : cast(bits, from, to, { saturate });
+          expect(rawBits(result.bits())).toEqual(rawBits(expected));
+        }
+      }
+    });
+  }
+
+  test.skipIf(!gpu)("stochastic rounding to float16 and bfloat16 gives the CPU's bits for any seed", () => {
+    fc.assert(
+      fc.property(fc.nat({ max: 0xffffffff }), fc.integer({ min: 1, max: 300_000 }), (seed, count) => {
+        const bits = randomBits("float32", count, seed);
+        using source = onDevice("float32", bits);
+        for (const to of ["float16", "bfloat16"] as const) {
+          using result = source.to(to, { rounding: "stochastic", seed });
+          expect(rawBits(result.bits())).toEqual(rawBits(cast(bits, "float32", to, { rounding: "stochastic", seed })));
+        }
+      }),
+      { numRuns: 20 },
+    );
+  });
+});
+
+describe("device unscale", () => {
+  const gradDtypes = ["float32", "float16", "bfloat16"] as const;
+
+  function gradients(seed: number, poison: boolean): { dtype: DtypeName; bits: StorageArray }[] {
+    return [0, 1, 2, 3, 4].map((i) => {
+      const dtype = gradDtypes[(seed + i) % 3]!;
+      const count = [0, 1, 33, 1000, 70_001][(seed + i) % 5]!;
+      const values = new Float32Array(count).map((_, j) => Math.sin(seed * 7 + i * 13 + j) * 3e4);
+      if (poison && i === 4 && count > 0) values[count - 1] = Number.NaN;
+      return { dtype, bits: dtype === "float32" ? values : cast(values, "float32", dtype) };
+    });
+  }
+
+  test.skipIf(!gpu)("unscaleAndCheck() on cuda tensors equals the CPU: flags and every bit", () => {
+    fc.assert(
+      fc.property(
+        fc.nat({ max: 1000 }),
+        fc.boolean(),
+        fc.constantFrom(1, 1 / 65536, 0.5, 3e-5),
+        (seed, poison, inv) => {
+          const grads = gradients(seed, poison);
+          const host = grads.map((g) => ({ dtype: g.dtype, data: g.bits.slice() }));
+          const tensors = grads.map((g) => onDevice(g.dtype, g.bits));
+          try {
+            const expected = unscaleAndCheck(host, inv);
+            expect(unscaleAndCheck(tensors, inv)).toBe(expected);
+            tensors.forEach((t, i) => expect(rawBits(t.bits())).toEqual(rawBits(host[i]!.data)));
+          } finally {
+            for (const t of tensors) t.dispose();
+          }
+        },
+      ),
+      { numRuns: 30 },
+    );
+  });
+
+  test.skipIf(!gpu)(
+    "a device-resident scale unscales by float32(1 / float64(scale)) and the flag only ever sets",
+    () => {
+      const grads = gradients(3, false);
+      const tensors = grads.map((g) => onDevice(g.dtype, g.bits));
+      const scale = Math.fround(3 * 2 ** 14);
+      const scaleAddress = cudaAlloc(0, 4);
+      const found = cudaAlloc(0, 4);
+      try {
+        cudaCopyToDevice(0, scaleAddress, new Float32Array([scale]));
+        cudaFill32(0, found, 1, 1); // Already set: a clean unscale must leave it set.
+        using table = cudaTable(
+          0,
+          tensors.map((t) => ({ address: t.address, count: t.size, dtypeCode: dtypeInfo(t.dtype).code })),
+        );
+        cudaUnscaleCheck(table, { scaleAddress }, found);
+        const flag = new Uint32Array(1);
+        cudaCopyToHost(0, flag, found);
+        expect(flag[0]).toBe(1);
+        const host = grads.map((g) => ({ dtype: g.dtype, data: g.bits.slice() }));
+        unscaleAndCheck(host, Math.fround(1 / scale));
+        tensors.forEach((t, i) => expect(rawBits(t.bits())).toEqual(rawBits(host[i]!.data)));
+      } finally {
+        cudaFree(0, scaleAddress);
+        cudaFree(0, found);
+        for (const t of tensors) t.dispose();
+      }
+    },
+  );
+});
+
+describe("device loss-scale update", () => {
+  test.skipIf(!gpu)("equals the TypeScript reference step by step, growth, backoff and refused growth included", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.boolean(), { minLength: 1, maxLength: 60 }),
+        fc.constantFrom(1, 2, 3, 7),
+        fc.constantFrom(2 ** 16, 2 ** 127, 1, 2 ** -140),
+        (overflows, interval, initial) => {
+          const state = cudaAlloc(0, 8);
+          const found = cudaAlloc(0, 4);
+          try {
+            const init = new ArrayBuffer(8);
+            new Float32Array(init, 0, 1)[0] = initial;
+            cudaCopyToDevice(0, state, new Uint8Array(init));
+            let expected = { scale: Math.fround(initial), tracker: 0 };
+            for (const overflow of overflows) {
+              cudaFill32(0, found, overflow ? 1 : 0, 1);
+              cudaUpdateScale(0, state, found, { growthFactor: 2, backoffFactor: 0.5, growthInterval: interval });
+              expected = referenceUpdateScale(expected, overflow, 2, 0.5, interval);
+            }
+            const back = new ArrayBuffer(8);
+            cudaCopyToHost(0, new Uint8Array(back), state);
+            expect(new Float32Array(back, 0, 1)[0]).toBe(expected.scale);
+            expect(new Int32Array(back, 4, 1)[0]).toBe(expected.tracker);
+          } finally {
+            cudaFree(0, state);
+            cudaFree(0, found);
+          }
+        },
+      ),
+      { numRuns: 40 },
+    );
+  });
+});
+
+describe("device global norm", () => {
+  function norm(tensors: Tensor[]): number {
+    using table = cudaTable(
+      0,
+      tensors.map((t) => ({ address: t.address, count: t.size, dtypeCode: dtypeInfo(t.dtype).code })),
+    );
+    const out = cudaAlloc(0, 4);
+    try {
+      cudaGlobalNorm(table, out);
+      const value = new Float32Array(1);
+      cudaCopyToHost(0, value, out);
+      return value[0]!;
+    } finally {
+      cudaFree(0, out);
+    }
+  }
+
+  test.skipIf(!gpu)("is within 1e-5 relative of the float64 norm, and the same bits on every run", () => {
+    for (const count of [1, 1000, 3_000_001]) {
+      const values = new Float32Array(count).map((_, i) => Math.cos(i * 0.37) * (1 + (i % 11)));
+      const tensors = [
+        tensor(values, { device }),
+        tensor(values.subarray(0, Math.ceil(count / 2)), { dtype: "bf16", device }),
+      ];
+      try {
+        let sum = 0;
+        for (const t of tensors) for (const x of t.toArray()) sum += x * x;
+        const got = norm(tensors);
+        expect(Math.abs(got - Math.sqrt(sum)) / Math.sqrt(sum)).toBeLessThan(1e-5);
+        expect(norm(tensors)).toBe(got);
+      } finally {
+        for (const t of tensors) t.dispose();
+      }
+    }
+  });
+
+  test.skipIf(!gpu)("is 0 for empty tensors and inf or NaN when an element is", () => {
+    using empty = zeros([0], { device });
+    expect(norm([empty])).toBe(0);
+    using inf = tensor([1, Number.POSITIVE_INFINITY], { device });
+    expect(norm([inf])).toBe(Number.POSITIVE_INFINITY);
+    using nan = tensor([Number.NaN, 1], { device });
+    expect(Number.isNaN(norm([nan]))).toBe(true);
+  });
+});
+
+describe("a mixed-precision step on the device", () => {
+  test.skipIf(!gpu)("unscale, norm, scale update and casts never wait for the device", () => {
+    const grads = [
+      tensor(
+        new Float32Array(4096).map((_, i) => Math.sin(i) * 65536),
+        { device },
+      ),
+      tensor(
+        new Float32Array(999).map((_, i) => Math.cos(i) * 65536),
+        { dtype: "bf16", device },
+      ),
+    ];
+    const state = cudaAlloc(0, 8);
+    const found = cudaAlloc(0, 4);
+    const normOut = cudaAlloc(0, 4);
+    const table = cudaTable(
+      0,
+      grads.map((t) => ({ address: t.address, count: t.size, dtypeCode: dtypeInfo(t.dtype).code })),
+    );
+    try {
+      cudaCopyToDevice(0, state, new Uint8Array(new Float32Array([65536, 0]).buffer));
+      cudaSynchronize(0);
+      const before = cudaSyncCount();
+      for (let step = 0; step < 3; step++) {
+        cudaFill32(0, found, 0, 1);
+        cudaUnscaleCheck(table, { scaleAddress: state }, found);
+        cudaGlobalNorm(table, normOut);
+        cudaUpdateScale(0, state, found, { growthInterval: 2 });
+        const half = grads[0]!.to("bfloat16");
+        half.dispose();
+      }
+      expect(cudaSyncCount()).toBe(before);
+      const back = new Float32Array(2);
+      cudaCopyToHost(0, back, state);
+      expect(cudaSyncCount()).toBeGreaterThan(before);
+      // Three clean steps with interval 2: one growth, tracker 1.
+      expect(back[0]).toBe(131072);
+      expect(new Int32Array(back.buffer)[1]).toBe(1);
+    } finally {
+      table.dispose();
+      for (const address of [state, found, normOut]) cudaFree(0, address);
+      for (const t of grads) t.dispose();
+    }
+  });
+});

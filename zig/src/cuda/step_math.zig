@@ -1,0 +1,63 @@
+//! Scalar rules of a mixed-precision step that the device kernels run (zig/src/cuda/kernels.zig)
+//! and the host tests check (zig/src/ffi.zig's test block). One file, two compilations, so the
+//! device and the host reference cannot drift apart. Rules: shared/REFERENCE.md, "Loss scaling".
+
+const std = @import("std");
+
+/// The loss-scale state that lives on the device between steps (PyTorch: a float32 scale tensor
+/// and an int32 growth tracker).
+pub const ScaleState = extern struct {
+    scale: f32,
+    tracker: i32,
+};
+
+/// float32(1 / float64(scale)), as PyTorch's `scaler.double().reciprocal().float()`.
+pub fn inverse_scale(scale: f32) f32 {
+    return @floatCast(1.0 / @as(f64, scale));
+}
+
+fn is_finite(value: f32) bool {
+    return @as(u32, @bitCast(value)) & 0x7f80_0000 != 0x7f80_0000;
+}
+
+/// PyTorch's `_amp_update_scale_`: back off on an overflow, grow on the `growth_interval`-th
+/// consecutive clean step unless growing would give inf (the tracker still resets).
+pub fn update_scale(state: ScaleState, found_inf: bool, growth_factor: f32, backoff_factor: f32, growth_interval: i32) ScaleState {
+    std.debug.assert(growth_interval > 0);
+    if (found_inf) return .{ .scale = state.scale * backoff_factor, .tracker = 0 };
+    const successful = state.tracker +% 1;
+    if (successful != growth_interval) return .{ .scale = state.scale, .tracker = successful };
+    const grown = state.scale * growth_factor;
+    return .{ .scale = if (is_finite(grown)) grown else state.scale, .tracker = 0 };
+}
+
+test "update_scale grows on the interval-th clean step and resets the tracker" {
+    var state = ScaleState{ .scale = 65536, .tracker = 0 };
+    for (0..3) |_| state = update_scale(state, false, 2, 0.5, 4);
+    try std.testing.expectEqual(ScaleState{ .scale = 65536, .tracker = 3 }, state);
+    state = update_scale(state, false, 2, 0.5, 4);
+    try std.testing.expectEqual(ScaleState{ .scale = 131072, .tracker = 0 }, state);
+}
+
+test "update_scale backs off and resets on an overflow" {
+    const state = update_scale(.{ .scale = 1024, .tracker = 7 }, true, 2, 0.5, 2000);
+    try std.testing.expectEqual(ScaleState{ .scale = 512, .tracker = 0 }, state);
+}
+
+test "update_scale refuses growth to inf but still resets the tracker" {
+    const big = std.math.floatMax(f32);
+    const state = update_scale(.{ .scale = big, .tracker = 1 }, false, 2, 0.5, 2);
+    try std.testing.expectEqual(ScaleState{ .scale = big, .tracker = 0 }, state);
+}
+
+test "update_scale reaches 0 after enough overflows, as PyTorch (no floor)" {
+    var state = ScaleState{ .scale = 65536, .tracker = 0 };
+    for (0..200) |_| state = update_scale(state, true, 2, 0.5, 2000);
+    try std.testing.expectEqual(@as(f32, 0), state.scale);
+}
+
+test "inverse_scale rounds once from float64" {
+    try std.testing.expectEqual(@as(f32, 1.0 / 65536.0), inverse_scale(65536));
+    try std.testing.expectEqual(@as(f32, @floatCast(1.0 / @as(f64, 3.0))), inverse_scale(3));
+    try std.testing.expect(std.math.isInf(inverse_scale(0)));
+}
