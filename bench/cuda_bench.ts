@@ -36,6 +36,9 @@ const iterations = Number(flag("iterations", "20"));
 const ordinal = Number(flag("device", "0"));
 const counts = [1 << 16, 1 << 20, 1 << 24, 1 << 26].filter((c) => c <= maxCount);
 const info = cudaDevices()[ordinal]!;
+if (info.name.includes("fake")) {
+  console.log("fake CUDA driver (MIXPREC_LIBCUDA): this run checks the script, its timings mean nothing\n");
+}
 
 /** Device milliseconds per call of `launch`, after one warm-up call. */
 function timeMs(launch: () => void): number {

@@ -43,6 +43,23 @@ const SYMBOLS = {
   mp_sum_squares: { args: [FFIType.ptr, FFIType.u64, FFIType.f32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   mp_fused_adamw: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   mp_fused_sgd: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  // Autodiff helper: matmul (zig/src/cpu/matmul.zig) and the FMA peak for benchmarks.
+  mp_matmul: {
+    args: [
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+      FFIType.u32,
+      FFIType.u32,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_peak_fma: { args: [FFIType.u64, FFIType.u32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   // I/O (issue #7): a cast fused with conversion statistics (zig/src/cpu/convert.zig).
   mp_convert_stats: {
     args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.u32, FFIType.u32, FFIType.ptr],

@@ -161,6 +161,20 @@ export {
   serializeSafetensors,
   type TensorInfo,
 } from "./io/safetensors.ts";
+
+// Autodiff, ops and layers (issue 5).
+export {
+  type Backward,
+  checkpoint,
+  grad,
+  stopGradient,
+  type TapeReport,
+  type ValueAndGrad,
+  valueAndGrad,
+  type ValueAndGradOptions,
+} from "./autodiff.ts";
+export * as ops from "./ops/mod.ts";
+export { liveTensorCount } from "./tensor.ts";
 export {
   type ConversionReport,
   type ConvertOptions,

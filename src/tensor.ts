@@ -45,10 +45,31 @@ interface Allocation {
   readonly ordinal: number;
 }
 
+/** Native allocations owned by tensors that are neither disposed nor collected. */
+let liveAllocations = 0;
+
 const registry = new FinalizationRegistry<Allocation>((allocation) => {
+  liveAllocations--;
   if (allocation.ordinal < 0) native().mp_free(allocation.address, allocation.sizeBytes);
   else cudaFree(allocation.ordinal, allocation.address);
 });
+
+/**
+ * The number of tensors whose native storage is live (created, not yet disposed or collected).
+ * Training loops can check that it stays flat from step to step.
+ *
+ * @returns The live count.
+ * @example
+ * ```ts
+ * import { liveTensorCount, zeros } from "./tensor.ts";
+ * const before = liveTensorCount();
+ * zeros([4]).dispose();
+ * if (liveTensorCount() !== before) throw new Error("leaked");
+ * ```
+ */
+export function liveTensorCount(): number {
+  return liveAllocations;
+}
 
 const ADDRESS_OUT = new BigUint64Array(1);
 
@@ -111,11 +132,13 @@ export class Tensor {
       const address = cudaAlloc(ordinal, sizeBytes);
       cudaFill32(ordinal, address, 0, Math.ceil(sizeBytes / 4));
       this.#allocation = { address, sizeBytes, ordinal };
+      liveAllocations++;
       registry.register(this, this.#allocation, this);
       return;
     }
     const address = allocate(sizeBytes);
     this.#allocation = { address, sizeBytes, ordinal };
+    liveAllocations++;
     const buffer = toArrayBuffer(address, 0, Math.max(sizeBytes, 1));
     const view = allocateViewOf(dtype, buffer, this.size);
     view.fill(0);
@@ -242,6 +265,7 @@ export class Tensor {
     const { address, sizeBytes, ordinal } = this.#allocation;
     this.#allocation = undefined;
     this.#view = undefined;
+    liveAllocations--;
     if (ordinal >= 0) cudaFree(ordinal, address);
     else check(native().mp_free(address, sizeBytes), "freeing a tensor");
   }

@@ -52,6 +52,12 @@ if (!gpu) {
   console.log(`CUDA suites skipped (${why}); they run on a machine with an NVIDIA GPU (make test-cuda)`);
 }
 const device = "cuda:0";
+const fakeDriver = gpu && cudaDevices()[0]!.name.includes("fake");
+if (fakeDriver) {
+  console.log(
+    "CUDA suites run against the fake driver (zig/src/cuda_fake.zig): they check the plumbing, not the PTX kernels",
+  );
+}
 
 /** Special float32 bit patterns mixed into every property. */
 const SPECIAL_F32 = [
@@ -73,9 +79,25 @@ function randomBits(dtype: DtypeName, count: number, seed: number): StorageArray
   return storage;
 }
 
-function rawBits(array: StorageArray): number[] {
-  if (array instanceof Float32Array) return [...new Uint32Array(array.buffer, array.byteOffset, array.length)];
-  return [...array];
+/** Whether two storage arrays hold the same bytes (fast for millions of elements). */
+function sameBytes(a: StorageArray, b: StorageArray): boolean {
+  const view = (x: StorageArray) => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
+  return a.length === b.length && view(a).equals(view(b));
+}
+
+function rawBits(array: StorageArray): ArrayLike<number> {
+  if (array instanceof Float32Array) return new Uint32Array(array.buffer, array.byteOffset, array.length);
+  return array;
+}
+
+/** Expects equal bits; on a mismatch names the first differing element and both bit patterns. */
+function expectSameBits(actual: StorageArray, expected: StorageArray): void {
+  if (sameBytes(actual, expected)) return;
+  const [a, e] = [rawBits(actual), rawBits(expected)];
+  let i = 0;
+  while (i < Math.min(a.length, e.length) && a[i] === e[i]) i++;
+  const hex = (x: number | undefined) => (x === undefined ? "none" : `0x${x.toString(16)}`);
+  expect(`element ${i} of ${a.length}: ${hex(a[i])}`).toBe(`element ${i} of ${e.length}: ${hex(e[i])}`);
 }
 
 /** Device tensor from raw bits. */
@@ -198,7 +220,7 @@ describe("device tensors", () => {
         using gpuTensor = source.to(device);
         expect(gpuTensor.device).toBe(device);
         using back = gpuTensor.to("cpu");
-        expect(rawBits(back.data)).toEqual(rawBits(bits));
+        expectSameBits(back.data, bits);
       }
     }
   });
@@ -244,7 +266,7 @@ describe("device casts equal the CPU bit for bit", () => {
           using result = source.to(to, { saturate });
           // to() the same dtype is a copy, options or not (as on the CPU).
           const expected = from === to ? bits : cast(bits, from, to, { saturate });
-          expect(rawBits(result.bits())).toEqual(rawBits(expected));
+          expectSameBits(result.bits(), expected);
         }
       }
     });
@@ -257,7 +279,7 @@ describe("device casts equal the CPU bit for bit", () => {
         using source = onDevice("float32", bits);
         for (const to of ["float16", "bfloat16"] as const) {
           using result = source.to(to, { rounding: "stochastic", seed });
-          expect(rawBits(result.bits())).toEqual(rawBits(cast(bits, "float32", to, { rounding: "stochastic", seed })));
+          expectSameBits(result.bits(), cast(bits, "float32", to, { rounding: "stochastic", seed }));
         }
       }),
       { numRuns: 20 },
@@ -291,7 +313,7 @@ describe("device unscale", () => {
           try {
             const expected = unscaleAndCheck(host, inv);
             expect(unscaleAndCheck(tensors, inv)).toBe(expected);
-            tensors.forEach((t, i) => expect(rawBits(t.bits())).toEqual(rawBits(host[i]!.data)));
+            tensors.forEach((t, i) => expectSameBits(t.bits(), host[i]!.data));
           } finally {
             for (const t of tensors) t.dispose();
           }
@@ -322,7 +344,7 @@ describe("device unscale", () => {
         expect(flag[0]).toBe(1);
         const host = grads.map((g) => ({ dtype: g.dtype, data: g.bits.slice() }));
         unscaleAndCheck(host, Math.fround(1 / scale));
-        tensors.forEach((t, i) => expect(rawBits(t.bits())).toEqual(rawBits(host[i]!.data)));
+        tensors.forEach((t, i) => expectSameBits(t.bits(), host[i]!.data));
       } finally {
         cudaFree(0, scaleAddress);
         cudaFree(0, found);

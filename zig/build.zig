@@ -37,6 +37,16 @@ pub fn build(b: *std.Build) void {
     const lib = b.addLibrary(.{ .name = "mixprec", .linkage = .dynamic, .root_module = root });
     b.installArtifact(lib);
 
+    // A fake libcuda (host memory, kernels emulated with the CPU code) so the CUDA backend's
+    // plumbing is tested end to end on machines without a GPU: MIXPREC_LIBCUDA=<this file>.
+    const fake_cuda = b.addLibrary(.{ .name = "cuda_fake", .linkage = .dynamic, .root_module = b.createModule(.{
+        .root_source_file = b.path("src/cuda_fake.zig"),
+        .target = target,
+        .optimize = optimize,
+        .link_libc = true,
+    }) });
+    b.installArtifact(fake_cuda);
+
     const tests = b.addTest(.{ .root_module = root });
     const test_step = b.step("test", "Run the Zig unit tests");
     test_step.dependOn(&b.addRunArtifact(tests).step);

@@ -11,6 +11,7 @@ const unscale = @import("cpu/unscale.zig");
 const sum_squares = @import("cpu/sum_squares.zig");
 const adamw = @import("cpu/adamw.zig");
 const sgd = @import("cpu/sgd.zig");
+const matmul = @import("cpu/matmul.zig");
 const convert = @import("cpu/convert.zig");
 
 /// Bumped whenever an export's signature or meaning changes; src/_ffi.ts refuses a mismatch.
@@ -190,6 +191,54 @@ test {
     _ = sgd;
 }
 
+// --- Autodiff helper: matmul and peak FLOP/s (zig/src/cpu/matmul.zig) ---
+
+/// Batched C = op(A) op(B) with float32 accumulation into a float32 C (row-major m x n per batch
+/// element). A and B are float32, float16 or bfloat16, contiguous, batch-major; op(A) is m x k,
+/// op(B) is k x n. flags: bit 0 A is stored transposed (k x m), bit 1 B is stored transposed
+/// (n x k), bit 2 accumulate (C += ...), bit 3 do not use AVX512-BF16 dot products (widen instead),
+/// bit 4 every batch element uses the same B.
+export fn mp_matmul(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, a_dtype: u32, b_dtype: u32, flags: u32) i32 {
+    const a_type = numerics.Dtype.from_int(a_dtype) orelse return status(.invalid_dtype);
+    const b_type = numerics.Dtype.from_int(b_dtype) orelse return status(.invalid_dtype);
+    if (!matmul.input_dtype(a_type) or !matmul.input_dtype(b_type)) return status(.invalid_dtype);
+    if (flags & ~matmul.flags_all != 0) return status(.invalid_argument);
+    if (batch == 0 or m == 0 or n == 0) return status(.ok);
+    if (c == 0) return status(.null_pointer);
+    if (k != 0 and (a == 0 or b == 0)) return status(.null_pointer);
+    if (m > 1 << 31 or n > 1 << 31 or k > 1 << 31 or batch > 1 << 31) return status(.invalid_argument);
+    const request = matmul.Request{
+        .a = @ptrFromInt(if (a == 0) 64 else a),
+        .b = @ptrFromInt(if (b == 0) 64 else b),
+        .c = @ptrFromInt(c),
+        .batch = batch,
+        .m = m,
+        .n = n,
+        .k = k,
+        .a_dtype = a_type,
+        .b_dtype = b_type,
+        .trans_a = flags & matmul.flag_trans_a != 0,
+        .trans_b = flags & matmul.flag_trans_b != 0,
+        .accumulate = flags & matmul.flag_accumulate != 0,
+        .broadcast_b = flags & matmul.flag_broadcast_b != 0,
+        .bf16_dot = flags & matmul.flag_no_bf16_dot == 0,
+    };
+    matmul.matmul(&request);
+    return status(.ok);
+}
+
+/// Runs independent float32 FMA chains on `threads` threads for `iterations` steps (the machine's
+/// peak FLOP/s, timed by the caller). `out_flops` receives the FLOPs done, `out_checksum` a value
+/// that depends on every chain.
+export fn mp_peak_fma(iterations: u64, threads: u32, out_flops: ?*f64, out_checksum: ?*f32) i32 {
+    const flops = out_flops orelse return status(.null_pointer);
+    const checksum = out_checksum orelse return status(.null_pointer);
+    if (threads == 0 or threads > pool.thread_count_max) return status(.invalid_argument);
+    checksum.* = matmul.peak_fma(iterations, threads);
+    flops.* = @floatFromInt(iterations * threads * matmul.peak_flops_per_iteration);
+    return status(.ok);
+}
+
 /// Casts `count` elements from `from` to `to` (nearest even) and writes the statistics of what the
 /// rounding did to `out_stats` (convert.zig `Stats`: overflow, underflow, subnormal and counted
 /// element counts, max and summed relative error). For checkpoint conversion (src/io/convert.ts).
@@ -211,6 +260,7 @@ export fn mp_convert_stats(source: ?*const anyopaque, target: ?*anyopaque, count
 }
 
 test {
+    _ = matmul;
     _ = numerics;
     _ = pool;
     _ = cast;

@@ -92,3 +92,31 @@ pub fn parallel_for_slots(count: u64, context: anytype, comptime body: fn (@Type
     body(context, 0, 0, @min(per_thread, count));
     for (workers[1..index]) |worker| if (worker) |w| w.join();
 }
+
+/// Calls `body(context, worker)` for worker in [0, workers) on that many threads (the caller runs
+/// worker 0) and returns when all are done. For kernels that split their own work (matmul tiles),
+/// so there is no element-count threshold here: the caller decides when threads pay off.
+pub fn run_workers(workers: u32, context: anytype, comptime body: fn (@TypeOf(context), u32) void) void {
+    std.debug.assert(workers >= 1 and workers <= thread_count_max);
+    var threads: [thread_count_max]?std.Thread = @splat(null);
+    var index: u32 = 1;
+    while (index < workers) : (index += 1) {
+        threads[index] = std.Thread.spawn(.{ .stack_size = 256 * 1024 }, body, .{ context, index }) catch null;
+        // A worker that could not start is done here instead.
+        if (threads[index] == null) body(context, index);
+    }
+    body(context, 0);
+    for (threads[1..workers]) |thread| if (thread) |t| t.join();
+}
+
+test "run_workers runs every worker index once" {
+    const Context = struct {
+        marks: [thread_count_max]std.atomic.Value(u8) = @splat(.init(0)),
+        fn body(self: *@This(), worker: u32) void {
+            _ = self.marks[worker].fetchAdd(1, .monotonic);
+        }
+    };
+    var context = Context{};
+    run_workers(5, &context, Context.body);
+    for (context.marks, 0..) |mark, i| try std.testing.expectEqual(@as(u8, @intFromBool(i < 5)), mark.load(.monotonic));
+}

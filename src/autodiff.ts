@@ -1,0 +1,391 @@
+/**
+ * Reverse-mode automatic differentiation over pytrees of tensors, JAX style: `valueAndGrad(fn)`
+ * returns a function that runs `fn(params, ...args)` while recording every differentiable op on a
+ * tape, then walks the tape backwards (an iterative loop in reverse recording order, which is a
+ * topological order, so no recursion) and returns the loss and the gradients as a pytree shaped
+ * like `params`.
+ *
+ * Memory: every tensor an op creates while a tape (or a checkpoint scope) is active is owned by
+ * that scope. When the backward pass ends, every such tensor is disposed except what the caller
+ * gets back (gradients, and the aux output with `hasAux`), and each intermediate gradient is
+ * disposed as soon as the node that consumes it has run. A training loop therefore keeps a flat
+ * count of live native allocations (see `liveTensorCount`).
+ *
+ * Gradients flow in the dtype of the tensor they belong to (a bfloat16 activation gets a bfloat16
+ * gradient, as in PyTorch), while ops accumulate in float32; casts inserted by autocast carry the
+ * gradient back to the parameter's own dtype.
+ *
+ * @module
+ */
+
+import { type Tensor, tensor } from "./tensor.ts";
+import { type Tree, treeLeaves, treeMap } from "./tree.ts";
+import { isTensor } from "./tensor.ts";
+
+/** Computes input gradients from the output gradient (same dtype as the output). */
+export type Backward = (outputGrad: Tensor) => readonly (Tensor | null)[];
+
+interface Node {
+  readonly inputs: readonly Tensor[];
+  readonly output: Tensor;
+  readonly backward: Backward;
+}
+
+/** A scope that owns the tensors created inside it; a tape also records nodes. */
+interface Frame {
+  readonly created: Tensor[];
+  readonly tape: Tape | null;
+}
+
+interface Tape {
+  readonly nodes: Node[];
+  readonly requires: Set<Tensor>;
+}
+
+const frames: Frame[] = [];
+
+function topTape(): Tape | null {
+  const frame = frames[frames.length - 1];
+  return frame === undefined ? null : frame.tape;
+}
+
+/**
+ * Registers a tensor an op created with the innermost scope, which disposes it when the scope ends.
+ * Outside any scope the caller owns it. @internal
+ */
+export function track(result: Tensor): Tensor {
+  const frame = frames[frames.length - 1];
+  if (frame !== undefined) frame.created.push(result);
+  return result;
+}
+
+/** Whether a tensor needs a gradient on the active tape. @internal */
+export function requiresGrad(value: Tensor): boolean {
+  const tape = topTape();
+  return tape !== null && tape.requires.has(value);
+}
+
+/** Whether a tape is recording (ops may skip saving state for backward when not). @internal */
+export function recording(): boolean {
+  return topTape() !== null;
+}
+
+/**
+ * Records `output = op(inputs)` with its backward function when any input needs a gradient.
+ * `backward` returns one gradient per input (or null), each in that input's dtype; it runs with no
+ * tape active and owns every tensor it creates. @internal
+ */
+export function record(output: Tensor, inputs: readonly Tensor[], backward: Backward): Tensor {
+  const tape = topTape();
+  if (tape === null) return output;
+  if (!inputs.some((input) => tape.requires.has(input))) return output;
+  tape.requires.add(output);
+  tape.nodes.push({ inputs, output, backward });
+  return output;
+}
+
+function withoutScope<T>(fn: () => T): T {
+  const saved = frames.splice(0, frames.length);
+  try {
+    return fn();
+  } finally {
+    frames.push(...saved);
+  }
+}
+
+function addInto(existing: Tensor, extra: Tensor): Tensor {
+  // Sum in float32 and round once to the gradient's dtype.
+  const a = existing.toArray();
+  const b = extra.toArray();
+  for (let i = 0; i < a.length; i++) a[i]! += b[i]!;
+  const sum = tensor(a, { dtype: existing.dtype, shape: existing.shape });
+  existing.dispose();
+  extra.dispose();
+  return sum;
+}
+
+/**
+ * Walks `tape` backwards from `output` seeded with `seed`, and returns the gradients of the tensors
+ * in `targets` (null where none reached them). Disposes every intermediate gradient.
+ */
+function backwardPass(tape: Tape, output: Tensor, seed: Tensor, targets: readonly Tensor[]): (Tensor | null)[] {
+  const grads = new Map<Tensor, Tensor>();
+  grads.set(output, seed);
+  const wanted = new Set(targets);
+  withoutScope(() => {
+    for (let index = tape.nodes.length - 1; index >= 0; index--) {
+      const node = tape.nodes[index]!;
+      const outputGrad = grads.get(node.output);
+      if (outputGrad === undefined) continue;
+      // A target that is also an op's output keeps its gradient; others are consumed here.
+      if (!wanted.has(node.output)) grads.delete(node.output);
+      const inputGrads = node.backward(outputGrad);
+      if (!wanted.has(node.output)) outputGrad.dispose();
+      node.inputs.forEach((input, i) => {
+        const grad = inputGrads[i];
+        if (grad === null || grad === undefined) return;
+        if (!tape.requires.has(input)) {
+          grad.dispose();
+          return;
+        }
+        if (grad.dtype !== input.dtype || grad.size !== input.size) {
+          throw new TypeError(
+            `Internal error: a backward function returned ${grad} for input ${input}: gradients match their input`,
+          );
+        }
+        const existing = grads.get(input);
+        grads.set(input, existing === undefined ? grad : addInto(existing, grad));
+      });
+    }
+  });
+  const results = targets.map((target) => grads.get(target) ?? null);
+  const kept = new Set(results);
+  for (const grad of grads.values()) if (!kept.has(grad)) grad.dispose();
+  return results;
+}
+
+/** What a finished forward pass held (for memory reports and tests). */
+export interface TapeReport {
+  /** Nodes recorded on the tape. */
+  readonly nodes: number;
+  /** Tensors alive at the end of the forward pass that the scope owns (activations saved for backward). */
+  readonly savedTensors: number;
+  /** Their storage in bytes. */
+  readonly savedBytes: number;
+}
+
+/** Options of {@linkcode valueAndGrad}. */
+export interface ValueAndGradOptions {
+  /** fn returns `[loss, aux]`; aux (any pytree) is returned to the caller, who owns its tensors. */
+  readonly hasAux?: boolean;
+  /** Called after the forward pass with what the tape holds. */
+  readonly onForward?: (report: TapeReport) => void;
+}
+
+function checkParams(params: Tree<Tensor>): Tensor[] {
+  const leaves = treeLeaves(params);
+  leaves.forEach((leaf, i) => {
+    if (!isTensor(leaf)) {
+      throw new TypeError(
+        `Parameter leaf ${i} is ${typeof leaf === "object" ? "a non-tensor object" : typeof leaf}: differentiate with respect to tensors only, and pass frozen values as a later argument (nn.partition splits a tree)`,
+      );
+    }
+    if (leaf.disposed) throw new TypeError(`Parameter leaf ${i} is a disposed tensor: keep parameters alive`);
+    if (leaf.dtype !== "float32" && leaf.dtype !== "float16" && leaf.dtype !== "bfloat16") {
+      throw new TypeError(`Parameter leaf ${i} has dtype ${leaf.dtype}: parameters are float32, float16 or bfloat16`);
+    }
+  });
+  return leaves;
+}
+
+function lossValue(loss: unknown): Tensor {
+  if (!isTensor(loss) || loss.size !== 1) {
+    throw new TypeError(
+      `The differentiated function must return a scalar Tensor (one element), got ${isTensor(loss) ? loss.toString() : typeof loss}: reduce the loss with ops.mean or ops.sum`,
+    );
+  }
+  return loss;
+}
+
+/** The result of a function from {@linkcode valueAndGrad}. */
+export type ValueAndGrad<P> = [value: number, grads: P];
+
+/**
+ * Transforms `fn(params, ...args) -> scalar loss` into a function returning `[loss, grads]`, where
+ * `grads` has the structure of `params` and each gradient the dtype of its parameter. With
+ * `hasAux`, fn returns `[loss, aux]` and the result is `[[loss, aux], grads]`. The caller owns the
+ * gradient tensors (dispose them after the update); every intermediate is disposed here.
+ *
+ * @param fn The loss function; params is a pytree of float tensors.
+ * @param options hasAux, onForward.
+ * @returns The transformed function.
+ * @example
+ * ```ts
+ * import { valueAndGrad } from "./autodiff.ts";
+ * import { mul, sum } from "./ops/mod.ts";
+ * import { tensor } from "./tensor.ts";
+ * const f = valueAndGrad((p: { x: ReturnType<typeof tensor> }) => sum(mul(p.x, p.x)));
+ * using x = tensor([1, 2, 3]);
+ * const [loss, grads] = f({ x });
+ * if (loss !== 14 || grads.x.toArray()[2] !== 6) throw new Error("d/dx sum(x^2) = 2x");
+ * grads.x.dispose();
+ * ```
+ */
+export function valueAndGrad<P extends Tree<Tensor>, A extends unknown[]>(
+  fn: (params: P, ...args: A) => unknown,
+  options: ValueAndGradOptions = {},
+): (params: P, ...args: A) => [unknown, P] {
+  if (typeof fn !== "function") throw new TypeError(`valueAndGrad takes a function, got ${typeof fn}`);
+  return (params: P, ...args: A) => {
+    const leaves = checkParams(params);
+    const tape: Tape = { nodes: [], requires: new Set(leaves) };
+    const frame: Frame = { created: [], tape };
+    frames.push(frame);
+    let lossTensor: Tensor;
+    let aux: unknown;
+    try {
+      const result = fn(params, ...args);
+      if (options.hasAux) {
+        if (!Array.isArray(result) || result.length !== 2) {
+          throw new TypeError("With hasAux, the function must return [loss, aux]");
+        }
+        lossTensor = lossValue(result[0]);
+        aux = result[1];
+      } else {
+        lossTensor = lossValue(result);
+      }
+    } catch (error) {
+      frames.pop();
+      for (const t of frame.created) t.dispose();
+      throw error;
+    }
+    frames.pop();
+    const keep = new Set<Tensor>(treeLeaves(aux as Tree<Tensor>).filter(isTensor));
+    for (const leaf of leaves) keep.add(leaf);
+    if (options.onForward) {
+      let savedBytes = 0;
+      let savedTensors = 0;
+      for (const t of frame.created) {
+        if (!t.disposed) {
+          savedBytes += t.sizeBytes;
+          savedTensors++;
+        }
+      }
+      options.onForward({ nodes: tape.nodes.length, savedTensors, savedBytes });
+    }
+    const value = lossTensor.toArray()[0]!;
+    let grads: (Tensor | null)[];
+    try {
+      const seed = tensor(1, { dtype: lossTensor.dtype, shape: lossTensor.shape });
+      grads = backwardPass(tape, lossTensor, seed, leaves);
+    } finally {
+      for (const t of frame.created) if (!keep.has(t)) t.dispose();
+    }
+    let index = 0;
+    const gradTree = treeMap((leaf: Tensor) => {
+      const grad = grads[index++];
+      // A parameter the loss does not depend on gets zeros, so the tree is always complete.
+      return grad ?? tensor(new Float32Array(leaf.size), { dtype: leaf.dtype, shape: leaf.shape });
+    }, params) as P;
+    return [options.hasAux ? [value, aux] : value, gradTree];
+  };
+}
+
+/**
+ * Like {@linkcode valueAndGrad} but returns only the gradients.
+ *
+ * @param fn The loss function.
+ * @param options hasAux (the aux output is dropped after its tensors are disposed), onForward.
+ * @returns A function returning gradients shaped like params.
+ * @example
+ * ```ts
+ * import { grad } from "./autodiff.ts";
+ * import { sum } from "./ops/mod.ts";
+ * import { tensor } from "./tensor.ts";
+ * using x = tensor([1, 2]);
+ * const g = grad((p: { x: typeof x }) => sum(p.x))({ x });
+ * if (g.x.toArray().join() !== "1,1") throw new Error("d/dx sum(x) = 1");
+ * g.x.dispose();
+ * ```
+ */
+export function grad<P extends Tree<Tensor>, A extends unknown[]>(
+  fn: (params: P, ...args: A) => unknown,
+  options: ValueAndGradOptions = {},
+): (params: P, ...args: A) => P {
+  const inner = valueAndGrad(fn, options);
+  return (params: P, ...args: A) => {
+    const [value, grads] = inner(params, ...args);
+    if (options.hasAux) {
+      for (const leaf of treeLeaves((value as [number, Tree<Tensor>])[1])) if (isTensor(leaf)) leaf.dispose();
+    }
+    return grads;
+  };
+}
+
+/**
+ * The same values with no gradient flowing back (JAX's `stop_gradient`, PyTorch's `detach`).
+ * Returns a copy that the active scope owns.
+ *
+ * @param x A tensor.
+ * @returns A copy treated as a constant by autodiff.
+ * @example
+ * ```ts
+ * import { grad, stopGradient } from "./autodiff.ts";
+ * import { mul, sum } from "./ops/mod.ts";
+ * import { tensor } from "./tensor.ts";
+ * using x = tensor([3]);
+ * const g = grad((p: { x: typeof x }) => sum(mul(p.x, stopGradient(p.x))))({ x });
+ * if (g.x.toArray()[0] !== 3) throw new Error("only one factor is differentiated");
+ * g.x.dispose();
+ * ```
+ */
+export function stopGradient(x: Tensor): Tensor {
+  if (!isTensor(x)) throw new TypeError(`stopGradient takes a Tensor, got ${typeof x}`);
+  return track(x.clone());
+}
+
+/**
+ * Gradient checkpointing (rematerialization): returns a function equal to `fn` whose intermediate
+ * activations are not kept for the backward pass; the backward pass runs `fn` again to rebuild
+ * them. Trades one extra forward of `fn` for the memory of its activations. `fn` must be a pure
+ * function of its tensor arguments (pass parameters as arguments, not through a closure, so their
+ * gradients are found) and return one tensor.
+ *
+ * @param fn A pure function of tensors (pytrees allowed) returning a tensor.
+ * @returns The checkpointed function.
+ * @example
+ * ```ts
+ * import { checkpoint, grad } from "./autodiff.ts";
+ * import { mul, sum, tanh } from "./ops/mod.ts";
+ * import { tensor } from "./tensor.ts";
+ * const block = checkpoint((x: ReturnType<typeof tensor>) => tanh(mul(x, x)));
+ * using x = tensor([0.5]);
+ * const g = grad((p: { x: typeof x }) => sum(block(p.x)))({ x });
+ * const want = 2 * 0.5 * (1 - Math.tanh(0.25) ** 2);
+ * if (Math.abs(g.x.toArray()[0]! - want) > 1e-6) throw new Error("checkpointed gradient");
+ * g.x.dispose();
+ * ```
+ */
+export function checkpoint<A extends unknown[]>(fn: (...args: A) => Tensor): (...args: A) => Tensor {
+  if (typeof fn !== "function") throw new TypeError(`checkpoint takes a function, got ${typeof fn}`);
+  return (...args: A) => {
+    const tape = topTape();
+    const inputs = treeLeaves(args as Tree<unknown>).filter(isTensor) as Tensor[];
+    if (tape === null || !inputs.some((input) => tape.requires.has(input))) return fn(...args);
+    // Forward without recording, in a scope whose tensors (the activations) are freed at once.
+    const scope: Frame = { created: [], tape: null };
+    frames.push(scope);
+    let output: Tensor;
+    try {
+      output = fn(...args);
+    } catch (error) {
+      frames.pop();
+      for (const t of scope.created) t.dispose();
+      throw error;
+    }
+    frames.pop();
+    if (!isTensor(output)) throw new TypeError("A checkpointed function must return a Tensor");
+    for (const t of scope.created) if (t !== output) t.dispose();
+    const result = scope.created.includes(output) ? output : track(output.clone());
+    if (result === output) track(output);
+    const needed = inputs.filter((input) => tape.requires.has(input));
+    return record(result, needed, (outputGrad) => {
+      // Recompute fn on a fresh tape, then backpropagate the incoming gradient through it.
+      const inner: Tape = { nodes: [], requires: new Set(needed) };
+      const frame: Frame = { created: [], tape: inner };
+      frames.push(frame);
+      let again: Tensor;
+      try {
+        again = fn(...args);
+      } finally {
+        frames.pop();
+      }
+      try {
+        const seed = outputGrad.clone();
+        return backwardPass(inner, again, seed, needed);
+      } finally {
+        for (const t of frame.created) t.dispose();
+      }
+    });
+  };
+}

@@ -1,0 +1,120 @@
+/**
+ * Embedding lookup (a gather of table rows, gradient by scatter-add in float32) and seeded dropout.
+ *
+ * @module
+ */
+
+import { record, track } from "../autodiff.ts";
+import { squirrel5 } from "../_numerics.ts";
+import { Tensor } from "../tensor.ts";
+import { checkTensor, fromValues, output, shapeText, values } from "./_util.ts";
+
+/** Token ids: a flat Int32Array or number[] (with an optional shape), in [0, vocabulary). */
+export type Ids = Int32Array | readonly number[];
+
+/**
+ * Rows of `table` [V, D] picked by `ids`: the result has shape [...idsShape, D] and the table's
+ * dtype (the rows' bits are copied). The backward pass adds each row's gradient into a float32
+ * [V, D] buffer (repeated ids accumulate) and rounds once to the table's dtype.
+ *
+ * @param table The embedding table [V, D].
+ * @param ids Indices in [0, V).
+ * @param idsShape The ids' shape (default [ids.length]).
+ * @returns The gathered rows.
+ * @example
+ * ```ts
+ * import { embedding } from "./embedding.ts";
+ * import { tensor } from "../tensor.ts";
+ * using table = tensor([[0, 1], [2, 3], [4, 5]]);
+ * using rows = embedding(table, [2, 0], [1, 2]);
+ * if (rows.shape.join() !== "1,2,2" || rows.toArray().join() !== "4,5,0,1") throw new Error("gather");
+ * ```
+ */
+export function embedding(table: Tensor, ids: Ids, idsShape?: readonly number[]): Tensor {
+  checkTensor(table, "embedding", "table");
+  if (table.ndim !== 2) throw new TypeError(`embedding: table ${shapeText(table.shape)} must be [vocabulary, dim]`);
+  if (!(ids instanceof Int32Array) && !Array.isArray(ids)) {
+    throw new TypeError("embedding: ids must be an Int32Array or an array of integers");
+  }
+  const shape = idsShape ?? [ids.length];
+  if (shape.reduce((p, d) => p * d, 1) !== ids.length) {
+    throw new RangeError(`embedding: ids shape ${shapeText(shape)} does not hold ${ids.length} ids`);
+  }
+  const [vocabulary, dim] = table.shape as [number, number];
+  for (let i = 0; i < ids.length; i++) {
+    const id = ids[i]!;
+    if (!Number.isInteger(id) || id < 0 || id >= vocabulary) {
+      throw new RangeError(`embedding: id ${id} at position ${i} is outside [0, ${vocabulary})`);
+    }
+  }
+  const result = track(new Tensor(table.dtype, [...shape, dim], "cpu"));
+  const source = table.data;
+  const target = result.data;
+  for (let i = 0; i < ids.length; i++) {
+    const row = ids[i]! * dim;
+    target.set(source.subarray(row, row + dim), i * dim);
+  }
+  return record(result, [table], (g) => {
+    const gv = values(g);
+    const sums = new Float32Array(vocabulary * dim);
+    for (let i = 0; i < ids.length; i++) {
+      const row = ids[i]! * dim;
+      const from = i * dim;
+      for (let j = 0; j < dim; j++) sums[row + j]! += gv[from + j]!;
+    }
+    return [fromValues(sums, table.shape, table.dtype)];
+  });
+}
+
+/** Options of {@linkcode dropout}. */
+export interface DropoutOptions {
+  /** Probability of zeroing an element, in [0, 1). */
+  readonly rate: number;
+  /** Seed, an integer in [0, 2^32): the same seed drops the same elements. */
+  readonly seed: number;
+}
+
+/**
+ * Inverted dropout: each element is zeroed with probability `rate` (decided by a counter-based
+ * hash of (seed, index), so a seed always gives the same mask) and the survivors are scaled by
+ * 1 / (1 - rate). Rate 0 returns x itself.
+ *
+ * @param x A tensor.
+ * @param options rate and seed.
+ * @returns The dropped-out tensor.
+ * @example
+ * ```ts
+ * import { dropout } from "./embedding.ts";
+ * import { ones } from "../tensor.ts";
+ * using x = ones([1000]);
+ * using y = dropout(x, { rate: 0.5, seed: 1 });
+ * const kept = y.toArray().filter((v) => v === 2).length;
+ * if (kept < 400 || kept > 600) throw new Error("about half survive, scaled by 2");
+ * ```
+ */
+export function dropout(x: Tensor, options: DropoutOptions): Tensor {
+  checkTensor(x, "dropout", "x");
+  const rate = options?.rate;
+  const seed = options?.seed;
+  if (typeof rate !== "number" || !(rate >= 0 && rate < 1)) {
+    throw new RangeError(`dropout: rate must be in [0, 1), got ${rate}`);
+  }
+  if (!Number.isInteger(seed) || seed < 0 || seed >= 2 ** 32) {
+    throw new RangeError(`dropout: seed must be an integer in [0, 2^32), got ${seed}`);
+  }
+  if (rate === 0) return x;
+  const threshold = Math.floor(rate * 2 ** 32);
+  const keep = new Float32Array(x.size);
+  const factor = 1 / (1 - rate);
+  for (let i = 0; i < keep.length; i++) keep[i] = squirrel5(i, seed) >= threshold ? factor : 0;
+  const xv = values(x);
+  const result = output(x.shape, x.dtype, (out) => {
+    for (let i = 0; i < out.length; i++) out[i] = xv[i]! * keep[i]!;
+  });
+  return record(result, [x], (g) => {
+    const gv = values(g);
+    const d = new Float32Array(gv.length);
+    for (let i = 0; i < d.length; i++) d[i] = gv[i]! * keep[i]!;
+    return [fromValues(d, x.shape, x.dtype)];
+  });
+}

@@ -1,0 +1,135 @@
+/**
+ * Matrix products on the native kernel (zig/src/cpu/matmul.zig): float32, float16 and bfloat16
+ * inputs, float32 accumulation, the result rounded once to the compute dtype that autocast picks
+ * ("matmul", "linear", "bmm").
+ *
+ * @module
+ */
+
+import { record } from "../autodiff.ts";
+import type { Tensor } from "../tensor.ts";
+import { autocastDtype } from "./_autocast.ts";
+import { checkTensor, fromValues, MatmulFlag, matmulInto, output, shapeText, toDtype, values } from "./_util.ts";
+
+/**
+ * Matrix product `a @ b`: a is [..., M, K]; b is [K, N] (shared by every batch element) or
+ * [..., K, N] with the same batch dimensions as a. Computes in autocast's "matmul" dtype.
+ *
+ * @param a Left operand, at least 2-D.
+ * @param b Right operand, 2-D or batched like a.
+ * @returns [..., M, N] in the compute dtype.
+ * @example
+ * ```ts
+ * import { matmul } from "./matmul.ts";
+ * import { tensor } from "../tensor.ts";
+ * using a = tensor([[1, 2], [3, 4]]);
+ * using b = tensor([[1, 0], [0, 1]]);
+ * using c = matmul(a, b);
+ * if (c.toArray().join() !== "1,2,3,4") throw new Error("identity");
+ * ```
+ */
+export function matmul(a: Tensor, b: Tensor): Tensor {
+  checkTensor(a, "matmul", "a");
+  checkTensor(b, "matmul", "b");
+  if (a.ndim < 2 || b.ndim < 2) {
+    throw new TypeError(
+      `matmul needs operands of at least 2 dimensions, got ${shapeText(a.shape)} and ${shapeText(b.shape)}: reshape vectors to [1, n] or [n, 1]`,
+    );
+  }
+  const m = a.shape[a.ndim - 2]!;
+  const k = a.shape[a.ndim - 1]!;
+  const n = b.shape[b.ndim - 1]!;
+  const shared = b.ndim === 2;
+  const batchShape = a.shape.slice(0, -2);
+  const sameBatch = b.ndim === a.ndim && b.shape.slice(0, -2).every((d, i) => d === batchShape[i]);
+  if (b.shape[b.ndim - 2] !== k || (!shared && !sameBatch)) {
+    throw new TypeError(
+      `matmul: shapes ${shapeText(a.shape)} and ${shapeText(b.shape)} do not multiply: a is [..., M, K], b is [K, N] or [..., K, N] with a's batch dimensions`,
+    );
+  }
+  const batch = a.size / Math.max(m * k, 1) || batchShape.reduce((x, y) => x * y, 1);
+  const dtype = autocastDtype("matmul", [a.dtype, b.dtype]);
+  const ac = toDtype(a, dtype);
+  const bc = toDtype(b, dtype);
+  const broadcast = shared ? MatmulFlag.broadcastB : 0;
+  const result = output([...batchShape, m, n], dtype, (c) => {
+    matmulInto(ac.data, dtype, bc.data, dtype, c, batch, m, n, k, broadcast);
+  });
+  return record(result, [ac, bc], (g) => {
+    // dA = g B^T (per batch element); dB = A^T g, summed over the batch when B is shared.
+    const gradA = output(ac.shape, dtype, (c) => {
+      matmulInto(g.data, dtype, bc.data, dtype, c, batch, m, k, n, MatmulFlag.transB | broadcast);
+    });
+    const gradB = output(bc.shape, dtype, (c) => {
+      if (shared) matmulInto(ac.data, dtype, g.data, dtype, c, 1, k, n, batch * m, MatmulFlag.transA);
+      else matmulInto(ac.data, dtype, g.data, dtype, c, batch, k, n, m, MatmulFlag.transA);
+    });
+    return [gradA, gradB];
+  });
+}
+
+/**
+ * A dense layer's product, PyTorch's `F.linear`: `x @ w^T + bias`, with w stored [out, in].
+ * Computes in autocast's "linear" dtype; the bias is added in float32 before the one rounding.
+ *
+ * @param x Input [..., in].
+ * @param weight Weight [out, in].
+ * @param bias Optional bias [out].
+ * @returns [..., out] in the compute dtype.
+ * @example
+ * ```ts
+ * import { linear } from "./matmul.ts";
+ * import { tensor } from "../tensor.ts";
+ * using x = tensor([[1, 2]]);
+ * using w = tensor([[1, 1], [2, 0]]);
+ * using b = tensor([10, 20]);
+ * using y = linear(x, w, b);
+ * if (y.toArray().join() !== "13,22") throw new Error("x w^T + b");
+ * ```
+ */
+export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
+  checkTensor(x, "linear", "x");
+  checkTensor(weight, "linear", "weight");
+  if (bias != null) checkTensor(bias, "linear", "bias");
+  if (weight.ndim !== 2 || x.ndim < 1 || x.shape[x.ndim - 1] !== weight.shape[1]) {
+    throw new TypeError(
+      `linear: x ${shapeText(x.shape)} and weight ${shapeText(weight.shape)} do not fit: weight is [out, in] and x is [..., in]`,
+    );
+  }
+  const [outFeatures, inFeatures] = weight.shape as [number, number];
+  if (bias != null && (bias.ndim !== 1 || bias.shape[0] !== outFeatures)) {
+    throw new TypeError(`linear: bias ${shapeText(bias.shape)} must be [${outFeatures}]`);
+  }
+  const rows = inFeatures === 0 ? x.size : x.size / inFeatures;
+  const dtype = autocastDtype("linear", bias != null ? [x.dtype, weight.dtype, bias.dtype] : [x.dtype, weight.dtype]);
+  const xc = toDtype(x, dtype);
+  const wc = toDtype(weight, dtype);
+  const bc = bias != null ? toDtype(bias, dtype) : null;
+  const result = output([...x.shape.slice(0, -1), outFeatures], dtype, (c) => {
+    matmulInto(xc.data, dtype, wc.data, dtype, c, 1, rows, outFeatures, inFeatures, MatmulFlag.transB);
+    if (bc !== null) {
+      const bv = values(bc);
+      for (let r = 0; r < rows; r++) {
+        const base = r * outFeatures;
+        for (let j = 0; j < outFeatures; j++) c[base + j]! += bv[j]!;
+      }
+    }
+  });
+  const inputs = bc !== null ? [xc, wc, bc] : [xc, wc];
+  return record(result, inputs, (g) => {
+    const gradX = output(xc.shape, dtype, (c) => {
+      matmulInto(g.data, dtype, wc.data, dtype, c, 1, rows, inFeatures, outFeatures, 0);
+    });
+    const gradW = output(wc.shape, dtype, (c) => {
+      matmulInto(g.data, dtype, xc.data, dtype, c, 1, outFeatures, inFeatures, rows, MatmulFlag.transA);
+    });
+    if (bc === null) return [gradX, gradW];
+    const gv = values(g);
+    const sums = new Float64Array(outFeatures);
+    for (let r = 0; r < rows; r++) {
+      const base = r * outFeatures;
+      for (let j = 0; j < outFeatures; j++) sums[j]! += gv[base + j]!;
+    }
+    return [gradX, gradW, fromValues(Float32Array.from(sums), bc.shape, dtype)];
+  });
+}

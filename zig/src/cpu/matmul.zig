@@ -1,0 +1,574 @@
+//! Matrix multiply C = op(A) op(B) (+ C), batched, for float32, float16 and bfloat16 inputs with a
+//! float32 C and float32 accumulation.
+//!
+//! The structure is Goto's (BLIS): C is cut into NC-column panels, K into KC-deep slabs and M into
+//! MC-row blocks; a KC x NC panel of B and an MC x KC block of A are packed (converted to the
+//! kernel's format on the way, so float16 and bfloat16 inputs cost one conversion per packed
+//! element, not per multiply) and a register-blocked MR x NR micro-kernel of vector FMAs runs over
+//! the packed panels. Where the CPU has AVX512-BF16, two bfloat16 inputs skip the widening: the
+//! micro-kernel uses `vdpbf16ps` (pairs of bfloat16 products summed into float32 lanes). Work is
+//! split over threads by batch, then by rows (or columns when C is wide and short), each thread
+//! packing into its own static buffers, so no allocation happens inside a call.
+
+const std = @import("std");
+const builtin = @import("builtin");
+const numerics = @import("../numerics.zig");
+const pool = @import("pool.zig");
+
+const Dtype = numerics.Dtype;
+
+fn x86_has(comptime feature: std.Target.x86.Feature) bool {
+    return builtin.cpu.arch == .x86_64 and std.Target.x86.featureSetHas(builtin.cpu.features, feature);
+}
+
+const has_avx512 = x86_has(.avx512f);
+/// Whether bfloat16 x bfloat16 products use the AVX512-BF16 dot-product instruction.
+pub const has_bf16_dot = has_avx512 and x86_has(.avx512bf16);
+
+/// float32 lanes per vector register.
+const lanes = if (has_avx512) 16 else 8;
+const Vf = @Vector(lanes, f32);
+const Vu = @Vector(lanes, u32);
+/// Micro-tile: MR rows by NR = 2 vectors of columns. MR * 2 accumulators stay in registers
+/// (24 of 32 zmm with AVX-512, 12 of 16 ymm with AVX2).
+const mr = if (has_avx512) 12 else 6;
+const nr = 2 * lanes;
+/// Cache blocks: a KC x NR micro-panel of B stays in L1, an MC x KC block of A in L2, a KC x NC
+/// panel of B in L2/L3.
+const kc_max = 256;
+const mc_max = mr * 8;
+const nc_max = nr * 64;
+
+comptime {
+    std.debug.assert(kc_max % 2 == 0);
+    std.debug.assert(mc_max % mr == 0);
+    std.debug.assert(nc_max % nr == 0);
+}
+
+/// One matmul call as the kernels see it. Element (i, p) of op(A) is `a[i * k + p]`, or
+/// `a[p * m + i]` when `trans_a`; element (p, j) of op(B) is `b[p * n + j]`, or `b[j * k + p]` when
+/// `trans_b`. C is row-major m x n float32.
+pub const Request = struct {
+    a: [*]const u8,
+    b: [*]const u8,
+    c: [*]f32,
+    batch: u64,
+    m: u64,
+    n: u64,
+    k: u64,
+    a_dtype: Dtype,
+    b_dtype: Dtype,
+    trans_a: bool,
+    trans_b: bool,
+    /// C += op(A) op(B) instead of C = op(A) op(B).
+    accumulate: bool,
+    /// Every batch multiplies the same B (batch stride 0).
+    broadcast_b: bool,
+    /// Allow the AVX512-BF16 path when both inputs are bfloat16 (tests turn it off to check the
+    /// widening path on the same machine).
+    bf16_dot: bool,
+};
+
+pub const flag_trans_a: u32 = 1;
+pub const flag_trans_b: u32 = 2;
+pub const flag_accumulate: u32 = 4;
+pub const flag_no_bf16_dot: u32 = 8;
+pub const flag_broadcast_b: u32 = 16;
+pub const flags_all: u32 = 31;
+
+/// Packed panels for one worker: A as MC x KC floats, B as KC x NC floats (or bfloat16 pairs).
+const PackA = [mc_max * kc_max]f32;
+const PackB = [kc_max * nc_max]f32;
+var pack_a_buffers: [pool.thread_count_max]PackA align(64) = undefined;
+var pack_b_buffers: [pool.thread_count_max]PackB align(64) = undefined;
+/// The static buffers serve one call at a time (calls from several JavaScript workers wait).
+var busy = std.atomic.Value(u32).init(0);
+
+inline fn load_f32(comptime dtype: Dtype, base: [*]const u8, index: u64) f32 {
+    switch (dtype) {
+        .float32 => {
+            const typed: [*]align(1) const f32 = @ptrCast(base);
+            return typed[index];
+        },
+        .float16, .bfloat16 => {
+            const typed: [*]align(1) const u16 = @ptrCast(base);
+            const bits = numerics.to_f32(1, dtype, @splat(typed[index]));
+            return @bitCast(bits[0]);
+        },
+        else => unreachable,
+    }
+}
+
+inline fn load_bf16(base: [*]const u8, index: u64) u16 {
+    const typed: [*]align(1) const u16 = @ptrCast(base);
+    return typed[index];
+}
+
+/// Where the task's sub-matrices start for one batch element.
+const Operands = struct {
+    a: [*]const u8,
+    b: [*]const u8,
+    c: [*]f32,
+};
+
+fn operands(request: *const Request, batch_index: u64) Operands {
+    const a_stride = request.m * request.k * request.a_dtype.size_bytes();
+    const b_stride = if (request.broadcast_b) 0 else request.k * request.n * request.b_dtype.size_bytes();
+    return .{
+        .a = request.a + batch_index * a_stride,
+        .b = request.b + batch_index * b_stride,
+        .c = request.c + batch_index * request.m * request.n,
+    };
+}
+
+/// Packs rows [row0, row0 + rows) and depth [p0, p0 + depth) of op(A) as MR-row strips, each
+/// depth-major (MR values per depth step), zero-padded to whole strips.
+fn pack_a_f32(comptime dtype: Dtype, request: *const Request, a: [*]const u8, row0: u64, rows: u64, p0: u64, depth: u64, target: []f32) void {
+    var strip: u64 = 0;
+    while (strip < rows) : (strip += mr) {
+        const strip_rows = @min(mr, rows - strip);
+        const out = target[strip * depth ..];
+        for (0..depth) |p| {
+            for (0..mr) |i| {
+                out[p * mr + i] = if (i < strip_rows) value: {
+                    const row = row0 + strip + i;
+                    const col = p0 + p;
+                    const index = if (request.trans_a) col * request.m + row else row * request.k + col;
+                    break :value load_f32(dtype, a, index);
+                } else 0;
+            }
+        }
+    }
+}
+
+/// Packs depth [p0, p0 + depth) and columns [col0, col0 + cols) of op(B) as NR-column strips, each
+/// depth-major (NR values per depth step), zero-padded to whole strips.
+fn pack_b_f32(comptime dtype: Dtype, request: *const Request, b: [*]const u8, p0: u64, depth: u64, col0: u64, cols: u64, target: []f32) void {
+    var strip: u64 = 0;
+    while (strip < cols) : (strip += nr) {
+        const strip_cols = @min(nr, cols - strip);
+        const out = target[strip * depth ..];
+        if (request.trans_b) {
+            // B is stored n x k: walk each column's contiguous depth run.
+            for (0..nr) |j| {
+                if (j < strip_cols) {
+                    const base = (col0 + strip + j) * request.k + p0;
+                    for (0..depth) |p| out[p * nr + j] = load_f32(dtype, b, base + p);
+                } else {
+                    for (0..depth) |p| out[p * nr + j] = 0;
+                }
+            }
+        } else {
+            for (0..depth) |p| {
+                const base = (p0 + p) * request.n + col0 + strip;
+                for (0..nr) |j| out[p * nr + j] = if (j < strip_cols) load_f32(dtype, b, base + j) else 0;
+            }
+        }
+    }
+}
+
+/// bfloat16 pairs for the dot-product kernel: A strips hold, per depth pair, MR u32 words of
+/// (a[i][2q], a[i][2q+1]); B strips hold, per depth pair, NR words of (b[2q][j], b[2q+1][j]).
+/// An odd depth is padded with a zero.
+fn pack_a_pairs(request: *const Request, a: [*]const u8, row0: u64, rows: u64, p0: u64, depth: u64, target: []u32) void {
+    const pairs = (depth + 1) / 2;
+    var strip: u64 = 0;
+    while (strip < rows) : (strip += mr) {
+        const strip_rows = @min(mr, rows - strip);
+        const out = target[strip * pairs ..];
+        for (0..pairs) |q| {
+            for (0..mr) |i| {
+                var word: u32 = 0;
+                if (i < strip_rows) {
+                    const row = row0 + strip + i;
+                    for (0..2) |half| {
+                        const p = 2 * q + half;
+                        if (p < depth) {
+                            const col = p0 + p;
+                            const index = if (request.trans_a) col * request.m + row else row * request.k + col;
+                            word |= @as(u32, load_bf16(a, index)) << @intCast(16 * half);
+                        }
+                    }
+                }
+                out[q * mr + i] = word;
+            }
+        }
+    }
+}
+
+fn pack_b_pairs(request: *const Request, b: [*]const u8, p0: u64, depth: u64, col0: u64, cols: u64, target: []u32) void {
+    const pairs = (depth + 1) / 2;
+    var strip: u64 = 0;
+    while (strip < cols) : (strip += nr) {
+        const strip_cols = @min(nr, cols - strip);
+        const out = target[strip * pairs ..];
+        for (0..pairs) |q| {
+            for (0..nr) |j| {
+                var word: u32 = 0;
+                if (j < strip_cols) {
+                    const col = col0 + strip + j;
+                    for (0..2) |half| {
+                        const p = 2 * q + half;
+                        if (p < depth) {
+                            const index = if (request.trans_b) col * request.k + p0 + p else (p0 + p) * request.n + col;
+                            word |= @as(u32, load_bf16(b, index)) << @intCast(16 * half);
+                        }
+                    }
+                }
+                out[q * nr + j] = word;
+            }
+        }
+    }
+}
+
+const Tile = [mr][2]Vf;
+
+/// The float32 micro-kernel: an MR x NR tile of C over `depth` steps of packed A and B.
+inline fn kernel_f32(depth: u64, a: [*]const f32, b: [*]const f32) Tile {
+    var acc: Tile = @splat(.{ @splat(0), @splat(0) });
+    var p: u64 = 0;
+    while (p < depth) : (p += 1) {
+        const b0: Vf = b[p * nr ..][0..lanes].*;
+        const b1: Vf = b[p * nr + lanes ..][0..lanes].*;
+        inline for (0..mr) |i| {
+            const av: Vf = @splat(a[p * mr + i]);
+            acc[i][0] = @mulAdd(Vf, av, b0, acc[i][0]);
+            acc[i][1] = @mulAdd(Vf, av, b1, acc[i][1]);
+        }
+    }
+    return acc;
+}
+
+/// acc + sum over the two bfloat16 halves of each 32-bit lane of a * b (AVX512-BF16).
+inline fn dot_bf16(acc: Vf, a: Vu, b: Vu) Vf {
+    if (!has_bf16_dot) unreachable;
+    return asm ("vdpbf16ps %[b], %[a], %[out]"
+        : [out] "=v" (-> Vf),
+        : [a] "v" (a),
+          [b] "v" (b),
+          [acc] "0" (acc),
+    );
+}
+
+/// The bfloat16 dot-product micro-kernel over `pairs` depth pairs.
+inline fn kernel_bf16(pairs: u64, a: [*]const u32, b: [*]const u32) Tile {
+    var acc: Tile = @splat(.{ @splat(0), @splat(0) });
+    var q: u64 = 0;
+    while (q < pairs) : (q += 1) {
+        const b0: Vu = b[q * nr ..][0..lanes].*;
+        const b1: Vu = b[q * nr + lanes ..][0..lanes].*;
+        inline for (0..mr) |i| {
+            const av: Vu = @splat(a[q * mr + i]);
+            acc[i][0] = dot_bf16(acc[i][0], av, b0);
+            acc[i][1] = dot_bf16(acc[i][1], av, b1);
+        }
+    }
+    return acc;
+}
+
+/// Writes (or adds) the valid `rows` x `cols` corner of a tile into C at `c` (row stride `ldc`).
+inline fn store_tile(acc: *const Tile, c: [*]f32, ldc: u64, rows: u64, cols: u64, add: bool) void {
+    if (cols == nr) {
+        for (0..rows) |i| {
+            const row = c + i * ldc;
+            inline for (0..2) |half| {
+                const dst: *align(4) [lanes]f32 = @ptrCast(row + half * lanes);
+                const current: Vf = if (add) dst.* else @splat(0);
+                dst.* = current + acc[i][half];
+            }
+        }
+        return;
+    }
+    for (0..rows) |i| {
+        const values: [nr]f32 = @bitCast(acc[i]);
+        for (0..cols) |j| {
+            if (add) c[i * ldc + j] += values[j] else c[i * ldc + j] = values[j];
+        }
+    }
+}
+
+/// One task: rows [row0, row1) and columns [col0, col1) of one batch element's C.
+fn gemm_block(
+    comptime path: enum { f32, bf16_dot },
+    comptime a_dtype: Dtype,
+    comptime b_dtype: Dtype,
+    request: *const Request,
+    batch_index: u64,
+    row0: u64,
+    row1: u64,
+    col0: u64,
+    col1: u64,
+    worker: u32,
+) void {
+    const ops = operands(request, batch_index);
+    const pack_a: []f32 = &pack_a_buffers[worker];
+    const pack_b: []f32 = &pack_b_buffers[worker];
+    const pack_a_words: []u32 = @as([*]u32, @ptrCast(pack_a.ptr))[0..pack_a.len];
+    const pack_b_words: []u32 = @as([*]u32, @ptrCast(pack_b.ptr))[0..pack_b.len];
+    const k = request.k;
+    const n = request.n;
+    var jc = col0;
+    while (jc < col1) : (jc += nc_max) {
+        const nc = @min(nc_max, col1 - jc);
+        var pc: u64 = 0;
+        // k == 0 still has to clear C (or leave it, when accumulating).
+        if (k == 0 and !request.accumulate) {
+            for (row0..row1) |i| @memset(ops.c[i * n + jc ..][0..nc], 0);
+        }
+        while (pc < k) : (pc += kc_max) {
+            const kc = @min(kc_max, k - pc);
+            const add = pc > 0 or request.accumulate;
+            switch (path) {
+                .f32 => pack_b_f32(b_dtype, request, ops.b, pc, kc, jc, nc, pack_b),
+                .bf16_dot => pack_b_pairs(request, ops.b, pc, kc, jc, nc, pack_b_words),
+            }
+            var ic = row0;
+            while (ic < row1) : (ic += mc_max) {
+                const mc = @min(mc_max, row1 - ic);
+                switch (path) {
+                    .f32 => pack_a_f32(a_dtype, request, ops.a, ic, mc, pc, kc, pack_a),
+                    .bf16_dot => pack_a_pairs(request, ops.a, ic, mc, pc, kc, pack_a_words),
+                }
+                const steps = if (path == .f32) kc else (kc + 1) / 2;
+                var jr: u64 = 0;
+                while (jr < nc) : (jr += nr) {
+                    var ir: u64 = 0;
+                    while (ir < mc) : (ir += mr) {
+                        const tile = switch (path) {
+                            .f32 => kernel_f32(steps, pack_a[ir * steps ..].ptr, pack_b[jr * steps ..].ptr),
+                            .bf16_dot => kernel_bf16(steps, pack_a_words[ir * steps ..].ptr, pack_b_words[jr * steps ..].ptr),
+                        };
+                        const c = ops.c + (ic + ir) * n + jc + jr;
+                        store_tile(&tile, c, n, @min(mr, mc - ir), @min(nr, nc - jr), add);
+                    }
+                }
+            }
+        }
+    }
+}
+
+const Task = struct {
+    request: *const Request,
+    /// Each batch element's C is cut into `parts` pieces along rows (or columns when `by_columns`).
+    parts: u64,
+    by_columns: bool,
+    workers: u32,
+};
+
+fn run_task(comptime a_dtype: Dtype, comptime b_dtype: Dtype, task: *const Task, worker: u32) void {
+    const request = task.request;
+    const total = request.batch * task.parts;
+    const begin = total * worker / task.workers;
+    const end = total * (worker + 1) / task.workers;
+    const dim = if (task.by_columns) request.n else request.m;
+    const unit: u64 = if (task.by_columns) nr else mr;
+    const dot = has_bf16_dot and a_dtype == .bfloat16 and b_dtype == .bfloat16 and request.bf16_dot;
+    for (begin..end) |t| {
+        const batch_index = t / task.parts;
+        const part = t % task.parts;
+        // Piece boundaries fall on whole micro-tiles so threads do not share a tile.
+        const units = (dim + unit - 1) / unit;
+        const lo = @min(dim, units * part / task.parts * unit);
+        const hi = @min(dim, units * (part + 1) / task.parts * unit);
+        if (lo >= hi) continue;
+        const row0, const row1, const col0, const col1 = if (task.by_columns)
+            .{ 0, request.m, lo, hi }
+        else
+            .{ lo, hi, 0, request.n };
+        if (dot) {
+            gemm_block(.bf16_dot, a_dtype, b_dtype, request, batch_index, row0, row1, col0, col1, worker);
+        } else {
+            gemm_block(.f32, a_dtype, b_dtype, request, batch_index, row0, row1, col0, col1, worker);
+        }
+    }
+}
+
+fn run_worker(task: *const Task, worker: u32) void {
+    switch (task.request.a_dtype) {
+        inline .float32, .float16, .bfloat16 => |a_dtype| switch (task.request.b_dtype) {
+            inline .float32, .float16, .bfloat16 => |b_dtype| run_task(a_dtype, b_dtype, task, worker),
+            else => unreachable,
+        },
+        else => unreachable,
+    }
+}
+
+/// Below this many multiply-adds a call runs on one thread (spawning costs more than it saves).
+pub const parallel_macs_min: u64 = 1 << 21;
+
+/// Whether a dtype is a valid matmul input.
+pub fn input_dtype(dtype: Dtype) bool {
+    return dtype == .float32 or dtype == .float16 or dtype == .bfloat16;
+}
+
+/// Runs the request on up to `pool.thread_count()` threads.
+pub fn matmul(request: *const Request) void {
+    std.debug.assert(input_dtype(request.a_dtype));
+    std.debug.assert(input_dtype(request.b_dtype));
+    if (request.batch == 0 or request.m == 0 or request.n == 0) return;
+    const macs = request.batch * request.m * request.n * request.k;
+    var workers: u32 = if (macs < parallel_macs_min) 1 else pool.thread_count();
+    var parts: u64 = 1;
+    var by_columns = false;
+    if (workers > 1 and request.batch < workers) {
+        // Too few batch elements to go round: cut each C into pieces along its longer side.
+        parts = (workers + request.batch - 1) / request.batch;
+        by_columns = request.n > request.m;
+        const dim = if (by_columns) request.n else request.m;
+        const unit: u64 = if (by_columns) nr else mr;
+        parts = @max(1, @min(parts, (dim + unit - 1) / unit));
+    }
+    workers = @intCast(@min(workers, request.batch * parts));
+    const task = Task{ .request = request, .parts = parts, .by_columns = by_columns, .workers = workers };
+    while (busy.cmpxchgWeak(0, 1, .acquire, .monotonic) != null) std.atomic.spinLoopHint();
+    defer busy.store(0, .release);
+    pool.run_workers(workers, &task, run_worker);
+}
+
+/// Runs `chains` independent FMA chains of vectors for `iterations` steps on the calling thread and
+/// returns a value that depends on every lane (so nothing is optimized away). Each step is
+/// 12 * lanes FMAs.
+fn peak_chains(iterations: u64, seed: f32) f32 {
+    const chains = 12;
+    var acc: [chains]Vf = undefined;
+    inline for (0..chains) |i| acc[i] = @splat(seed + @as(f32, @floatFromInt(i)));
+    const x: Vf = @splat(0.999999);
+    const y: Vf = @splat(1e-6);
+    var step: u64 = 0;
+    while (step < iterations) : (step += 1) {
+        inline for (0..chains) |i| acc[i] = @mulAdd(Vf, acc[i], x, y);
+    }
+    var total: Vf = @splat(0);
+    inline for (0..chains) |i| total += acc[i];
+    return @reduce(.Add, total);
+}
+
+const PeakContext = struct {
+    iterations: u64,
+    results: [pool.thread_count_max]f32 = @splat(0),
+};
+
+fn peak_worker(context: *PeakContext, worker: u32) void {
+    context.results[worker] = peak_chains(context.iterations, @floatFromInt(worker));
+}
+
+/// FLOPs one peak step does on one thread (12 chains of `lanes` FMAs, 2 FLOPs each).
+pub const peak_flops_per_iteration: u64 = 12 * lanes * 2;
+
+/// Runs the FMA chains on `threads` threads; returns the sum of their results.
+pub fn peak_fma(iterations: u64, threads: u32) f32 {
+    std.debug.assert(threads >= 1 and threads <= pool.thread_count_max);
+    var context = PeakContext{ .iterations = iterations };
+    pool.run_workers(threads, &context, peak_worker);
+    var total: f32 = 0;
+    for (context.results[0..threads]) |r| total += r;
+    return total;
+}
+
+// Tests: compare against a float64 reference on shapes that exercise every edge (partial tiles,
+// several K slabs, odd depth for bfloat16 pairs, transposes, batches, accumulation).
+
+fn reference(request: *const Request, out: []f64) void {
+    for (0..request.batch) |bi| {
+        const ops = operands(request, bi);
+        for (0..request.m) |i| for (0..request.n) |j| {
+            var sum: f64 = 0;
+            for (0..request.k) |p| {
+                const ai = if (request.trans_a) p * request.m + i else i * request.k + p;
+                const bj = if (request.trans_b) j * request.k + p else p * request.n + j;
+                const av: f64 = switch (request.a_dtype) {
+                    inline .float32, .float16, .bfloat16 => |d| load_f32(d, ops.a, ai),
+                    else => unreachable,
+                };
+                const bv: f64 = switch (request.b_dtype) {
+                    inline .float32, .float16, .bfloat16 => |d| load_f32(d, ops.b, bj),
+                    else => unreachable,
+                };
+                sum += av * bv;
+            }
+            out[(bi * request.m + i) * request.n + j] = sum;
+        };
+    }
+}
+
+fn fill_inputs(comptime dtype: Dtype, bytes: []u8, seed: u64) void {
+    var prng = std.Random.DefaultPrng.init(seed);
+    const random = prng.random();
+    const count = bytes.len / dtype.size_bytes();
+    for (0..count) |i| {
+        const value = random.float(f32) * 2 - 1;
+        switch (dtype) {
+            .float32 => @as([*]align(1) f32, @ptrCast(bytes.ptr))[i] = value,
+            .float16, .bfloat16 => {
+                const bits = numerics.from_f32(1, dtype, @splat(@bitCast(value)), null, false);
+                @as([*]align(1) u16, @ptrCast(bytes.ptr))[i] = @truncate(bits[0]);
+            },
+            else => unreachable,
+        }
+    }
+}
+
+fn check_case(comptime a_dtype: Dtype, comptime b_dtype: Dtype, batch: u64, m: u64, n: u64, k: u64, flags: u32, threads: u32) !void {
+    const allocator = std.testing.allocator;
+    const a = try allocator.alloc(u8, batch * m * k * a_dtype.size_bytes());
+    defer allocator.free(a);
+    const b_batches: u64 = if (flags & flag_broadcast_b != 0) 1 else batch;
+    const b = try allocator.alloc(u8, b_batches * k * n * b_dtype.size_bytes());
+    defer allocator.free(b);
+    const c = try allocator.alloc(f32, batch * m * n);
+    defer allocator.free(c);
+    const expected = try allocator.alloc(f64, batch * m * n);
+    defer allocator.free(expected);
+    fill_inputs(a_dtype, a, m * 31 + k);
+    fill_inputs(b_dtype, b, n * 17 + k);
+    for (c, 0..) |*x, i| x.* = @floatFromInt(i % 7);
+    const request = Request{
+        .a = a.ptr,
+        .b = b.ptr,
+        .c = c.ptr,
+        .batch = batch,
+        .m = m,
+        .n = n,
+        .k = k,
+        .a_dtype = a_dtype,
+        .b_dtype = b_dtype,
+        .trans_a = flags & flag_trans_a != 0,
+        .trans_b = flags & flag_trans_b != 0,
+        .accumulate = flags & flag_accumulate != 0,
+        .broadcast_b = flags & flag_broadcast_b != 0,
+        .bf16_dot = flags & flag_no_bf16_dot == 0,
+    };
+    reference(&request, expected);
+    pool.set_thread_count(threads);
+    defer pool.set_thread_count(0);
+    matmul(&request);
+    // Inputs are exact in float32, so only the float32 sums round: |error| <= k * eps * sum|a||b|
+    // and sum|a||b| <= k here (|a|, |b| <= 1).
+    const kf: f64 = @floatFromInt(@max(k, 1));
+    const bound = kf * kf * std.math.floatEps(f32) + 1e-6;
+    for (c, expected, 0..) |got, want, i| {
+        const base: f64 = if (request.accumulate) @floatFromInt(i % 7) else 0;
+        try std.testing.expectApproxEqAbs(want + base, @as(f64, got), bound);
+    }
+}
+
+test "matmul matches a float64 reference across tile edges, transposes and batches" {
+    const shapes = [_][4]u64{
+        .{ 1, 1, 1, 1 },    .{ 1, 13, 37, 5 }, .{ 2, 25, 33, 300 }, .{ 1, 97, 65, 257 },
+        .{ 3, 7, 70, 513 }, .{ 1, 0, 4, 4 },   .{ 1, 4, 4, 0 },     .{ 1, 200, 20, 9 },
+    };
+    for (shapes) |s| {
+        for (0..8) |f| {
+            const flags: u32 = @intCast(f);
+            try check_case(.float32, .float32, s[0], s[1], s[2], s[3], flags, 2);
+            try check_case(.bfloat16, .bfloat16, s[0], s[1], s[2], s[3], flags, 2);
+            try check_case(.bfloat16, .bfloat16, s[0], s[1], s[2], s[3], flags | flag_no_bf16_dot, 1);
+            try check_case(.float16, .float32, s[0], s[1], s[2], s[3], flags | flag_broadcast_b, 3);
+        }
+    }
+}
+
+test "peak_fma runs on several threads" {
+    const total = peak_fma(1000, 2);
+    try std.testing.expect(std.math.isFinite(total));
+}
