@@ -183,3 +183,12 @@ export {
   formatConversionReport,
   type TensorConversion,
 } from "./io/convert.ts";
+export {
+  type Checkpointable,
+  type LoadTrainStateOptions,
+  loadTrainState,
+  type SaveTrainStateOptions,
+  saveTrainState,
+  TRAIN_STATE_VERSION,
+  type TrainState,
+} from "./io/train_state.ts";
