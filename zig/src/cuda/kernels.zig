@@ -196,3 +196,94 @@ export fn mp_global_norm_finish_kernel(partials: u64, partial_count: u32, norm: 
     const total = block_sum(sum);
     if (@workItemId(0) == 0) @as(*f32, @ptrFromInt(norm)).* = @sqrt(total);
 }
+
+// ---- Optimizers: fused AdamW (the CPU kernel is zig/src/cpu/adamw.zig; same float32 operations).
+
+/// One parameter of a fused AdamW step; the layout of zig/src/cpu/adamw.zig `AdamRow` (72 bytes).
+const AdamRow = extern struct {
+    grad: u64,
+    param: u64,
+    master: u64,
+    m: u64,
+    v: u64,
+    v_max: u64,
+    count: u64,
+    grad_dtype: u32,
+    param_dtype: u32,
+    state_dtype: u32,
+    seed: u32,
+};
+
+/// The step's float32 constants; the layout of zig/src/cpu/adamw.zig `AdamHyper` (48 bytes).
+const AdamHyper = extern struct {
+    inv_scale: f32,
+    clip: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    bias_correction1: f32,
+    bias_correction2_sqrt: f32,
+    eps: f32,
+    neg_lr: f32,
+    decay: f32,
+    flags: u32,
+    reserved: u32,
+};
+
+comptime {
+    if (@sizeOf(AdamRow) != 72 or @sizeOf(AdamHyper) != 48) @compileError("AdamRow / AdamHyper layout changed");
+}
+
+inline fn load_value(dtype: u32, address: u64, index: u64) f32 {
+    const d: Dtype = @fromBackingInt(@intCast(dtype));
+    return @bitCast(to_f32_runtime(d, load_bits(d, address, index)));
+}
+
+/// Stores a float32 value in `dtype` (nearest even) and returns the stored value widened again.
+inline fn store_state_value(dtype: u32, address: u64, index: u64, value: f32) f32 {
+    const d: Dtype = @fromBackingInt(@intCast(dtype));
+    const bits = from_f32_runtime(d, @bitCast(value), null, false);
+    store_bits(d, address, index, bits);
+    return @bitCast(to_f32_runtime(d, bits));
+}
+
+/// Fused AdamW over a device-memory table of rows, one thread per element (grid-stride). The whole
+/// step is skipped when the device-side `found_inf` flag (if its address is non-zero) is set, so a
+/// mixed-precision step never waits for the host. `hyper` is the address of an AdamHyper.
+export fn mp_fused_adamw_kernel(table: u64, row_count: u64, total_count: u64, hyper: u64, found_inf: u64) callconv(.kernel) void {
+    if (found_inf != 0 and @as(*const volatile u32, @ptrFromInt(found_inf)).* != 0) return;
+    const rows: [*]const AdamRow = @ptrFromInt(table);
+    const h: *const AdamHyper = @ptrFromInt(hyper);
+    var row: u64 = 0;
+    var row_start: u64 = 0;
+    var index = global_index();
+    while (index < total_count) : (index += grid_stride()) {
+        while (row < row_count and index >= row_start + rows[row].count) {
+            row_start += rows[row].count;
+            row += 1;
+        }
+        const r = &rows[row];
+        const local = index - row_start;
+        var g = load_value(r.grad_dtype, r.grad, local);
+        if (h.inv_scale != 1.0) g = g * h.inv_scale;
+        if (h.clip != 1.0) g = g * h.clip;
+        var m = load_value(r.state_dtype, r.m, local);
+        var v = load_value(r.state_dtype, r.v, local);
+        m = m + h.one_minus_beta1 * (g - m);
+        v = h.beta2 * v + (h.one_minus_beta2 * g) * g;
+        m = store_state_value(r.state_dtype, r.m, local, m);
+        v = store_state_value(r.state_dtype, r.v, local, v);
+        if (h.flags & 1 != 0) {
+            v = @max(load_value(r.state_dtype, r.v_max, local), v);
+            v = store_state_value(r.state_dtype, r.v_max, local, v);
+        }
+        const denom = @sqrt(v) / h.bias_correction2_sqrt + h.eps;
+        const u = h.neg_lr * ((m / h.bias_correction1) / denom);
+        var p = if (r.master != 0) load_value(0, r.master, local) else load_value(r.param_dtype, r.param, local);
+        p = if (h.decay != 1.0) p + ((p * h.decay + u) - p) else p + u;
+        if (r.master != 0) store_bits(.float32, r.master, local, @bitCast(p));
+        const threshold: ?u32 = if (h.flags & 2 != 0) numerics.threshold_at(1, r.seed, local)[0] else null;
+        const param_dtype: Dtype = @fromBackingInt(@intCast(r.param_dtype));
+        store_bits(param_dtype, r.param, local, from_f32_runtime(param_dtype, @bitCast(p), threshold, false));
+    }
+}
