@@ -51,9 +51,8 @@ export interface AdamHyper {
   readonly oneMinusBeta1: number;
   readonly beta2: number;
   readonly oneMinusBeta2: number;
-  readonly biasCorrection1: number;
-  readonly biasCorrection2Sqrt: number;
-  readonly eps: number;
+  readonly stepScale: number;
+  readonly epsHat: number;
   readonly negLr: number;
   readonly decay: number;
   readonly amsgrad: boolean;
@@ -82,13 +81,12 @@ export function fusedAdamWStep(rows: readonly AdamRowTensors[], h: AdamHyper, fo
     h.oneMinusBeta1,
     h.beta2,
     h.oneMinusBeta2,
-    h.biasCorrection1,
-    h.biasCorrection2Sqrt,
-    h.eps,
+    h.stepScale,
+    h.epsHat,
     h.negLr,
     h.decay,
   ]);
-  new Uint32Array(hyper.buffer)[10] = (h.amsgrad ? 1 : 0) | (h.stochastic ? 2 : 0);
+  new Uint32Array(hyper.buffer)[9] = (h.amsgrad ? 1 : 0) | (h.stochastic ? 2 : 0);
   check(
     native().mp_fused_adamw(
       rows.length === 0 ? null : ptr(table),

@@ -221,13 +221,12 @@ const AdamHyper = extern struct {
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
-    bias_correction1: f32,
-    bias_correction2_sqrt: f32,
-    eps: f32,
+    step_scale: f32,
+    eps_hat: f32,
     neg_lr: f32,
     decay: f32,
     flags: u32,
-    reserved: u32,
+    reserved: [2]u32,
 };
 
 comptime {
@@ -277,8 +276,7 @@ export fn mp_fused_adamw_kernel(table: u64, row_count: u64, total_count: u64, hy
             v = @max(load_value(r.state_dtype, r.v_max, local), v);
             v = store_state_value(r.state_dtype, r.v_max, local, v);
         }
-        const denom = @sqrt(v) / h.bias_correction2_sqrt + h.eps;
-        const u = h.neg_lr * ((m / h.bias_correction1) / denom);
+        const u = h.neg_lr * ((h.step_scale * m) / (@sqrt(v) + h.eps_hat));
         var p = if (r.master != 0) load_value(0, r.master, local) else load_value(r.param_dtype, r.param, local);
         p = if (h.decay != 1.0) p + ((p * h.decay + u) - p) else p + u;
         if (r.master != 0) store_bits(.float32, r.master, local, @bitCast(p));
