@@ -61,9 +61,9 @@ for (const count of counts) {
   const grads = [randn([count], { seed: 2, dtype: "bf16", std: 1e-3 })];
   const fused = fusedAdamW({ lr: 1e-3 });
   const fusedNs = await medianNs(() => fused.step(params, grads, { foundInf: false }), budgetMs);
+  fused.dispose();
   const clipped = fusedAdamW({ lr: 1e-3, maxGradNorm: 1 });
   const clipNs = await medianNs(() => clipped.step(params, grads), budgetMs);
-  fused.dispose();
   clipped.dispose();
 
   // The limit: copy 14 bytes per parameter (read 14, write 14), the faster of TypedArray.set and
