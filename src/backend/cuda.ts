@@ -395,6 +395,52 @@ export function cudaUpdateScale(
 }
 
 /**
+ * Multiplies every element of a table's tensors in float32 by `factor` (a number) or by the device
+ * float32 at `factorAddress` (loss scaling by a device-resident scale), stored back nearest even.
+ * No wait.
+ */
+export function cudaScale(
+  table: CudaTable,
+  by: { readonly factor: number } | { readonly factorAddress: number },
+): void {
+  const factor = "factor" in by ? Math.fround(by.factor) : 1;
+  const factorAddress = "factorAddress" in by ? by.factorAddress : 0;
+  checkCuda(
+    native().mp_cuda_launch_scale(
+      table.ordinal,
+      table.address,
+      table.rowCount,
+      table.totalCount,
+      factor,
+      factorAddress,
+    ),
+    `Scaling on cuda:${table.ordinal}`,
+  );
+}
+
+/**
+ * PyTorch's clip_grad_norm_ on the device, after {@linkcode cudaGlobalNorm}: multiplies the table's
+ * tensors by float32(maxNorm / (norm + 1e-6)) when that is below 1, reading the norm from device
+ * address `normAddress`. No wait.
+ */
+export function cudaClipByNorm(table: CudaTable, maxNorm: number, normAddress: number): void {
+  if (typeof maxNorm !== "number" || !(maxNorm > 0)) {
+    throw new RangeError(`maxNorm must be a positive number, got ${maxNorm}: pass e.g. 1.0`);
+  }
+  checkCuda(
+    native().mp_cuda_launch_clip_by_norm(
+      table.ordinal,
+      table.address,
+      table.rowCount,
+      table.totalCount,
+      Math.fround(maxNorm),
+      normAddress,
+    ),
+    `Clipping on cuda:${table.ordinal}`,
+  );
+}
+
+/**
  * The global L2 norm of a table's tensors, written as a float32 to device address `normAddress`
  * (two launches, a fixed summation order on a given device, no wait).
  */
