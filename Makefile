@@ -85,6 +85,7 @@ demo: deps build
 
 bench: deps build
 	$(BUN) bench/cast_bench.ts
+	$(BUN) bench/unscale_bench.ts
 	$(BUN) bench/cuda_bench.ts
 
 fmt: deps

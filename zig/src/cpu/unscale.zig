@@ -2,6 +2,7 @@
 //! for float32, float16 and bfloat16 gradients alike, in one call over a table of tensors.
 
 const std = @import("std");
+const builtin = @import("builtin");
 const numerics = @import("../numerics.zig");
 const pool = @import("pool.zig");
 const cast = @import("cast.zig");
@@ -26,27 +27,85 @@ const Context = struct {
     found: std.atomic.Value(u32),
 };
 
+/// Whether float16 <-> float32 conversions have hardware support here (x86 F16C, AArch64 FP).
+/// Then float16 rows convert with the hardware instructions, which round to nearest even exactly
+/// as numerics.zig does; only NaN results differ (the hardware keeps payload bits), so they are
+/// replaced by the canonical quiet NaN. Elsewhere float16 rows use numerics.zig's integer code.
+const f16_hardware = switch (builtin.cpu.arch) {
+    .x86_64 => std.Target.x86.featureSetHas(builtin.cpu.features, .f16c),
+    .aarch64 => true,
+    else => false,
+};
+
+const exponent_mask: u32 = 0x7f80_0000;
+
+/// float16 bits -> float32 values with the conversion instruction (exact; a NaN stays a NaN).
+inline fn f16_widen(comptime n: comptime_int, bits: @Vector(n, u16)) @Vector(n, f32) {
+    const halves: @Vector(n, f16) = @bitCast(bits);
+    return @floatCast(halves);
+}
+
+/// float32 values -> float16 bits, nearest even, NaN -> sign | 0x7E00 (REFERENCE.md).
+inline fn f16_narrow(comptime n: comptime_int, values: @Vector(n, f32)) @Vector(n, u16) {
+    const halves: @Vector(n, f16) = @floatCast(values);
+    const rounded: @Vector(n, u16) = @bitCast(halves);
+    const wide: @Vector(n, u32) = @bitCast(values);
+    const is_nan = (wide & @as(@Vector(n, u32), @splat(0x7fff_ffff))) > @as(@Vector(n, u32), @splat(exponent_mask));
+    const nan: @Vector(n, u16) = @truncate((wide >> @splat(16)) & @as(@Vector(n, u32), @splat(0x8000)));
+    return @select(u16, is_nan, nan | @as(@Vector(n, u16), @splat(0x7e00)), rounded);
+}
+
+/// The vector loop for float16 rows on hardware with conversion instructions.
+fn unscale_f16_vectors(base: [*]u8, begin: u64, end: u64, inv_scale: f32) struct { u64, bool } {
+    const n = cast.lanes;
+    const typed: [*]align(1) u16 = @ptrCast(base);
+    const exponent_all: @Vector(n, u32) = @splat(exponent_mask);
+    const inv: @Vector(n, f32) = @splat(inv_scale);
+    var found_lanes: @Vector(n, bool) = @splat(false);
+    var index = begin;
+    if (inv_scale == 1.0) {
+        while (index + n <= end) : (index += n) {
+            const bits: @Vector(n, u16) = typed[index..][0..n].*;
+            const wide: @Vector(n, u32) = @bitCast(f16_widen(n, bits));
+            found_lanes = found_lanes | ((wide & exponent_all) == exponent_all);
+        }
+    } else {
+        while (index + n <= end) : (index += n) {
+            const values = f16_widen(n, typed[index..][0..n].*);
+            const wide: @Vector(n, u32) = @bitCast(values);
+            found_lanes = found_lanes | ((wide & exponent_all) == exponent_all);
+            typed[index..][0..n].* = f16_narrow(n, values * inv);
+        }
+    }
+    return .{ index, @reduce(.Or, found_lanes) };
+}
+
 /// Unscales one row's elements [begin, end) in place; returns true when any was inf or NaN.
 fn unscale_typed(comptime dtype: Dtype, row: TensorRow, begin: u64, end: u64, inv_scale: f32) bool {
     const base: [*]u8 = @ptrFromInt(row.address);
     const n = cast.lanes;
-    const exponent_all = @as(numerics.V(n), @splat(0x7f80_0000));
+    const exponent_all = @as(numerics.V(n), @splat(exponent_mask));
     var found_lanes: @Vector(n, bool) = @splat(false);
     var found_scalar = false;
     const scaling = inv_scale != 1.0;
     var index = begin;
-    while (index + n <= end) : (index += n) {
-        const wide = numerics.to_f32(n, dtype, cast.load(n, dtype, base, index));
-        found_lanes = found_lanes | ((wide & exponent_all) == exponent_all);
-        if (scaling) {
-            const values: @Vector(n, f32) = @bitCast(wide);
-            const scaled: numerics.V(n) = @bitCast(values * @as(@Vector(n, f32), @splat(inv_scale)));
-            cast.store(n, dtype, base, index, numerics.from_f32(n, dtype, scaled, null, false));
+    if (dtype == .float16 and f16_hardware) {
+        index, found_scalar = unscale_f16_vectors(base, begin, end, inv_scale);
+    } else {
+        while (index + n <= end) : (index += n) {
+            const wide = numerics.to_f32(n, dtype, cast.load(n, dtype, base, index));
+            found_lanes = found_lanes | ((wide & exponent_all) == exponent_all);
+            if (scaling) {
+                const values: @Vector(n, f32) = @bitCast(wide);
+                const scaled: numerics.V(n) = @bitCast(values * @as(@Vector(n, f32), @splat(inv_scale)));
+                cast.store(n, dtype, base, index, numerics.from_f32(n, dtype, scaled, null, false));
+            }
         }
     }
+    // The scalar tail runs numerics.zig's code on every target, so it checks the vector path too.
     while (index < end) : (index += 1) {
         const wide = numerics.to_f32(1, dtype, cast.load(1, dtype, base, index));
-        found_scalar = found_scalar or (wide[0] & 0x7f80_0000) == 0x7f80_0000;
+        found_scalar = found_scalar or (wide[0] & exponent_mask) == exponent_mask;
         if (scaling) {
             const value: f32 = @bitCast(wide[0]);
             const scaled: numerics.V(1) = @splat(@bitCast(value * inv_scale));
@@ -112,4 +171,23 @@ test "unscale_check finds a NaN in the scalar tail of a float16 row" {
     try std.testing.expectEqual(@as(u16, 0x3800), b[18]);
     b[18] = 0x7e01;
     try std.testing.expect(unscale_check(&rows, 1.0));
+}
+
+test "the float16 vector path equals numerics.zig's integer conversions on every float16 value" {
+    // 65,536 elements: a multiple of the vector width, so every element takes the vector path.
+    const count = 1 << 16;
+    const data = try std.testing.allocator.alloc(u16, count);
+    defer std.testing.allocator.free(data);
+    const inv_scales = [_]f32{ 0.5, 2.0, 1.0 / 3.0, 0x1p-20, 0x1p-130, 65536.0, 1.0e-45 };
+    for (inv_scales) |inv_scale| {
+        for (data, 0..) |*x, i| x.* = @intCast(i);
+        const rows = [_]TensorRow{.{ .address = @intFromPtr(data.ptr), .count = count, .dtype = 1, .reserved = 0 }};
+        try std.testing.expect(unscale_check(&rows, inv_scale));
+        for (data, 0..) |got, i| {
+            const wide = numerics.to_f32(1, .float16, @splat(@as(u32, @intCast(i))));
+            const value: f32 = @bitCast(wide[0]);
+            const expected = numerics.from_f32(1, .float16, @splat(@bitCast(value * inv_scale)), null, false);
+            try std.testing.expectEqual(@as(u16, @intCast(expected[0])), got);
+        }
+    }
 }
