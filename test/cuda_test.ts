@@ -33,6 +33,7 @@ import {
 } from "../src/backend/cuda.ts";
 import { toF32Bits } from "../src/_numerics.ts";
 import { allocateStorage } from "../src/dtype.ts";
+import { gradientTable } from "../src/unscale.ts";
 import {
   cast,
   DTYPE_NAMES,
@@ -333,6 +334,18 @@ describe("device unscale", () => {
       { numRuns: 30 },
     );
   });
+
+  test.skipIf(!gpu)(
+    "gradients on two places in one call throw TypeError, and a host table refuses device memory",
+    () => {
+      using onGpu = tensor([1, 2], { device });
+      using onCpu = tensor([1, 2]);
+      expect(() => unscaleAndCheck([onGpu, onCpu], 0.5)).toThrow("unscale the gradients of one device per call");
+      expect(() => gradientTable([onGpu], "test")).toThrow('move it with .to("cpu")');
+      expect([...onCpu.toArray()]).toEqual([1, 2]);
+      expect([...onGpu.toArray()]).toEqual([1, 2]);
+    },
+  );
 
   test.skipIf(!gpu)(
     "a device-resident scale unscales by float32(1 / float64(scale)) and the flag only ever sets",
