@@ -192,3 +192,6 @@ export {
   TRAIN_STATE_VERSION,
   type TrainState,
 } from "./io/train_state.ts";
+
+// Pre-flight check: what float16 would do to one step's gradients, and a recommended recipe.
+export { preflight, type PreflightOptions, type PreflightReport, type PreflightTensor } from "./preflight.ts";
