@@ -269,7 +269,7 @@ describe("resuming training", () => {
     expect(state.lossScale).toMatchObject({ scale: 1024, growthTracker: 1 });
     expect(JSON.parse(checkpointFiles(part).state.toString()).state.lossScale).toMatchObject({ event: "backoff" });
     expect(state.rng).toEqual({ seed: 7, counter: 10 });
-  });
+  }, 60_000);
 });
 
 describe("a writer killed mid-save", () => {
