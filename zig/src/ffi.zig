@@ -462,6 +462,34 @@ export fn mp_cuda_launch_global_norm(ordinal: u32, table: u64, row_count: u64, t
     return status(.ok);
 }
 
+/// Multiplies every element of a device row table's tensors by `factor`, or by the device float32
+/// at `factor_address` when that is not 0, in float32, stored back nearest even (no sync).
+export fn mp_cuda_launch_scale(ordinal: u32, table: u64, row_count: u64, total_count: u64, factor: f32, factor_address: u64) i32 {
+    if (total_count == 0) return status(.ok);
+    if (table == 0) return status(.null_pointer);
+    if (row_count == 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const grid = driver.grid_blocks(device, total_count);
+    driver.launch(device, .scale, grid, driver.block_threads, .{ table, row_count, total_count, factor, factor_address }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// Clips a device row table's tensors to global norm `max_norm` given the device float32 norm at
+/// `norm` (from mp_cuda_launch_global_norm): multiplies by max_norm / (norm + 1e-6) when that is
+/// below 1, as PyTorch's clip_grad_norm_ (no sync).
+export fn mp_cuda_launch_clip_by_norm(ordinal: u32, table: u64, row_count: u64, total_count: u64, max_norm: f32, norm: u64) i32 {
+    if (norm == 0) return status(.null_pointer);
+    if (total_count == 0) return status(.ok);
+    if (table == 0) return status(.null_pointer);
+    if (row_count == 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const grid = driver.grid_blocks(device, total_count);
+    driver.launch(device, .clip_by_norm, grid, driver.block_threads, .{ table, row_count, total_count, max_norm, norm }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
 /// Waits until the device has finished all queued work (a counted synchronisation).
 export fn mp_cuda_sync(ordinal: u32) i32 {
     const device = cuda_device(ordinal) catch |err| return cuda_status(err);
