@@ -76,17 +76,7 @@ export function fusedAdamWStep(rows: readonly AdamRowTensors[], h: AdamHyper, fo
     table[o + 8] = code(row.m) | (BigInt(row.seed >>> 0) << 32n);
   });
   const hyper = new Float32Array(12);
-  hyper.set([
-    h.invScale,
-    h.clip,
-    h.oneMinusBeta1,
-    h.beta2,
-    h.oneMinusBeta2,
-    h.stepScale,
-    h.epsHat,
-    h.negLr,
-    h.decay,
-  ]);
+  hyper.set([h.invScale, h.clip, h.oneMinusBeta1, h.beta2, h.oneMinusBeta2, h.stepScale, h.epsHat, h.negLr, h.decay]);
   new Uint32Array(hyper.buffer)[9] = (h.amsgrad ? 1 : 0) | (h.stochastic ? 2 : 0);
   // CUDA tensors: the same table and constants, run by the device kernel (src/optim/_native_cuda.ts).
   const device = rows[0]?.param.device ?? "cpu";
