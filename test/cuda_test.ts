@@ -14,14 +14,17 @@ import fc from "fast-check";
 import {
   cudaAlloc,
   cudaAvailability,
+  cudaClipByNorm,
   cudaCopyToDevice,
   cudaCopyToHost,
   cudaDeviceCount,
   cudaDevices,
   cudaFill32,
   cudaFree,
+  cudaFusedAdamW,
   cudaGlobalNorm,
   cudaMemoryStats,
+  cudaScale,
   cudaSyncCount,
   cudaSynchronize,
   cudaTable,
@@ -29,7 +32,11 @@ import {
   cudaUpdateScale,
   requireCuda,
 } from "../src/backend/cuda.ts";
+import { toF32Bits } from "../src/_numerics.ts";
 import { allocateStorage } from "../src/dtype.ts";
+import { gradientTable } from "../src/unscale.ts";
+import { type AdamHyper, type AdamRowTensors, fusedAdamWStep } from "../src/optim/_native.ts";
+import { adamConstants } from "../src/optim/scale_by_adam.ts";
 import {
   cast,
   DTYPE_NAMES,
@@ -90,12 +97,20 @@ function rawBits(array: StorageArray): ArrayLike<number> {
   return array;
 }
 
-/** Expects equal bits; on a mismatch names the first differing element and both bit patterns. */
-function expectSameBits(actual: StorageArray, expected: StorageArray): void {
+/**
+ * Expects equal bits; on a mismatch names the first differing element and both bit patterns. With
+ * `nanDtype`, two NaNs of that dtype count as equal whatever their sign and payload: arithmetic on
+ * NaN gives the input NaN quieted on x86 but the canonical NaN 0x7FFFFFFF on NVIDIA GPUs, so
+ * kernels that multiply (unscale, scale, clip) agree on NaN-ness, not NaN bits. Casts use integer
+ * code only and must match NaN bits too.
+ */
+function expectSameBits(actual: StorageArray, expected: StorageArray, nanDtype?: DtypeName): void {
   if (sameBytes(actual, expected)) return;
   const [a, e] = [rawBits(actual), rawBits(expected)];
+  const isNaN = (bits: number) => nanDtype !== undefined && (toF32Bits(nanDtype, bits) & 0x7fffffff) >>> 0 > 0x7f800000;
   let i = 0;
-  while (i < Math.min(a.length, e.length) && a[i] === e[i]) i++;
+  while (i < Math.min(a.length, e.length) && (a[i] === e[i] || (isNaN(a[i]!) && isNaN(e[i]!)))) i++;
+  if (i === a.length && a.length === e.length) return;
   const hex = (x: number | undefined) => (x === undefined ? "none" : `0x${x.toString(16)}`);
   expect(`element ${i} of ${a.length}: ${hex(a[i])}`).toBe(`element ${i} of ${e.length}: ${hex(e[i])}`);
 }
@@ -313,7 +328,7 @@ describe("device unscale", () => {
           try {
             const expected = unscaleAndCheck(host, inv);
             expect(unscaleAndCheck(tensors, inv)).toBe(expected);
-            tensors.forEach((t, i) => expectSameBits(t.bits(), host[i]!.data));
+            tensors.forEach((t, i) => expectSameBits(t.bits(), host[i]!.data, t.dtype));
           } finally {
             for (const t of tensors) t.dispose();
           }
@@ -322,6 +337,18 @@ describe("device unscale", () => {
       { numRuns: 30 },
     );
   });
+
+  test.skipIf(!gpu)(
+    "gradients on two places in one call throw TypeError, and a host table refuses device memory",
+    () => {
+      using onGpu = tensor([1, 2], { device });
+      using onCpu = tensor([1, 2]);
+      expect(() => unscaleAndCheck([onGpu, onCpu], 0.5)).toThrow("unscale the gradients of one device per call");
+      expect(() => gradientTable([onGpu], "test")).toThrow('move it with .to("cpu")');
+      expect([...onCpu.toArray()]).toEqual([1, 2]);
+      expect([...onGpu.toArray()]).toEqual([1, 2]);
+    },
+  );
 
   test.skipIf(!gpu)(
     "a device-resident scale unscales by float32(1 / float64(scale)) and the flag only ever sets",
@@ -344,7 +371,7 @@ describe("device unscale", () => {
         expect(flag[0]).toBe(1);
         const host = grads.map((g) => ({ dtype: g.dtype, data: g.bits.slice() }));
         unscaleAndCheck(host, Math.fround(1 / scale));
-        tensors.forEach((t, i) => expectSameBits(t.bits(), host[i]!.data));
+        tensors.forEach((t, i) => expectSameBits(t.bits(), host[i]!.data, t.dtype));
       } finally {
         cudaFree(0, scaleAddress);
         cudaFree(0, found);
@@ -435,6 +462,211 @@ describe("device global norm", () => {
   });
 });
 
+/** A table of device tensors. */
+function tableOf(tensors: readonly Tensor[]) {
+  return cudaTable(
+    0,
+    tensors.map((t) => ({ address: t.address, count: t.size, dtypeCode: dtypeInfo(t.dtype).code })),
+  );
+}
+
+/** The reference multiply: widen, multiply in float32, round to the dtype nearest even. */
+function referenceMultiply(dtype: DtypeName, bits: StorageArray, factor: number): StorageArray {
+  const wide = dtype === "float32" ? (bits as Float32Array) : (cast(bits, dtype, "float32") as Float32Array);
+  const product = wide.map((x) => Math.fround(x * Math.fround(factor)));
+  return dtype === "float32" ? product : cast(product, "float32", dtype);
+}
+
+describe("device scale and clip", () => {
+  const dtypes = ["float32", "float16", "bfloat16"] as const;
+
+  test.skipIf(!gpu)("scaling by a number or a device scalar equals the float32 reference in every dtype", () => {
+    fc.assert(
+      fc.property(
+        fc.nat({ max: 1000 }),
+        fc.constantFrom(65536, 0.5, 3.3e-5, 1e30),
+        fc.boolean(),
+        (seed, factor, onHost) => {
+          const grads = dtypes.map((dtype, i) => ({
+            dtype,
+            bits: randomBits(dtype, [0, 5, 9999][(seed + i) % 3]!, seed + i),
+          }));
+          const tensors = grads.map((g) => onDevice(g.dtype, g.bits));
+          const factorAddress = cudaAlloc(0, 4);
+          try {
+            cudaCopyToDevice(0, factorAddress, new Float32Array([factor]));
+            using table = tableOf(tensors);
+            cudaScale(table, onHost ? { factor } : { factorAddress });
+            tensors.forEach((t, i) =>
+              expectSameBits(t.bits(), referenceMultiply(grads[i]!.dtype, grads[i]!.bits, factor), t.dtype),
+            );
+          } finally {
+            cudaFree(0, factorAddress);
+            for (const t of tensors) t.dispose();
+          }
+        },
+      ),
+      { numRuns: 20 },
+    );
+  });
+
+  test.skipIf(!gpu)("clipping multiplies by max / (norm + 1e-6) only when that is below 1, as PyTorch", () => {
+    for (const maxNorm of [0.25, 1e9]) {
+      const values = new Float32Array(3000).map((_, i) => Math.sin(i) * 2);
+      const tensors = [tensor(values, { device }), tensor(values.subarray(0, 700), { dtype: "bf16", device })];
+      const normOut = cudaAlloc(0, 4);
+      try {
+        using table = tableOf(tensors);
+        cudaGlobalNorm(table, normOut);
+        const norm = new Float32Array(1);
+        cudaCopyToHost(0, norm, normOut);
+        const before = tensors.map((t) => t.bits());
+        cudaClipByNorm(table, maxNorm, normOut);
+        const coefficient = Math.fround(Math.fround(maxNorm) / Math.fround(norm[0]! + Math.fround(1e-6)));
+        tensors.forEach((t, i) => {
+          const expected = coefficient < 1 ? referenceMultiply(t.dtype, before[i]!, coefficient) : before[i]!;
+          expectSameBits(t.bits(), expected, t.dtype);
+        });
+      } finally {
+        cudaFree(0, normOut);
+        for (const t of tensors) t.dispose();
+      }
+    }
+  });
+});
+
+describe("device fused AdamW", () => {
+  type Setup = { param: DtypeName; grad: DtypeName; state: "float32" | "bfloat16"; master: boolean; amsgrad: boolean };
+
+  /** The tensors of one row on `where`, filled deterministically from `seed`. */
+  function adamRow(setup: Setup, count: number, seed: number, where: "cpu" | "cuda:0"): AdamRowTensors {
+    const values = (k: number, scale: number) =>
+      new Float32Array(count).map((_, i) => Math.sin(seed * 13 + k * 7 + i * 0.61) * scale);
+    const make = (dtype: DtypeName, k: number, scale: number) => tensor(values(k, scale), { dtype, device: where });
+    return {
+      grad: make(setup.grad, 1, 3),
+      param: make(setup.param, 2, 1),
+      master: setup.master ? make("float32", 2, 1) : null,
+      m: make(setup.state, 3, 0.1),
+      v: tensor(values(4, 0.1).map(Math.abs), { dtype: setup.state, device: where }),
+      vMax: setup.amsgrad ? tensor(values(5, 0.2).map(Math.abs), { dtype: setup.state, device: where }) : null,
+      seed: seed >>> 0,
+    };
+  }
+
+  const tensorsOf = (row: AdamRowTensors) =>
+    [row.grad, row.param, row.master, row.m, row.v, row.vMax].filter((t): t is Tensor => t !== null);
+
+  function hyperOf(setup: Setup, step: number, stochastic: boolean): AdamHyper {
+    return {
+      invScale: Math.fround(1 / 1024),
+      clip: Math.fround(0.75),
+      ...adamConstants(0.9, 0.999, 1e-8, step),
+      negLr: Math.fround(-1e-3),
+      decay: Math.fround(1 - 1e-3 * 1e-2),
+      amsgrad: setup.amsgrad,
+      stochastic,
+    };
+  }
+
+  test.skipIf(!gpu)("writes the CPU fused AdamW's bits: params, masters, m, v and max v, in every dtype mix", () => {
+    fc.assert(
+      fc.property(
+        fc.record({
+          param: fc.constantFrom<DtypeName>("float32", "float16", "bfloat16"),
+          grad: fc.constantFrom<DtypeName>("float32", "float16", "bfloat16"),
+          state: fc.constantFrom<"float32" | "bfloat16">("float32", "bfloat16"),
+          master: fc.boolean(),
+          amsgrad: fc.boolean(),
+        }),
+        fc.integer({ min: 1, max: 5 }),
+        fc.boolean(),
+        fc.nat({ max: 1000 }),
+        (setup, step, stochastic, seed) => {
+          const counts = [1, 37, 5000];
+          const cpuRows = counts.map((c, i) => adamRow(setup, c, seed + i, "cpu"));
+          const gpuRows = counts.map((c, i) => adamRow(setup, c, seed + i, "cuda:0"));
+          try {
+            const hyper = hyperOf(setup, step, stochastic);
+            expect(fusedAdamWStep(gpuRows, hyper, null)).toBe(true);
+            expect(fusedAdamWStep(cpuRows, hyper, null)).toBe(true);
+            cpuRows.forEach((row, r) => {
+              const [cpuTensors, gpuTensors] = [tensorsOf(row), tensorsOf(gpuRows[r]!)];
+              cpuTensors.forEach((t, k) => expectSameBits(gpuTensors[k]!.bits(), t.bits(), t.dtype));
+            });
+          } finally {
+            for (const row of [...cpuRows, ...gpuRows]) for (const t of tensorsOf(row)) t.dispose();
+          }
+        },
+      ),
+      { numRuns: 25 },
+    );
+  });
+
+  test.skipIf(!gpu)("skips on a set host flag, and on a set device flag without waiting for the device", () => {
+    const setup: Setup = { param: "bfloat16", grad: "bfloat16", state: "float32", master: true, amsgrad: false };
+    const row = adamRow(setup, 100, 3, "cuda:0");
+    try {
+      const before = tensorsOf(row).map((t) => t.bits());
+      expect(fusedAdamWStep([row], hyperOf(setup, 1, false), new Uint32Array([1]))).toBe(false);
+      // The device-flag path: the same table and constants, uploaded by hand.
+      const table = new BigUint64Array(9);
+      const words = [row.grad, row.param, row.master!, row.m, row.v].map((t) => BigInt(t.address));
+      table.set([...words, 0n, 100n]);
+      table[7] = BigInt(dtypeInfo("bfloat16").code) | (BigInt(dtypeInfo("bfloat16").code) << 32n);
+      table[8] = BigInt(dtypeInfo("float32").code);
+      const h = hyperOf(setup, 1, false);
+      const hyper = new Float32Array([
+        h.invScale,
+        h.clip,
+        h.oneMinusBeta1,
+        h.beta2,
+        h.oneMinusBeta2,
+        h.stepScale,
+        h.epsHat,
+        h.negLr,
+        h.decay,
+        0,
+        0,
+        0,
+      ]);
+      const [tableAddress, hyperAddress, found] = [cudaAlloc(0, 72), cudaAlloc(0, 48), cudaAlloc(0, 4)];
+      try {
+        cudaCopyToDevice(0, tableAddress, table);
+        cudaCopyToDevice(0, hyperAddress, hyper);
+        cudaFill32(0, found, 1, 1);
+        const syncs = cudaSyncCount();
+        cudaFusedAdamW(0, tableAddress, 1, 100, hyperAddress, found);
+        expect(cudaSyncCount()).toBe(syncs);
+        tensorsOf(row).forEach((t, k) => expectSameBits(t.bits(), before[k]!));
+        cudaFill32(0, found, 0, 1);
+        cudaFusedAdamW(0, tableAddress, 1, 100, hyperAddress, found);
+        expect(sameBytes(row.param.bits(), before[1]!)).toBe(false);
+      } finally {
+        for (const address of [tableAddress, hyperAddress, found]) cudaFree(0, address);
+      }
+    } finally {
+      for (const t of tensorsOf(row)) t.dispose();
+    }
+  });
+
+  test.skipIf(!gpu)("refuses a step whose tensors are on two devices", () => {
+    const setup: Setup = { param: "float32", grad: "float32", state: "float32", master: false, amsgrad: false };
+    const row = adamRow(setup, 4, 1, "cuda:0");
+    using cpuState = zeros([4]);
+    try {
+      expect(() => fusedAdamWStep([{ ...row, m: cpuState }], hyperOf(setup, 1, false), null)).toThrow(TypeError);
+      // A CPU parameter with device state must not reach the CPU kernel either.
+      using cpuParam = zeros([4]);
+      expect(() => fusedAdamWStep([{ ...row, param: cpuParam }], hyperOf(setup, 1, false), null)).toThrow(
+        "keep parameters, gradients, masters and optimizer state on one device",
+      );
+    } finally {
+      for (const t of tensorsOf(row)) t.dispose();
+    }
+  });
+});
+
 describe("a mixed-precision step on the device", () => {
   test.skipIf(!gpu)("unscale, norm, scale update and casts never wait for the device", () => {
     const grads = [
@@ -462,7 +694,9 @@ describe("a mixed-precision step on the device", () => {
         cudaFill32(0, found, 0, 1);
         cudaUnscaleCheck(table, { scaleAddress: state }, found);
         cudaGlobalNorm(table, normOut);
+        cudaClipByNorm(table, 1e12, normOut);
         cudaUpdateScale(0, state, found, { growthInterval: 2 });
+        cudaScale(table, { factorAddress: state });
         const half = grads[0]!.to("bfloat16");
         half.dispose();
       }
