@@ -210,6 +210,7 @@ export {
   cudaEmptyCache,
   cudaFill32,
   cudaFree,
+  cudaFusedAdamW,
   cudaGlobalNorm,
   cudaMemoryStats,
   type CudaRow,
