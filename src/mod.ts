@@ -215,6 +215,7 @@ export {
   cudaMemoryStats,
   type CudaRow,
   cudaScale,
+  cudaSumSquares,
   cudaSynchronize,
   cudaSyncCount,
   type CudaTable,
