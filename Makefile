@@ -87,6 +87,7 @@ bench: deps build
 	$(BUN) bench/cast_bench.ts
 	$(BUN) bench/unscale_bench.ts
 	$(BUN) bench/cuda_bench.ts
+	$(BUN) bench/matmul_bench.ts
 
 fmt: deps
 	$(ZIG) fmt zig
