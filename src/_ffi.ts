@@ -39,6 +39,10 @@ const SYMBOLS = {
     returns: FFIType.i32,
   },
   mp_unscale_check: { args: [FFIType.ptr, FFIType.u64, FFIType.f32, FFIType.ptr], returns: FFIType.i32 },
+  // Optimizers (src/optim/_native.ts): global norm and fused steps.
+  mp_sum_squares: { args: [FFIType.ptr, FFIType.u64, FFIType.f32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  mp_fused_adamw: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  mp_fused_sgd: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   // Autodiff helper: matmul (zig/src/cpu/matmul.zig) and the FMA peak for benchmarks.
   mp_matmul: {
     args: [
@@ -88,6 +92,14 @@ const SYMBOLS = {
   },
   mp_cuda_launch_global_norm: {
     args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_scale: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.f32, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_clip_by_norm: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.f32, FFIType.u64],
     returns: FFIType.i32,
   },
   mp_cuda_sync: { args: [FFIType.u32], returns: FFIType.i32 },

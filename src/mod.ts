@@ -40,6 +40,57 @@ export {
 export { type Tree, treeLeaves, treeMap, type TreeStructure, treeStructure, treeUnflatten } from "./tree.ts";
 export { type GradientRow, unscaleAndCheck } from "./unscale.ts";
 
+// ---- Optimizers (src/optim/): optax-style gradient transformations, fused mixed-precision steps ----
+export {
+  disposeTree,
+  type GradientTransformation,
+  type OptState,
+  type Params,
+  type Schedule,
+  type Updates,
+} from "./optim/transformation.ts";
+export { applyUpdates, type ApplyUpdatesOptions } from "./optim/apply_updates.ts";
+export { chain, type ChainState } from "./optim/chain.ts";
+export { scaleByAdam, type ScaleByAdamOptions, type ScaleByAdamState } from "./optim/scale_by_adam.ts";
+export { scaleByLearningRate, type ScaleByLearningRateState } from "./optim/scale_by_learning_rate.ts";
+export { addDecayedWeights, type AddDecayedWeightsState } from "./optim/add_decayed_weights.ts";
+export {
+  decoupledWeightDecay,
+  type DecoupledWeightDecayOptions,
+  type DecoupledWeightDecayState,
+} from "./optim/decoupled_weight_decay.ts";
+export { adam } from "./optim/adam.ts";
+export { adamw, type AdamWOptions } from "./optim/adamw.ts";
+export { trace, type TraceOptions, type TraceState } from "./optim/trace.ts";
+export { sgd, type SgdOptions } from "./optim/sgd.ts";
+export { lion, type LionOptions, scaleByLion, type ScaleByLionState } from "./optim/lion.ts";
+export { clipByGlobalNorm, type ClipByGlobalNormState } from "./optim/clip_by_global_norm.ts";
+export { applyIfFinite, type ApplyIfFiniteState } from "./optim/apply_if_finite.ts";
+export { multiSteps, type MultiStepsOptions, type MultiStepsState } from "./optim/multi_steps.ts";
+export { type Mask, masked, type MaskedState } from "./optim/masked.ts";
+export { type Labels, multiTransform, type MultiTransformState } from "./optim/multi_transform.ts";
+export { setToZero, type SetToZeroState } from "./optim/set_to_zero.ts";
+export { injectHyperparams, type InjectHyperparamsState, setHyperparams } from "./optim/inject_hyperparams.ts";
+export {
+  constantSchedule,
+  cosineDecaySchedule,
+  linearSchedule,
+  warmupCosineDecaySchedule,
+} from "./optim/schedules.ts";
+export { type MasterWeightsOptions, type MasterWeightsState, withMasterWeights } from "./optim/with_master_weights.ts";
+export {
+  withLossScale,
+  type WithLossScaleState,
+} from "./optim/with_loss_scale.ts";
+export {
+  type FusedAdamWOptions,
+  type FusedAdamWState,
+  type FusedOptimizer,
+  type FusedStepOptions,
+  type FusedStepResult,
+  fusedAdamW,
+} from "./optim/fused_adamw.ts";
+export { type FusedSgdOptions, type FusedSgdState, fusedSgd } from "./optim/fused_sgd.ts";
 // AMP: loss scales, precision policies (issue #3).
 export {
   allFinite,
@@ -134,3 +185,42 @@ export {
   formatConversionReport,
   type TensorConversion,
 } from "./io/convert.ts";
+export {
+  type Checkpointable,
+  type LoadTrainStateOptions,
+  loadTrainState,
+  type SaveTrainStateOptions,
+  saveTrainState,
+  TRAIN_STATE_VERSION,
+  type TrainState,
+} from "./io/train_state.ts";
+
+// Pre-flight check: what float16 would do to one step's gradients, and a recommended recipe.
+export { preflight, type PreflightOptions, type PreflightReport, type PreflightTensor } from "./preflight.ts";
+
+// CUDA backend (src/backend/cuda.ts): availability with reasons, device memory, row tables and the
+// kernels of a step that never waits for the device (cudaSyncCount proves it).
+export {
+  type CudaAvailability,
+  cudaAlloc,
+  cudaAvailability,
+  cudaClipByNorm,
+  cudaCopyToDevice,
+  cudaCopyToHost,
+  type CudaDeviceProperties,
+  cudaDevices,
+  cudaEmptyCache,
+  cudaFill32,
+  cudaFree,
+  cudaGlobalNorm,
+  cudaMemoryStats,
+  type CudaRow,
+  cudaScale,
+  cudaSynchronize,
+  cudaSyncCount,
+  type CudaTable,
+  cudaTable,
+  cudaUnscaleCheck,
+  cudaUpdateScale,
+  type ScaleUpdateOptions,
+} from "./backend/cuda.ts";

@@ -52,6 +52,10 @@ export function gradientTable(grads: readonly (Tensor | GradientRow)[], what: st
     let count: number;
     let dtype: DtypeName;
     if (grad instanceof Tensor) {
+      if (grad.device !== "cpu") {
+        // A host kernel must never see a device address.
+        throw new TypeError(`Gradient ${i} is on ${grad.device}: ${what} builds a host table; move it with .to("cpu")`);
+      }
       dtype = grad.dtype;
       count = grad.size;
       address = grad.address;
@@ -125,7 +129,7 @@ function unscaleOnDevice(grads: readonly (Tensor | GradientRow)[], invScale: num
         `Gradient ${i} is on ${where} but gradient 0 is on ${first.device}: unscale the gradients of one device per call`,
       );
     }
-    if (!UNSCALABLE.has(grad.dtype)) {
+    if (UNSCALABLE_CODES[grad.dtype] === undefined) {
       throw new TypeError(`Gradient ${i} has dtype ${grad.dtype}: gradients are float32, float16 or bfloat16`);
     }
   });

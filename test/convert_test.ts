@@ -231,7 +231,7 @@ describe("mixprec convert (CLI)", () => {
     expect(code).toBe(0);
     expect(out).toMatch(/\| w +\| F16 +\| BF16 +\| +3 \|/);
     expect(openSafetensors(output).info("w").dtype).toBe("BF16");
-  });
+  }, 60_000);
 
   test("refuses an overflowing conversion with status 1 unless --allow-overflow", () => {
     const input = join(directory, "cli_big.safetensors");
@@ -245,7 +245,7 @@ describe("mixprec convert (CLI)", () => {
     const allowed = run("convert", input, output, "--to", "f16", "--allow-overflow", "--json");
     expect(allowed.code).toBe(0);
     expect(JSON.parse(allowed.out).total.overflow).toBe(1);
-  });
+  }, 60_000);
 
   test("usage errors exit with status 2 and print the usage", () => {
     expect(run("convert", "a.safetensors").code).toBe(2);
@@ -254,7 +254,7 @@ describe("mixprec convert (CLI)", () => {
     expect(noTo.err).toContain("--to DTYPE");
     expect(run("frobnicate").code).toBe(2);
     expect(run("--help").code).toBe(0);
-  });
+  }, 60_000);
 
   test("the CLI file is executable and starts with a bun shebang", () => {
     const text = require("node:fs").readFileSync(cli, "utf8") as string;

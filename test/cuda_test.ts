@@ -14,6 +14,7 @@ import fc from "fast-check";
 import {
   cudaAlloc,
   cudaAvailability,
+  cudaClipByNorm,
   cudaCopyToDevice,
   cudaCopyToHost,
   cudaDeviceCount,
@@ -22,6 +23,7 @@ import {
   cudaFree,
   cudaGlobalNorm,
   cudaMemoryStats,
+  cudaScale,
   cudaSyncCount,
   cudaSynchronize,
   cudaTable,
@@ -29,7 +31,9 @@ import {
   cudaUpdateScale,
   requireCuda,
 } from "../src/backend/cuda.ts";
+import { toF32Bits } from "../src/_numerics.ts";
 import { allocateStorage } from "../src/dtype.ts";
+import { gradientTable } from "../src/unscale.ts";
 import {
   cast,
   DTYPE_NAMES,
@@ -90,12 +94,20 @@ function rawBits(array: StorageArray): ArrayLike<number> {
   return array;
 }
 
-/** Expects equal bits; on a mismatch names the first differing element and both bit patterns. */
-function expectSameBits(actual: StorageArray, expected: StorageArray): void {
+/**
+ * Expects equal bits; on a mismatch names the first differing element and both bit patterns. With
+ * `nanDtype`, two NaNs of that dtype count as equal whatever their sign and payload: arithmetic on
+ * NaN gives the input NaN quieted on x86 but the canonical NaN 0x7FFFFFFF on NVIDIA GPUs, so
+ * kernels that multiply (unscale, scale, clip) agree on NaN-ness, not NaN bits. Casts use integer
+ * code only and must match NaN bits too.
+ */
+function expectSameBits(actual: StorageArray, expected: StorageArray, nanDtype?: DtypeName): void {
   if (sameBytes(actual, expected)) return;
   const [a, e] = [rawBits(actual), rawBits(expected)];
+  const isNaN = (bits: number) => nanDtype !== undefined && (toF32Bits(nanDtype, bits) & 0x7fffffff) >>> 0 > 0x7f800000;
   let i = 0;
-  while (i < Math.min(a.length, e.length) && a[i] === e[i]) i++;
+  while (i < Math.min(a.length, e.length) && (a[i] === e[i] || (isNaN(a[i]!) && isNaN(e[i]!)))) i++;
+  if (i === a.length && a.length === e.length) return;
   const hex = (x: number | undefined) => (x === undefined ? "none" : `0x${x.toString(16)}`);
   expect(`element ${i} of ${a.length}: ${hex(a[i])}`).toBe(`element ${i} of ${e.length}: ${hex(e[i])}`);
 }
@@ -313,7 +325,7 @@ describe("device unscale", () => {
           try {
             const expected = unscaleAndCheck(host, inv);
             expect(unscaleAndCheck(tensors, inv)).toBe(expected);
-            tensors.forEach((t, i) => expectSameBits(t.bits(), host[i]!.data));
+            tensors.forEach((t, i) => expectSameBits(t.bits(), host[i]!.data, t.dtype));
           } finally {
             for (const t of tensors) t.dispose();
           }
@@ -322,6 +334,18 @@ describe("device unscale", () => {
       { numRuns: 30 },
     );
   });
+
+  test.skipIf(!gpu)(
+    "gradients on two places in one call throw TypeError, and a host table refuses device memory",
+    () => {
+      using onGpu = tensor([1, 2], { device });
+      using onCpu = tensor([1, 2]);
+      expect(() => unscaleAndCheck([onGpu, onCpu], 0.5)).toThrow("unscale the gradients of one device per call");
+      expect(() => gradientTable([onGpu], "test")).toThrow('move it with .to("cpu")');
+      expect([...onCpu.toArray()]).toEqual([1, 2]);
+      expect([...onGpu.toArray()]).toEqual([1, 2]);
+    },
+  );
 
   test.skipIf(!gpu)(
     "a device-resident scale unscales by float32(1 / float64(scale)) and the flag only ever sets",
@@ -344,7 +368,7 @@ describe("device unscale", () => {
         expect(flag[0]).toBe(1);
         const host = grads.map((g) => ({ dtype: g.dtype, data: g.bits.slice() }));
         unscaleAndCheck(host, Math.fround(1 / scale));
-        tensors.forEach((t, i) => expectSameBits(t.bits(), host[i]!.data));
+        tensors.forEach((t, i) => expectSameBits(t.bits(), host[i]!.data, t.dtype));
       } finally {
         cudaFree(0, scaleAddress);
         cudaFree(0, found);
@@ -435,6 +459,79 @@ describe("device global norm", () => {
   });
 });
 
+/** A table of device tensors. */
+function tableOf(tensors: readonly Tensor[]) {
+  return cudaTable(
+    0,
+    tensors.map((t) => ({ address: t.address, count: t.size, dtypeCode: dtypeInfo(t.dtype).code })),
+  );
+}
+
+/** The reference multiply: widen, multiply in float32, round to the dtype nearest even. */
+function referenceMultiply(dtype: DtypeName, bits: StorageArray, factor: number): StorageArray {
+  const wide = dtype === "float32" ? (bits as Float32Array) : (cast(bits, dtype, "float32") as Float32Array);
+  const product = wide.map((x) => Math.fround(x * Math.fround(factor)));
+  return dtype === "float32" ? product : cast(product, "float32", dtype);
+}
+
+describe("device scale and clip", () => {
+  const dtypes = ["float32", "float16", "bfloat16"] as const;
+
+  test.skipIf(!gpu)("scaling by a number or a device scalar equals the float32 reference in every dtype", () => {
+    fc.assert(
+      fc.property(
+        fc.nat({ max: 1000 }),
+        fc.constantFrom(65536, 0.5, 3.3e-5, 1e30),
+        fc.boolean(),
+        (seed, factor, onHost) => {
+          const grads = dtypes.map((dtype, i) => ({
+            dtype,
+            bits: randomBits(dtype, [0, 5, 9999][(seed + i) % 3]!, seed + i),
+          }));
+          const tensors = grads.map((g) => onDevice(g.dtype, g.bits));
+          const factorAddress = cudaAlloc(0, 4);
+          try {
+            cudaCopyToDevice(0, factorAddress, new Float32Array([factor]));
+            using table = tableOf(tensors);
+            cudaScale(table, onHost ? { factor } : { factorAddress });
+            tensors.forEach((t, i) =>
+              expectSameBits(t.bits(), referenceMultiply(grads[i]!.dtype, grads[i]!.bits, factor), t.dtype),
+            );
+          } finally {
+            cudaFree(0, factorAddress);
+            for (const t of tensors) t.dispose();
+          }
+        },
+      ),
+      { numRuns: 20 },
+    );
+  });
+
+  test.skipIf(!gpu)("clipping multiplies by max / (norm + 1e-6) only when that is below 1, as PyTorch", () => {
+    for (const maxNorm of [0.25, 1e9]) {
+      const values = new Float32Array(3000).map((_, i) => Math.sin(i) * 2);
+      const tensors = [tensor(values, { device }), tensor(values.subarray(0, 700), { dtype: "bf16", device })];
+      const normOut = cudaAlloc(0, 4);
+      try {
+        using table = tableOf(tensors);
+        cudaGlobalNorm(table, normOut);
+        const norm = new Float32Array(1);
+        cudaCopyToHost(0, norm, normOut);
+        const before = tensors.map((t) => t.bits());
+        cudaClipByNorm(table, maxNorm, normOut);
+        const coefficient = Math.fround(Math.fround(maxNorm) / Math.fround(norm[0]! + Math.fround(1e-6)));
+        tensors.forEach((t, i) => {
+          const expected = coefficient < 1 ? referenceMultiply(t.dtype, before[i]!, coefficient) : before[i]!;
+          expectSameBits(t.bits(), expected, t.dtype);
+        });
+      } finally {
+        cudaFree(0, normOut);
+        for (const t of tensors) t.dispose();
+      }
+    }
+  });
+});
+
 describe("a mixed-precision step on the device", () => {
   test.skipIf(!gpu)("unscale, norm, scale update and casts never wait for the device", () => {
     const grads = [
@@ -462,7 +559,9 @@ describe("a mixed-precision step on the device", () => {
         cudaFill32(0, found, 0, 1);
         cudaUnscaleCheck(table, { scaleAddress: state }, found);
         cudaGlobalNorm(table, normOut);
+        cudaClipByNorm(table, 1e12, normOut);
         cudaUpdateScale(0, state, found, { growthInterval: 2 });
+        cudaScale(table, { factorAddress: state });
         const half = grads[0]!.to("bfloat16");
         half.dispose();
       }

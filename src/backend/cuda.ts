@@ -178,7 +178,26 @@ export function requireCuda(device: string): number {
   return ordinal;
 }
 
-/** Allocates `sizeBytes` of device memory from the caching allocator and returns its address. */
+/**
+ * Allocates `sizeBytes` of device memory from the caching allocator (a cached block of the same size
+ * class when there is one, so no driver call and no wait).
+ *
+ * @param ordinal The device N of "cuda:N".
+ * @param sizeBytes Bytes wanted (rounded up to the size class).
+ * @returns The device address.
+ * @example
+ * ```ts
+ * import { cudaAlloc, cudaAvailability, cudaCopyToDevice, cudaCopyToHost, cudaFree } from "./cuda.ts";
+ * if (cudaAvailability().available) {
+ *   const address = cudaAlloc(0, 8);
+ *   cudaCopyToDevice(0, address, new Float32Array([1, 2]));
+ *   const back = new Float32Array(2);
+ *   cudaCopyToHost(0, back, address);
+ *   cudaFree(0, address);
+ *   if (back[1] !== 2) throw new Error("round trip failed");
+ * }
+ * ```
+ */
 export function cudaAlloc(ordinal: number, sizeBytes: number): number {
   checkCuda(
     native().mp_cuda_alloc(ordinal, sizeBytes, ptr(U64_OUT)),
@@ -187,23 +206,45 @@ export function cudaAlloc(ordinal: number, sizeBytes: number): number {
   return Number(U64_OUT[0]);
 }
 
-/** Returns a block from {@linkcode cudaAlloc} to the cache (no driver call, no wait). */
+/**
+ * Returns a block from {@linkcode cudaAlloc} to the cache (no driver call, no wait; later work on
+ * the stream may reuse it, which is safe because the device runs the stream in order).
+ *
+ * @param ordinal The device.
+ * @param address An address cudaAlloc returned and that is still live.
+ */
 export function cudaFree(ordinal: number, address: number): void {
   checkCuda(native().mp_cuda_free(ordinal, address), `Freeing device memory on cuda:${ordinal}`);
 }
 
-/** Gives the allocator's cached blocks back to the driver (waits for the device first). */
+/**
+ * Gives the allocator's cached blocks back to the driver (waits for the device first).
+ *
+ * @param ordinal The device.
+ */
 export function cudaEmptyCache(ordinal: number): void {
   checkCuda(native().mp_cuda_empty_cache(ordinal), `Emptying the cache of cuda:${ordinal}`);
 }
 
-/** Bytes held for live blocks and bytes held in the allocator's cache. */
+/**
+ * The allocator's bytes: held for live blocks, and held in its cache for reuse.
+ *
+ * @param ordinal The device.
+ * @returns `{ liveBytes, cachedBytes }` (size classes, not requested sizes).
+ */
 export function cudaMemoryStats(ordinal: number): { liveBytes: number; cachedBytes: number } {
   checkCuda(native().mp_cuda_memory_stats(ordinal, ptr(U64_OUT)), `Reading memory stats of cuda:${ordinal}`);
   return { liveBytes: Number(U64_OUT[0]), cachedBytes: Number(U64_OUT[1]) };
 }
 
-/** Copies a host view's bytes to device memory; returns before the device has them (no wait). */
+/**
+ * Copies a host view's bytes to device memory through pinned staging. Returns before the device has
+ * them (no wait); `source` may be reused at once, and later work on the stream sees the bytes.
+ *
+ * @param ordinal The device.
+ * @param address The device address to write.
+ * @param source Any typed array or DataView.
+ */
 export function cudaCopyToDevice(ordinal: number, address: number, source: ArrayBufferView): void {
   if (source.byteLength === 0) return;
   checkCuda(
@@ -212,7 +253,13 @@ export function cudaCopyToDevice(ordinal: number, address: number, source: Array
   );
 }
 
-/** Copies device bytes into a host view after all queued work (waits for the device). */
+/**
+ * Copies device bytes into a host view after all queued work (waits for the device: counted).
+ *
+ * @param ordinal The device.
+ * @param target The host view to fill, `target.byteLength` bytes.
+ * @param address The device address to read.
+ */
 export function cudaCopyToHost(ordinal: number, target: ArrayBufferView, address: number): void {
   if (target.byteLength === 0) return;
   checkCuda(
@@ -221,17 +268,44 @@ export function cudaCopyToHost(ordinal: number, target: ArrayBufferView, address
   );
 }
 
-/** Copies device bytes to device bytes on the stream (no wait). */
+/**
+ * Copies device bytes to device bytes on the stream (no wait).
+ *
+ * @param ordinal The device.
+ * @param target Destination device address.
+ * @param source Source device address.
+ * @param sizeBytes Bytes to copy.
+ */
 export function cudaCopyOnDevice(ordinal: number, target: number, source: number, sizeBytes: number): void {
   checkCuda(native().mp_cuda_memcpy_d2d(ordinal, target, source, sizeBytes), `Copying on cuda:${ordinal}`);
 }
 
-/** Fills `count` 32-bit words at `address` with `value` on the stream (no wait). */
+/**
+ * Fills `count` 32-bit words at `address` with `value` on the stream (no wait), e.g. to zero a
+ * found-inf flag before a step.
+ *
+ * @param ordinal The device.
+ * @param address A 4-byte aligned device address.
+ * @param value The u32 to store.
+ * @param count How many words.
+ */
 export function cudaFill32(ordinal: number, address: number, value: number, count: number): void {
   checkCuda(native().mp_cuda_fill32(ordinal, address, value >>> 0, count), `Filling memory on cuda:${ordinal}`);
 }
 
-/** The device cast kernel: mp_cast's arguments on device addresses (no wait). */
+/**
+ * The device cast kernel: mp_cast's arguments on device addresses (no wait). Tensors use it through
+ * `t.to(dtype)`.
+ *
+ * @param ordinal The device.
+ * @param source Source device address.
+ * @param target Target device address (not overlapping the source).
+ * @param count Elements.
+ * @param fromCode Source dtype code (dtypeInfo(dtype).code).
+ * @param toCode Target dtype code.
+ * @param flags CastFlag bits (stochastic, saturate).
+ * @param seed Stochastic-rounding seed.
+ */
 export function cudaCast(
   ordinal: number,
   source: number,
@@ -248,7 +322,11 @@ export function cudaCast(
   );
 }
 
-/** Waits until the device has finished everything queued (one counted synchronisation). */
+/**
+ * Waits until the device has finished everything queued (one counted synchronisation).
+ *
+ * @param ordinal The device.
+ */
 export function cudaSynchronize(ordinal: number): void {
   checkCuda(native().mp_cuda_sync(ordinal), `Synchronising cuda:${ordinal}`);
 }
@@ -269,12 +347,21 @@ export function cudaSyncCount(): number {
   return Number(U64_OUT[0]);
 }
 
-/** Records a start event on the device's stream. */
+/**
+ * Records the timer's start event on the device's stream (for benchmarks).
+ *
+ * @param ordinal The device.
+ */
 export function cudaTimerStart(ordinal: number): void {
   checkCuda(native().mp_cuda_timer_start(ordinal), `Starting a timer on cuda:${ordinal}`);
 }
 
-/** Records a stop event, waits for it and returns device milliseconds since the start event. */
+/**
+ * Records the timer's stop event, waits for it (counted) and returns the device time since the start.
+ *
+ * @param ordinal The device.
+ * @returns Milliseconds between the two events.
+ */
 export function cudaTimerStop(ordinal: number): number {
   checkCuda(native().mp_cuda_timer_stop(ordinal, ptr(F32_OUT)), `Stopping a timer on cuda:${ordinal}`);
   return F32_OUT[0]!;
@@ -336,6 +423,10 @@ export function cudaTable(ordinal: number, rows: readonly CudaRow[]): CudaTable 
  * number (`invScale`) or the device address of the float32 loss scale (`scaleAddress`), in which
  * case the kernel uses float32(1 / float64(scale)) and the host never reads the scale. Sets the
  * device u32 at `foundInfAddress` to 1 when any element is inf or NaN (zero it before). No wait.
+ *
+ * @param table The gradients, from {@linkcode cudaTable}.
+ * @param scale `{ invScale }` (host number) or `{ scaleAddress }` (device float32 loss scale).
+ * @param foundInfAddress Device u32 flag, set to 1 when any element is inf or NaN.
  */
 export function cudaUnscaleCheck(
   table: CudaTable,
@@ -368,6 +459,25 @@ export interface ScaleUpdateOptions {
 /**
  * PyTorch's `_amp_update_scale_` on the device: `stateAddress` holds { scale: float32, tracker:
  * int32 } (8 bytes) and `foundInfAddress` the u32 flag the unscale set. No wait.
+ *
+ * @param ordinal The device.
+ * @param stateAddress Device { scale: float32, tracker: int32 }, updated in place.
+ * @param foundInfAddress Device u32 flag from {@linkcode cudaUnscaleCheck}.
+ * @param options growthFactor (2), backoffFactor (0.5), growthInterval (2000).
+ * @example
+ * ```ts
+ * import { cudaAlloc, cudaAvailability, cudaCopyToDevice, cudaCopyToHost, cudaFill32, cudaUpdateScale } from "./cuda.ts";
+ * if (cudaAvailability().available) {
+ *   const state = cudaAlloc(0, 8);
+ *   const found = cudaAlloc(0, 4);
+ *   cudaCopyToDevice(0, state, new Float32Array([65536, 0]));
+ *   cudaFill32(0, found, 1, 1); // an overflow: back off
+ *   cudaUpdateScale(0, state, found);
+ *   const back = new Float32Array(1);
+ *   cudaCopyToHost(0, back, state);
+ *   if (back[0] !== 32768) throw new Error("no backoff");
+ * }
+ * ```
  */
 export function cudaUpdateScale(
   ordinal: number,
@@ -395,8 +505,64 @@ export function cudaUpdateScale(
 }
 
 /**
+ * Multiplies every element of a table's tensors in float32 by `factor` (a number) or by the device
+ * float32 at `factorAddress` (loss scaling by a device-resident scale), stored back nearest even.
+ * No wait.
+ *
+ * @param table The tensors, from {@linkcode cudaTable}.
+ * @param by `{ factor }` (host number) or `{ factorAddress }` (device float32).
+ */
+export function cudaScale(
+  table: CudaTable,
+  by: { readonly factor: number } | { readonly factorAddress: number },
+): void {
+  const factor = "factor" in by ? Math.fround(by.factor) : 1;
+  const factorAddress = "factorAddress" in by ? by.factorAddress : 0;
+  checkCuda(
+    native().mp_cuda_launch_scale(
+      table.ordinal,
+      table.address,
+      table.rowCount,
+      table.totalCount,
+      factor,
+      factorAddress,
+    ),
+    `Scaling on cuda:${table.ordinal}`,
+  );
+}
+
+/**
+ * PyTorch's clip_grad_norm_ on the device, after {@linkcode cudaGlobalNorm}: multiplies the table's
+ * tensors by float32(maxNorm / (norm + 1e-6)) when that is below 1, reading the norm from device
+ * address `normAddress`. No wait.
+ *
+ * @param table The tensors, from {@linkcode cudaTable}.
+ * @param maxNorm The largest global norm to keep (positive).
+ * @param normAddress Device float32 norm from {@linkcode cudaGlobalNorm} over the same table.
+ */
+export function cudaClipByNorm(table: CudaTable, maxNorm: number, normAddress: number): void {
+  if (typeof maxNorm !== "number" || !(maxNorm > 0)) {
+    throw new RangeError(`maxNorm must be a positive number, got ${maxNorm}: pass e.g. 1.0`);
+  }
+  checkCuda(
+    native().mp_cuda_launch_clip_by_norm(
+      table.ordinal,
+      table.address,
+      table.rowCount,
+      table.totalCount,
+      Math.fround(maxNorm),
+      normAddress,
+    ),
+    `Clipping on cuda:${table.ordinal}`,
+  );
+}
+
+/**
  * The global L2 norm of a table's tensors, written as a float32 to device address `normAddress`
  * (two launches, a fixed summation order on a given device, no wait).
+ *
+ * @param table The tensors, from {@linkcode cudaTable}.
+ * @param normAddress Device float32 to write the norm to.
  */
 export function cudaGlobalNorm(table: CudaTable, normAddress: number): void {
   checkCuda(

@@ -647,3 +647,26 @@ export function saveSafetensors(path: string, tree: Tree<SafetensorsLeaf>, metad
     for (const leaf of ordered) writeAll(fd, leaf.bytes());
   });
 }
+
+/**
+ * Saves named leaves as a flat safetensors file (names are used as they are, dots included) and
+ * returns its size in bytes. For checkpoints, whose names are paths. @internal
+ */
+export function saveFlatSafetensors(
+  path: string,
+  entries: readonly (readonly [string, SafetensorsLeaf])[],
+  metadata?: Record<string, string>,
+): number {
+  const named = entries.map(([name, leaf]) => namedLeaf(leaf, name));
+  const names = new Set<string>();
+  for (const leaf of named) {
+    if (names.has(leaf.name)) throw new TypeError(`Two leaves are both named ${JSON.stringify(leaf.name)}`);
+    names.add(leaf.name);
+  }
+  const { prefix, ordered } = layout(named, checkMetadataArgument(metadata));
+  writeAtomically(path, (fd) => {
+    writeAll(fd, prefix);
+    for (const leaf of ordered) writeAll(fd, leaf.bytes());
+  });
+  return prefix.length + ordered.reduce((sum, leaf) => sum + leaf.byteLength, 0);
+}

@@ -32,6 +32,8 @@ const entries = [_][]const u8{
     "mp_update_scale_kernel",
     "mp_sum_squares_kernel",
     "mp_global_norm_finish_kernel",
+    "mp_scale_kernel",
+    "mp_clip_by_norm_kernel",
 };
 
 export fn cuInit(flags: c_uint) CUresult {
@@ -166,6 +168,8 @@ export fn cuLaunchKernel(function: ?*anyopaque, grid: c_uint, grid_y: c_uint, gr
         2 => launch_update_scale(params),
         3 => launch_sum_squares(params, grid, block),
         4 => launch_norm_finish(params, block),
+        5 => launch_scale(params),
+        6 => launch_clip(params),
         else => unreachable,
     }
     return success;
@@ -242,6 +246,34 @@ fn block_sum(sums: []const f32) f32 {
         total += lanes[0];
     }
     return total;
+}
+
+fn multiply_rows(params: [*]?*anyopaque, factor: f32) void {
+    const rows: [*]const unscale.TensorRow = @ptrFromInt(param(u64, params, 0));
+    for (rows[0..param(u64, params, 1)]) |row| {
+        const dtype = numerics.Dtype.from_int(row.dtype).?;
+        for (0..row.count) |index| {
+            const value: f32 = @bitCast(wide(dtype, row.address, index));
+            const bits: u32 = switch (dtype) {
+                inline else => |d| numerics.from_f32(1, d, @splat(@bitCast(value * factor)), null, false)[0],
+            };
+            switch (dtype) {
+                .float32 => @as([*]u32, @ptrFromInt(row.address))[index] = bits,
+                .float16, .bfloat16 => @as([*]u16, @ptrFromInt(row.address))[index] = @truncate(bits),
+                .float8_e4m3fn, .float8_e5m2 => @as([*]u8, @ptrFromInt(row.address))[index] = @truncate(bits),
+            }
+        }
+    }
+}
+
+fn launch_scale(params: [*]?*anyopaque) void {
+    const address = param(u64, params, 4);
+    multiply_rows(params, if (address != 0) @as(*const f32, @ptrFromInt(address)).* else param(f32, params, 3));
+}
+
+fn launch_clip(params: [*]?*anyopaque) void {
+    const coefficient = step_math.clip_coefficient(param(f32, params, 3), @as(*const f32, @ptrFromInt(param(u64, params, 4))).*);
+    if (coefficient < 1.0) multiply_rows(params, coefficient);
 }
 
 fn wide(dtype: numerics.Dtype, address: u64, index: u64) u32 {

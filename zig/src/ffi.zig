@@ -8,6 +8,9 @@ const numerics = @import("numerics.zig");
 const pool = @import("cpu/pool.zig");
 const cast = @import("cpu/cast.zig");
 const unscale = @import("cpu/unscale.zig");
+const sum_squares = @import("cpu/sum_squares.zig");
+const adamw = @import("cpu/adamw.zig");
+const sgd = @import("cpu/sgd.zig");
 const matmul = @import("cpu/matmul.zig");
 const convert = @import("cpu/convert.zig");
 
@@ -123,6 +126,69 @@ export fn mp_unscale_check(table: ?[*]const unscale.TensorRow, row_count: u64, i
     if (!unscale.validate(rows)) return status(.invalid_dtype);
     out.* = @intFromBool(unscale.unscale_check(rows, inv_scale));
     return status(.ok);
+}
+
+// ---- Optimizers (src/optim/): global norm and fused AdamW / SGD steps ----
+
+/// Sum over every element of (float32(x) * inv_scale)^2, accumulated in float64, and whether any
+/// element was inf or NaN: the norm for clipping and the found-inf check in one read of the grads.
+export fn mp_sum_squares(table: ?[*]const unscale.TensorRow, row_count: u64, inv_scale: f32, out_sum: ?*f64, out_found_inf: ?*u32) i32 {
+    const sum_out = out_sum orelse return status(.null_pointer);
+    const found_out = out_found_inf orelse return status(.null_pointer);
+    if (row_count == 0) {
+        sum_out.* = 0;
+        found_out.* = 0;
+        return status(.ok);
+    }
+    const rows = (table orelse return status(.null_pointer))[0..row_count];
+    if (!unscale.validate(rows)) return status(.invalid_dtype);
+    const result = sum_squares.sum_squares(rows, inv_scale);
+    sum_out.* = result.sum;
+    found_out.* = @intFromBool(result.found_inf);
+    return status(.ok);
+}
+
+/// One fused AdamW step over a table of rows (zig/src/cpu/adamw.zig). When `found_inf` is given and
+/// non-zero nothing is read or written and `out_applied` is 0; otherwise the step runs and it is 1.
+export fn mp_fused_adamw(table: ?[*]const adamw.AdamRow, row_count: u64, hyper: ?*const adamw.AdamHyper, found_inf: ?*const u32, out_applied: ?*u32) i32 {
+    const applied = out_applied orelse return status(.null_pointer);
+    const h = hyper orelse return status(.null_pointer);
+    if (h.flags & ~(adamw.flag_amsgrad | adamw.flag_stochastic) != 0) return status(.invalid_argument);
+    if (found_inf) |flag| if (flag.* != 0) {
+        applied.* = 0;
+        return status(.ok);
+    };
+    applied.* = 1;
+    if (row_count == 0) return status(.ok);
+    const rows = (table orelse return status(.null_pointer))[0..row_count];
+    if (!adamw.validate(rows)) return status(.invalid_argument);
+    for (rows) |row| if (row.count != 0 and h.flags & adamw.flag_amsgrad != 0 and row.v_max == 0) return status(.null_pointer);
+    adamw.step(rows, h);
+    return status(.ok);
+}
+
+/// One fused SGD step over a table of rows (zig/src/cpu/sgd.zig); `found_inf` as for mp_fused_adamw.
+export fn mp_fused_sgd(table: ?[*]const sgd.SgdRow, row_count: u64, hyper: ?*const sgd.SgdHyper, found_inf: ?*const u32, out_applied: ?*u32) i32 {
+    const applied = out_applied orelse return status(.null_pointer);
+    const h = hyper orelse return status(.null_pointer);
+    const known = sgd.flag_nesterov | sgd.flag_stochastic | sgd.flag_first_step | sgd.flag_momentum;
+    if (h.flags & ~known != 0) return status(.invalid_argument);
+    if (found_inf) |flag| if (flag.* != 0) {
+        applied.* = 0;
+        return status(.ok);
+    };
+    applied.* = 1;
+    if (row_count == 0) return status(.ok);
+    const rows = (table orelse return status(.null_pointer))[0..row_count];
+    if (!sgd.validate(rows, h)) return status(.invalid_argument);
+    sgd.step(rows, h);
+    return status(.ok);
+}
+
+test {
+    _ = sum_squares;
+    _ = adamw;
+    _ = sgd;
 }
 
 // --- Autodiff helper: matmul and peak FLOP/s (zig/src/cpu/matmul.zig) ---
@@ -392,6 +458,34 @@ export fn mp_cuda_launch_global_norm(ordinal: u32, table: u64, row_count: u64, t
             return cuda_status(err);
     }
     driver.launch(device, .global_norm_finish, 1, driver.block_threads, .{ partials, blocks, norm }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// Multiplies every element of a device row table's tensors by `factor`, or by the device float32
+/// at `factor_address` when that is not 0, in float32, stored back nearest even (no sync).
+export fn mp_cuda_launch_scale(ordinal: u32, table: u64, row_count: u64, total_count: u64, factor: f32, factor_address: u64) i32 {
+    if (total_count == 0) return status(.ok);
+    if (table == 0) return status(.null_pointer);
+    if (row_count == 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const grid = driver.grid_blocks(device, total_count);
+    driver.launch(device, .scale, grid, driver.block_threads, .{ table, row_count, total_count, factor, factor_address }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// Clips a device row table's tensors to global norm `max_norm` given the device float32 norm at
+/// `norm` (from mp_cuda_launch_global_norm): multiplies by max_norm / (norm + 1e-6) when that is
+/// below 1, as PyTorch's clip_grad_norm_ (no sync).
+export fn mp_cuda_launch_clip_by_norm(ordinal: u32, table: u64, row_count: u64, total_count: u64, max_norm: f32, norm: u64) i32 {
+    if (norm == 0) return status(.null_pointer);
+    if (total_count == 0) return status(.ok);
+    if (table == 0) return status(.null_pointer);
+    if (row_count == 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const grid = driver.grid_blocks(device, total_count);
+    driver.launch(device, .clip_by_norm, grid, driver.block_threads, .{ table, row_count, total_count, max_norm, norm }) catch |err|
         return cuda_status(err);
     return status(.ok);
 }

@@ -68,6 +68,31 @@ test "parallel_for covers every element exactly once" {
     for (marks) |mark| try std.testing.expectEqual(@as(u8, 1), mark.load(.monotonic));
 }
 
+/// Like `parallel_for`, but also passes each sub-range's slot in [0, slot_count_max): sub-range k
+/// starts at k * per-thread size, so a reduction can keep one partial per slot and combine them in
+/// slot order, which makes its result independent of thread timing.
+pub const slot_count_max = thread_count_max;
+
+pub fn parallel_for_slots(count: u64, context: anytype, comptime body: fn (@TypeOf(context), u32, u64, u64) void) void {
+    const threads = thread_count();
+    if (count < parallel_threshold or threads <= 1) {
+        body(context, 0, 0, count);
+        return;
+    }
+    const per_thread = std.mem.alignForward(u64, (count + threads - 1) / threads, chunk_align);
+    var workers: [thread_count_max]?std.Thread = @splat(null);
+    var begin: u64 = per_thread;
+    var index: u32 = 1;
+    while (index < threads and begin < count) : (index += 1) {
+        const end = @min(begin + per_thread, count);
+        workers[index] = std.Thread.spawn(.{ .stack_size = 256 * 1024 }, body, .{ context, index, begin, end }) catch null;
+        if (workers[index] == null) body(context, index, begin, end);
+        begin = end;
+    }
+    body(context, 0, 0, @min(per_thread, count));
+    for (workers[1..index]) |worker| if (worker) |w| w.join();
+}
+
 /// Calls `body(context, worker)` for worker in [0, workers) on that many threads (the caller runs
 /// worker 0) and returns when all are done. For kernels that split their own work (matmul tiles),
 /// so there is no element-count threshold here: the caller decides when threads pay off.

@@ -83,6 +83,8 @@ pub const Kernel = enum(u32) {
     update_scale,
     sum_squares,
     global_norm_finish,
+    scale,
+    clip_by_norm,
 
     pub fn entry(kernel: Kernel) [:0]const u8 {
         return switch (kernel) {
@@ -91,6 +93,8 @@ pub const Kernel = enum(u32) {
             .update_scale => "mp_update_scale_kernel",
             .sum_squares => "mp_sum_squares_kernel",
             .global_norm_finish => "mp_global_norm_finish_kernel",
+            .scale => "mp_scale_kernel",
+            .clip_by_norm => "mp_clip_by_norm_kernel",
         };
     }
 
@@ -102,6 +106,8 @@ pub const Kernel = enum(u32) {
             .update_scale => &.{ u64, u64, f32, f32, i32 },
             .sum_squares => &.{ u64, u64, u64, u64 },
             .global_norm_finish => &.{ u64, u32, u64 },
+            .scale => &.{ u64, u64, u64, f32, u64 },
+            .clip_by_norm => &.{ u64, u64, u64, f32, u64 },
         };
     }
 };

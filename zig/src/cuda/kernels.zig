@@ -196,3 +196,36 @@ export fn mp_global_norm_finish_kernel(partials: u64, partial_count: u32, norm: 
     const total = block_sum(sum);
     if (@workItemId(0) == 0) @as(*f32, @ptrFromInt(norm)).* = @sqrt(total);
 }
+
+/// Walks the concatenated rows grid-stride and multiplies every element by `factor` in float32,
+/// storing it back in its row's dtype (nearest even). Shared by the two multiply kernels below.
+inline fn multiply_rows(rows: [*]const TensorRow, row_count: u64, total_count: u64, factor: f32) void {
+    var row: u64 = 0;
+    var row_start: u64 = 0;
+    var index = global_index();
+    while (index < total_count) : (index += grid_stride()) {
+        while (row < row_count and index >= row_start + rows[row].count) {
+            row_start += rows[row].count;
+            row += 1;
+        }
+        const dtype: Dtype = @fromBackingInt(@intCast(rows[row].dtype));
+        const local = index - row_start;
+        const wide: f32 = @bitCast(to_f32_runtime(dtype, load_bits(dtype, rows[row].address, local)));
+        store_bits(dtype, rows[row].address, local, from_f32_runtime(dtype, @bitCast(wide * factor), null, false));
+    }
+}
+
+/// Multiplies every element of the rows by a float32 factor: `factor`, or the device float32 at
+/// `factor_address` when that is not 0 (loss scaling by a device-resident scale, no host read).
+export fn mp_scale_kernel(table: u64, row_count: u64, total_count: u64, factor: f32, factor_address: u64) callconv(.kernel) void {
+    const by: f32 = if (factor_address != 0) @as(*const f32, @ptrFromInt(factor_address)).* else factor;
+    multiply_rows(@ptrFromInt(table), row_count, total_count, by);
+}
+
+/// PyTorch's clip_grad_norm_ after the norm: coefficient = max_norm / (norm + 1e-6) in float32,
+/// read from the device norm; the rows are multiplied by it only when it is below 1.
+export fn mp_clip_by_norm_kernel(table: u64, row_count: u64, total_count: u64, max_norm: f32, norm: u64) callconv(.kernel) void {
+    const coefficient = step_math.clip_coefficient(max_norm, @as(*const f32, @ptrFromInt(norm)).*);
+    if (!(coefficient < 1.0)) return;
+    multiply_rows(@ptrFromInt(table), row_count, total_count, coefficient);
+}

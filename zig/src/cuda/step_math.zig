@@ -61,3 +61,16 @@ test "inverse_scale rounds once from float64" {
     try std.testing.expectEqual(@as(f32, @floatCast(1.0 / @as(f64, 3.0))), inverse_scale(3));
     try std.testing.expect(std.math.isInf(inverse_scale(0)));
 }
+
+/// PyTorch's clip_grad_norm_ coefficient, float32 throughout: max_norm / (norm + 1e-6). The caller
+/// multiplies by it when it is below 1 (PyTorch clamps it to 1 and always multiplies, which gives
+/// the same values).
+pub fn clip_coefficient(max_norm: f32, norm: f32) f32 {
+    return max_norm / (norm + @as(f32, 1e-6));
+}
+
+test "clip_coefficient is max_norm over norm plus 1e-6, in float32" {
+    try std.testing.expectEqual(@as(f32, 1.0) / (@as(f32, 4.0) + @as(f32, 1e-6)), clip_coefficient(1, 4));
+    try std.testing.expect(clip_coefficient(1, 0.5) > 1);
+    try std.testing.expect(std.math.isNan(clip_coefficient(1, std.math.nan(f32))));
+}

@@ -1,0 +1,223 @@
+//! Fused multi-tensor AdamW (PyTorch's torch.optim.AdamW algorithm) with float32 master weights:
+//! one pass over memory per step. Per element it reads the low-precision gradient, applies the
+//! inverse loss scale and the clip factor, updates m and v (float32 or bfloat16 state), the float32
+//! master (or the parameter itself when there is no master) and writes the parameter in its own
+//! dtype, nearest-even or stochastic (zig/src/numerics.zig). The float32 operations and their order
+//! are exactly those of the composed TypeScript chain (src/optim/), so both give the same bits:
+//!
+//!   g = g * inv_scale; g = g * clip
+//!   m = m + (1 - b1) * (g - m);  v = b2 * v + ((1 - b2) * g) * g;  (amsgrad: v_max = max(v_max, v))
+//!   denom = sqrt(v) / sqrt(1 - b2^t) + eps;  r = (m / (1 - b1^t)) / denom
+//!   p = p * (1 - lr * wd) + (-lr) * r   (computed as p + ((p * (1 - lr * wd) + (-lr) * r) - p), as
+//!                                         the chain's update is added back)
+//!
+//! Bytes per element with a float32 master and state: grad 2 + master 4+4 + m 4+4 + v 4+4 + param 2.
+
+const std = @import("std");
+const numerics = @import("../numerics.zig");
+const pool = @import("pool.zig");
+const cast = @import("cast.zig");
+
+const Dtype = numerics.Dtype;
+const n = cast.lanes;
+
+/// One parameter tensor of a fused AdamW step. Addresses of 0 mean "absent": `master` when the
+/// parameter holds its own value, `v_max` unless amsgrad.
+pub const AdamRow = extern struct {
+    grad: u64,
+    param: u64,
+    master: u64,
+    m: u64,
+    v: u64,
+    v_max: u64,
+    count: u64,
+    grad_dtype: u32,
+    param_dtype: u32,
+    state_dtype: u32,
+    /// Seed of this row's stochastic rounding of the parameter write.
+    seed: u32,
+};
+
+/// The step's constants, all float32, computed once by the caller (src/optim/_native.ts).
+pub const AdamHyper = extern struct {
+    inv_scale: f32,
+    clip: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    bias_correction1: f32,
+    bias_correction2_sqrt: f32,
+    eps: f32,
+    neg_lr: f32,
+    decay: f32,
+    flags: u32,
+    reserved: u32,
+};
+
+pub const flag_amsgrad: u32 = 1;
+pub const flag_stochastic: u32 = 2;
+
+comptime {
+    std.debug.assert(@sizeOf(AdamRow) == 72);
+    std.debug.assert(@sizeOf(AdamHyper) == 48);
+}
+
+fn is_float(dtype: u32) bool {
+    const d = Dtype.from_int(dtype) orelse return false;
+    return d == .float32 or d == .float16 or d == .bfloat16;
+}
+
+/// Returns false when a row has an unsupported dtype or a missing address.
+pub fn validate(rows: []const AdamRow) bool {
+    for (rows) |row| {
+        if (!is_float(row.grad_dtype) or !is_float(row.param_dtype)) return false;
+        if (row.state_dtype != @backingInt(Dtype.float32) and row.state_dtype != @backingInt(Dtype.bfloat16)) return false;
+        if (row.count == 0) continue;
+        if (row.grad == 0 or row.param == 0 or row.m == 0 or row.v == 0) return false;
+    }
+    return true;
+}
+
+inline fn load_f32(comptime w: comptime_int, comptime dtype: Dtype, address: u64, index: u64) @Vector(w, f32) {
+    const base: [*]const u8 = @ptrFromInt(address);
+    return @bitCast(numerics.to_f32(w, dtype, cast.load(w, dtype, base, index)));
+}
+
+/// Stores float32 lanes in `dtype` (nearest even) and returns the stored values widened again.
+inline fn store_state(comptime w: comptime_int, comptime dtype: Dtype, address: u64, index: u64, values: @Vector(w, f32)) @Vector(w, f32) {
+    const base: [*]u8 = @ptrFromInt(address);
+    const bits = numerics.from_f32(w, dtype, @bitCast(values), null, false);
+    cast.store(w, dtype, base, index, bits);
+    return @bitCast(numerics.to_f32(w, dtype, bits));
+}
+
+inline fn step_lanes(
+    comptime w: comptime_int,
+    comptime grad_dtype: Dtype,
+    comptime param_dtype: Dtype,
+    comptime state_dtype: Dtype,
+    row: *const AdamRow,
+    h: *const AdamHyper,
+    index: u64,
+) void {
+    const F = @Vector(w, f32);
+    var g = load_f32(w, grad_dtype, row.grad, index);
+    if (h.inv_scale != 1.0) g = g * @as(F, @splat(h.inv_scale));
+    if (h.clip != 1.0) g = g * @as(F, @splat(h.clip));
+    var m = load_f32(w, state_dtype, row.m, index);
+    var v = load_f32(w, state_dtype, row.v, index);
+    m = m + @as(F, @splat(h.one_minus_beta1)) * (g - m);
+    v = @as(F, @splat(h.beta2)) * v + (@as(F, @splat(h.one_minus_beta2)) * g) * g;
+    m = store_state(w, state_dtype, row.m, index, m);
+    v = store_state(w, state_dtype, row.v, index, v);
+    if (h.flags & flag_amsgrad != 0) {
+        v = @max(load_f32(w, state_dtype, row.v_max, index), v);
+        v = store_state(w, state_dtype, row.v_max, index, v);
+    }
+    const denom = @sqrt(v) / @as(F, @splat(h.bias_correction2_sqrt)) + @as(F, @splat(h.eps));
+    const r = (m / @as(F, @splat(h.bias_correction1))) / denom;
+    const u = @as(F, @splat(h.neg_lr)) * r;
+    const has_master = row.master != 0;
+    var p = if (has_master) load_f32(w, .float32, row.master, index) else load_f32(w, param_dtype, row.param, index);
+    // The composed chain returns `(p * decay + u) - p` and applyUpdates adds it to p; doing the
+    // same here keeps fused and composed bit-identical even when the step is not within a factor
+    // 2 of p (where that subtraction rounds). With decay 1 the chain passes u through.
+    if (h.decay != 1.0) {
+        const decayed = p * @as(F, @splat(h.decay)) + u;
+        p = p + (decayed - p);
+    } else {
+        p = p + u;
+    }
+    if (has_master) cast.store(w, .float32, @ptrFromInt(row.master), index, @bitCast(p));
+    const threshold = if (h.flags & flag_stochastic != 0) numerics.threshold_at(w, row.seed, index) else null;
+    cast.store(w, param_dtype, @ptrFromInt(row.param), index, numerics.from_f32(w, param_dtype, @bitCast(p), threshold, false));
+}
+
+fn step_typed(comptime grad_dtype: Dtype, comptime param_dtype: Dtype, comptime state_dtype: Dtype, row: *const AdamRow, h: *const AdamHyper, begin: u64, end: u64) void {
+    var index = begin;
+    while (index + n <= end) : (index += n) step_lanes(n, grad_dtype, param_dtype, state_dtype, row, h, index);
+    while (index < end) : (index += 1) step_lanes(1, grad_dtype, param_dtype, state_dtype, row, h, index);
+}
+
+fn float_dtype(value: u32) Dtype {
+    return @fromBackingInt(@intCast(value));
+}
+
+fn step_row(row: *const AdamRow, h: *const AdamHyper, begin: u64, end: u64) void {
+    switch (float_dtype(row.grad_dtype)) {
+        inline .float32, .float16, .bfloat16 => |g| switch (float_dtype(row.param_dtype)) {
+            inline .float32, .float16, .bfloat16 => |p| switch (float_dtype(row.state_dtype)) {
+                inline .float32, .bfloat16 => |s| step_typed(g, p, s, row, h, begin, end),
+                else => unreachable, // Checked by validate().
+            },
+            else => unreachable,
+        },
+        else => unreachable,
+    }
+}
+
+const Context = struct {
+    rows: []const AdamRow,
+    hyper: *const AdamHyper,
+};
+
+fn step_range(context: *const Context, begin: u64, end: u64) void {
+    var row_start: u64 = 0;
+    for (context.rows) |*row| {
+        const row_end = row_start + row.count;
+        defer row_start = row_end;
+        if (row_end <= begin) continue;
+        if (row_start >= end) break;
+        step_row(row, context.hyper, @max(begin, row_start) - row_start, @min(end, row_end) - row_start);
+    }
+}
+
+/// One AdamW step over every row, split across the thread pool.
+pub fn step(rows: []const AdamRow, hyper: *const AdamHyper) void {
+    std.debug.assert(validate(rows));
+    var total: u64 = 0;
+    for (rows) |row| total += row.count;
+    const context = Context{ .rows = rows, .hyper = hyper };
+    pool.parallel_for(total, &context, step_range);
+}
+
+test "one AdamW step from zero state moves every parameter by lr against the gradient's sign" {
+    var grad = [_]u16{ 0x3f80, 0xbf80, 0x4000 } ++ @as([17]u16, @splat(0x3f80)); // bf16 1, -1, 2, ...
+    var param: [20]u16 = @splat(0x3f80);
+    var master: [20]f32 = @splat(1.0);
+    var m: [20]f32 = @splat(0);
+    var v: [20]f32 = @splat(0);
+    const rows = [_]AdamRow{.{
+        .grad = @intFromPtr(&grad),
+        .param = @intFromPtr(&param),
+        .master = @intFromPtr(&master),
+        .m = @intFromPtr(&m),
+        .v = @intFromPtr(&v),
+        .v_max = 0,
+        .count = 20,
+        .grad_dtype = 2,
+        .param_dtype = 2,
+        .state_dtype = 0,
+        .seed = 0,
+    }};
+    const hyper = AdamHyper{
+        .inv_scale = 1,
+        .clip = 1,
+        .one_minus_beta1 = 0.1,
+        .beta2 = 0.999,
+        .one_minus_beta2 = 0.001,
+        .bias_correction1 = 0.1,
+        .bias_correction2_sqrt = @sqrt(@as(f32, 0.001)),
+        .eps = 1e-8,
+        .neg_lr = -0.25,
+        .decay = 1,
+        .flags = 0,
+        .reserved = 0,
+    };
+    step(&rows, &hyper);
+    try std.testing.expectApproxEqAbs(@as(f32, 0.75), master[0], 1e-6);
+    try std.testing.expectApproxEqAbs(@as(f32, 1.25), master[1], 1e-6);
+    try std.testing.expectApproxEqAbs(@as(f32, 0.75), master[19], 1e-6);
+    try std.testing.expectEqual(@as(u16, 0x3f40), param[0]); // bf16 0.75
+    try std.testing.expectEqual(@as(u16, 0x3fa0), param[1]); // bf16 1.25
+}

@@ -1,0 +1,188 @@
+//! Fused multi-tensor SGD (PyTorch's torch.optim.SGD: weight decay, momentum, dampening, nesterov)
+//! with optional float32 master weights, in one pass. The float32 operations, in the order of the
+//! composed TypeScript chain (src/optim/sgd.ts), per element:
+//!
+//!   g = g * inv_scale; g = g * clip; d = g + wd * p
+//!   buf = first ? d : buf * momentum + (1 - dampening) * d;  d = nesterov ? d + momentum * buf : buf
+//!   p = p + (-lr) * d
+
+const std = @import("std");
+const numerics = @import("../numerics.zig");
+const pool = @import("pool.zig");
+const cast = @import("cast.zig");
+
+const Dtype = numerics.Dtype;
+const n = cast.lanes;
+
+/// One parameter tensor of a fused SGD step; `master` and `momentum_buffer` may be 0 (absent).
+pub const SgdRow = extern struct {
+    grad: u64,
+    param: u64,
+    master: u64,
+    momentum_buffer: u64,
+    count: u64,
+    grad_dtype: u32,
+    param_dtype: u32,
+    state_dtype: u32,
+    seed: u32,
+};
+
+pub const SgdHyper = extern struct {
+    inv_scale: f32,
+    clip: f32,
+    weight_decay: f32,
+    momentum: f32,
+    one_minus_dampening: f32,
+    neg_lr: f32,
+    flags: u32,
+    reserved: u32,
+};
+
+pub const flag_nesterov: u32 = 1;
+pub const flag_stochastic: u32 = 2;
+/// The momentum buffer starts as the first step's d (PyTorch clones the gradient).
+pub const flag_first_step: u32 = 4;
+pub const flag_momentum: u32 = 8;
+
+comptime {
+    std.debug.assert(@sizeOf(SgdRow) == 56);
+    std.debug.assert(@sizeOf(SgdHyper) == 32);
+}
+
+fn is_float(dtype: u32) bool {
+    const d = Dtype.from_int(dtype) orelse return false;
+    return d == .float32 or d == .float16 or d == .bfloat16;
+}
+
+pub fn validate(rows: []const SgdRow, hyper: *const SgdHyper) bool {
+    for (rows) |row| {
+        if (!is_float(row.grad_dtype) or !is_float(row.param_dtype)) return false;
+        if (row.state_dtype != @backingInt(Dtype.float32) and row.state_dtype != @backingInt(Dtype.bfloat16)) return false;
+        if (row.count == 0) continue;
+        if (row.grad == 0 or row.param == 0) return false;
+        if (hyper.flags & flag_momentum != 0 and row.momentum_buffer == 0) return false;
+    }
+    return true;
+}
+
+inline fn load_f32(comptime w: comptime_int, comptime dtype: Dtype, address: u64, index: u64) @Vector(w, f32) {
+    const base: [*]const u8 = @ptrFromInt(address);
+    return @bitCast(numerics.to_f32(w, dtype, cast.load(w, dtype, base, index)));
+}
+
+inline fn step_lanes(
+    comptime w: comptime_int,
+    comptime grad_dtype: Dtype,
+    comptime param_dtype: Dtype,
+    comptime state_dtype: Dtype,
+    row: *const SgdRow,
+    h: *const SgdHyper,
+    index: u64,
+) void {
+    const F = @Vector(w, f32);
+    var g = load_f32(w, grad_dtype, row.grad, index);
+    if (h.inv_scale != 1.0) g = g * @as(F, @splat(h.inv_scale));
+    if (h.clip != 1.0) g = g * @as(F, @splat(h.clip));
+    const has_master = row.master != 0;
+    var p = if (has_master) load_f32(w, .float32, row.master, index) else load_f32(w, param_dtype, row.param, index);
+    var d = g;
+    if (h.weight_decay != 0) d = g + @as(F, @splat(h.weight_decay)) * p;
+    if (h.flags & flag_momentum != 0) {
+        var buffer = d;
+        if (h.flags & flag_first_step == 0) {
+            const old = load_f32(w, state_dtype, row.momentum_buffer, index);
+            buffer = old * @as(F, @splat(h.momentum)) + @as(F, @splat(h.one_minus_dampening)) * d;
+        }
+        const bits = numerics.from_f32(w, state_dtype, @bitCast(buffer), null, false);
+        cast.store(w, state_dtype, @ptrFromInt(row.momentum_buffer), index, bits);
+        buffer = @bitCast(numerics.to_f32(w, state_dtype, bits));
+        d = if (h.flags & flag_nesterov != 0) d + @as(F, @splat(h.momentum)) * buffer else buffer;
+    }
+    p = p + @as(F, @splat(h.neg_lr)) * d;
+    if (has_master) cast.store(w, .float32, @ptrFromInt(row.master), index, @bitCast(p));
+    const threshold = if (h.flags & flag_stochastic != 0) numerics.threshold_at(w, row.seed, index) else null;
+    cast.store(w, param_dtype, @ptrFromInt(row.param), index, numerics.from_f32(w, param_dtype, @bitCast(p), threshold, false));
+}
+
+fn step_typed(comptime grad_dtype: Dtype, comptime param_dtype: Dtype, comptime state_dtype: Dtype, row: *const SgdRow, h: *const SgdHyper, begin: u64, end: u64) void {
+    var index = begin;
+    while (index + n <= end) : (index += n) step_lanes(n, grad_dtype, param_dtype, state_dtype, row, h, index);
+    while (index < end) : (index += 1) step_lanes(1, grad_dtype, param_dtype, state_dtype, row, h, index);
+}
+
+fn float_dtype(value: u32) Dtype {
+    return @fromBackingInt(@intCast(value));
+}
+
+fn step_row(row: *const SgdRow, h: *const SgdHyper, begin: u64, end: u64) void {
+    switch (float_dtype(row.grad_dtype)) {
+        inline .float32, .float16, .bfloat16 => |g| switch (float_dtype(row.param_dtype)) {
+            inline .float32, .float16, .bfloat16 => |p| switch (float_dtype(row.state_dtype)) {
+                inline .float32, .bfloat16 => |s| step_typed(g, p, s, row, h, begin, end),
+                else => unreachable, // Checked by validate().
+            },
+            else => unreachable,
+        },
+        else => unreachable,
+    }
+}
+
+const Context = struct {
+    rows: []const SgdRow,
+    hyper: *const SgdHyper,
+};
+
+fn step_range(context: *const Context, begin: u64, end: u64) void {
+    var row_start: u64 = 0;
+    for (context.rows) |*row| {
+        const row_end = row_start + row.count;
+        defer row_start = row_end;
+        if (row_end <= begin) continue;
+        if (row_start >= end) break;
+        step_row(row, context.hyper, @max(begin, row_start) - row_start, @min(end, row_end) - row_start);
+    }
+}
+
+/// One SGD step over every row, split across the thread pool.
+pub fn step(rows: []const SgdRow, hyper: *const SgdHyper) void {
+    std.debug.assert(validate(rows, hyper));
+    var total: u64 = 0;
+    for (rows) |row| total += row.count;
+    const context = Context{ .rows = rows, .hyper = hyper };
+    pool.parallel_for(total, &context, step_range);
+}
+
+test "SGD with momentum keeps PyTorch's first-step buffer and nesterov look-ahead" {
+    var grad: [3]f32 = .{ 1, -2, 0.5 };
+    var param: [3]f32 = .{ 0, 0, 0 };
+    var buffer: [3]f32 = @splat(0);
+    const rows = [_]SgdRow{.{
+        .grad = @intFromPtr(&grad),
+        .param = @intFromPtr(&param),
+        .master = 0,
+        .momentum_buffer = @intFromPtr(&buffer),
+        .count = 3,
+        .grad_dtype = 0,
+        .param_dtype = 0,
+        .state_dtype = 0,
+        .seed = 0,
+    }};
+    var hyper = SgdHyper{
+        .inv_scale = 1,
+        .clip = 1,
+        .weight_decay = 0,
+        .momentum = 0.5,
+        .one_minus_dampening = 1,
+        .neg_lr = -1,
+        .flags = flag_momentum | flag_first_step | flag_nesterov,
+        .reserved = 0,
+    };
+    step(&rows, &hyper);
+    // First step: buf = g; d = g + 0.5 * g.
+    try std.testing.expectEqual(@as(f32, -1.5), param[0]);
+    try std.testing.expectEqual(@as(f32, 1), buffer[0]);
+    hyper.flags = flag_momentum | flag_nesterov;
+    step(&rows, &hyper);
+    // buf = 0.5 * 1 + 1 = 1.5; d = 1 + 0.5 * 1.5 = 1.75.
+    try std.testing.expectEqual(@as(f32, -3.25), param[0]);
+}
