@@ -6,12 +6,16 @@
  * Then the cost of one call over 1,000 small tensors against 1,000 separate calls, and, when torch
  * imports, torch._amp_foreach_non_finite_check_and_unscale_ on the CPU (bench/compare_torch_unscale.py).
  *
- *   bun bench/unscale_bench.ts [--max 268435456] [--budget-ms 250] [--torch yes|no]
+ *   bun bench/unscale_bench.ts [--max 268435456] [--budget-ms 250] [--threads N] [--torch yes|no]
+ *
+ * --threads sets the threads of both libraries (default: every CPU); 1 compares single cores,
+ * which is what holds up on a machine shared with other work.
  */
 
 import { type GradientRow, type Tensor, tensor, unscaleAndCheck } from "../src/mod.ts";
 import { allocateStorage, type DtypeName, dtypeInfo } from "../src/dtype.ts";
 import { castInto } from "../src/cast.ts";
+import { check, native } from "../src/_ffi.ts";
 import { countLabel, flag, formatTable, gbPerSecond, medianNs } from "./_harness.ts";
 
 type GradDtype = "float32" | "float16" | "bfloat16";
@@ -20,6 +24,8 @@ const maxCount = Number(flag("max", String(1 << 28)));
 const budgetMs = Number(flag("budget-ms", "250"));
 const totals = [1 << 20, 1 << 24, 1 << 26, 1 << 28].filter((c) => c <= maxCount);
 const tensorCounts = [1, 10, 1000];
+const threads = Number(flag("threads", String(navigator.hardwareConcurrency)));
+check(native().mp_set_threads(threads), "mp_set_threads");
 
 /** Gradient-like values (|x| up to 300), stored in `dtype`; power-of-two scales keep them exact. */
 function filled(dtype: GradDtype, count: number) {
@@ -79,7 +85,9 @@ for (const total of totals) {
   }
 }
 
-console.log(`unscaleAndCheck throughput, GB/s of bytes read + written (${navigator.hardwareConcurrency} CPUs)\n`);
+console.log(
+  `unscaleAndCheck throughput, GB/s of bytes read + written (${threads} threads, ${navigator.hardwareConcurrency} CPUs)\n`,
+);
 console.log(
   formatTable(
     [
@@ -132,10 +140,10 @@ if (flag("torch", "yes") === "yes") {
     console.log("\ntorch is not installed: PyTorch comparison skipped (pip install torch to add it)");
   } else {
     console.log("");
-    const run = Bun.spawnSync(
-      ["python3", script, "--max", String(maxCount), "--threads", String(navigator.hardwareConcurrency)],
-      { stdout: "inherit", stderr: "inherit" },
-    );
+    const run = Bun.spawnSync(["python3", script, "--max", String(maxCount), "--threads", String(threads)], {
+      stdout: "inherit",
+      stderr: "inherit",
+    });
     if (run.exitCode !== 0) console.log(`compare_torch_unscale.py failed with exit code ${run.exitCode}`);
   }
 }

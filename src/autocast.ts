@@ -24,7 +24,15 @@ import { isTensor, type Tensor } from "./tensor.ts";
 /** How autocast treats an op. */
 export type AutocastCategory = "lower" | "float32" | "promote";
 
-/** The op table: op name -> category. Ops not listed promote to the widest input dtype. */
+/**
+ * The op table: op name -> category. Ops not listed promote to the widest input dtype.
+ *
+ * @example
+ * ```ts
+ * import { AUTOCAST_OPS } from "./autocast.ts";
+ * if (AUTOCAST_OPS.matmul !== "lower" || AUTOCAST_OPS.softmax !== "float32") throw new Error("wrong table");
+ * ```
+ */
 export const AUTOCAST_OPS: Readonly<Record<string, AutocastCategory>> = Object.freeze({
   // Lower precision: tensor-core friendly, accumulate in float32 inside the kernel.
   matmul: "lower",
@@ -153,6 +161,11 @@ export function currentPolicy(): Policy | null {
  *
  * @param op An op name such as "matmul".
  * @returns "lower", "float32" or "promote".
+ * @example
+ * ```ts
+ * import { autocastCategory } from "./autocast.ts";
+ * if (autocastCategory("linear") !== "lower" || autocastCategory("relu") !== "promote") throw new Error("wrong");
+ * ```
  */
 export function autocastCategory(op: string): AutocastCategory {
   if (typeof op !== "string") throw new TypeError(`An op name is a string, got ${describeKind(op)}`);
@@ -164,6 +177,11 @@ export function autocastCategory(op: string): AutocastCategory {
  *
  * @param dtypes Dtype names or aliases.
  * @returns The narrowest dtype that holds all of them exactly.
+ * @example
+ * ```ts
+ * import { promoteDtypes } from "./autocast.ts";
+ * if (promoteDtypes(["bf16", "f16"]) !== "float32" || promoteDtypes(["bf16"]) !== "bfloat16") throw new Error("wrong");
+ * ```
  */
 export function promoteDtypes(dtypes: readonly string[]): DtypeName {
   if (!Array.isArray(dtypes))

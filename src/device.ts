@@ -52,7 +52,18 @@ export interface CudaDeviceInfo {
 /** Any entry of {@linkcode devices}. */
 export type DeviceInfo = CpuDeviceInfo | CudaDeviceInfo;
 
-/** bf16 needs sm_80+, fp8 sm_89+ (the rule CUDA entries and validatePrecisionConfig share). */
+/**
+ * bf16 needs sm_80+, fp8 sm_89+ (the rule CUDA entries and validatePrecisionConfig share).
+ *
+ * @param computeCapability [major, minor].
+ * @returns Whether the GPU has bfloat16 and fp8.
+ * @example
+ * ```ts
+ * import { cudaCapabilities } from "./device.ts";
+ * const t4 = cudaCapabilities([7, 5]);
+ * if (t4.bf16 || !cudaCapabilities([8, 9]).fp8) throw new Error("wrong capabilities");
+ * ```
+ */
 export function cudaCapabilities(computeCapability: readonly [number, number]): { bf16: boolean; fp8: boolean } {
   const [major, minor] = computeCapability;
   return { bf16: major >= 8, fp8: major > 8 || (major === 8 && minor >= 9) };
@@ -67,7 +78,17 @@ const FEATURE_BITS: readonly (readonly [number, string])[] = [
 
 const FLAGS_OUT = new Uint32Array(1);
 
-/** The CPU entry, from the native library's `mp_cpu_info`. */
+/**
+ * The CPU entry, from the native library's `mp_cpu_info`.
+ *
+ * @returns The CPU's precision capabilities, threads and ISA features.
+ * @example
+ * ```ts
+ * import { cpuDevice } from "./device.ts";
+ * const cpu = cpuDevice();
+ * if (cpu.bf16Native !== cpu.features.includes("avx512bf16")) throw new Error("inconsistent");
+ * ```
+ */
 export function cpuDevice(): CpuDeviceInfo {
   check(native().mp_cpu_info(ptr(FLAGS_OUT)), "mp_cpu_info");
   const flags = FLAGS_OUT[0]!;
@@ -111,6 +132,13 @@ const providers: (() => readonly DeviceInfo[])[] = [cudaDeviceEntries];
  *
  * @param provider Returns the devices it knows, each with a unique name.
  * @returns A function that removes the provider again.
+ * @example
+ * ```ts
+ * import { devices, registerDeviceProvider } from "./device.ts";
+ * const remove = registerDeviceProvider(() => []);
+ * remove();
+ * if (devices()[0]!.name !== "cpu") throw new Error("the CPU comes first");
+ * ```
  */
 export function registerDeviceProvider(provider: () => readonly DeviceInfo[]): () => void {
   if (typeof provider !== "function") throw new TypeError("registerDeviceProvider takes a function");

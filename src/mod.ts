@@ -212,6 +212,7 @@ export {
   cudaEmptyCache,
   cudaFill32,
   cudaFree,
+  cudaFusedAdamW,
   cudaGlobalNorm,
   cudaMemoryStats,
   type CudaRow,

@@ -68,7 +68,15 @@ const KEYS: Readonly<Record<string, "param" | "compute" | "output">> = Object.fr
 
 const POLICY_DTYPES: ReadonlySet<DtypeName> = new Set(["float32", "float16", "bfloat16"]);
 
-/** The preset names and the policy strings they stand for. */
+/**
+ * The preset names and the policy strings they stand for.
+ *
+ * @example
+ * ```ts
+ * import { getPolicy, POLICY_PRESETS } from "./policy.ts";
+ * if (getPolicy(POLICY_PRESETS.mixed_bf16!).compute !== "bfloat16") throw new Error("wrong preset");
+ * ```
+ */
 export const POLICY_PRESETS: Readonly<Record<string, string>> = PRESETS;
 
 function parseDtype(text: string, whole: string): PolicyDtype {
@@ -164,7 +172,17 @@ export function getPolicy(name: string): Policy {
   return makePolicy(param, compute, output);
 }
 
-/** Whether a value is a policy made by getPolicy. */
+/**
+ * Whether a value is a policy made by getPolicy.
+ *
+ * @param value Anything.
+ * @returns true for a policy.
+ * @example
+ * ```ts
+ * import { getPolicy, isPolicy } from "./policy.ts";
+ * if (!isPolicy(getPolicy("fp32")) || isPolicy({ compute: "float32" })) throw new Error("wrong answer");
+ * ```
+ */
 export function isPolicy(value: unknown): value is Policy {
   if (typeof value !== "object" || value === null) return false;
   const v = value as Record<string, unknown>;

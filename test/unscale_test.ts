@@ -193,6 +193,20 @@ describe("unscaleAndCheck()", () => {
     expect(unscaleAndCheck([{ data, dtype: "float32" }], 1)).toBe(false);
   });
 
+  test("an infinite invScale (PyTorch's inverse of a scale of 0) gives inf, or NaN for zeros, in every dtype", () => {
+    for (const dtype of DTYPES) {
+      // 20 elements: a whole vector and a scalar tail, so both paths see the infinite inverse.
+      const values = Array.from({ length: 20 }, (_, i) => (i % 4 === 0 ? 0 : i % 3 === 0 ? -1.5 : 2));
+      using t = tensor(values, { dtype });
+      expect(unscaleAndCheck([t], Number.POSITIVE_INFINITY)).toBe(false);
+      const out = t.toArray();
+      values.forEach((v, i) => {
+        if (v === 0) expect(Number.isNaN(out[i])).toBe(true);
+        else expect(out[i]).toBe(v > 0 ? Infinity : -Infinity);
+      });
+    }
+  });
+
   test("lists of 0, 1 and 1000 tensors work in one call", () => {
     expect(unscaleAndCheck([], 0.5)).toBe(false);
     using one = tensor([2, -4], { dtype: "bf16" });

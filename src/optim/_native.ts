@@ -11,6 +11,7 @@ import { check, native } from "../_ffi.ts";
 import { dtypeInfo } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
 import { gradientTable } from "../unscale.ts";
+import { checkOneDevice, fusedAdamWOnDevice } from "./_native_cuda.ts";
 
 const SUM_OUT = new Float64Array(1);
 const FOUND_OUT = new Uint32Array(1);
@@ -89,6 +90,10 @@ export function fusedAdamWStep(rows: readonly AdamRowTensors[], h: AdamHyper, fo
     h.decay,
   ]);
   new Uint32Array(hyper.buffer)[10] = (h.amsgrad ? 1 : 0) | (h.stochastic ? 2 : 0);
+  // CUDA tensors: the same table and constants, run by the device kernel (src/optim/_native_cuda.ts).
+  const device = rows[0]?.param.device ?? "cpu";
+  if (device !== "cpu") return fusedAdamWOnDevice(device, rows, table, hyper, foundInf);
+  checkOneDevice(rows, "cpu");
   check(
     native().mp_fused_adamw(
       rows.length === 0 ? null : ptr(table),

@@ -55,12 +55,21 @@ inline fn f16_narrow(comptime n: comptime_int, values: @Vector(n, f32)) @Vector(
     return @select(u16, is_nan, nan | @as(@Vector(n, u16), @splat(0x7e00)), rounded);
 }
 
+/// float32 bits -> bfloat16 bits, nearest even, for lanes known not to be NaN: numerics.zig's rule
+/// without its NaN branch (an inf rounds to 0x7F80 / 0xFF80 by the same formula).
+inline fn bf16_round_not_nan(comptime n: comptime_int, u: @Vector(n, u32)) @Vector(n, u32) {
+    const lsb = (u >> @splat(16)) & @as(@Vector(n, u32), @splat(1));
+    return (u +% @as(@Vector(n, u32), @splat(0x7fff)) +% lsb) >> @splat(16);
+}
+
 /// The vector loop for float16 rows on hardware with conversion instructions.
 fn unscale_f16_vectors(base: [*]u8, begin: u64, end: u64, inv_scale: f32) struct { u64, bool } {
     const n = cast.lanes;
     const typed: [*]align(1) u16 = @ptrCast(base);
     const exponent_all: @Vector(n, u32) = @splat(exponent_mask);
     const inv: @Vector(n, f32) = @splat(inv_scale);
+    // With finite inputs and a finite inverse no product is NaN, so the NaN fix-up can be skipped.
+    const inv_finite = std.math.isFinite(inv_scale);
     var found_lanes: @Vector(n, bool) = @splat(false);
     var index = begin;
     if (inv_scale == 1.0) {
@@ -73,8 +82,15 @@ fn unscale_f16_vectors(base: [*]u8, begin: u64, end: u64, inv_scale: f32) struct
         while (index + n <= end) : (index += n) {
             const values = f16_widen(n, typed[index..][0..n].*);
             const wide: @Vector(n, u32) = @bitCast(values);
-            found_lanes = found_lanes | ((wide & exponent_all) == exponent_all);
-            typed[index..][0..n].* = f16_narrow(n, values * inv);
+            const lanes_found = (wide & exponent_all) == exponent_all;
+            found_lanes = found_lanes | lanes_found;
+            const scaled = values * inv;
+            if (inv_finite and !@reduce(.Or, lanes_found)) {
+                const halves: @Vector(n, f16) = @floatCast(scaled);
+                typed[index..][0..n].* = @bitCast(halves);
+            } else {
+                typed[index..][0..n].* = f16_narrow(n, scaled);
+            }
         }
     }
     return .{ index, @reduce(.Or, found_lanes) };
@@ -88,17 +104,23 @@ fn unscale_typed(comptime dtype: Dtype, row: TensorRow, begin: u64, end: u64, in
     var found_lanes: @Vector(n, bool) = @splat(false);
     var found_scalar = false;
     const scaling = inv_scale != 1.0;
+    const inv_finite = std.math.isFinite(inv_scale);
     var index = begin;
     if (dtype == .float16 and f16_hardware) {
         index, found_scalar = unscale_f16_vectors(base, begin, end, inv_scale);
     } else {
         while (index + n <= end) : (index += n) {
             const wide = numerics.to_f32(n, dtype, cast.load(n, dtype, base, index));
-            found_lanes = found_lanes | ((wide & exponent_all) == exponent_all);
+            const lanes_found = (wide & exponent_all) == exponent_all;
+            found_lanes = found_lanes | lanes_found;
             if (scaling) {
                 const values: @Vector(n, f32) = @bitCast(wide);
                 const scaled: numerics.V(n) = @bitCast(values * @as(@Vector(n, f32), @splat(inv_scale)));
-                cast.store(n, dtype, base, index, numerics.from_f32(n, dtype, scaled, null, false));
+                const bits = if (dtype == .bfloat16 and inv_finite and !@reduce(.Or, lanes_found))
+                    bf16_round_not_nan(n, scaled)
+                else
+                    numerics.from_f32(n, dtype, scaled, null, false);
+                cast.store(n, dtype, base, index, bits);
             }
         }
     }
