@@ -87,6 +87,7 @@ bench: deps build
 	$(BUN) bench/cast_bench.ts
 	$(BUN) bench/unscale_bench.ts
 	$(BUN) bench/cuda_bench.ts
+	$(BUN) bench/optim_bench.ts
 	$(BUN) bench/io_bench.ts --mb 1024
 	$(BUN) bench/matmul_bench.ts
 

@@ -191,6 +191,19 @@ test {
     _ = sgd;
 }
 
+test "the fused AdamW device kernel is a PTX entry taking (table, rows, total, hyper, found_inf) as u64" {
+    const header = ".entry mp_fused_adamw_kernel(";
+    const start = std.mem.indexOf(u8, ptx_source, header) orelse return error.MissingKernel;
+    const end = std.mem.indexOfScalarPos(u8, ptx_source, start, ')') orelse return error.MalformedPtx;
+    var lines = std.mem.tokenizeScalar(u8, ptx_source[start + header.len .. end], '\n');
+    for (0..5) |_| {
+        const line = lines.next() orelse return error.TooFewParameters;
+        try std.testing.expect(std.mem.startsWith(u8, std.mem.trim(u8, line, " \t"), ".param .u64 "));
+    }
+    try std.testing.expect(lines.next() == null);
+    comptime std.debug.assert(@sizeOf(adamw.AdamRow) == 72 and @sizeOf(adamw.AdamHyper) == 48);
+}
+
 // --- Autodiff helper: matmul and peak FLOP/s (zig/src/cpu/matmul.zig) ---
 
 /// Batched C = op(A) op(B) with float32 accumulation into a float32 C (row-major m x n per batch

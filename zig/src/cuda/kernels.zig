@@ -267,8 +267,7 @@ inline fn adam_element(row: *const AdamRow, h: *const AdamHyper, index: u64) voi
         v = @max(load_value(state_dtype, row.v_max, index), v);
         v = store_value(state_dtype, row.v_max, index, v);
     }
-    const denom = @sqrt(v) / h.bias_correction2_sqrt + h.eps;
-    const r = (m / h.bias_correction1) / denom;
+    const r = (h.step_scale * m) / (@sqrt(v) + h.eps_hat);
     const u = h.neg_lr * r;
     const has_master = row.master != 0;
     var p = if (has_master) load_value(.float32, row.master, index) else load_value(param_dtype, row.param, index);

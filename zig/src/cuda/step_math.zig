@@ -98,13 +98,12 @@ pub const AdamHyper = extern struct {
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
-    bias_correction1: f32,
-    bias_correction2_sqrt: f32,
-    eps: f32,
+    step_scale: f32,
+    eps_hat: f32,
     neg_lr: f32,
     decay: f32,
     flags: u32,
-    reserved: u32,
+    reserved: [2]u32,
 };
 
 pub const adam_flag_amsgrad: u32 = 1;
