@@ -11,10 +11,12 @@ import {
   cudaAlloc,
   cudaAvailability,
   cudaCast,
+  cudaCopyToDevice,
   cudaCopyOnDevice,
   cudaDevices,
   cudaFill32,
   cudaFree,
+  cudaFusedAdamW,
   cudaGlobalNorm,
   cudaTable,
   cudaTimerStart,
@@ -71,8 +73,9 @@ const CASTS: readonly CastCase[] = [
 const rows: string[][] = [];
 const size = (dtype: DtypeName) => dtypeInfo(dtype).bits / 8;
 for (const count of counts) {
-  const source = cudaAlloc(ordinal, count * 4);
-  const target = cudaAlloc(ordinal, count * 4);
+  // 16 bytes per element: room for the copy limit of the widest kernel (fused AdamW reads 14).
+  const source = cudaAlloc(ordinal, count * 16);
+  const target = cudaAlloc(ordinal, count * 16);
   // 1.5 everywhere: finite in every dtype, so unscale does the full read-modify-write.
   cudaFill32(ordinal, source, 0x3fc00000, count);
   cudaFill32(ordinal, target, 0x3fc03fc0, count);
@@ -109,6 +112,47 @@ for (const count of counts) {
     copyRow(`unscale ${dtype}`, 2 * bytes, bytes, scaleMs);
     const normMs = timeMs(() => cudaGlobalNorm(table, norm));
     copyRow(`global norm ${dtype}`, bytes, bytes, normMs);
+  }
+  // Fused AdamW, bf16 params and grads with float32 masters and state: 28 bytes per element.
+  {
+    const [param, grad, master, m, v] = [2, 2, 4, 4, 4].map((bytes) => cudaAlloc(ordinal, count * bytes));
+    cudaFill32(ordinal, param!, 0x3f803f80, count / 2);
+    cudaFill32(ordinal, grad!, 0x3c003c00, count / 2); // bf16 0.0078125: small, finite
+    cudaFill32(ordinal, master!, 0x3f800000, count);
+    cudaFill32(ordinal, m!, 0, count);
+    cudaFill32(ordinal, v!, 0, count);
+    const bf16 = BigInt(dtypeInfo("bfloat16").code);
+    const row = new BigUint64Array([
+      BigInt(grad!),
+      BigInt(param!),
+      BigInt(master!),
+      BigInt(m!),
+      BigInt(v!),
+      0n,
+      BigInt(count),
+      bf16 | (bf16 << 32n),
+      BigInt(dtypeInfo("float32").code),
+    ]);
+    const hyper = new Float32Array([
+      1,
+      1,
+      0.1,
+      0.999,
+      0.001,
+      0.1,
+      Math.fround(Math.sqrt(0.001)),
+      1e-8,
+      -1e-3,
+      1 - 1e-5,
+      0,
+      0,
+    ]);
+    const [table, constants] = [cudaAlloc(ordinal, 72), cudaAlloc(ordinal, 48)];
+    cudaCopyToDevice(ordinal, table, row);
+    cudaCopyToDevice(ordinal, constants, hyper);
+    const ms = timeMs(() => cudaFusedAdamW(ordinal, table, 1, count, constants, found));
+    copyRow("fused AdamW bf16/f32", 28 * count, 14 * count, ms);
+    for (const address of [param, grad, master, m, v, table, constants]) cudaFree(ordinal, address!);
   }
   for (const address of [source, target, found, norm]) cudaFree(ordinal, address);
 }

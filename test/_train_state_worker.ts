@@ -2,8 +2,8 @@
  * A worker process for test/train_state_test.ts (not a test itself).
  *
  *   bun test/_train_state_worker.ts train --steps N --to DIR [--from DIR]
- *       trains a small bf16 model with float32 master weights, momentum SGD, a dynamic loss scale
- *       and a counter-based RNG for N steps (starting fresh, or from the checkpoint in --from),
+ *       trains a small bf16 model with float32 master weights (withMasterWeights(adamw), stochastic
+ *       rounding), a dynamic loss scale and a counter-based RNG for N steps (starting fresh, or from the checkpoint in --from),
  *       then saves the state to --to.
  *   bun test/_train_state_worker.ts big --to DIR --megabytes M
  *       prints "saving" and saves a checkpoint with about M MB of tensors (to be killed mid-save).
@@ -13,60 +13,62 @@
  */
 
 import {
+  adamw,
+  applyUpdates,
+  disposeTree,
   dynamicLossScale,
   type LossScale,
   loadTrainState,
+  type OptState,
   randn,
   saveTrainState,
   type Tensor,
   tensor,
   treeLeaves,
-  treeMap,
+  treeStructure,
+  treeUnflatten,
+  withMasterWeights,
   zeros,
 } from "../src/mod.ts";
 
 type Params = { layers: { w: Tensor; b: Tensor }[] };
-type OptState = { kind: "momentum"; count: number; master: Params; velocity: Params };
+type Rng = { seed: number; counter: number };
 
 function flag(name: string): string | undefined {
   const index = Bun.argv.indexOf(`--${name}`);
   return index >= 0 ? Bun.argv[index + 1] : undefined;
 }
 
-function initial(): {
-  params: Params;
-  optState: OptState;
-  lossScale: LossScale;
-  rng: { seed: number; counter: number };
-} {
-  const master: Params = {
-    layers: [0, 1].map((i) => ({ w: randn([4, 16], { seed: 10 + i, std: 0.5 }), b: randn([4], { seed: 20 + i }) })),
+/** The optimizer (the optimizer helper's, from src/optim/): AdamW on float32 masters of bf16 params,
+ * written back with stochastic rounding, whose seeds mix in the step count kept in the state. */
+const optimizer = withMasterWeights(adamw({ lr: 0.05, weightDecay: 0.01 }), { rounding: "stochastic", seed: 3 });
+
+function initial(): { params: Params; optState: OptState; lossScale: LossScale; rng: Rng } {
+  const params: Params = {
+    layers: [0, 1].map((i) => ({
+      w: randn([4, 16], { seed: 10 + i, std: 0.5, dtype: "bfloat16" }),
+      b: randn([4], { seed: 20 + i, dtype: "bfloat16" }),
+    })),
   };
-  const params = treeMap((m: Tensor) => m.to("bfloat16"), master) as Params;
-  const velocity = treeMap((m: Tensor) => zeros(m.shape), master) as Params;
   return {
     params,
-    optState: Object.freeze({ kind: "momentum" as const, count: 0, master, velocity }),
+    optState: optimizer.init(params),
     lossScale: dynamicLossScale({ initialScale: 2 ** 10, growthInterval: 3 }),
     rng: { seed: 7, counter: 0 },
   };
 }
 
-/** One training step; returns the next state (tensors updated in place). */
+/** One training step; params and the optimizer state's tensors are updated in place. */
 function step(
   params: Params,
   optState: OptState,
   lossScale: LossScale,
-  rng: { seed: number; counter: number },
-): { optState: OptState; lossScale: LossScale; rng: { seed: number; counter: number } } {
+  rng: Rng,
+): { optState: OptState; lossScale: LossScale; rng: Rng } {
   const f = Math.fround;
-  const lr = f(0.05);
-  const beta = f(0.9);
-  const masters = treeLeaves(optState.master) as Tensor[];
-  const velocities = treeLeaves(optState.velocity) as Tensor[];
   const paramLeaves = treeLeaves(params) as Tensor[];
-  // Scaled bf16 gradients of 0.5 * |bf16(param) - target|^2, with a target drawn from the RNG.
-  const grads = paramLeaves.map((p, i) => {
+  // Scaled bf16 gradients of 0.5 * |param - target|^2, with a target drawn from the RNG.
+  const gradLeaves = paramLeaves.map((p, i) => {
     using target = randn(p.shape, { seed: (rng.seed * 1000 + rng.counter * 10 + i) >>> 0 });
     const values = p.toArray();
     const t = target.toArray();
@@ -75,26 +77,17 @@ function step(
     if (rng.counter % 5 === 3) values[0] = Infinity;
     return tensor(values, { dtype: "bf16", shape: p.shape });
   });
+  const grads = treeUnflatten(treeStructure(params), gradLeaves) as Params;
   const { finite } = lossScale.unscale(grads);
+  let next = optState;
   if (finite) {
-    grads.forEach((g, i) => {
-      const gv = g.toArray();
-      const v = velocities[i]!.data as Float32Array;
-      const m = masters[i]!.data as Float32Array;
-      for (let k = 0; k < gv.length; k++) {
-        v[k] = f(f(beta * v[k]!) + gv[k]!);
-        m[k] = f(m[k]! - f(lr * v[k]!));
-      }
-      using cast = masters[i]!.to("bfloat16");
-      paramLeaves[i]!.data.set(cast.data);
-    });
+    const [updates, state] = optimizer.update(grads, optState, params);
+    applyUpdates(params, updates);
+    disposeTree(updates);
+    next = state;
   }
-  for (const g of grads) g.dispose();
-  return {
-    optState: Object.freeze({ ...optState, count: optState.count + (finite ? 1 : 0) }),
-    lossScale: lossScale.adjust(finite),
-    rng: { seed: rng.seed, counter: rng.counter + 1 },
-  };
+  disposeTree(grads);
+  return { optState: next, lossScale: lossScale.adjust(finite), rng: { seed: rng.seed, counter: rng.counter + 1 } };
 }
 
 const mode = Bun.argv[2];

@@ -178,7 +178,7 @@ describe("convertCheckpoint()", () => {
     const glob = convertCheckpoint(input, output, { to: "bf16", include: "layers.*.weight" });
     expect(glob.tensors.filter((t) => t.converted).map((t) => t.name)).toEqual(["layers.0.weight", "layers.1.weight"]);
     expect(openSafetensors(output).info("layers.0.bias").dtype).toBe("F32");
-    const regex = convertCheckpoint(input, output, { to: "bf16", include: /^head$|bias/ });
+    const regex = convertCheckpoint(input, output, { to: "bf16", include: /^head$|bias/g });
     expect(regex.tensors.filter((t) => t.converted).map((t) => t.name)).toEqual([
       "head",
       "layers.0.bias",

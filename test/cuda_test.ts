@@ -21,6 +21,7 @@ import {
   cudaDevices,
   cudaFill32,
   cudaFree,
+  cudaFusedAdamW,
   cudaGlobalNorm,
   cudaMemoryStats,
   cudaScale,
@@ -34,6 +35,8 @@ import {
 import { toF32Bits } from "../src/_numerics.ts";
 import { allocateStorage } from "../src/dtype.ts";
 import { gradientTable } from "../src/unscale.ts";
+import { type AdamHyper, type AdamRowTensors, fusedAdamWStep } from "../src/optim/_native.ts";
+import { adamConstants } from "../src/optim/scale_by_adam.ts";
 import {
   cast,
   DTYPE_NAMES,
@@ -528,6 +531,138 @@ describe("device scale and clip", () => {
         cudaFree(0, normOut);
         for (const t of tensors) t.dispose();
       }
+    }
+  });
+});
+
+describe("device fused AdamW", () => {
+  type Setup = { param: DtypeName; grad: DtypeName; state: "float32" | "bfloat16"; master: boolean; amsgrad: boolean };
+
+  /** The tensors of one row on `where`, filled deterministically from `seed`. */
+  function adamRow(setup: Setup, count: number, seed: number, where: "cpu" | "cuda:0"): AdamRowTensors {
+    const values = (k: number, scale: number) =>
+      new Float32Array(count).map((_, i) => Math.sin(seed * 13 + k * 7 + i * 0.61) * scale);
+    const make = (dtype: DtypeName, k: number, scale: number) => tensor(values(k, scale), { dtype, device: where });
+    return {
+      grad: make(setup.grad, 1, 3),
+      param: make(setup.param, 2, 1),
+      master: setup.master ? make("float32", 2, 1) : null,
+      m: make(setup.state, 3, 0.1),
+      v: tensor(values(4, 0.1).map(Math.abs), { dtype: setup.state, device: where }),
+      vMax: setup.amsgrad ? tensor(values(5, 0.2).map(Math.abs), { dtype: setup.state, device: where }) : null,
+      seed: seed >>> 0,
+    };
+  }
+
+  const tensorsOf = (row: AdamRowTensors) =>
+    [row.grad, row.param, row.master, row.m, row.v, row.vMax].filter((t): t is Tensor => t !== null);
+
+  function hyperOf(setup: Setup, step: number, stochastic: boolean): AdamHyper {
+    return {
+      invScale: Math.fround(1 / 1024),
+      clip: Math.fround(0.75),
+      ...adamConstants(0.9, 0.999, 1e-8, step),
+      negLr: Math.fround(-1e-3),
+      decay: Math.fround(1 - 1e-3 * 1e-2),
+      amsgrad: setup.amsgrad,
+      stochastic,
+    };
+  }
+
+  test.skipIf(!gpu)("writes the CPU fused AdamW's bits: params, masters, m, v and max v, in every dtype mix", () => {
+    fc.assert(
+      fc.property(
+        fc.record({
+          param: fc.constantFrom<DtypeName>("float32", "float16", "bfloat16"),
+          grad: fc.constantFrom<DtypeName>("float32", "float16", "bfloat16"),
+          state: fc.constantFrom<"float32" | "bfloat16">("float32", "bfloat16"),
+          master: fc.boolean(),
+          amsgrad: fc.boolean(),
+        }),
+        fc.integer({ min: 1, max: 5 }),
+        fc.boolean(),
+        fc.nat({ max: 1000 }),
+        (setup, step, stochastic, seed) => {
+          const counts = [1, 37, 5000];
+          const cpuRows = counts.map((c, i) => adamRow(setup, c, seed + i, "cpu"));
+          const gpuRows = counts.map((c, i) => adamRow(setup, c, seed + i, "cuda:0"));
+          try {
+            const hyper = hyperOf(setup, step, stochastic);
+            expect(fusedAdamWStep(gpuRows, hyper, null)).toBe(true);
+            expect(fusedAdamWStep(cpuRows, hyper, null)).toBe(true);
+            cpuRows.forEach((row, r) => {
+              const [cpuTensors, gpuTensors] = [tensorsOf(row), tensorsOf(gpuRows[r]!)];
+              cpuTensors.forEach((t, k) => expectSameBits(gpuTensors[k]!.bits(), t.bits(), t.dtype));
+            });
+          } finally {
+            for (const row of [...cpuRows, ...gpuRows]) for (const t of tensorsOf(row)) t.dispose();
+          }
+        },
+      ),
+      { numRuns: 25 },
+    );
+  });
+
+  test.skipIf(!gpu)("skips on a set host flag, and on a set device flag without waiting for the device", () => {
+    const setup: Setup = { param: "bfloat16", grad: "bfloat16", state: "float32", master: true, amsgrad: false };
+    const row = adamRow(setup, 100, 3, "cuda:0");
+    try {
+      const before = tensorsOf(row).map((t) => t.bits());
+      expect(fusedAdamWStep([row], hyperOf(setup, 1, false), new Uint32Array([1]))).toBe(false);
+      // The device-flag path: the same table and constants, uploaded by hand.
+      const table = new BigUint64Array(9);
+      const words = [row.grad, row.param, row.master!, row.m, row.v].map((t) => BigInt(t.address));
+      table.set([...words, 0n, 100n]);
+      table[7] = BigInt(dtypeInfo("bfloat16").code) | (BigInt(dtypeInfo("bfloat16").code) << 32n);
+      table[8] = BigInt(dtypeInfo("float32").code);
+      const h = hyperOf(setup, 1, false);
+      const hyper = new Float32Array([
+        h.invScale,
+        h.clip,
+        h.oneMinusBeta1,
+        h.beta2,
+        h.oneMinusBeta2,
+        h.stepScale,
+        h.epsHat,
+        h.negLr,
+        h.decay,
+        0,
+        0,
+        0,
+      ]);
+      const [tableAddress, hyperAddress, found] = [cudaAlloc(0, 72), cudaAlloc(0, 48), cudaAlloc(0, 4)];
+      try {
+        cudaCopyToDevice(0, tableAddress, table);
+        cudaCopyToDevice(0, hyperAddress, hyper);
+        cudaFill32(0, found, 1, 1);
+        const syncs = cudaSyncCount();
+        cudaFusedAdamW(0, tableAddress, 1, 100, hyperAddress, found);
+        expect(cudaSyncCount()).toBe(syncs);
+        tensorsOf(row).forEach((t, k) => expectSameBits(t.bits(), before[k]!));
+        cudaFill32(0, found, 0, 1);
+        cudaFusedAdamW(0, tableAddress, 1, 100, hyperAddress, found);
+        expect(sameBytes(row.param.bits(), before[1]!)).toBe(false);
+      } finally {
+        for (const address of [tableAddress, hyperAddress, found]) cudaFree(0, address);
+      }
+    } finally {
+      for (const t of tensorsOf(row)) t.dispose();
+    }
+  });
+
+  test.skipIf(!gpu)("refuses a step whose tensors are on two devices", () => {
+    const setup: Setup = { param: "float32", grad: "float32", state: "float32", master: false, amsgrad: false };
+    const row = adamRow(setup, 4, 1, "cuda:0");
+    using cpuState = zeros([4]);
+    try {
+      expect(() => fusedAdamWStep([{ ...row, m: cpuState }], hyperOf(setup, 1, false), null)).toThrow(TypeError);
+      // A CPU parameter with device state must not reach the CPU kernel either.
+      using cpuParam = zeros([4]);
+      expect(() => fusedAdamWStep([{ ...row, param: cpuParam }], hyperOf(setup, 1, false), null)).toThrow(
+        "keep parameters, gradients, masters and optimizer state on one device",
+      );
+    } finally {
+      for (const t of tensorsOf(row)) t.dispose();
     }
   });
 });

@@ -286,23 +286,28 @@ describe("a writer killed mid-save", () => {
     const before = checkpointFiles(dir);
     let killedMidWrite = 0;
     for (const delayMs of [0, 20, 80]) {
-      const child = Bun.spawn([process.execPath, WORKER, "big", "--to", dir, "--megabytes", "96"], { stdout: "pipe" });
-      const reader = child.stdout.getReader();
-      let text = "";
-      while (!text.includes("saving")) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        text += new TextDecoder().decode(value);
-      }
+      const temporaries = () => readdirSync(dir).filter((n) => n.startsWith(".tmp-ckpt-"));
+      for (const name of temporaries()) rmSync(join(dir, name), { recursive: true, force: true });
+      const child = Bun.spawn([process.execPath, WORKER, "big", "--to", dir, "--megabytes", "96"], {
+        stdout: "ignore",
+        stderr: "pipe",
+      });
+      let exited = false;
+      void child.exited.then(() => {
+        exited = true;
+      });
       // Wait until the writer has created its temporary checkpoint directory, then a bit more.
-      const deadline = Date.now() + 5000;
-      while (!readdirSync(dir).some((n) => n.startsWith(".tmp-ckpt-")) && Date.now() < deadline) await Bun.sleep(1);
+      const deadline = Date.now() + 20_000;
+      while (temporaries().length === 0 && !exited && Date.now() < deadline) await Bun.sleep(1);
       if (delayMs > 0) await Bun.sleep(delayMs);
       child.kill("SIGKILL");
       await child.exited;
-      expect(child.signalCode).toBe("SIGKILL");
-      const leftovers = readdirSync(dir).filter((n) => n.startsWith(".tmp-ckpt-"));
-      if (leftovers.length > 0) killedMidWrite++;
+      if (child.signalCode !== "SIGKILL") {
+        // The writer finished before the kill (a slow poll on a loaded machine): it must have succeeded.
+        expect(child.exitCode, await new Response(child.stderr).text()).toBe(0);
+      } else if (temporaries().length > 0) {
+        killedMidWrite++;
+      }
       // Whatever the moment of the kill, latest names a complete checkpoint: the old one unless
       // the writer got all the way through the rename of latest.
       const current = checkpointFiles(dir);

@@ -558,6 +558,33 @@ export function cudaClipByNorm(table: CudaTable, maxNorm: number, normAddress: n
 }
 
 /**
+ * One fused AdamW step on the device: the CPU's mp_fused_adamw arithmetic (zig/src/cpu/adamw.zig)
+ * over a device copy of its row table and constants. With `foundInfAddress`, the kernel reads the
+ * device flag and skips the step when it is set, so a step with loss scaling never waits for the
+ * device. No wait.
+ *
+ * @param ordinal The device.
+ * @param tableAddress Device copy of `rowCount` 72-byte AdamRow rows holding device addresses.
+ * @param rowCount Rows.
+ * @param totalCount Elements in all rows.
+ * @param hyperAddress Device copy of the 48-byte AdamHyper.
+ * @param foundInfAddress Device u32 flag from {@linkcode cudaUnscaleCheck}, or 0 to always step.
+ */
+export function cudaFusedAdamW(
+  ordinal: number,
+  tableAddress: number,
+  rowCount: number,
+  totalCount: number,
+  hyperAddress: number,
+  foundInfAddress: number,
+): void {
+  checkCuda(
+    native().mp_cuda_launch_fused_adamw(ordinal, tableAddress, rowCount, totalCount, hyperAddress, foundInfAddress),
+    `Fused AdamW on cuda:${ordinal}`,
+  );
+}
+
+/**
  * The global L2 norm of a table's tensors, written as a float32 to device address `normAddress`
  * (two launches, a fixed summation order on a given device, no wait).
  *

@@ -13,8 +13,9 @@
  * - overflow: finite values whose result is not finite (inf; NaN for float8_e4m3fn, which has no inf);
  * - underflow: nonzero values that became zero;
  * - subnormal: nonzero results below the target's smallest normal (they keep fewer mantissa bits);
- * - max and mean relative error |y - x| / |x| over finite nonzero x with finite y (an underflow
- *   counts as error 1); NaN and inf inputs stay NaN and inf and are not counted.
+ * - max and mean relative error |y - x| / |x| (float32 arithmetic, summed in float64) over finite
+ *   nonzero x with finite y (an underflow counts as error 1); NaN and inf inputs stay NaN and inf
+ *   and are not counted.
  *
  * @module
  */
@@ -116,7 +117,8 @@ export function accumulateStatistics(
       error = 1;
     } else {
       if (ay < minNormal) stats.subnormal++;
-      error = Math.abs(y - x) / Math.abs(x);
+      // float32 arithmetic, as the native kernel: each operation rounded once to float32.
+      error = Math.fround(Math.abs(Math.fround(y - x)) / Math.abs(x));
     }
     if (error > stats.maxRelativeError) stats.maxRelativeError = error;
     stats.errorSum += error;
@@ -162,7 +164,13 @@ export function convertChunk(
 /** Compiles `include` into a name test. */
 function matcher(include: string | RegExp | undefined): (name: string) => boolean {
   if (include === undefined) return () => true;
-  if (include instanceof RegExp) return (name) => include.test(name);
+  if (include instanceof RegExp) {
+    // A /g or /y RegExp keeps lastIndex between test() calls: reset it so every name is tested whole.
+    return (name) => {
+      include.lastIndex = 0;
+      return include.test(name);
+    };
+  }
   if (typeof include !== "string") {
     throw new TypeError(`include must be a glob string or a RegExp, got ${describeKind(include)}`);
   }
@@ -322,6 +330,11 @@ function formatError(value: number): string {
  * @param from The source dtype.
  * @param to The target dtype.
  * @returns The sentence.
+ * @example
+ * ```ts
+ * import { describeConversion } from "./convert.ts";
+ * if (!describeConversion("f16", "bf16").includes("drops 3 of 10 mantissa bits")) throw new Error("wrong");
+ * ```
  */
 export function describeConversion(from: Dtype, to: Dtype): string {
   const a = dtypeInfo(from);
@@ -343,6 +356,18 @@ export function describeConversion(from: Dtype, to: Dtype): string {
  *
  * @param report From {@linkcode convertCheckpoint}.
  * @returns The text.
+ * @example
+ * ```ts
+ * import { convertCheckpoint, formatConversionReport } from "./convert.ts";
+ * import { saveSafetensors } from "./safetensors.ts";
+ * import { tensor } from "../tensor.ts";
+ * const path = `${require("node:os").tmpdir()}/mixprec-format-doc-${process.pid}.safetensors`;
+ * using w = tensor([1e5], { dtype: "bf16" });
+ * saveSafetensors(path, { w });
+ * const text = formatConversionReport(convertCheckpoint(path, path, { to: "f16", allowOverflow: true }));
+ * if (!/\| w +\| BF16 \| F16 \| +1 \| +1 \|/.test(text)) throw new Error(text);
+ * require("node:fs").rmSync(path);
+ * ```
  */
 export function formatConversionReport(report: ConversionReport): string {
   const headers = [

@@ -16,9 +16,11 @@
  * Names: a pytree saves with dotted names: object keys and array indices joined by ".", so
  * `{ layers: [{ weight }] }` is stored as `layers.0.weight`. Loading splits names on "." and turns
  * an object whose keys are exactly "0".."n-1" into an array. When that rule would not give the
- * saved tree back (empty containers, null leaves, objects with numeric keys), the writer also
- * stores the tree's structure as JSON in `__metadata__["mixprec.tree"]`, and the loader uses it.
- * Keys must not contain "." and must not be empty; the top-level key `__metadata__` is reserved.
+ * saved tree back (empty containers, null leaves, objects with numeric keys, keys that contain
+ * dots such as a flat `{ "layers.0.weight": t }` record), the writer also stores the tree's
+ * structure as JSON in `__metadata__["mixprec.tree"]`, and the loader uses it. Keys must not be
+ * empty; two paths that join to the same name (`{ "a.b": x, a: { b: y } }`) are refused; the
+ * top-level key `__metadata__` is reserved.
  *
  * Errors for malformed files: see src/io/_header.ts (RangeError for byte layout, SyntaxError for
  * header text, TypeError for entry kinds); messages name the tensor and the problem. No allocation
@@ -460,9 +462,9 @@ function flattenTree(tree: Tree<SafetensorsLeaf>): NamedLeaf[] {
         ? node.map((child, i) => [String(i), child] as const)
         : Object.entries(node as Record<string, unknown>);
       for (const [key, child] of entries) {
-        if (key === "" || key.includes(".")) {
+        if (key === "") {
           throw new TypeError(
-            `Key ${JSON.stringify(key)} at ${path === "" ? "the top level" : JSON.stringify(path)} cannot be saved: names join keys with ".", so keys are non-empty and dot-free`,
+            `An empty key at ${path === "" ? "the top level" : JSON.stringify(path)} cannot be saved: names join keys with ".", so keys are non-empty`,
           );
         }
         if (path === "" && key === "__metadata__") {

@@ -289,6 +289,18 @@ export function saveTrainState(
  * @returns `{ params, optState, lossScale, step, rng, extra }`.
  * @throws {RangeError} When `dir` holds no checkpoint or one of a newer format version.
  * @throws {SyntaxError} When state.json is not valid JSON.
+ * @example
+ * ```ts
+ * import { loadTrainState, saveTrainState } from "./train_state.ts";
+ * import { tensor, type Tensor } from "../tensor.ts";
+ * const dir = `${require("node:os").tmpdir()}/mixprec-load-doc-${process.pid}`;
+ * using m = tensor([-0, 2]);
+ * saveTrainState(dir, { params: { m }, optState: Object.freeze({ mu: m }), lossScale: null, step: 9, rng: [1, 2] });
+ * const { params, optState } = loadTrainState<{ m: Tensor }, { mu: Tensor }>(dir);
+ * if (optState.mu !== params.m || !Object.is(params.m.toArray()[0], -0)) throw new Error("not restored");
+ * params.m.dispose();
+ * require("node:fs").rmSync(dir, { recursive: true });
+ * ```
  */
 export function loadTrainState<P = unknown, O = unknown, L = LossScale>(
   dir: string,
@@ -320,6 +332,9 @@ export function loadTrainState<P = unknown, O = unknown, L = LossScale>(
     throw new RangeError(
       `${where} has checkpoint format version ${String(document.version)}; this mixprec reads version ${TRAIN_STATE_VERSION}: use the mixprec that wrote it`,
     );
+  }
+  if (!Number.isSafeInteger(document.step) || (document.step as number) < 0) {
+    throw new SyntaxError(`${join(where, STATE_FILE)} has step ${String(document.step)}, not a non-negative integer`);
   }
   const tensorsPath = join(where, TENSORS_FILE);
   const size = statSync(tensorsPath).size;

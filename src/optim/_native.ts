@@ -11,6 +11,7 @@ import { check, native } from "../_ffi.ts";
 import { dtypeInfo } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
 import { gradientTable } from "../unscale.ts";
+import { checkOneDevice, fusedAdamWOnDevice } from "./_native_cuda.ts";
 
 const SUM_OUT = new Float64Array(1);
 const FOUND_OUT = new Uint32Array(1);
@@ -51,9 +52,8 @@ export interface AdamHyper {
   readonly oneMinusBeta1: number;
   readonly beta2: number;
   readonly oneMinusBeta2: number;
-  readonly biasCorrection1: number;
-  readonly biasCorrection2Sqrt: number;
-  readonly eps: number;
+  readonly stepScale: number;
+  readonly epsHat: number;
   readonly negLr: number;
   readonly decay: number;
   readonly amsgrad: boolean;
@@ -76,19 +76,12 @@ export function fusedAdamWStep(rows: readonly AdamRowTensors[], h: AdamHyper, fo
     table[o + 8] = code(row.m) | (BigInt(row.seed >>> 0) << 32n);
   });
   const hyper = new Float32Array(12);
-  hyper.set([
-    h.invScale,
-    h.clip,
-    h.oneMinusBeta1,
-    h.beta2,
-    h.oneMinusBeta2,
-    h.biasCorrection1,
-    h.biasCorrection2Sqrt,
-    h.eps,
-    h.negLr,
-    h.decay,
-  ]);
-  new Uint32Array(hyper.buffer)[10] = (h.amsgrad ? 1 : 0) | (h.stochastic ? 2 : 0);
+  hyper.set([h.invScale, h.clip, h.oneMinusBeta1, h.beta2, h.oneMinusBeta2, h.stepScale, h.epsHat, h.negLr, h.decay]);
+  new Uint32Array(hyper.buffer)[9] = (h.amsgrad ? 1 : 0) | (h.stochastic ? 2 : 0);
+  // CUDA tensors: the same table and constants, run by the device kernel (src/optim/_native_cuda.ts).
+  const device = rows[0]?.param.device ?? "cpu";
+  if (device !== "cpu") return fusedAdamWOnDevice(device, rows, table, hyper, foundInf);
+  checkOneDevice(rows, "cpu");
   check(
     native().mp_fused_adamw(
       rows.length === 0 ? null : ptr(table),

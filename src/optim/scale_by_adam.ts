@@ -50,25 +50,32 @@ export interface ScaleByAdamState extends OptState {
 
 /**
  * The float32 constants of Adam step `t` (1-based), shared by the composed transform and the fused
- * kernel so both round identically: bias corrections computed in float64, then rounded once.
+ * kernel so both round identically. The bias corrections are folded into two scalars computed in
+ * float64 and rounded once: `stepScale = sqrt(1 - b2^t) / (1 - b1^t)` and
+ * `epsHat = eps * sqrt(1 - b2^t)`, so that `(stepScale * m) / (sqrt(v) + epsHat)` equals PyTorch's
+ * `(m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps)` in real arithmetic (eps stays after bias
+ * correction) with one division and one square root per element.
  * @internal
  */
 export function adamConstants(b1: number, b2: number, eps: number, t: number) {
+  const biasCorrection2Sqrt = Math.sqrt(1 - b2 ** t);
   return {
     oneMinusBeta1: fround(1 - b1),
     beta2: fround(b2),
     oneMinusBeta2: fround(1 - b2),
-    biasCorrection1: fround(1 - b1 ** t),
-    biasCorrection2Sqrt: fround(Math.sqrt(1 - b2 ** t)),
-    eps: fround(eps),
+    stepScale: fround(biasCorrection2Sqrt / (1 - b1 ** t)),
+    epsHat: fround(eps * biasCorrection2Sqrt),
   };
 }
 
 /**
- * Rescales updates by Adam's rule (PyTorch's order of operations, in float32):
+ * Rescales updates by Adam's rule (PyTorch's moments, in float32):
  * `m = m + (1 - b1)(g - m)`, `v = b2 v + ((1 - b2) g) g`, and the output
- * `(m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps)` (eps after bias correction). With `amsgrad`
- * the running maximum of v is used. Combine with {@linkcode scaleByLearningRate}.
+ * `(m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps)` (eps after bias correction), computed as
+ * `(stepScale * m) / (sqrt(v) + epsHat)` with the bias corrections folded into two float64
+ * scalars (see `adamConstants`): equal in real arithmetic, as many roundings as PyTorch's form,
+ * one division. With `amsgrad` the running maximum of v is used. Combine with
+ * {@linkcode scaleByLearningRate}.
  *
  * @param options b1, b2, eps, amsgrad, stateDtype.
  * @returns A transformation whose state holds m, v (and max v) per parameter.
@@ -142,8 +149,7 @@ export function scaleByAdam(options: ScaleByAdamOptions = {}): GradientTransform
           vs = storeState(nuMax[i]!, vmax);
         }
         for (let k = 0; k < r.length; k++) {
-          const denom = fround(fround(fround(Math.sqrt(vs[k]!)) / c.biasCorrection2Sqrt) + c.eps);
-          r[k] = fround(ms[k]! / c.biasCorrection1) / denom;
+          r[k] = fround(c.stepScale * ms[k]!) / fround(fround(Math.sqrt(vs[k]!)) + c.epsHat);
         }
         return result;
       }, updates);

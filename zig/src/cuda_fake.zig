@@ -14,6 +14,7 @@ const numerics = @import("numerics.zig");
 const cast = @import("cpu/cast.zig");
 const unscale = @import("cpu/unscale.zig");
 const step_math = @import("cuda/step_math.zig");
+const adamw = @import("cpu/adamw.zig");
 
 const CUresult = c_int;
 const success: CUresult = 0;
@@ -34,6 +35,7 @@ const entries = [_][]const u8{
     "mp_global_norm_finish_kernel",
     "mp_scale_kernel",
     "mp_clip_by_norm_kernel",
+    "mp_fused_adamw_kernel",
 };
 
 export fn cuInit(flags: c_uint) CUresult {
@@ -170,6 +172,7 @@ export fn cuLaunchKernel(function: ?*anyopaque, grid: c_uint, grid_y: c_uint, gr
         4 => launch_norm_finish(params, block),
         5 => launch_scale(params),
         6 => launch_clip(params),
+        7 => launch_adamw(params),
         else => unreachable,
     }
     return success;
@@ -274,6 +277,13 @@ fn launch_scale(params: [*]?*anyopaque) void {
 fn launch_clip(params: [*]?*anyopaque) void {
     const coefficient = step_math.clip_coefficient(param(f32, params, 3), @as(*const f32, @ptrFromInt(param(u64, params, 4))).*);
     if (coefficient < 1.0) multiply_rows(params, coefficient);
+}
+
+fn launch_adamw(params: [*]?*anyopaque) void {
+    const found_inf = param(u64, params, 4);
+    if (found_inf != 0 and @as(*const u32, @ptrFromInt(found_inf)).* != 0) return;
+    const rows: [*]const adamw.AdamRow = @ptrFromInt(param(u64, params, 0));
+    adamw.step(rows[0..param(u64, params, 1)], @ptrFromInt(param(u64, params, 3)));
 }
 
 fn wide(dtype: numerics.Dtype, address: u64, index: u64) u32 {

@@ -191,6 +191,19 @@ test {
     _ = sgd;
 }
 
+test "the fused AdamW device kernel is a PTX entry taking (table, rows, total, hyper, found_inf) as u64" {
+    const header = ".entry mp_fused_adamw_kernel(";
+    const start = std.mem.indexOf(u8, ptx_source, header) orelse return error.MissingKernel;
+    const end = std.mem.indexOfScalarPos(u8, ptx_source, start, ')') orelse return error.MalformedPtx;
+    var lines = std.mem.tokenizeScalar(u8, ptx_source[start + header.len .. end], '\n');
+    for (0..5) |_| {
+        const line = lines.next() orelse return error.TooFewParameters;
+        try std.testing.expect(std.mem.startsWith(u8, std.mem.trim(u8, line, " \t"), ".param .u64 "));
+    }
+    try std.testing.expect(lines.next() == null);
+    comptime std.debug.assert(@sizeOf(adamw.AdamRow) == 72 and @sizeOf(adamw.AdamHyper) == 48);
+}
+
 // --- Autodiff helper: matmul and peak FLOP/s (zig/src/cpu/matmul.zig) ---
 
 /// Batched C = op(A) op(B) with float32 accumulation into a float32 C (row-major m x n per batch
@@ -490,6 +503,21 @@ export fn mp_cuda_launch_clip_by_norm(ordinal: u32, table: u64, row_count: u64, 
     return status(.ok);
 }
 
+/// One fused AdamW step on the device (zig/src/cuda/kernels.zig, the CPU's mp_fused_adamw
+/// arithmetic): `table` is a device copy of `row_count` adamw.AdamRow rows with device addresses
+/// and `total_count` elements in all, `hyper` a device adamw.AdamHyper. When `found_inf` is not 0
+/// and the device u32 there is set, the kernel skips the step on the device. No sync.
+export fn mp_cuda_launch_fused_adamw(ordinal: u32, table: u64, row_count: u64, total_count: u64, hyper: u64, found_inf: u64) i32 {
+    if (total_count == 0) return status(.ok);
+    if (table == 0 or hyper == 0) return status(.null_pointer);
+    if (row_count == 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const grid = driver.grid_blocks(device, total_count);
+    driver.launch(device, .fused_adamw, grid, driver.block_threads, .{ table, row_count, total_count, hyper, found_inf }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
 /// Waits until the device has finished all queued work (a counted synchronisation).
 export fn mp_cuda_sync(ordinal: u32) i32 {
     const device = cuda_device(ordinal) catch |err| return cuda_status(err);
@@ -539,6 +567,19 @@ test "every kernel of the driver's table is a PTX entry with exactly the paramet
         }
         try std.testing.expect(lines.next() == null);
     }
+}
+
+test "the device AdamW table and constants have the CPU's layout, field for field" {
+    inline for (comptime std.meta.fieldNames(adamw.AdamRow)) |name| {
+        try std.testing.expectEqual(@offsetOf(adamw.AdamRow, name), @offsetOf(step_math.AdamRow, name));
+    }
+    inline for (comptime std.meta.fieldNames(adamw.AdamHyper)) |name| {
+        try std.testing.expectEqual(@offsetOf(adamw.AdamHyper, name), @offsetOf(step_math.AdamHyper, name));
+    }
+    try std.testing.expectEqual(@sizeOf(adamw.AdamRow), @sizeOf(step_math.AdamRow));
+    try std.testing.expectEqual(@sizeOf(adamw.AdamHyper), @sizeOf(step_math.AdamHyper));
+    try std.testing.expectEqual(adamw.flag_amsgrad, step_math.adam_flag_amsgrad);
+    try std.testing.expectEqual(adamw.flag_stochastic, step_math.adam_flag_stochastic);
 }
 
 test "the CUDA exports report cuda_unavailable with a reason when libcuda.so.1 cannot be loaded" {

@@ -7,7 +7,10 @@
 //!
 //!   g = g * inv_scale; g = g * clip
 //!   m = m + (1 - b1) * (g - m);  v = b2 * v + ((1 - b2) * g) * g;  (amsgrad: v_max = max(v_max, v))
-//!   denom = sqrt(v) / sqrt(1 - b2^t) + eps;  r = (m / (1 - b1^t)) / denom
+//!   r = (c * m) / (sqrt(v) + eps_hat), c = sqrt(1 - b2^t) / (1 - b1^t), eps_hat = eps * sqrt(1 - b2^t)
+//!     (PyTorch's (m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps) with the bias corrections
+//!     folded into two scalars computed in float64: exactly equal in real arithmetic, eps still
+//!     after bias correction, one division and one square root per element instead of 3 + 1)
 //!   p = p * (1 - lr * wd) + (-lr) * r   (computed as p + ((p * (1 - lr * wd) + (-lr) * r) - p), as
 //!                                         the chain's update is added back)
 //!
@@ -45,13 +48,14 @@ pub const AdamHyper = extern struct {
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
-    bias_correction1: f32,
-    bias_correction2_sqrt: f32,
-    eps: f32,
+    /// sqrt(1 - b2^t) / (1 - b1^t), rounded once from float64.
+    step_scale: f32,
+    /// eps * sqrt(1 - b2^t), rounded once from float64.
+    eps_hat: f32,
     neg_lr: f32,
     decay: f32,
     flags: u32,
-    reserved: u32,
+    reserved: [2]u32,
 };
 
 pub const flag_amsgrad: u32 = 1;
@@ -114,8 +118,7 @@ inline fn step_lanes(
         v = @max(load_f32(w, state_dtype, row.v_max, index), v);
         v = store_state(w, state_dtype, row.v_max, index, v);
     }
-    const denom = @sqrt(v) / @as(F, @splat(h.bias_correction2_sqrt)) + @as(F, @splat(h.eps));
-    const r = (m / @as(F, @splat(h.bias_correction1))) / denom;
+    const r = (@as(F, @splat(h.step_scale)) * m) / (@sqrt(v) + @as(F, @splat(h.eps_hat)));
     const u = @as(F, @splat(h.neg_lr)) * r;
     const has_master = row.master != 0;
     var p = if (has_master) load_f32(w, .float32, row.master, index) else load_f32(w, param_dtype, row.param, index);
@@ -133,7 +136,12 @@ inline fn step_lanes(
     cast.store(w, param_dtype, @ptrFromInt(row.param), index, numerics.from_f32(w, param_dtype, @bitCast(p), threshold, false));
 }
 
-fn step_typed(comptime grad_dtype: Dtype, comptime param_dtype: Dtype, comptime state_dtype: Dtype, row: *const AdamRow, h: *const AdamHyper, begin: u64, end: u64) void {
+fn step_typed(comptime grad_dtype: Dtype, comptime param_dtype: Dtype, comptime state_dtype: Dtype, row_shared: *const AdamRow, h_shared: *const AdamHyper, begin: u64, end: u64) void {
+    // Local copies: the kernel's stores cannot alias them, so their fields stay in registers.
+    const row_local = row_shared.*;
+    const h_local = h_shared.*;
+    const row = &row_local;
+    const h = &h_local;
     var index = begin;
     while (index + n <= end) : (index += n) step_lanes(n, grad_dtype, param_dtype, state_dtype, row, h, index);
     while (index < end) : (index += 1) step_lanes(1, grad_dtype, param_dtype, state_dtype, row, h, index);
@@ -206,13 +214,12 @@ test "one AdamW step from zero state moves every parameter by lr against the gra
         .one_minus_beta1 = 0.1,
         .beta2 = 0.999,
         .one_minus_beta2 = 0.001,
-        .bias_correction1 = 0.1,
-        .bias_correction2_sqrt = @sqrt(@as(f32, 0.001)),
-        .eps = 1e-8,
+        .step_scale = @sqrt(@as(f32, 0.001)) / 0.1,
+        .eps_hat = 1e-8 * @sqrt(@as(f32, 0.001)),
         .neg_lr = -0.25,
         .decay = 1,
         .flags = 0,
-        .reserved = 0,
+        .reserved = .{ 0, 0 },
     };
     step(&rows, &hyper);
     try std.testing.expectApproxEqAbs(@as(f32, 0.75), master[0], 1e-6);

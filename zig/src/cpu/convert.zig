@@ -36,11 +36,11 @@ comptime {
 }
 
 /// The smallest positive normal value of a dtype.
-fn min_normal(comptime dtype: Dtype) f64 {
+fn min_normal(comptime dtype: Dtype) f32 {
     return switch (dtype) {
-        .float32, .bfloat16 => std.math.pow(f64, 2, -126),
-        .float16, .float8_e5m2 => std.math.pow(f64, 2, -14),
-        .float8_e4m3fn => std.math.pow(f64, 2, -6),
+        .float32, .bfloat16 => std.math.pow(f32, 2, -126),
+        .float16, .float8_e5m2 => std.math.pow(f32, 2, -14),
+        .float8_e4m3fn => std.math.pow(f32, 2, -6),
     };
 }
 
@@ -81,18 +81,20 @@ inline fn accumulate(
     const overflow = x_finite & !y_finite;
     const counted = x_finite & y_finite & x_nonzero;
     const underflow = counted & y_zero;
-    const x: Vf = @floatCast(@as(@Vector(n, f32), @bitCast(source)));
-    const y: Vf = @floatCast(@as(@Vector(n, f32), @bitCast(result)));
-    const y_abs = @abs(y);
-    const subnormal = counted & !y_zero & (y_abs < @as(Vf, @splat(min_normal(to))));
-    const ones: Vf = @splat(1);
-    const zeros: Vf = @splat(0);
+    const Vs = @Vector(n, f32);
+    const x: Vs = @bitCast(source);
+    const y: Vs = @bitCast(result);
+    const subnormal = counted & !y_zero & (@abs(y) < @as(Vs, @splat(min_normal(to))));
+    const ones: Vs = @splat(1);
+    const zeros: Vs = @splat(0);
+    // The error is float32 arithmetic (|y - x| then / |x|, each rounded once), summed in float64.
     // Non-counted lanes divide by a nonzero stand-in and are masked out afterwards.
-    const safe_x = @select(f64, counted, @abs(x), ones);
-    const relative = @select(f64, underflow, ones, @abs(y - x) / safe_x);
-    const masked = @select(f64, counted, relative, zeros);
-    max_error.* = @max(max_error.*, masked);
-    error_sum.* += masked;
+    const safe_x = @select(f32, counted, @abs(x), ones);
+    const relative = @select(f32, underflow, ones, @abs(y - x) / safe_x);
+    const masked = @select(f32, counted, relative, zeros);
+    const wide: Vf = @floatCast(masked);
+    max_error.* = @max(max_error.*, wide);
+    error_sum.* += wide;
     stats.overflow += @popCount(@as(@Int(.unsigned, n), @bitCast(@as(Vb, overflow))));
     stats.underflow += @popCount(@as(@Int(.unsigned, n), @bitCast(@as(Vb, underflow))));
     stats.subnormal += @popCount(@as(@Int(.unsigned, n), @bitCast(@as(Vb, subnormal))));

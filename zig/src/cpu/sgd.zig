@@ -104,7 +104,12 @@ inline fn step_lanes(
     cast.store(w, param_dtype, @ptrFromInt(row.param), index, numerics.from_f32(w, param_dtype, @bitCast(p), threshold, false));
 }
 
-fn step_typed(comptime grad_dtype: Dtype, comptime param_dtype: Dtype, comptime state_dtype: Dtype, row: *const SgdRow, h: *const SgdHyper, begin: u64, end: u64) void {
+fn step_typed(comptime grad_dtype: Dtype, comptime param_dtype: Dtype, comptime state_dtype: Dtype, row_shared: *const SgdRow, h_shared: *const SgdHyper, begin: u64, end: u64) void {
+    // Local copies: the kernel's stores cannot alias them, so their fields stay in registers.
+    const row_local = row_shared.*;
+    const h_local = h_shared.*;
+    const row = &row_local;
+    const h = &h_local;
     var index = begin;
     while (index + n <= end) : (index += n) step_lanes(n, grad_dtype, param_dtype, state_dtype, row, h, index);
     while (index < end) : (index += 1) step_lanes(1, grad_dtype, param_dtype, state_dtype, row, h, index);

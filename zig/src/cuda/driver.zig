@@ -85,6 +85,7 @@ pub const Kernel = enum(u32) {
     global_norm_finish,
     scale,
     clip_by_norm,
+    fused_adamw,
 
     pub fn entry(kernel: Kernel) [:0]const u8 {
         return switch (kernel) {
@@ -95,6 +96,7 @@ pub const Kernel = enum(u32) {
             .global_norm_finish => "mp_global_norm_finish_kernel",
             .scale => "mp_scale_kernel",
             .clip_by_norm => "mp_clip_by_norm_kernel",
+            .fused_adamw => "mp_fused_adamw_kernel",
         };
     }
 
@@ -108,6 +110,7 @@ pub const Kernel = enum(u32) {
             .global_norm_finish => &.{ u64, u32, u64 },
             .scale => &.{ u64, u64, u64, f32, u64 },
             .clip_by_norm => &.{ u64, u64, u64, f32, u64 },
+            .fused_adamw => &.{ u64, u64, u64, u64, u64 },
         };
     }
 };

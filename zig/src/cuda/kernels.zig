@@ -229,3 +229,74 @@ export fn mp_clip_by_norm_kernel(table: u64, row_count: u64, total_count: u64, m
     if (!(coefficient < 1.0)) return;
     multiply_rows(@ptrFromInt(table), row_count, total_count, coefficient);
 }
+
+/// One parameter of a fused AdamW step: the layout of zig/src/cpu/adamw.zig `AdamRow` (72 bytes;
+/// zig/src/ffi.zig's tests compare every field offset with step_math.AdamRow, which mirrors this).
+const AdamRow = step_math.AdamRow;
+/// The float32 constants of the step: zig/src/cpu/adamw.zig `AdamHyper` (48 bytes).
+const AdamHyper = step_math.AdamHyper;
+
+inline fn load_value(dtype: Dtype, address: u64, index: u64) f32 {
+    return @bitCast(to_f32_runtime(dtype, load_bits(dtype, address, index)));
+}
+
+/// Stores `value` in `dtype` (nearest even) and returns the stored value widened again.
+inline fn store_value(dtype: Dtype, address: u64, index: u64, value: f32) f32 {
+    const bits = from_f32_runtime(dtype, @bitCast(value), null, false);
+    store_bits(dtype, address, index, bits);
+    return @bitCast(to_f32_runtime(dtype, bits));
+}
+
+/// One element of zig/src/cpu/adamw.zig `step_lanes`, with the same float32 operations in the same
+/// order (PTX's mul.rn / add.rn / div.rn / sqrt.rn are never contracted), so the device writes the
+/// CPU's bits.
+inline fn adam_element(row: *const AdamRow, h: *const AdamHyper, index: u64) void {
+    const grad_dtype: Dtype = @fromBackingInt(@intCast(row.grad_dtype));
+    const param_dtype: Dtype = @fromBackingInt(@intCast(row.param_dtype));
+    const state_dtype: Dtype = @fromBackingInt(@intCast(row.state_dtype));
+    var g = load_value(grad_dtype, row.grad, index);
+    if (h.inv_scale != 1.0) g = g * h.inv_scale;
+    if (h.clip != 1.0) g = g * h.clip;
+    var m = load_value(state_dtype, row.m, index);
+    var v = load_value(state_dtype, row.v, index);
+    m = m + h.one_minus_beta1 * (g - m);
+    v = h.beta2 * v + (h.one_minus_beta2 * g) * g;
+    m = store_value(state_dtype, row.m, index, m);
+    v = store_value(state_dtype, row.v, index, v);
+    if (h.flags & step_math.adam_flag_amsgrad != 0) {
+        v = @max(load_value(state_dtype, row.v_max, index), v);
+        v = store_value(state_dtype, row.v_max, index, v);
+    }
+    const r = (h.step_scale * m) / (@sqrt(v) + h.eps_hat);
+    const u = h.neg_lr * r;
+    const has_master = row.master != 0;
+    var p = if (has_master) load_value(.float32, row.master, index) else load_value(param_dtype, row.param, index);
+    if (h.decay != 1.0) {
+        const decayed = p * h.decay + u;
+        p = p + (decayed - p);
+    } else {
+        p = p + u;
+    }
+    if (has_master) store_bits(.float32, row.master, index, @bitCast(p));
+    const threshold: ?u32 = if (h.flags & step_math.adam_flag_stochastic != 0) numerics.threshold_at(1, row.seed, index)[0] else null;
+    store_bits(param_dtype, row.param, index, from_f32_runtime(param_dtype, @bitCast(p), threshold, false));
+}
+
+/// Fused multi-tensor AdamW over a device table of AdamRows with the device AdamHyper at `hyper`.
+/// When `found_inf` is not 0 and the device u32 there is set, nothing is read or written: the step
+/// is skipped on the device, and the host never learns (or waits to learn) that it was.
+export fn mp_fused_adamw_kernel(table: u64, row_count: u64, total_count: u64, hyper: u64, found_inf: u64) callconv(.kernel) void {
+    if (found_inf != 0 and @as(*const u32, @ptrFromInt(found_inf)).* != 0) return;
+    const rows: [*]const AdamRow = @ptrFromInt(table);
+    const h: *const AdamHyper = @ptrFromInt(hyper);
+    var row: u64 = 0;
+    var row_start: u64 = 0;
+    var index = global_index();
+    while (index < total_count) : (index += grid_stride()) {
+        while (row < row_count and index >= row_start + rows[row].count) {
+            row_start += rows[row].count;
+            row += 1;
+        }
+        adam_element(&rows[row], h, index - row_start);
+    }
+}

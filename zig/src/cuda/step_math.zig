@@ -74,3 +74,42 @@ test "clip_coefficient is max_norm over norm plus 1e-6, in float32" {
     try std.testing.expect(clip_coefficient(1, 0.5) > 1);
     try std.testing.expect(std.math.isNan(clip_coefficient(1, std.math.nan(f32))));
 }
+
+/// zig/src/cpu/adamw.zig `AdamRow`, repeated here so the device kernel (which cannot import the
+/// CPU code) reads the same table; ffi.zig's tests check every field offset against the original.
+pub const AdamRow = extern struct {
+    grad: u64,
+    param: u64,
+    master: u64,
+    m: u64,
+    v: u64,
+    v_max: u64,
+    count: u64,
+    grad_dtype: u32,
+    param_dtype: u32,
+    state_dtype: u32,
+    seed: u32,
+};
+
+/// zig/src/cpu/adamw.zig `AdamHyper`, repeated for the device kernel (offsets checked likewise).
+pub const AdamHyper = extern struct {
+    inv_scale: f32,
+    clip: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    step_scale: f32,
+    eps_hat: f32,
+    neg_lr: f32,
+    decay: f32,
+    flags: u32,
+    reserved: [2]u32,
+};
+
+pub const adam_flag_amsgrad: u32 = 1;
+pub const adam_flag_stochastic: u32 = 2;
+
+comptime {
+    std.debug.assert(@sizeOf(AdamRow) == 72);
+    std.debug.assert(@sizeOf(AdamHyper) == 48);
+}
