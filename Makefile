@@ -80,8 +80,9 @@ test-cuda: deps build
 test-cuda-fake: deps build
 	MIXPREC_LIBCUDA=$(CURDIR)/zig/zig-out/lib/libcuda_fake.so $(BUN) test test/cuda_test.ts 2>&1 | tail -n 5
 
+# The main job: train the demo model under every precision recipe (about 3 minutes on 2 cores).
 demo: deps build
-	$(BUN) bench/cast_bench.ts
+	$(BUN) bench/train.ts
 
 bench: deps build
 	$(BUN) bench/cast_bench.ts
@@ -89,6 +90,7 @@ bench: deps build
 	$(BUN) bench/cuda_bench.ts
 	$(BUN) bench/optim_bench.ts
 	$(BUN) bench/io_bench.ts --mb 1024
+	$(BUN) bench/matmul_bench.ts
 
 fmt: deps
 	$(ZIG) fmt zig

@@ -205,6 +205,15 @@ try {
     "limit for a conversion",
   );
   let report: ReturnType<typeof convertCheckpoint> | undefined;
+  // Anonymous (non-file) resident memory: mapped file pages do not count, chunk buffers do.
+  const rssAnonBytes = () => {
+    const match = /RssAnon:\s+(\d+) kB/.exec(require("node:fs").readFileSync("/proc/self/status", "utf8"));
+    return match ? Number(match[1]) * 1024 : Number.NaN;
+  };
+  Bun.gc(true);
+  const anonBefore = rssAnonBytes();
+  convertCheckpoint(input, output, { to: "bfloat16" });
+  const anonGrowth = rssAnonBytes() - anonBefore;
   add(
     "convertCheckpoint f16 -> bf16",
     timeNs(() => {
@@ -238,6 +247,9 @@ try {
   console.log(formatTable(["operation", "GB/s", "of limit", "note"], rows));
   console.log(`\nconversion statistics on ${(sliceElements * 2) / (1 << 20)} MB of float16 (GB/s of source bytes)\n`);
   console.log(formatTable(["statistics", "GB/s"], statsRows));
+  console.log(
+    `\nconvertCheckpoint memory: anonymous RSS grew by ${(anonGrowth / (1 << 20)).toFixed(1)} MB while converting the ${(fileBytes / (1 << 20)).toFixed(0)} MB file (chunk buffers; the mapped input is page cache)`,
+  );
   if (report !== undefined) {
     const total = report.total;
     console.log(

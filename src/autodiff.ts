@@ -65,6 +65,52 @@ export function requiresGrad(value: Tensor): boolean {
   return tape !== null && tape.requires.has(value);
 }
 
+/** Whether any scope (tape or checkpoint) owns newly created tensors. @internal */
+export function scoped(): boolean {
+  return frames.length > 0;
+}
+
+/**
+ * Runs `fn` and disposes every tensor the ops inside it created, except the tensors in its result
+ * (TensorFlow.js's `tidy`). For eager code outside valueAndGrad (evaluation, inference), where
+ * nothing else would free the intermediates. Inside a recording tape it only runs fn: the tape
+ * needs the intermediates and frees them itself.
+ *
+ * @param fn A function returning a tensor, a pytree of tensors, or anything else.
+ * @returns fn's result, owned by the caller (or by the enclosing scope).
+ * @example
+ * ```ts
+ * import { tidy } from "./autodiff.ts";
+ * import { add, mul } from "./ops/mod.ts";
+ * import { liveTensorCount, tensor } from "./tensor.ts";
+ * using x = tensor([1, 2]);
+ * const before = liveTensorCount();
+ * const y = tidy(() => add(mul(x, x), x));
+ * if (liveTensorCount() !== before + 1) throw new Error("only the result survives");
+ * y.dispose();
+ * ```
+ */
+export function tidy<T>(fn: () => T): T {
+  if (topTape() !== null) return fn();
+  const frame: Frame = { created: [], tape: null };
+  frames.push(frame);
+  let result: T;
+  try {
+    result = fn();
+  } catch (error) {
+    frames.pop();
+    for (const t of frame.created) t.dispose();
+    throw error;
+  }
+  frames.pop();
+  const keep = new Set(treeLeaves(result as Tree<unknown>).filter(isTensor) as Tensor[]);
+  for (const t of frame.created) {
+    if (keep.has(t)) track(t);
+    else t.dispose();
+  }
+  return result;
+}
+
 /** Whether a tape is recording (ops may skip saving state for backward when not). @internal */
 export function recording(): boolean {
   return topTape() !== null;

@@ -32,6 +32,7 @@
  * @module
  */
 
+import { record, track } from "./autodiff.ts";
 import { canonicalDtype, describeKind } from "./dtype.ts";
 import { isTensor, type Tensor, tensor } from "./tensor.ts";
 import { type Tree, treeLeaves } from "./tree.ts";
@@ -149,7 +150,14 @@ function scaleLoss(value: number, loss: number | Tensor): number | Tensor {
   }
   const values = loss.toArray();
   for (let i = 0; i < values.length; i++) values[i] = Math.fround(values[i]! * value);
-  return tensor(values, { dtype: canonicalDtype(loss.dtype), shape: loss.shape, device: loss.device });
+  const scaled = track(tensor(values, { dtype: canonicalDtype(loss.dtype), shape: loss.shape, device: loss.device }));
+  // Differentiable, so `valueAndGrad(p => scaler.scale(loss(p)))` yields gradients times the scale
+  // (PyTorch's `scaler.scale(loss).backward()`).
+  return record(scaled, [loss], (grad) => {
+    const gradValues = grad.toArray();
+    for (let i = 0; i < gradValues.length; i++) gradValues[i] = Math.fround(gradValues[i]! * value);
+    return [tensor(gradValues, { dtype: grad.dtype, shape: grad.shape, device: grad.device })];
+  });
 }
 
 /** The inverse scale PyTorch uses: the float64 reciprocal rounded to float32. */

@@ -169,10 +169,12 @@ export {
   grad,
   stopGradient,
   type TapeReport,
+  tidy,
   type ValueAndGrad,
   valueAndGrad,
   type ValueAndGradOptions,
 } from "./autodiff.ts";
+export * as nn from "./nn/mod.ts";
 export * as ops from "./ops/mod.ts";
 export { liveTensorCount } from "./tensor.ts";
 export {

@@ -61,9 +61,11 @@ export function causalSelfAttention(qkv: Tensor, heads: number): Tensor {
       for (let h = 0; h < heads; h++) {
         const to = ((b * heads + h) * steps + t) * headDim;
         const from = row + h * headDim;
-        q.set(bits.subarray(from, from + headDim), to);
-        k.set(bits.subarray(from + channels, from + channels + headDim), to);
-        v.set(bits.subarray(from + 2 * channels, from + 2 * channels + headDim), to);
+        for (let d = 0; d < headDim; d++) {
+          q[to + d] = bits[from + d]!;
+          k[to + d] = bits[from + channels + d]!;
+          v[to + d] = bits[from + 2 * channels + d]!;
+        }
       }
     }
   }
@@ -86,14 +88,15 @@ export function causalSelfAttention(qkv: Tensor, heads: number): Tensor {
     for (let j = t + 1; j < steps; j++) probs[base + j] = 0;
   }
   const probsC = inDtype(probs, dtype);
-  const heads_out = new Float32Array(bh * steps * headDim);
-  matmulInto(probsC, dtype, v, dtype, heads_out, bh, steps, headDim, steps, 0);
+  const headsOut = new Float32Array(bh * steps * headDim);
+  matmulInto(probsC, dtype, v, dtype, headsOut, bh, steps, headDim, steps, 0);
   const result = output([batch, steps, channels], dtype, (out) => {
     for (let b = 0; b < batch; b++) {
       for (let h = 0; h < heads; h++) {
         for (let t = 0; t < steps; t++) {
           const from = ((b * heads + h) * steps + t) * headDim;
-          out.set(heads_out.subarray(from, from + headDim), (b * steps + t) * channels + h * headDim);
+          const to = (b * steps + t) * channels + h * headDim;
+          for (let d = 0; d < headDim; d++) out[to + d] = headsOut[from + d]!;
         }
       }
     }
@@ -106,7 +109,7 @@ export function causalSelfAttention(qkv: Tensor, heads: number): Tensor {
         for (let t = 0; t < steps; t++) {
           const to = ((b * heads + h) * steps + t) * headDim;
           const from = (b * steps + t) * channels + h * headDim;
-          dOut.set(gBits.subarray(from, from + headDim), to);
+          for (let d = 0; d < headDim; d++) dOut[to + d] = gBits[from + d]!;
         }
       }
     }
@@ -133,9 +136,11 @@ export function causalSelfAttention(qkv: Tensor, heads: number): Tensor {
           for (let h = 0; h < heads; h++) {
             const from = ((b * heads + h) * steps + t) * headDim;
             const to = row + h * headDim;
-            out.set(dQ.subarray(from, from + headDim), to);
-            out.set(dK.subarray(from, from + headDim), to + channels);
-            out.set(dV.subarray(from, from + headDim), to + 2 * channels);
+            for (let d = 0; d < headDim; d++) {
+              out[to + d] = dQ[from + d]!;
+              out[to + channels + d] = dK[from + d]!;
+              out[to + 2 * channels + d] = dV[from + d]!;
+            }
           }
         }
       }

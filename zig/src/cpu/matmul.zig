@@ -121,21 +121,59 @@ fn operands(request: *const Request, batch_index: u64) Operands {
     };
 }
 
+/// `n` consecutive elements of `dtype` from `index` on, widened to float32.
+inline fn load_vector(comptime n: comptime_int, comptime dtype: Dtype, base: [*]const u8, index: u64) @Vector(n, f32) {
+    switch (dtype) {
+        .float32 => {
+            const typed: [*]align(1) const f32 = @ptrCast(base);
+            return typed[index..][0..n].*;
+        },
+        .float16, .bfloat16 => {
+            const typed: [*]align(1) const u16 = @ptrCast(base);
+            const halves: @Vector(n, u16) = typed[index..][0..n].*;
+            return @bitCast(numerics.to_f32(n, dtype, @as(@Vector(n, u32), halves)));
+        },
+        else => unreachable,
+    }
+}
+
+/// `n` consecutive bfloat16 values from `index` on, zero-extended to u32 lanes.
+inline fn load_halves(comptime n: comptime_int, base: [*]const u8, index: u64) @Vector(n, u32) {
+    const typed: [*]align(1) const u16 = @ptrCast(base);
+    const halves: @Vector(n, u16) = typed[index..][0..n].*;
+    return halves;
+}
+
+/// Two consecutive bfloat16 values from `index` on as one word (the first in the low half).
+inline fn load_pair(base: [*]const u8, index: u64) u32 {
+    const typed: *align(1) const u32 = @ptrCast(base + index * 2);
+    return typed.*;
+}
+
 /// Packs rows [row0, row0 + rows) and depth [p0, p0 + depth) of op(A) as MR-row strips, each
-/// depth-major (MR values per depth step), zero-padded to whole strips.
+/// depth-major (MR values per depth step), zero-padded to whole strips. The request's fields are
+/// read into locals first: the compiler cannot keep them in registers across stores to `target`.
 fn pack_a_f32(comptime dtype: Dtype, request: *const Request, a: [*]const u8, row0: u64, rows: u64, p0: u64, depth: u64, target: []f32) void {
+    const m = request.m;
+    const k = request.k;
+    const trans = request.trans_a;
     var strip: u64 = 0;
     while (strip < rows) : (strip += mr) {
         const strip_rows = @min(mr, rows - strip);
-        const out = target[strip * depth ..];
-        for (0..depth) |p| {
-            for (0..mr) |i| {
-                out[p * mr + i] = if (i < strip_rows) value: {
-                    const row = row0 + strip + i;
-                    const col = p0 + p;
-                    const index = if (request.trans_a) col * request.m + row else row * request.k + col;
-                    break :value load_f32(dtype, a, index);
-                } else 0;
+        const out = target[strip * depth ..][0 .. depth * mr];
+        if (strip_rows < mr) @memset(out, 0);
+        if (trans and strip_rows == mr) {
+            // A is stored k x m: each depth step's MR values are contiguous.
+            for (0..depth) |p| out[p * mr ..][0..mr].* = load_vector(mr, dtype, a, (p0 + p) * m + row0 + strip);
+        } else if (trans) {
+            for (0..depth) |p| {
+                const base = (p0 + p) * m + row0 + strip;
+                for (0..strip_rows) |i| out[p * mr + i] = load_f32(dtype, a, base + i);
+            }
+        } else {
+            for (0..strip_rows) |i| {
+                const base = (row0 + strip + i) * k + p0;
+                for (0..depth) |p| out[p * mr + i] = load_f32(dtype, a, base + p);
             }
         }
     }
@@ -144,24 +182,26 @@ fn pack_a_f32(comptime dtype: Dtype, request: *const Request, a: [*]const u8, ro
 /// Packs depth [p0, p0 + depth) and columns [col0, col0 + cols) of op(B) as NR-column strips, each
 /// depth-major (NR values per depth step), zero-padded to whole strips.
 fn pack_b_f32(comptime dtype: Dtype, request: *const Request, b: [*]const u8, p0: u64, depth: u64, col0: u64, cols: u64, target: []f32) void {
+    const n = request.n;
+    const k = request.k;
+    const trans = request.trans_b;
     var strip: u64 = 0;
     while (strip < cols) : (strip += nr) {
         const strip_cols = @min(nr, cols - strip);
-        const out = target[strip * depth ..];
-        if (request.trans_b) {
+        const out = target[strip * depth ..][0 .. depth * nr];
+        if (strip_cols < nr) @memset(out, 0);
+        if (trans) {
             // B is stored n x k: walk each column's contiguous depth run.
-            for (0..nr) |j| {
-                if (j < strip_cols) {
-                    const base = (col0 + strip + j) * request.k + p0;
-                    for (0..depth) |p| out[p * nr + j] = load_f32(dtype, b, base + p);
-                } else {
-                    for (0..depth) |p| out[p * nr + j] = 0;
-                }
+            for (0..strip_cols) |j| {
+                const base = (col0 + strip + j) * k + p0;
+                for (0..depth) |p| out[p * nr + j] = load_f32(dtype, b, base + p);
             }
+        } else if (strip_cols == nr) {
+            for (0..depth) |p| out[p * nr ..][0..nr].* = load_vector(nr, dtype, b, (p0 + p) * n + col0 + strip);
         } else {
             for (0..depth) |p| {
-                const base = (p0 + p) * request.n + col0 + strip;
-                for (0..nr) |j| out[p * nr + j] = if (j < strip_cols) load_f32(dtype, b, base + j) else 0;
+                const base = (p0 + p) * n + col0 + strip;
+                for (0..strip_cols) |j| out[p * nr + j] = load_f32(dtype, b, base + j);
             }
         }
     }
@@ -171,51 +211,76 @@ fn pack_b_f32(comptime dtype: Dtype, request: *const Request, b: [*]const u8, p0
 /// (a[i][2q], a[i][2q+1]); B strips hold, per depth pair, NR words of (b[2q][j], b[2q+1][j]).
 /// An odd depth is padded with a zero.
 fn pack_a_pairs(request: *const Request, a: [*]const u8, row0: u64, rows: u64, p0: u64, depth: u64, target: []u32) void {
+    const m = request.m;
+    const k = request.k;
+    const trans = request.trans_a;
     const pairs = (depth + 1) / 2;
+    const whole = depth / 2;
     var strip: u64 = 0;
     while (strip < rows) : (strip += mr) {
         const strip_rows = @min(mr, rows - strip);
-        const out = target[strip * pairs ..];
-        for (0..pairs) |q| {
-            for (0..mr) |i| {
-                var word: u32 = 0;
-                if (i < strip_rows) {
-                    const row = row0 + strip + i;
-                    for (0..2) |half| {
-                        const p = 2 * q + half;
-                        if (p < depth) {
-                            const col = p0 + p;
-                            const index = if (request.trans_a) col * request.m + row else row * request.k + col;
-                            word |= @as(u32, load_bf16(a, index)) << @intCast(16 * half);
-                        }
+        const out = target[strip * pairs ..][0 .. pairs * mr];
+        if (strip_rows < mr or whole < pairs) @memset(out, 0);
+        if (trans) {
+            // A is stored k x m: rows 2q and 2q + 1 of the stored matrix interleave.
+            for (0..pairs) |q| {
+                const lo_index = (p0 + 2 * q) * m + row0 + strip;
+                const has_hi = q < whole;
+                if (strip_rows == mr) {
+                    const lo = load_halves(mr, a, lo_index);
+                    const hi = if (has_hi) load_halves(mr, a, lo_index + m) else @as(@Vector(mr, u32), @splat(0));
+                    out[q * mr ..][0..mr].* = lo | (hi << @splat(16));
+                } else {
+                    for (0..strip_rows) |i| {
+                        const lo: u32 = load_bf16(a, lo_index + i);
+                        const hi: u32 = if (has_hi) load_bf16(a, lo_index + m + i) else 0;
+                        out[q * mr + i] = lo | (hi << 16);
                     }
                 }
-                out[q * mr + i] = word;
+            }
+        } else {
+            for (0..strip_rows) |i| {
+                const base = (row0 + strip + i) * k + p0;
+                for (0..whole) |q| out[q * mr + i] = load_pair(a, base + 2 * q);
+                if (whole < pairs) out[whole * mr + i] = load_bf16(a, base + 2 * whole);
             }
         }
     }
 }
 
 fn pack_b_pairs(request: *const Request, b: [*]const u8, p0: u64, depth: u64, col0: u64, cols: u64, target: []u32) void {
+    const n = request.n;
+    const k = request.k;
+    const trans = request.trans_b;
     const pairs = (depth + 1) / 2;
+    const whole = depth / 2;
     var strip: u64 = 0;
     while (strip < cols) : (strip += nr) {
         const strip_cols = @min(nr, cols - strip);
-        const out = target[strip * pairs ..];
-        for (0..pairs) |q| {
-            for (0..nr) |j| {
-                var word: u32 = 0;
-                if (j < strip_cols) {
-                    const col = col0 + strip + j;
-                    for (0..2) |half| {
-                        const p = 2 * q + half;
-                        if (p < depth) {
-                            const index = if (request.trans_b) col * request.k + p0 + p else (p0 + p) * request.n + col;
-                            word |= @as(u32, load_bf16(b, index)) << @intCast(16 * half);
-                        }
+        const out = target[strip * pairs ..][0 .. pairs * nr];
+        if (strip_cols < nr or whole < pairs) @memset(out, 0);
+        if (trans) {
+            // B is stored n x k: depth pairs of one column are adjacent.
+            for (0..strip_cols) |j| {
+                const base = (col0 + strip + j) * k + p0;
+                for (0..whole) |q| out[q * nr + j] = load_pair(b, base + 2 * q);
+                if (whole < pairs) out[whole * nr + j] = load_bf16(b, base + 2 * whole);
+            }
+        } else {
+            for (0..pairs) |q| {
+                const lo_index = (p0 + 2 * q) * n + col0 + strip;
+                const has_hi = q < whole;
+                if (strip_cols == nr) {
+                    const lo = load_halves(nr, b, lo_index);
+                    const hi = if (has_hi) load_halves(nr, b, lo_index + n) else @as(@Vector(nr, u32), @splat(0));
+                    out[q * nr ..][0..nr].* = lo | (hi << @splat(16));
+                } else {
+                    for (0..strip_cols) |j| {
+                        const lo: u32 = load_bf16(b, lo_index + j);
+                        const hi: u32 = if (has_hi) load_bf16(b, lo_index + n + j) else 0;
+                        out[q * nr + j] = lo | (hi << 16);
                     }
                 }
-                out[q * nr + j] = word;
             }
         }
     }
@@ -289,7 +354,7 @@ inline fn store_tile(acc: *const Tile, c: [*]f32, ldc: u64, rows: u64, cols: u64
 
 /// One task: rows [row0, row1) and columns [col0, col1) of one batch element's C.
 fn gemm_block(
-    comptime path: enum { f32, bf16_dot },
+    comptime path: Path,
     comptime a_dtype: Dtype,
     comptime b_dtype: Dtype,
     request: *const Request,
@@ -347,22 +412,44 @@ fn gemm_block(
     }
 }
 
-const Task = struct {
-    request: *const Request,
-    /// Each batch element's C is cut into `parts` pieces along rows (or columns when `by_columns`).
-    parts: u64,
-    by_columns: bool,
-    workers: u32,
+/// How a call's work is shared among workers.
+const Mode = enum {
+    /// Workers take whole batch elements from a shared counter (each packs privately).
+    batches,
+    /// Workers take MC-row blocks of C from a shared counter per column panel; each packs the
+    /// whole K x NC panel of B privately first, so a row block is finished by one worker (no two
+    /// workers ever add into the same C element) and a slow or preempted worker holds up nobody.
+    rows,
+    /// A fixed split of C into `parts` pieces along rows or columns (small M, or huge K).
+    static,
 };
 
-fn run_task(comptime a_dtype: Dtype, comptime b_dtype: Dtype, task: *const Task, worker: u32) void {
+/// Column panels per call in rows mode (one counter each).
+const stage_count_max = 64;
+
+const Task = struct {
+    request: *const Request,
+    mode: Mode,
+    workers: u32,
+    /// Static mode: each batch element's C is cut into `parts` pieces along rows (or columns).
+    parts: u64 = 1,
+    by_columns: bool = false,
+    /// Rows mode: panel width, row-block height and panels per batch element.
+    nc: u64 = 0,
+    mc: u64 = 0,
+    stages: u64 = 0,
+    counters: [stage_count_max]std.atomic.Value(u64) = @splat(.init(0)),
+};
+
+const Path = enum { f32, bf16_dot };
+
+fn run_static(comptime path: Path, comptime a_dtype: Dtype, comptime b_dtype: Dtype, task: *Task, worker: u32) void {
     const request = task.request;
     const total = request.batch * task.parts;
     const begin = total * worker / task.workers;
     const end = total * (worker + 1) / task.workers;
     const dim = if (task.by_columns) request.n else request.m;
     const unit: u64 = if (task.by_columns) nr else mr;
-    const dot = has_bf16_dot and a_dtype == .bfloat16 and b_dtype == .bfloat16 and request.bf16_dot;
     for (begin..end) |t| {
         const batch_index = t / task.parts;
         const part = t % task.parts;
@@ -375,15 +462,104 @@ fn run_task(comptime a_dtype: Dtype, comptime b_dtype: Dtype, task: *const Task,
             .{ 0, request.m, lo, hi }
         else
             .{ lo, hi, 0, request.n };
-        if (dot) {
-            gemm_block(.bf16_dot, a_dtype, b_dtype, request, batch_index, row0, row1, col0, col1, worker);
-        } else {
-            gemm_block(.f32, a_dtype, b_dtype, request, batch_index, row0, row1, col0, col1, worker);
+        gemm_block(path, a_dtype, b_dtype, request, batch_index, row0, row1, col0, col1, worker);
+    }
+}
+
+fn run_batches(comptime path: Path, comptime a_dtype: Dtype, comptime b_dtype: Dtype, task: *Task, worker: u32) void {
+    const request = task.request;
+    while (true) {
+        const batch_index = task.counters[0].fetchAdd(1, .monotonic);
+        if (batch_index >= request.batch) break;
+        gemm_block(path, a_dtype, b_dtype, request, batch_index, 0, request.m, 0, request.n, worker);
+    }
+}
+
+fn run_rows(comptime path: Path, comptime a_dtype: Dtype, comptime b_dtype: Dtype, task: *Task, worker: u32) void {
+    const request = task.request;
+    const pack_a: []f32 = &pack_a_buffers[worker];
+    const pack_b: []f32 = &pack_b_buffers[worker];
+    const pack_a_words: []u32 = @as([*]u32, @ptrCast(pack_a.ptr))[0..pack_a.len];
+    const pack_b_words: []u32 = @as([*]u32, @ptrCast(pack_b.ptr))[0..pack_b.len];
+    const m = request.m;
+    const n = request.n;
+    const k = request.k;
+    const slab_steps_max: u64 = if (path == .f32) kc_max else kc_max / 2;
+    for (0..request.batch) |batch_index| {
+        const ops = operands(request, batch_index);
+        var stage = batch_index * task.stages;
+        var jc: u64 = 0;
+        while (jc < n) : ({
+            jc += task.nc;
+            stage += 1;
+        }) {
+            const nc = @min(task.nc, n - jc);
+            const nc_padded = (nc + nr - 1) / nr * nr;
+            const slab_size = slab_steps_max * nc_padded;
+            // The whole K x NC panel of B, one KC slab after another.
+            var pc: u64 = 0;
+            var slab: u64 = 0;
+            while (pc < k) : ({
+                pc += kc_max;
+                slab += 1;
+            }) {
+                const kc = @min(kc_max, k - pc);
+                switch (path) {
+                    .f32 => pack_b_f32(b_dtype, request, ops.b, pc, kc, jc, nc, pack_b[slab * slab_size ..]),
+                    .bf16_dot => pack_b_pairs(request, ops.b, pc, kc, jc, nc, pack_b_words[slab * slab_size ..]),
+                }
+            }
+            while (true) {
+                const block = task.counters[stage].fetchAdd(1, .monotonic);
+                const ic = block * task.mc;
+                if (ic >= m) break;
+                const mc = @min(task.mc, m - ic);
+                pc = 0;
+                slab = 0;
+                while (pc < k) : ({
+                    pc += kc_max;
+                    slab += 1;
+                }) {
+                    const kc = @min(kc_max, k - pc);
+                    const add = pc > 0 or request.accumulate;
+                    switch (path) {
+                        .f32 => pack_a_f32(a_dtype, request, ops.a, ic, mc, pc, kc, pack_a),
+                        .bf16_dot => pack_a_pairs(request, ops.a, ic, mc, pc, kc, pack_a_words),
+                    }
+                    const steps = if (path == .f32) kc else (kc + 1) / 2;
+                    const b_slab = slab * slab_size;
+                    var jr: u64 = 0;
+                    while (jr < nc) : (jr += nr) {
+                        var ir: u64 = 0;
+                        while (ir < mc) : (ir += mr) {
+                            const tile = switch (path) {
+                                .f32 => kernel_f32(steps, pack_a[ir * steps ..].ptr, pack_b[b_slab + jr * steps ..].ptr),
+                                .bf16_dot => kernel_bf16(steps, pack_a_words[ir * steps ..].ptr, pack_b_words[b_slab + jr * steps ..].ptr),
+                            };
+                            const c = ops.c + (ic + ir) * n + jc + jr;
+                            store_tile(&tile, c, n, @min(mr, mc - ir), @min(nr, nc - jr), add);
+                        }
+                    }
+                }
+            }
         }
     }
 }
 
-fn run_worker(task: *const Task, worker: u32) void {
+fn run_task(comptime a_dtype: Dtype, comptime b_dtype: Dtype, task: *Task, worker: u32) void {
+    const dot = has_bf16_dot and a_dtype == .bfloat16 and b_dtype == .bfloat16 and task.request.bf16_dot;
+    inline for (.{ Path.f32, Path.bf16_dot }) |path| {
+        if ((path == .bf16_dot) == dot) {
+            switch (task.mode) {
+                .static => run_static(path, a_dtype, b_dtype, task, worker),
+                .batches => run_batches(path, a_dtype, b_dtype, task, worker),
+                .rows => run_rows(path, a_dtype, b_dtype, task, worker),
+            }
+        }
+    }
+}
+
+fn run_worker(task: *Task, worker: u32) void {
     switch (task.request.a_dtype) {
         inline .float32, .float16, .bfloat16 => |a_dtype| switch (task.request.b_dtype) {
             inline .float32, .float16, .bfloat16 => |b_dtype| run_task(a_dtype, b_dtype, task, worker),
@@ -393,12 +569,39 @@ fn run_worker(task: *const Task, worker: u32) void {
     }
 }
 
-/// Below this many multiply-adds a call runs on one thread (spawning costs more than it saves).
-pub const parallel_macs_min: u64 = 1 << 21;
+/// Below this many multiply-adds (about 0.2 ms of one core) a call runs on one thread: workers are
+/// spawned per call, and on a busy machine a new thread can wait milliseconds for a core.
+pub const parallel_macs_min: u64 = 1 << 24;
 
 /// Whether a dtype is a valid matmul input.
 pub fn input_dtype(dtype: Dtype) bool {
     return dtype == .float32 or dtype == .float16 or dtype == .bfloat16;
+}
+
+/// Chooses how `workers` threads share a request.
+fn plan(request: *const Request, workers: u32) Task {
+    if (workers == 1) return .{ .request = request, .mode = .static, .workers = 1 };
+    if (request.batch >= workers) return .{ .request = request, .mode = .batches, .workers = workers };
+    // Rows mode packs all of K x NC of B per worker: NC shrinks as K grows (to fit the buffer).
+    const slabs = (request.k + kc_max - 1) / kc_max;
+    const nc = if (slabs == 0) nc_max else @min(nc_max, nc_max / slabs / nr * nr);
+    const target_blocks = 4 * @as(u64, workers);
+    const mc = @min(mc_max, @max(mr, (request.m + target_blocks - 1) / target_blocks + mr - 1) / mr * mr);
+    const stages = if (nc == 0) 0 else (request.n + nc - 1) / nc;
+    const row_blocks = (request.m + mc - 1) / mc;
+    const rows_ok = nc >= nr and request.k > 0 and request.batch * stages <= stage_count_max and
+        request.m >= 2 * mc_max and row_blocks >= 2;
+    if (rows_ok) {
+        return .{ .request = request, .mode = .rows, .workers = workers, .nc = nc, .mc = mc, .stages = stages };
+    }
+    // Small M (or a K too deep for rows mode): a fixed split along the longer side of C.
+    var parts: u64 = (workers + request.batch - 1) / request.batch;
+    const by_columns = request.n > request.m;
+    const dim = if (by_columns) request.n else request.m;
+    const unit: u64 = if (by_columns) nr else mr;
+    parts = @max(1, @min(parts, (dim + unit - 1) / unit));
+    const used: u32 = @intCast(@min(workers, request.batch * parts));
+    return .{ .request = request, .mode = .static, .workers = used, .parts = parts, .by_columns = by_columns };
 }
 
 /// Runs the request on up to `pool.thread_count()` threads.
@@ -407,22 +610,11 @@ pub fn matmul(request: *const Request) void {
     std.debug.assert(input_dtype(request.b_dtype));
     if (request.batch == 0 or request.m == 0 or request.n == 0) return;
     const macs = request.batch * request.m * request.n * request.k;
-    var workers: u32 = if (macs < parallel_macs_min) 1 else pool.thread_count();
-    var parts: u64 = 1;
-    var by_columns = false;
-    if (workers > 1 and request.batch < workers) {
-        // Too few batch elements to go round: cut each C into pieces along its longer side.
-        parts = (workers + request.batch - 1) / request.batch;
-        by_columns = request.n > request.m;
-        const dim = if (by_columns) request.n else request.m;
-        const unit: u64 = if (by_columns) nr else mr;
-        parts = @max(1, @min(parts, (dim + unit - 1) / unit));
-    }
-    workers = @intCast(@min(workers, request.batch * parts));
-    const task = Task{ .request = request, .parts = parts, .by_columns = by_columns, .workers = workers };
+    const workers: u32 = if (macs < parallel_macs_min) 1 else @min(pool.thread_count(), @as(u32, @intCast(@min(request.batch * request.m * request.n, pool.thread_count_max))));
+    var task = plan(request, workers);
     while (busy.cmpxchgWeak(0, 1, .acquire, .monotonic) != null) std.atomic.spinLoopHint();
     defer busy.store(0, .release);
-    pool.run_workers(workers, &task, run_worker);
+    pool.run_workers(task.workers, &task, run_worker);
 }
 
 /// Runs `chains` independent FMA chains of vectors for `iterations` steps on the calling thread and
@@ -566,6 +758,18 @@ test "matmul matches a float64 reference across tile edges, transposes and batch
             try check_case(.float16, .float32, s[0], s[1], s[2], s[3], flags | flag_broadcast_b, 3);
         }
     }
+}
+
+test "rows mode, batches mode and the static split agree with the reference" {
+    comptime std.debug.assert(2 * mc_max * 300 * 300 >= parallel_macs_min);
+    // m >= 2 * mc_max and batch 1 takes rows mode; batch >= threads takes batches mode; a small m
+    // with a wide n takes the static column split.
+    // Sizes are above parallel_macs_min so the threads really split the work.
+    try check_case(.float32, .float32, 1, 2 * mc_max + 5, 300, 600, 0, 2);
+    try check_case(.bfloat16, .bfloat16, 1, 2 * mc_max + 5, 301, 601, flag_trans_a | flag_trans_b, 3);
+    try check_case(.float32, .float32, 1, 2 * mc_max + 5, 333, 300, flag_accumulate, 2);
+    try check_case(.bfloat16, .float16, 40, 60, 70, 130, flag_trans_b, 2);
+    try check_case(.float32, .float32, 1, 20, 3000, 300, 0, 2);
 }
 
 test "peak_fma runs on several threads" {
