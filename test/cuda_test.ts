@@ -42,6 +42,7 @@ import {
   DTYPE_NAMES,
   type DtypeName,
   fusedAdamW,
+  GradScaler,
   devices,
   dtypeInfo,
   MixprecError,
@@ -693,6 +694,42 @@ describe("device fused AdamW", () => {
       results[0]!.forEach((bits, i) => expectSameBits(results[1]![i]!, bits));
     },
   );
+
+  test.skipIf(!gpu)("GradScaler with fusedAdamW runs a cuda training loop exactly as the CPU one", () => {
+    const run = (where: "cpu" | "cuda:0") => {
+      const params = [
+        tensor(
+          new Float32Array(300).map((_, i) => Math.sin(i)),
+          { dtype: "bf16", device: where },
+        ),
+      ];
+      const optimizer = fusedAdamW({ lr: 1e-2 });
+      const scaler = new GradScaler({ initScale: 1024, growthInterval: 2 });
+      const trace: string[] = [];
+      try {
+        for (let step = 0; step < 6; step++) {
+          using loss = tensor([0.5], { device: where });
+          using scaled = scaler.scale(loss) as Tensor;
+          expect(scaled.device).toBe(where);
+          const factor = scaled.toArray()[0]! / 0.5;
+          const values = new Float32Array(300).map((_, i) => Math.cos(step + i * 0.1) * factor);
+          if (step === 3) values[7] = Number.POSITIVE_INFINITY;
+          using grad = tensor(values, { dtype: "bf16", device: where });
+          const result = scaler.step(optimizer.scalerOptimizer(params, [grad]));
+          scaler.update();
+          trace.push(`${result.applied}:${scaler.getScale()}`);
+        }
+        return { trace, bits: params[0]!.bits() };
+      } finally {
+        optimizer.dispose();
+        for (const p of params) p.dispose();
+      }
+    };
+    const [cpu, cuda] = [run("cpu"), run("cuda:0")];
+    expect(cuda.trace).toEqual(cpu.trace);
+    expect(cpu.trace).toEqual(["true:1024", "true:2048", "true:2048", "false:1024", "true:1024", "true:2048"]);
+    expectSameBits(cuda.bits, cpu.bits);
+  });
 
   test.skipIf(!gpu)("sumSquares on cuda tensors equals the CPU's float64 sum to 1e-12 and finds inf and NaN", () => {
     const values = new Float32Array(100_003).map((_, i) => Math.sin(i * 0.37) * 1e3);
