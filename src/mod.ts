@@ -217,6 +217,7 @@ export {
   cudaMemoryStats,
   type CudaRow,
   cudaScale,
+  cudaSumSquares,
   cudaSynchronize,
   cudaSyncCount,
   type CudaTable,

@@ -35,12 +35,14 @@ import {
 import { toF32Bits } from "../src/_numerics.ts";
 import { allocateStorage } from "../src/dtype.ts";
 import { gradientTable } from "../src/unscale.ts";
-import { type AdamHyper, type AdamRowTensors, fusedAdamWStep } from "../src/optim/_native.ts";
+import { type AdamHyper, type AdamRowTensors, fusedAdamWStep, sumSquares } from "../src/optim/_native.ts";
 import { adamConstants } from "../src/optim/scale_by_adam.ts";
 import {
   cast,
   DTYPE_NAMES,
   type DtypeName,
+  fusedAdamW,
+  GradScaler,
   devices,
   dtypeInfo,
   MixprecError,
@@ -647,6 +649,102 @@ describe("device fused AdamW", () => {
       }
     } finally {
       for (const t of tensorsOf(row)) t.dispose();
+    }
+  });
+
+  test.skipIf(!gpu)(
+    "the fusedAdamW optimizer on cuda tensors steps as on the CPU, bit for bit, and skips overflows",
+    () => {
+      const shapes = [[3, 5], [7], [64, 33]];
+      const make = (where: "cpu" | "cuda:0", dtype: DtypeName, k: number) =>
+        shapes.map((shape, i) =>
+          tensor(
+            new Float32Array(shape.reduce((a, b) => a * b, 1)).map((_, j) => Math.cos(k * 3 + i * 5 + j * 0.3) * 2),
+            { dtype, shape, device: where },
+          ),
+        );
+      const results: StorageArray[][] = [];
+      for (const where of ["cpu", "cuda:0"] as const) {
+        const params = make(where, "bfloat16", 1);
+        const optimizer = fusedAdamW({ lr: 1e-2, weightDecay: 0.1 });
+        try {
+          for (let step = 0; step < 3; step++) {
+            const grads = make(where, "bfloat16", step + 2);
+            if (step === 1) {
+              grads[2]!.dispose();
+              grads[2] = tensor(new Float32Array(64 * 33).fill(Number.POSITIVE_INFINITY), {
+                dtype: "bf16",
+                shape: [64, 33],
+                device: where,
+              });
+            }
+            try {
+              const result = optimizer.step(params, grads, { invScale: 0.5 });
+              expect(result.applied).toBe(step !== 1);
+            } finally {
+              for (const g of grads) g.dispose();
+            }
+          }
+          results.push(params.map((p) => p.bits()));
+        } finally {
+          optimizer.dispose();
+          for (const p of params) p.dispose();
+        }
+      }
+      results[0]!.forEach((bits, i) => expectSameBits(results[1]![i]!, bits));
+    },
+  );
+
+  test.skipIf(!gpu)("GradScaler with fusedAdamW runs a cuda training loop exactly as the CPU one", () => {
+    const run = (where: "cpu" | "cuda:0") => {
+      const params = [
+        tensor(
+          new Float32Array(300).map((_, i) => Math.sin(i)),
+          { dtype: "bf16", device: where },
+        ),
+      ];
+      const optimizer = fusedAdamW({ lr: 1e-2 });
+      const scaler = new GradScaler({ initScale: 1024, growthInterval: 2 });
+      const trace: string[] = [];
+      try {
+        for (let step = 0; step < 6; step++) {
+          using loss = tensor([0.5], { device: where });
+          using scaled = scaler.scale(loss) as Tensor;
+          expect(scaled.device).toBe(where);
+          const factor = scaled.toArray()[0]! / 0.5;
+          const values = new Float32Array(300).map((_, i) => Math.cos(step + i * 0.1) * factor);
+          if (step === 3) values[7] = Number.POSITIVE_INFINITY;
+          using grad = tensor(values, { dtype: "bf16", device: where });
+          const result = scaler.step(optimizer.scalerOptimizer(params, [grad]));
+          scaler.update();
+          trace.push(`${result.applied}:${scaler.getScale()}`);
+        }
+        return { trace, bits: params[0]!.bits() };
+      } finally {
+        optimizer.dispose();
+        for (const p of params) p.dispose();
+      }
+    };
+    const [cpu, cuda] = [run("cpu"), run("cuda:0")];
+    expect(cuda.trace).toEqual(cpu.trace);
+    expect(cpu.trace).toEqual(["true:1024", "true:2048", "true:2048", "false:1024", "true:1024", "true:2048"]);
+    expectSameBits(cuda.bits, cpu.bits);
+  });
+
+  test.skipIf(!gpu)("sumSquares on cuda tensors equals the CPU's float64 sum to 1e-12 and finds inf and NaN", () => {
+    const values = new Float32Array(100_003).map((_, i) => Math.sin(i * 0.37) * 1e3);
+    for (const poison of [0, Number.NaN, Number.NEGATIVE_INFINITY]) {
+      if (poison !== 0) values[values.length - 1] = poison;
+      const cpu = [tensor(values), tensor(values.subarray(0, 999), { dtype: "f16" })];
+      const gpuTensors = cpu.map((t) => t.to(device));
+      try {
+        const expected = sumSquares(cpu, 1 / 8);
+        const got = sumSquares(gpuTensors, 1 / 8);
+        expect(got.foundInf).toBe(expected.foundInf);
+        if (!expected.foundInf) expect(Math.abs(got.sum - expected.sum) / expected.sum).toBeLessThan(1e-12);
+      } finally {
+        for (const t of [...cpu, ...gpuTensors]) t.dispose();
+      }
     }
   });
 

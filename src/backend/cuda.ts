@@ -584,6 +584,33 @@ export function cudaFusedAdamW(
   );
 }
 
+const SUM_F64_OUT = new Float64Array(1);
+
+/**
+ * The optimizers' pre-check on the device: the float64 sum of float64(float32(x * invScale))^2 over
+ * a table's tensors and whether any element is inf or NaN (zig/src/cpu/sum_squares.zig's rule).
+ * Returns host values, so it waits for the device (counted).
+ *
+ * @param table The tensors, from {@linkcode cudaTable}.
+ * @param invScale Multiplies every element in float32 first (1: none).
+ * @returns `{ sum, foundInf }`.
+ */
+export function cudaSumSquares(table: CudaTable, invScale = 1): { sum: number; foundInf: boolean } {
+  checkCuda(
+    native().mp_cuda_sum_squares(
+      table.ordinal,
+      table.address,
+      table.rowCount,
+      table.totalCount,
+      Math.fround(invScale),
+      ptr(SUM_F64_OUT),
+      ptr(U32_OUT),
+    ),
+    `Summing squares on cuda:${table.ordinal}`,
+  );
+  return { sum: SUM_F64_OUT[0]!, foundInf: U32_OUT[0] !== 0 };
+}
+
 /**
  * The global L2 norm of a table's tensors, written as a float32 to device address `normAddress`
  * (two launches, a fixed summation order on a given device, no wait).

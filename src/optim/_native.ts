@@ -11,7 +11,7 @@ import { check, native } from "../_ffi.ts";
 import { dtypeInfo } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
 import { gradientTable } from "../unscale.ts";
-import { checkOneDevice, fusedAdamWOnDevice } from "./_native_cuda.ts";
+import { checkOneDevice, fusedAdamWOnDevice, sumSquaresOnDevice } from "./_native_cuda.ts";
 
 const SUM_OUT = new Float64Array(1);
 const FOUND_OUT = new Uint32Array(1);
@@ -23,6 +23,7 @@ const APPLIED_OUT = new Uint32Array(1);
  */
 export function sumSquares(tensors: readonly Tensor[], invScale = 1): { sum: number; foundInf: boolean } {
   if (tensors.length === 0) return { sum: 0, foundInf: false };
+  if (tensors[0]!.device !== "cpu") return sumSquaresOnDevice(tensors, invScale);
   const table = gradientTable(tensors, "sumSquares");
   check(
     native().mp_sum_squares(ptr(table), tensors.length, Math.fround(invScale), ptr(SUM_OUT), ptr(FOUND_OUT)),

@@ -6,7 +6,8 @@
  * @module
  */
 
-import { cudaAlloc, cudaCopyToDevice, cudaFree, cudaFusedAdamW } from "../backend/cuda.ts";
+import { cudaAlloc, cudaCopyToDevice, cudaFree, cudaFusedAdamW, cudaSumSquares, cudaTable } from "../backend/cuda.ts";
+import { dtypeInfo } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
 
 /** The tensors of one fused AdamW row (src/optim/_native.ts AdamRowTensors). */
@@ -67,4 +68,28 @@ export function fusedAdamWOnDevice(
     cudaFree(ordinal, hyperAddress);
   }
   return true;
+}
+
+/**
+ * sumSquares for CUDA tensors (all on one device): the same rule on the device, read back (one wait).
+ * The float64 total is summed in another order than on the CPU, so it may differ in the last bits.
+ * @internal
+ */
+export function sumSquaresOnDevice(tensors: readonly Tensor[], invScale: number): { sum: number; foundInf: boolean } {
+  const device = tensors[0]!.device;
+  tensors.forEach((t, i) => {
+    if (t.device !== device) {
+      throw new TypeError(
+        `Gradient ${i} is on ${t.device} but gradient 0 is on ${device}: sum one device's gradients per call`,
+      );
+    }
+    if (t.dtype !== "float32" && t.dtype !== "float16" && t.dtype !== "bfloat16") {
+      throw new TypeError(`Gradient ${i} has dtype ${t.dtype}: gradients are float32, float16 or bfloat16`);
+    }
+  });
+  using table = cudaTable(
+    Number(device.slice(5)),
+    tensors.map((t) => ({ address: t.address, count: t.size, dtypeCode: dtypeInfo(t.dtype).code })),
+  );
+  return cudaSumSquares(table, invScale);
 }

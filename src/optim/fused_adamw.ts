@@ -160,9 +160,9 @@ export function fusedAdamW(options: FusedAdamWOptions = {}): FusedOptimizer<Fuse
   const init = (params: readonly Tensor[]): Mutable => ({
     count: 0,
     master: params.map((p) => (masterWeights && p.dtype !== "float32" ? p.to("float32") : null)),
-    mu: params.map((p) => zeros(p.shape, { dtype: stateDtype })),
-    nu: params.map((p) => zeros(p.shape, { dtype: stateDtype })),
-    nuMax: amsgrad ? params.map((p) => zeros(p.shape, { dtype: stateDtype })) : null,
+    mu: params.map((p) => zeros(p.shape, { dtype: stateDtype, device: p.device })),
+    nu: params.map((p) => zeros(p.shape, { dtype: stateDtype, device: p.device })),
+    nuMax: amsgrad ? params.map((p) => zeros(p.shape, { dtype: stateDtype, device: p.device })) : null,
     lastStep: null,
   });
 

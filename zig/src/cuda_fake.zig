@@ -15,6 +15,7 @@ const cast = @import("cpu/cast.zig");
 const unscale = @import("cpu/unscale.zig");
 const step_math = @import("cuda/step_math.zig");
 const adamw = @import("cpu/adamw.zig");
+const sum_squares = @import("cpu/sum_squares.zig");
 
 const CUresult = c_int;
 const success: CUresult = 0;
@@ -36,6 +37,7 @@ const entries = [_][]const u8{
     "mp_scale_kernel",
     "mp_clip_by_norm_kernel",
     "mp_fused_adamw_kernel",
+    "mp_sum_squares_f64_kernel",
 };
 
 export fn cuInit(flags: c_uint) CUresult {
@@ -173,6 +175,7 @@ export fn cuLaunchKernel(function: ?*anyopaque, grid: c_uint, grid_y: c_uint, gr
         5 => launch_scale(params),
         6 => launch_clip(params),
         7 => launch_adamw(params),
+        8 => launch_sum_squares_f64(params, grid),
         else => unreachable,
     }
     return success;
@@ -284,6 +287,17 @@ fn launch_adamw(params: [*]?*anyopaque) void {
     if (found_inf != 0 and @as(*const u32, @ptrFromInt(found_inf)).* != 0) return;
     const rows: [*]const adamw.AdamRow = @ptrFromInt(param(u64, params, 0));
     adamw.step(rows[0..param(u64, params, 1)], @ptrFromInt(param(u64, params, 3)));
+}
+
+/// The sum lands in block 0's partial (the device spreads it over blocks; the total is the same
+/// up to float64 rounding).
+fn launch_sum_squares_f64(params: [*]?*anyopaque, grid: c_uint) void {
+    const rows: [*]const unscale.TensorRow = @ptrFromInt(param(u64, params, 0));
+    const result = sum_squares.sum_squares(rows[0..param(u64, params, 1)], param(f32, params, 3));
+    const partials: [*]f64 = @ptrFromInt(param(u64, params, 4));
+    @memset(partials[0..grid], 0);
+    partials[0] = result.sum;
+    if (result.found_inf) @as(*u32, @ptrFromInt(param(u64, params, 5))).* = 1;
 }
 
 fn wide(dtype: numerics.Dtype, address: u64, index: u64) u32 {

@@ -519,6 +519,34 @@ export fn mp_cuda_launch_fused_adamw(ordinal: u32, table: u64, row_count: u64, t
     return status(.ok);
 }
 
+/// mp_sum_squares on the device, for the optimizers' host-side pre-check: the float64 sum over a
+/// device row table of float64(float32(x * inv_scale))^2 into `out_sum`, and 1 in `out_found_inf`
+/// when any element is inf or NaN. Reads the result back, so it waits for the device (counted).
+export fn mp_cuda_sum_squares(ordinal: u32, table: u64, row_count: u64, total_count: u64, inv_scale: f32, out_sum: ?*f64, out_found_inf: ?*u32) i32 {
+    const sum_out = out_sum orelse return status(.null_pointer);
+    const found_out = out_found_inf orelse return status(.null_pointer);
+    sum_out.* = 0;
+    found_out.* = 0;
+    if (total_count == 0) return status(.ok);
+    if (table == 0) return status(.null_pointer);
+    if (row_count == 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const blocks: u32 = @min(driver.grid_blocks(device, total_count), driver.norm_partials_max);
+    // One scratch buffer: the found flag, padding, then the float64 partials.
+    const scratch = driver.scratch(device, 8 + @as(u64, blocks) * 8) catch |err| return cuda_status(err);
+    driver.fill32(device, scratch, 0, 1) catch |err| return cuda_status(err);
+    driver.launch(device, .sum_squares_f64, blocks, driver.block_threads, .{ table, row_count, total_count, inv_scale, scratch + 8, scratch }) catch |err|
+        return cuda_status(err);
+    var result: [1 + driver.norm_partials_max]u64 = undefined;
+    const bytes = std.mem.sliceAsBytes(result[0 .. 1 + blocks]);
+    driver.copy_to_host(device, bytes, scratch) catch |err| return cuda_status(err);
+    var sum: f64 = 0;
+    for (result[1 .. 1 + blocks]) |partial| sum += @as(f64, @bitCast(partial));
+    sum_out.* = sum;
+    found_out.* = @intFromBool(@as(u32, @truncate(result[0])) != 0);
+    return status(.ok);
+}
+
 /// Waits until the device has finished all queued work (a counted synchronisation).
 export fn mp_cuda_sync(ordinal: u32) i32 {
     const device = cuda_device(ordinal) catch |err| return cuda_status(err);

@@ -96,6 +96,60 @@ fn unscale_f16_vectors(base: [*]u8, begin: u64, end: u64, inv_scale: f32) struct
     return .{ index, @reduce(.Or, found_lanes) };
 }
 
+/// The vector loop for bfloat16 rows: 32 elements per step as 16 u32 words, each holding two
+/// bfloat16 values (little-endian: the lower-addressed element in the low half). A bfloat16 value is
+/// the top half of its float32, so the high element is `word & 0xFFFF0000` and the low one
+/// `word << 16`, and the rounded results go back into the same halves: no lane shuffles. A step
+/// whose inputs include inf or NaN (or whose inverse is not finite) takes numerics.zig's path.
+fn unscale_bf16_pairs(base: [*]u8, begin: u64, end: u64, inv_scale: f32) struct { u64, bool } {
+    const n = cast.lanes;
+    const step = 2 * n;
+    const halves: [*]align(1) u16 = @ptrCast(base);
+    const exponent_half: @Vector(step, u16) = @splat(0x7f80);
+    const high_mask: @Vector(n, u32) = @splat(0xffff_0000);
+    const round_bias: @Vector(n, u32) = @splat(0x7fff);
+    const one: @Vector(n, u32) = @splat(1);
+    const inv: @Vector(n, f32) = @splat(inv_scale);
+    const scaling = inv_scale != 1.0;
+    const inv_finite = std.math.isFinite(inv_scale);
+    var found = false;
+    var index = begin;
+    while (index + step <= end) : (index += step) {
+        const source: *align(1) const @Vector(step, u16) = @ptrCast(halves + index);
+        const pair = source.*;
+        const lanes_found = (pair & exponent_half) == exponent_half;
+        const any_found = @reduce(.Or, lanes_found);
+        found = found or any_found;
+        if (!scaling) continue;
+        if (any_found or !inv_finite) {
+            unscale_generic(.bfloat16, base, index, index + step, inv_scale);
+            continue;
+        }
+        const w: @Vector(n, u32) = @bitCast(pair);
+        const low: @Vector(n, f32) = @bitCast(w << @splat(16));
+        const high: @Vector(n, f32) = @bitCast(w & high_mask);
+        const low_scaled: @Vector(n, u32) = @bitCast(low * inv);
+        const high_scaled: @Vector(n, u32) = @bitCast(high * inv);
+        // numerics.zig's nearest-even rule without its NaN branch (no product here is NaN).
+        const low_rounded = (low_scaled +% round_bias +% ((low_scaled >> @splat(16)) & one)) >> @splat(16);
+        const high_rounded = (high_scaled +% round_bias +% ((high_scaled >> @splat(16)) & one)) & high_mask;
+        const target: *align(1) @Vector(n, u32) = @ptrCast(halves + index);
+        target.* = high_rounded | low_rounded;
+    }
+    return .{ index, found };
+}
+
+/// numerics.zig's path over [begin, end) (a multiple of the vector width), without the check.
+fn unscale_generic(comptime dtype: Dtype, base: [*]u8, begin: u64, end: u64, inv_scale: f32) void {
+    const n = cast.lanes;
+    var index = begin;
+    while (index + n <= end) : (index += n) {
+        const values: @Vector(n, f32) = @bitCast(numerics.to_f32(n, dtype, cast.load(n, dtype, base, index)));
+        const scaled: numerics.V(n) = @bitCast(values * @as(@Vector(n, f32), @splat(inv_scale)));
+        cast.store(n, dtype, base, index, numerics.from_f32(n, dtype, scaled, null, false));
+    }
+}
+
 /// Unscales one row's elements [begin, end) in place; returns true when any was inf or NaN.
 fn unscale_typed(comptime dtype: Dtype, row: TensorRow, begin: u64, end: u64, inv_scale: f32) bool {
     const base: [*]u8 = @ptrFromInt(row.address);
@@ -109,6 +163,7 @@ fn unscale_typed(comptime dtype: Dtype, row: TensorRow, begin: u64, end: u64, in
     if (dtype == .float16 and f16_hardware) {
         index, found_scalar = unscale_f16_vectors(base, begin, end, inv_scale);
     } else {
+        if (dtype == .bfloat16) index, found_scalar = unscale_bf16_pairs(base, begin, end, inv_scale);
         while (index + n <= end) : (index += n) {
             const wide = numerics.to_f32(n, dtype, cast.load(n, dtype, base, index));
             const lanes_found = (wide & exponent_all) == exponent_all;
@@ -210,6 +265,27 @@ test "the float16 vector path equals numerics.zig's integer conversions on every
             const value: f32 = @bitCast(wide[0]);
             const expected = numerics.from_f32(1, .float16, @splat(@bitCast(value * inv_scale)), null, false);
             try std.testing.expectEqual(@as(u16, @intCast(expected[0])), got);
+        }
+    }
+}
+
+test "the bfloat16 vector path equals numerics.zig's rule on every bfloat16 value, at any alignment" {
+    const count = 1 << 16;
+    const data = try std.testing.allocator.alloc(u16, count + 1);
+    defer std.testing.allocator.free(data);
+    const inv_scales = [_]f32{ 0.5, 2.0, 1.0 / 3.0, 0x1p-20, 0x1p-130, 0x1p100, 1.0e-45 };
+    for (inv_scales) |inv_scale| {
+        // Offset 1 starts the rows on an odd element, so pairs straddle u32 boundaries.
+        for ([_]usize{ 0, 1 }) |offset| {
+            const row_data = data[offset..][0..count];
+            for (row_data, 0..) |*x, i| x.* = @intCast(i);
+            const rows = [_]TensorRow{.{ .address = @intFromPtr(row_data.ptr), .count = count, .dtype = 2, .reserved = 0 }};
+            try std.testing.expect(unscale_check(&rows, inv_scale));
+            for (row_data, 0..) |got, i| {
+                const value: f32 = @bitCast(numerics.to_f32(1, .bfloat16, @splat(@as(u32, @intCast(i))))[0]);
+                const expected = numerics.from_f32(1, .bfloat16, @splat(@bitCast(value * inv_scale)), null, false);
+                try std.testing.expectEqual(@as(u16, @intCast(expected[0])), got);
+            }
         }
     }
 }

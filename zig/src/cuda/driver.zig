@@ -86,6 +86,7 @@ pub const Kernel = enum(u32) {
     scale,
     clip_by_norm,
     fused_adamw,
+    sum_squares_f64,
 
     pub fn entry(kernel: Kernel) [:0]const u8 {
         return switch (kernel) {
@@ -97,6 +98,7 @@ pub const Kernel = enum(u32) {
             .scale => "mp_scale_kernel",
             .clip_by_norm => "mp_clip_by_norm_kernel",
             .fused_adamw => "mp_fused_adamw_kernel",
+            .sum_squares_f64 => "mp_sum_squares_f64_kernel",
         };
     }
 
@@ -111,6 +113,7 @@ pub const Kernel = enum(u32) {
             .scale => &.{ u64, u64, u64, f32, u64 },
             .clip_by_norm => &.{ u64, u64, u64, f32, u64 },
             .fused_adamw => &.{ u64, u64, u64, u64, u64 },
+            .sum_squares_f64 => &.{ u64, u64, u64, f32, u64, u64 },
         };
     }
 };

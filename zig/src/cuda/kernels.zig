@@ -133,13 +133,23 @@ export fn mp_update_scale_kernel(state: u64, found_inf: u64, growth_factor: f32,
 /// Per-warp partial sums of a block reduction; block_sum supports blocks of up to 1024 threads.
 var warp_sums: [32]f32 addrspace(.shared) = undefined;
 
-inline fn shuffle_down(value: f32, offset: u32) f32 {
-    const bits = asm volatile ("shfl.sync.down.b32 %[r], %[x], %[o], 0x1f, 0xffffffff;"
+inline fn shuffle_down_bits(bits: u32, offset: u32) u32 {
+    return asm volatile ("shfl.sync.down.b32 %[r], %[x], %[o], 0x1f, 0xffffffff;"
         : [r] "=r" (-> u32),
-        : [x] "r" (@as(u32, @bitCast(value))),
+        : [x] "r" (bits),
           [o] "r" (offset),
     );
-    return @bitCast(bits);
+}
+
+inline fn shuffle_down(value: f32, offset: u32) f32 {
+    return @bitCast(shuffle_down_bits(@bitCast(value), offset));
+}
+
+inline fn shuffle_down_f64(value: f64, offset: u32) f64 {
+    const bits: u64 = @bitCast(value);
+    const low = shuffle_down_bits(@truncate(bits), offset);
+    const high = shuffle_down_bits(@truncate(bits >> 32), offset);
+    return @bitCast(@as(u64, high) << 32 | low);
 }
 
 inline fn barrier() void {
@@ -299,4 +309,51 @@ export fn mp_fused_adamw_kernel(table: u64, row_count: u64, total_count: u64, hy
         }
         adam_element(&rows[row], h, index - row_start);
     }
+}
+
+/// Per-warp partial sums of block_sum_f64.
+var warp_sums_f64: [32]f64 addrspace(.shared) = undefined;
+
+/// block_sum in float64: the same fixed order; valid in thread 0; every thread must call it.
+inline fn block_sum_f64(value: f64) f64 {
+    var sum = value;
+    inline for ([_]u32{ 16, 8, 4, 2, 1 }) |offset| sum += shuffle_down_f64(sum, offset);
+    const thread = @workItemId(0);
+    if (thread & 31 == 0) warp_sums_f64[thread >> 5] = sum;
+    barrier();
+    var total: f64 = 0;
+    if (thread == 0) {
+        var warp: u32 = 0;
+        while (warp < @workGroupSize(0) >> 5) : (warp += 1) total += warp_sums_f64[warp];
+    }
+    barrier();
+    return total;
+}
+
+/// The optimizers' pre-check (zig/src/cpu/sum_squares.zig on the device): every block writes the
+/// float64 sum of float64(float32(x * inv_scale))^2 over its share of the rows to `partials[block]`
+/// (float64), and the u32 at `found_inf` is set to 1 when any x is inf or NaN (never cleared).
+export fn mp_sum_squares_f64_kernel(table: u64, row_count: u64, total_count: u64, inv_scale: f32, partials: u64, found_inf: u64) callconv(.kernel) void {
+    const rows: [*]const TensorRow = @ptrFromInt(table);
+    var sum: f64 = 0;
+    var found = false;
+    var row: u64 = 0;
+    var row_start: u64 = 0;
+    var index = global_index();
+    while (index < total_count) : (index += grid_stride()) {
+        while (row < row_count and index >= row_start + rows[row].count) {
+            row_start += rows[row].count;
+            row += 1;
+        }
+        const dtype: Dtype = @fromBackingInt(@intCast(rows[row].dtype));
+        const wide = to_f32_runtime(dtype, load_bits(dtype, rows[row].address, index - row_start));
+        found = found or (wide & 0x7f80_0000) == 0x7f80_0000;
+        var value: f32 = @bitCast(wide);
+        if (inv_scale != 1.0) value = value * inv_scale;
+        const wide_value: f64 = value;
+        sum += wide_value * wide_value;
+    }
+    const block_total = block_sum_f64(sum);
+    if (@workItemId(0) == 0) @as([*]f64, @ptrFromInt(partials))[@workGroupId(0)] = block_total;
+    block_any_store(found, @ptrFromInt(found_inf));
 }
