@@ -120,7 +120,7 @@ export class Tensor {
   #view: StorageArray | undefined;
 
   /** @internal Use tensor(), zeros(), ones() or randn(). */
-  constructor(dtype: DtypeName, shape: Shape, device: Device) {
+  constructor(dtype: DtypeName, shape: Shape, device: Device, zeroed = true) {
     this.dtype = dtype;
     this.shape = Object.freeze([...shape]);
     this.size = shapeSize(this.shape);
@@ -141,7 +141,8 @@ export class Tensor {
     liveAllocations++;
     const buffer = toArrayBuffer(address, 0, Math.max(sizeBytes, 1));
     const view = allocateViewOf(dtype, buffer, this.size);
-    view.fill(0);
+    // Callers that overwrite every element at once (casts, kernels' outputs) skip the zeroing.
+    if (zeroed) view.fill(0);
     this.#view = view;
     registry.register(this, this.#allocation, this);
   }
@@ -235,7 +236,7 @@ export class Tensor {
       );
       return result;
     }
-    const result = new Tensor(dtype, this.shape, this.device);
+    const result = new Tensor(dtype, this.shape, this.device, this.device !== "cpu");
     if (dtype === this.dtype) copyStorage(this, result);
     else castInto(this.data, result.data, this.dtype, dtype, options);
     return result;

@@ -35,7 +35,7 @@ export function values(t: Tensor): Float32Array {
 
 /** A new tensor (owned by the active scope) holding `source` rounded to `dtype`. */
 export function fromValues(source: Float32Array, shape: Shape, dtype: DtypeName): Tensor {
-  const result = new Tensor(dtype, shape, "cpu");
+  const result = new Tensor(dtype, shape, "cpu", false);
   if (dtype === "float32") (result.data as Float32Array).set(source);
   else if (source.length > 0) castInto(source, result.data, "float32", dtype);
   return track(result);
@@ -46,7 +46,8 @@ export function fromValues(source: Float32Array, shape: Shape, dtype: DtypeName)
  * storage for float32, through a scratch array and one rounding cast otherwise.
  */
 export function output(shape: Shape, dtype: DtypeName, fill: (out: Float32Array) => void): Tensor {
-  const result = new Tensor(dtype, shape, "cpu");
+  // Zeroed only when `fill` writes the storage itself (it may accumulate); the cast overwrites it all.
+  const result = new Tensor(dtype, shape, "cpu", dtype === "float32");
   if (dtype === "float32") {
     fill(result.data as Float32Array);
   } else {

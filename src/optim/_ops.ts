@@ -9,23 +9,13 @@
 import { castInto } from "../cast.ts";
 import type { DtypeName } from "../dtype.ts";
 import { squirrel5 } from "../_numerics.ts";
-import { type Tensor, zeros } from "../tensor.ts";
+import type { Tensor } from "../tensor.ts";
 
 export const fround = Math.fround;
 
 /** The values of a tensor as float32: the live storage for float32, else a widened copy. */
 export function valuesOf(t: Tensor): Float32Array {
   return t.dtype === "float32" ? (t.data as Float32Array) : t.toArray();
-}
-
-/** A new float32 tensor of `t`'s shape holding `values`. */
-export function float32Like(t: Tensor): Tensor {
-  return zeros(t.shape);
-}
-
-/** Makes a zero tensor of `t`'s shape in `dtype` (the state dtype). */
-export function zerosLike(t: Tensor, dtype: DtypeName = "float32"): Tensor {
-  return zeros(t.shape, { dtype });
 }
 
 /**
@@ -40,9 +30,6 @@ export function storeState(target: Tensor, values: Float32Array): Float32Array {
   castInto(values, target.data, "float32", target.dtype);
   return castInto(target.data, values, target.dtype, "float32");
 }
-
-/** The state dtypes moments and accumulators may use. */
-export const STATE_DTYPES: readonly DtypeName[] = ["float32", "bfloat16"];
 
 /** Checks a state dtype option. */
 export function checkStateDtype(dtype: unknown, name: string): DtypeName {

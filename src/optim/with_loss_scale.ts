@@ -31,12 +31,18 @@ export interface WithLossScaleState extends OptState {
 
 let bf16NoticeShown = false;
 
+/** Whether inner is a multiSteps that only accumulated this call (its updates are zeros). */
+function isAccumulating(innerState: OptState): boolean {
+  return innerState.kind === "multiSteps" && (innerState as OptState & { miniStep: number }).miniStep !== 0;
+}
+
 /**
  * Wraps an optimizer with loss scaling (jmp's pattern as one transformation): each update unscales
  * the incoming gradients IN PLACE (`lossScale.unscale`, one multi-tensor native call that also
  * checks for inf/NaN), runs `inner` only when they are finite (otherwise returns zero updates and
  * leaves inner's state untouched), adjusts the scale, and records `{ applied, reason, scaleBefore,
- * scaleAfter }` in `state.lastStep`. Scale the loss with `state.lossScale` before computing the
+ * scaleAfter }` in `state.lastStep` (reason "accumulating", applied false, while an inner
+ * `multiSteps` only accumulates, so schedules and logs can count real steps). Scale the loss with `state.lossScale` before computing the
  * gradients. With `noLossScale()` it is a pass-through. Given bfloat16 gradients under a dynamic
  * scale it follows validatePrecisionConfig's notice: bfloat16 has float32's exponent range, so
  * scaling is switched off (this step's gradients are still unscaled by the current value, the
@@ -76,7 +82,9 @@ export function withLossScale(
       const before = scale.value;
       if (scale.kind === "none") {
         const [out, innerState] = inner.update(updates, state.inner, params);
-        const lastStep = { applied: true, reason: "applied", scaleBefore: before, scaleAfter: before };
+        const accumulating = isAccumulating(innerState);
+        const reason = accumulating ? "accumulating" : "applied";
+        const lastStep = { applied: !accumulating, reason, scaleBefore: before, scaleAfter: before };
         return [out, freezeState({ ...state, lastStep, inner: innerState })] as const;
       }
       const leaves = tensorLeaves(updates, "withLossScale updates");
@@ -94,8 +102,9 @@ export function withLossScale(
         return [out, freezeState({ ...state, lossScale: next, lastStep })] as const;
       }
       const [out, innerState] = inner.update(updates, state.inner, params);
-      const reason = bf16 ? "bf16_no_scaling" : "applied";
-      const lastStep: StepResult = { applied: true, reason, scaleBefore: before, scaleAfter: next.value };
+      const accumulating = isAccumulating(innerState);
+      const reason = accumulating ? "accumulating" : bf16 ? "bf16_no_scaling" : "applied";
+      const lastStep: StepResult = { applied: !accumulating, reason, scaleBefore: before, scaleAfter: next.value };
       return [out, freezeState({ ...state, lossScale: next, lastStep, inner: innerState })] as const;
     },
   };

@@ -4,6 +4,7 @@ import {
   applyUpdates,
   disposeTree,
   dynamicLossScale,
+  multiSteps,
   noLossScale,
   sgd,
   type Tensor,
@@ -91,6 +92,27 @@ describe("withLossScale()", () => {
     expect(calls.length).toBeLessThanOrEqual(1);
     warn.mockRestore();
     disposeTree([u2, s2]);
+  });
+
+  test("an inner multiSteps reports accumulating calls as not applied, and the k-th call as applied", () => {
+    using p = tensor([1]);
+    const opt = withLossScale(dynamicLossScale({ initialScale: 4 }), multiSteps(sgd({ lr: 1 }), { everyK: 3 }));
+    let s = opt.init([p]);
+    const reasons: unknown[] = [];
+    for (let call = 0; call < 4; call++) {
+      using g = tensor([4]);
+      const [u, next] = opt.update([g], s, [p]);
+      disposeTree(u);
+      s = next;
+      reasons.push([s.lastStep?.applied, s.lastStep?.reason]);
+    }
+    expect(reasons).toEqual([
+      [false, "accumulating"],
+      [false, "accumulating"],
+      [true, "applied"],
+      [false, "accumulating"],
+    ]);
+    disposeTree(s);
   });
 
   test("withLossScale() refuses something that is not a LossScale", () => {

@@ -1,16 +1,28 @@
-//! Splits a range of elements across worker threads.
+//! A persistent pool of worker threads that kernels split their work across.
 //!
-//! Workers are spawned per call and joined before it returns, so no thread outlives a call and no
-//! native thread ever calls back into JavaScript. Spawning costs tens of microseconds, so ranges
-//! below `parallel_threshold` elements run on the calling thread alone.
+//! Workers start on first use and then wait on a futex, so a parallel call costs a wake-up (a few
+//! microseconds) instead of spawning threads (tens of microseconds each): small kernels, such as
+//! the many small matmuls of a training step, can use every core. Workers run only kernel code and
+//! never call into JavaScript. One call uses the pool at a time; a call that finds it busy (another
+//! JavaScript thread, or a kernel calling a kernel) runs its work on its own thread, which gives
+//! the same results because every kernel's output is independent of how its work is split.
 
 const std = @import("std");
+const builtin = @import("builtin");
+const linux = std.os.linux;
 
 pub const thread_count_max = 16;
-/// Below this many elements a single thread is faster than spawning workers.
-pub const parallel_threshold: u64 = 1 << 20;
+/// Below this many elements one thread is faster than waking workers.
+pub const parallel_threshold: u64 = 1 << 16;
 /// Chunk boundaries are multiples of this, so vector loops see whole vectors except at the end.
 const chunk_align: u64 = 64;
+/// Busy-wait iterations before a thread sleeps on the futex: back-to-back kernels find workers awake.
+const spin_count: u32 = 4000;
+
+comptime {
+    // The control word packs the worker count into its low 5 bits.
+    std.debug.assert(thread_count_max < 32);
+}
 
 var thread_count_setting = std.atomic.Value(u32).init(0);
 
@@ -28,26 +40,138 @@ pub fn set_thread_count(count: u32) void {
     thread_count_setting.store(count, .monotonic);
 }
 
+const Job = struct {
+    run: *const fn (*anyopaque, u32) void,
+    context: *anyopaque,
+};
+
+/// Written only while `busy` is held and no worker of the previous job is still reading it.
+var job: Job = undefined;
+/// (generation << 5) | participating workers. Workers sleep on it; a new job bumps the generation.
+var control = std.atomic.Value(u32).init(0);
+/// Workers of the current job that have not finished; the caller sleeps on it.
+var pending = std.atomic.Value(u32).init(0);
+var busy = std.atomic.Value(bool).init(false);
+/// Workers with index 1..started are running (changed only while `busy` is held).
+var started: u32 = 0;
+
+fn futex_wait(word: *const std.atomic.Value(u32), expected: u32) void {
+    if (builtin.os.tag != .linux) return std.Thread.yield() catch {};
+    _ = linux.futex_4arg(&word.raw, .{ .cmd = .WAIT, .private = true }, expected, null);
+}
+
+fn futex_wake(word: *const std.atomic.Value(u32), count: u32) void {
+    if (builtin.os.tag != .linux) return;
+    _ = linux.futex_3arg(&word.raw, .{ .cmd = .WAKE, .private = true }, count);
+}
+
+/// Waits until `word` no longer holds `value`: spins first, then sleeps.
+fn wait_while(word: *const std.atomic.Value(u32), value: u32) u32 {
+    var spins: u32 = 0;
+    while (true) {
+        const current = word.load(.acquire);
+        if (current != value) return current;
+        if (spins < spin_count) {
+            spins += 1;
+            std.atomic.spinLoopHint();
+        } else {
+            futex_wait(word, value);
+        }
+    }
+}
+
+fn worker_main(index: u32, first_seen: u32) void {
+    var seen = first_seen;
+    while (true) {
+        seen = wait_while(&control, seen);
+        // Only participants read `job`, and the caller cannot replace it before they all finish.
+        if (index >= (seen & 31)) continue;
+        job.run(job.context, index);
+        if (pending.fetchSub(1, .acq_rel) == 1) futex_wake(&pending, 1);
+    }
+}
+
+/// Starts workers up to index `want - 1`; returns how many workers (caller included) can run.
+fn ensure_started(want: u32) u32 {
+    while (started + 1 < want) {
+        const thread = std.Thread.spawn(.{ .stack_size = 1 << 20 }, worker_main, .{ started + 1, control.load(.acquire) }) catch break;
+        thread.detach();
+        started += 1;
+    }
+    return @min(want, started + 1);
+}
+
+/// Calls `body(context, worker)` for worker in [0, workers) and returns when all are done; the
+/// calling thread runs worker 0. For kernels that split their own work (matmul tiles): there is no
+/// size threshold here, the caller decides when threads pay off.
+pub fn run_workers(workers: u32, context: anytype, comptime body: fn (@TypeOf(context), u32) void) void {
+    std.debug.assert(workers >= 1 and workers <= thread_count_max);
+    const Context = @TypeOf(context);
+    comptime std.debug.assert(@typeInfo(Context) == .pointer);
+    const erased = struct {
+        fn run(pointer: *anyopaque, worker: u32) void {
+            body(@ptrCast(@alignCast(pointer)), worker);
+        }
+    }.run;
+    if (workers == 1 or busy.cmpxchgStrong(false, true, .acquire, .monotonic) != null) {
+        for (0..workers) |worker| body(context, @intCast(worker));
+        return;
+    }
+    defer busy.store(false, .release);
+    const running = ensure_started(workers);
+    if (running > 1) {
+        job = .{ .run = erased, .context = @ptrCast(@constCast(context)) };
+        pending.store(running - 1, .release);
+        const generation = (control.load(.monotonic) >> 5) +% 1;
+        control.store((generation << 5) | running, .release);
+        futex_wake(&control, thread_count_max);
+    }
+    body(context, 0);
+    // Workers that could not be started are run here.
+    for (running..workers) |worker| body(context, @intCast(worker));
+    if (running > 1) {
+        var left = pending.load(.acquire);
+        while (left != 0) left = wait_while(&pending, left);
+    }
+}
+
 /// Calls `body(context, begin, end)` over disjoint sub-ranges covering [0, count).
 pub fn parallel_for(count: u64, context: anytype, comptime body: fn (@TypeOf(context), u64, u64) void) void {
+    const Slots = struct {
+        inner: @TypeOf(context),
+        fn call(self: *const @This(), slot: u32, begin: u64, end: u64) void {
+            _ = slot;
+            body(self.inner, begin, end);
+        }
+    };
+    const slots = Slots{ .inner = context };
+    parallel_for_slots(count, &slots, Slots.call);
+}
+
+/// Like `parallel_for`, but also passes each sub-range's slot in [0, slot_count_max): sub-range k
+/// starts at k * per-thread size, so a reduction can keep one partial per slot and combine them in
+/// slot order, which makes its result independent of thread timing.
+pub const slot_count_max = thread_count_max;
+
+pub fn parallel_for_slots(count: u64, context: anytype, comptime body: fn (@TypeOf(context), u32, u64, u64) void) void {
     const threads = thread_count();
     if (count < parallel_threshold or threads <= 1) {
-        body(context, 0, count);
+        body(context, 0, 0, count);
         return;
     }
     const per_thread = std.mem.alignForward(u64, (count + threads - 1) / threads, chunk_align);
-    var workers: [thread_count_max]?std.Thread = @splat(null);
-    var begin: u64 = per_thread;
-    var index: usize = 1;
-    while (index < threads and begin < count) : (index += 1) {
-        const end = @min(begin + per_thread, count);
-        workers[index] = std.Thread.spawn(.{ .stack_size = 256 * 1024 }, body, .{ context, begin, end }) catch null;
-        // A worker that could not start is done here instead.
-        if (workers[index] == null) body(context, begin, end);
-        begin = end;
-    }
-    body(context, 0, @min(per_thread, count));
-    for (workers[1..index]) |worker| if (worker) |w| w.join();
+    const slots: u32 = @intCast((count + per_thread - 1) / per_thread);
+    const Split = struct {
+        inner: @TypeOf(context),
+        count: u64,
+        per_thread: u64,
+        fn call(self: *const @This(), slot: u32) void {
+            const begin = slot * self.per_thread;
+            body(self.inner, slot, begin, @min(begin + self.per_thread, self.count));
+        }
+    };
+    const split = Split{ .inner = context, .count = count, .per_thread = per_thread };
+    run_workers(slots, &split, Split.call);
 }
 
 test "parallel_for covers every element exactly once" {
@@ -68,55 +192,40 @@ test "parallel_for covers every element exactly once" {
     for (marks) |mark| try std.testing.expectEqual(@as(u8, 1), mark.load(.monotonic));
 }
 
-/// Like `parallel_for`, but also passes each sub-range's slot in [0, slot_count_max): sub-range k
-/// starts at k * per-thread size, so a reduction can keep one partial per slot and combine them in
-/// slot order, which makes its result independent of thread timing.
-pub const slot_count_max = thread_count_max;
-
-pub fn parallel_for_slots(count: u64, context: anytype, comptime body: fn (@TypeOf(context), u32, u64, u64) void) void {
-    const threads = thread_count();
-    if (count < parallel_threshold or threads <= 1) {
-        body(context, 0, 0, count);
-        return;
-    }
-    const per_thread = std.mem.alignForward(u64, (count + threads - 1) / threads, chunk_align);
-    var workers: [thread_count_max]?std.Thread = @splat(null);
-    var begin: u64 = per_thread;
-    var index: u32 = 1;
-    while (index < threads and begin < count) : (index += 1) {
-        const end = @min(begin + per_thread, count);
-        workers[index] = std.Thread.spawn(.{ .stack_size = 256 * 1024 }, body, .{ context, index, begin, end }) catch null;
-        if (workers[index] == null) body(context, index, begin, end);
-        begin = end;
-    }
-    body(context, 0, 0, @min(per_thread, count));
-    for (workers[1..index]) |worker| if (worker) |w| w.join();
-}
-
-/// Calls `body(context, worker)` for worker in [0, workers) on that many threads (the caller runs
-/// worker 0) and returns when all are done. For kernels that split their own work (matmul tiles),
-/// so there is no element-count threshold here: the caller decides when threads pay off.
-pub fn run_workers(workers: u32, context: anytype, comptime body: fn (@TypeOf(context), u32) void) void {
-    std.debug.assert(workers >= 1 and workers <= thread_count_max);
-    var threads: [thread_count_max]?std.Thread = @splat(null);
-    var index: u32 = 1;
-    while (index < workers) : (index += 1) {
-        threads[index] = std.Thread.spawn(.{ .stack_size = 256 * 1024 }, body, .{ context, index }) catch null;
-        // A worker that could not start is done here instead.
-        if (threads[index] == null) body(context, index);
-    }
-    body(context, 0);
-    for (threads[1..workers]) |thread| if (thread) |t| t.join();
-}
-
-test "run_workers runs every worker index once" {
+test "run_workers runs every worker index once, call after call" {
     const Context = struct {
-        marks: [thread_count_max]std.atomic.Value(u8) = @splat(.init(0)),
+        marks: [thread_count_max]std.atomic.Value(u32) = @splat(.init(0)),
         fn body(self: *@This(), worker: u32) void {
             _ = self.marks[worker].fetchAdd(1, .monotonic);
         }
     };
     var context = Context{};
-    run_workers(5, &context, Context.body);
-    for (context.marks, 0..) |mark, i| try std.testing.expectEqual(@as(u8, @intFromBool(i < 5)), mark.load(.monotonic));
+    // Alternate worker counts so workers that sat out a job must pick up the next one.
+    const rounds = 2000;
+    for (0..rounds) |round| run_workers(if (round % 2 == 0) 5 else 3, &context, Context.body);
+    for (context.marks, 0..) |mark, i| {
+        const expected: u32 = if (i < 3) rounds else if (i < 5) rounds / 2 else 0;
+        try std.testing.expectEqual(expected, mark.load(.monotonic));
+    }
+}
+
+test "a kernel that calls a kernel runs the inner one on its own thread" {
+    const Inner = struct {
+        hits: std.atomic.Value(u32) = .init(0),
+        fn body(self: *@This(), worker: u32) void {
+            _ = worker;
+            _ = self.hits.fetchAdd(1, .monotonic);
+        }
+    };
+    const Outer = struct {
+        inner: *Inner,
+        fn body(self: *const @This(), worker: u32) void {
+            _ = worker;
+            run_workers(4, self.inner, Inner.body);
+        }
+    };
+    var inner = Inner{};
+    const outer = Outer{ .inner = &inner };
+    run_workers(2, &outer, Outer.body);
+    try std.testing.expectEqual(@as(u32, 8), inner.hits.load(.monotonic));
 }
