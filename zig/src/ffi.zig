@@ -274,6 +274,7 @@ export fn mp_convert_stats(source: ?*const anyopaque, target: ?*anyopaque, count
 
 test {
     _ = matmul;
+    _ = @import("cpu/team.zig");
     _ = numerics;
     _ = pool;
     _ = cast;
