@@ -62,3 +62,13 @@ export function disposeAll(...trees: unknown[]): void {
 }
 
 export { tensor };
+
+/** Whether two lists of tensors hold the same bytes, tensor by tensor (fast for large tensors). */
+export function sameBytes(a: readonly Tensor[], b: readonly Tensor[]): boolean {
+  if (a.length !== b.length) return false;
+  return a.every((x, i) => {
+    const y = b[i]!;
+    const bytes = (t: Tensor) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+    return x.dtype === y.dtype && Buffer.compare(bytes(x), bytes(y)) === 0;
+  });
+}
