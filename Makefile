@@ -93,6 +93,8 @@ bench: deps build
 	$(BUN) bench/optim_bench.ts
 	$(BUN) bench/io_bench.ts --mb 1024
 	$(BUN) bench/matmul_bench.ts
+	$(BUN) bench/compare.ts
+	$(BUN) bench/train.ts --batch-sizes 8,32,128 --svg out/train_batch_sizes.svg --json out/train_batch_sizes.json
 
 fmt: deps
 	$(ZIG) fmt zig
