@@ -108,6 +108,10 @@ const SYMBOLS = {
     args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
     returns: FFIType.i32,
   },
+  mp_cuda_launch_fused_sgd: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
   mp_cuda_sum_squares: {
     args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.f32, FFIType.ptr, FFIType.ptr],
     returns: FFIType.i32,

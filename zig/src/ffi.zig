@@ -542,6 +542,19 @@ export fn mp_cuda_launch_fused_adamw(ordinal: u32, table: u64, row_count: u64, t
     return status(.ok);
 }
 
+/// One fused SGD step on the device (the CPU's mp_fused_sgd arithmetic), as
+/// mp_cuda_launch_fused_adamw with sgd.SgdRow rows and a device sgd.SgdHyper. No sync.
+export fn mp_cuda_launch_fused_sgd(ordinal: u32, table: u64, row_count: u64, total_count: u64, hyper: u64, found_inf: u64) i32 {
+    if (total_count == 0) return status(.ok);
+    if (table == 0 or hyper == 0) return status(.null_pointer);
+    if (row_count == 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const grid = driver.grid_blocks(device, total_count);
+    driver.launch(device, .fused_sgd, grid, driver.block_threads, .{ table, row_count, total_count, hyper, found_inf }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
 /// mp_sum_squares on the device, for the optimizers' host-side pre-check: the float64 sum over a
 /// device row table of float64(float32(x * inv_scale))^2 into `out_sum`, and 1 in `out_found_inf`
 /// when any element is inf or NaN. Reads the result back, so it waits for the device (counted).
@@ -621,7 +634,7 @@ test "every kernel of the driver's table is a PTX entry with exactly the paramet
     }
 }
 
-test "the device AdamW table and constants have the CPU's layout, field for field" {
+test "the device AdamW and SGD tables and constants have the CPU's layouts, field for field" {
     inline for (comptime std.meta.fieldNames(adamw.AdamRow)) |name| {
         try std.testing.expectEqual(@offsetOf(adamw.AdamRow, name), @offsetOf(step_math.AdamRow, name));
     }
@@ -632,6 +645,18 @@ test "the device AdamW table and constants have the CPU's layout, field for fiel
     try std.testing.expectEqual(@sizeOf(adamw.AdamHyper), @sizeOf(step_math.AdamHyper));
     try std.testing.expectEqual(adamw.flag_amsgrad, step_math.adam_flag_amsgrad);
     try std.testing.expectEqual(adamw.flag_stochastic, step_math.adam_flag_stochastic);
+    inline for (comptime std.meta.fieldNames(sgd.SgdRow)) |name| {
+        try std.testing.expectEqual(@offsetOf(sgd.SgdRow, name), @offsetOf(step_math.SgdRow, name));
+    }
+    inline for (comptime std.meta.fieldNames(sgd.SgdHyper)) |name| {
+        try std.testing.expectEqual(@offsetOf(sgd.SgdHyper, name), @offsetOf(step_math.SgdHyper, name));
+    }
+    try std.testing.expectEqual(@sizeOf(sgd.SgdRow), @sizeOf(step_math.SgdRow));
+    try std.testing.expectEqual(@sizeOf(sgd.SgdHyper), @sizeOf(step_math.SgdHyper));
+    try std.testing.expectEqual(sgd.flag_nesterov, step_math.sgd_flag_nesterov);
+    try std.testing.expectEqual(sgd.flag_stochastic, step_math.sgd_flag_stochastic);
+    try std.testing.expectEqual(sgd.flag_first_step, step_math.sgd_flag_first_step);
+    try std.testing.expectEqual(sgd.flag_momentum, step_math.sgd_flag_momentum);
 }
 
 test "the CUDA exports report cuda_unavailable with a reason when libcuda.so.1 cannot be loaded" {
