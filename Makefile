@@ -79,6 +79,8 @@ test-cuda: deps build
 # backend's plumbing end to end on any machine. It proves nothing about the PTX kernels.
 test-cuda-fake: deps build
 	MIXPREC_LIBCUDA=$(CURDIR)/zig/zig-out/lib/libcuda_fake.so $(BUN) test test/cuda_test.ts 2>&1 | tail -n 5
+	MIXPREC_LIBCUDA=$(CURDIR)/zig/zig-out/lib/libcuda_fake.so $(BUN) bench/cuda_bench.ts --max 65536 --iterations 1 >/dev/null
+	@echo "bench/cuda_bench.ts runs against the fake driver"
 
 # The main job: train the demo model under every precision recipe (about 3 minutes on 2 cores).
 demo: deps build

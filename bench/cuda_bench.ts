@@ -25,6 +25,7 @@ import {
 } from "../src/backend/cuda.ts";
 import { CastFlag } from "../src/_ffi.ts";
 import { type DtypeName, dtypeInfo } from "../src/mod.ts";
+import { adamConstants } from "../src/optim/scale_by_adam.ts";
 import { countLabel, flag, formatTable } from "./_harness.ts";
 
 const availability = cudaAvailability();
@@ -133,20 +134,11 @@ for (const count of counts) {
       bf16 | (bf16 << 32n),
       BigInt(dtypeInfo("float32").code),
     ]);
-    const hyper = new Float32Array([
-      1,
-      1,
-      0.1,
-      0.999,
-      0.001,
-      0.1,
-      Math.fround(Math.sqrt(0.001)),
-      1e-8,
-      -1e-3,
-      1 - 1e-5,
-      0,
-      0,
-    ]);
+    // zig/src/cpu/adamw.zig AdamHyper: inv_scale, clip, 1 - b1, b2, 1 - b2, step_scale, eps_hat,
+    // -lr, decay, then flags and padding (u32 zeros).
+    const c = adamConstants(0.9, 0.999, 1e-8, 1);
+    const hyper = new Float32Array(12);
+    hyper.set([1, 1, c.oneMinusBeta1, c.beta2, c.oneMinusBeta2, c.stepScale, c.epsHat, -1e-3, 1 - 1e-5]);
     const [table, constants] = [cudaAlloc(ordinal, 72), cudaAlloc(ordinal, 48)];
     cudaCopyToDevice(ordinal, table, row);
     cudaCopyToDevice(ordinal, constants, hyper);

@@ -33,14 +33,17 @@ const SHAPES: readonly (readonly [number, number, number])[] = [
 ].filter(([m, n, k]) => Math.max(m, n, k) <= Math.max(maxDim, 8192) && Math.min(m, n, k) <= maxDim) as never;
 const DTYPES: readonly DtypeName[] = ["float32", "bfloat16"];
 
-/** The FMA peak in GFLOP/s on `threads` threads (best of a few runs of about 0.2 s). */
+/**
+ * The FMA peak in GFLOP/s on `threads` threads: the best of 40 runs of about 10 ms each (short
+ * runs, like the fastest-call timing of the kernels, so a busy machine's quiet moments count).
+ */
 function peakGflops(): number {
   const flops = new Float64Array(1);
   const checksum = new Float32Array(1);
   let best = 0;
-  for (let run = 0; run < 5; run++) {
+  for (let run = 0; run < 40; run++) {
     const start = performance.now();
-    check(native().mp_peak_fma(5_000_000, threads, ptr(flops), ptr(checksum)), "mp_peak_fma");
+    check(native().mp_peak_fma(2_000_000, threads, ptr(flops), ptr(checksum)), "mp_peak_fma");
     const seconds = (performance.now() - start) / 1000;
     best = Math.max(best, flops[0]! / seconds / 1e9);
   }
@@ -114,6 +117,14 @@ for (const [m, n, k] of SHAPES) {
 
 console.log(`## matmul (${threads} threads), GFLOP/s of the fastest call\n`);
 console.log(`float32 FMA peak (mp_peak_fma, ${threads} threads): ${peak.toFixed(1)} GFLOP/s`);
+const [load1] = (
+  await Bun.file("/proc/loadavg")
+    .text()
+    .catch(() => "? ")
+).split(" ");
+console.log(
+  `load average when the run ended: ${load1} on ${navigator.hardwareConcurrency} CPUs (other work slows both columns)`,
+);
 console.log(
   torch === null
     ? "torch is not installed (pip install torch==2.13.0 adds the comparison column)"

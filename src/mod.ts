@@ -213,6 +213,7 @@ export {
   cudaFill32,
   cudaFree,
   cudaFusedAdamW,
+  cudaFusedSgd,
   cudaGlobalNorm,
   cudaMemoryStats,
   type CudaRow,

@@ -42,6 +42,7 @@ import {
   DTYPE_NAMES,
   type DtypeName,
   fusedAdamW,
+  fusedSgd,
   GradScaler,
   devices,
   dtypeInfo,
@@ -763,6 +764,73 @@ describe("device fused AdamW", () => {
       for (const t of tensorsOf(row)) t.dispose();
     }
   });
+});
+
+describe("device fused SGD", () => {
+  test.skipIf(!gpu)(
+    "the fusedSgd optimizer on cuda tensors steps as on the CPU, bit for bit, in every option mix",
+    () => {
+      fc.assert(
+        fc.property(
+          fc.record({
+            momentum: fc.constantFrom(0, 0.9),
+            nesterov: fc.boolean(),
+            weightDecay: fc.constantFrom(0, 1e-2),
+            masterWeights: fc.boolean(),
+            stochastic: fc.boolean(),
+            stateDtype: fc.constantFrom<DtypeName>("float32", "bfloat16"),
+            param: fc.constantFrom<DtypeName>("float32", "float16", "bfloat16"),
+          }),
+          (o) => {
+            const options = {
+              lr: 0.05,
+              momentum: o.momentum,
+              nesterov: o.nesterov && o.momentum > 0,
+              weightDecay: o.weightDecay,
+              masterWeights: o.masterWeights,
+              rounding: o.stochastic ? ("stochastic" as const) : ("nearest" as const),
+              seed: 5,
+              stateDtype: o.stateDtype,
+            };
+            const results: StorageArray[][] = [];
+            for (const where of ["cpu", "cuda:0"] as const) {
+              const params = [17, 2000].map((n, i) =>
+                tensor(
+                  new Float32Array(n).map((_, j) => Math.sin(i + j * 0.2)),
+                  { dtype: o.param, device: where },
+                ),
+              );
+              const optimizer = fusedSgd(options);
+              try {
+                for (let step = 0; step < 3; step++) {
+                  const grads = params.map((p, i) =>
+                    tensor(
+                      new Float32Array(p.size).map((_, j) => Math.cos(step + i + j * 0.3) * 4),
+                      {
+                        dtype: "bf16",
+                        device: where,
+                      },
+                    ),
+                  );
+                  try {
+                    expect(optimizer.step(params, grads, { invScale: 0.25, foundInf: false }).applied).toBe(true);
+                  } finally {
+                    for (const g of grads) g.dispose();
+                  }
+                }
+                results.push(params.map((p) => p.bits()));
+              } finally {
+                optimizer.dispose();
+                for (const p of params) p.dispose();
+              }
+            }
+            results[0]!.forEach((bits, i) => expectSameBits(results[1]![i]!, bits));
+          },
+        ),
+        { numRuns: 12 },
+      );
+    },
+  );
 });
 
 describe("a mixed-precision step on the device", () => {

@@ -22,6 +22,7 @@ const EXPECTED: Record<string, string[]> = {
   mp_clip_by_norm_kernel: ["u64", "u64", "u64", "f32", "u64"],
   mp_fused_adamw_kernel: ["u64", "u64", "u64", "u64", "u64"],
   mp_sum_squares_f64_kernel: ["u64", "u64", "u64", "f32", "u64", "u64"],
+  mp_fused_sgd_kernel: ["u64", "u64", "u64", "u64", "u64"],
 };
 
 function entries(ptx: string): Map<string, string[]> {

@@ -584,6 +584,32 @@ export function cudaFusedAdamW(
   );
 }
 
+/**
+ * One fused SGD step on the device (the CPU's mp_fused_sgd arithmetic, zig/src/cpu/sgd.zig) over
+ * a device copy of its 56-byte SgdRow table and 32-byte SgdHyper; skipped on the device when the
+ * flag at `foundInfAddress` (if not 0) is set. No wait.
+ *
+ * @param ordinal The device.
+ * @param tableAddress Device copy of `rowCount` SgdRow rows holding device addresses.
+ * @param rowCount Rows.
+ * @param totalCount Elements in all rows.
+ * @param hyperAddress Device copy of the SgdHyper.
+ * @param foundInfAddress Device u32 flag, or 0 to always step.
+ */
+export function cudaFusedSgd(
+  ordinal: number,
+  tableAddress: number,
+  rowCount: number,
+  totalCount: number,
+  hyperAddress: number,
+  foundInfAddress: number,
+): void {
+  checkCuda(
+    native().mp_cuda_launch_fused_sgd(ordinal, tableAddress, rowCount, totalCount, hyperAddress, foundInfAddress),
+    `Fused SGD on cuda:${ordinal}`,
+  );
+}
+
 const SUM_F64_OUT = new Float64Array(1);
 
 /**

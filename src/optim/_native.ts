@@ -11,7 +11,7 @@ import { check, native } from "../_ffi.ts";
 import { dtypeInfo } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
 import { gradientTable } from "../unscale.ts";
-import { checkOneDevice, fusedAdamWOnDevice, sumSquaresOnDevice } from "./_native_cuda.ts";
+import { checkOneDevice, fusedAdamWOnDevice, fusedSgdOnDevice, sumSquaresOnDevice } from "./_native_cuda.ts";
 
 const SUM_OUT = new Float64Array(1);
 const FOUND_OUT = new Uint32Array(1);
@@ -136,6 +136,10 @@ export function fusedSgdStep(rows: readonly SgdRowTensors[], h: SgdHyper, foundI
   hyper.set([h.invScale, h.clip, h.weightDecay, h.momentum, h.oneMinusDampening, h.negLr]);
   new Uint32Array(hyper.buffer)[6] =
     (h.nesterov ? 1 : 0) | (h.stochastic ? 2 : 0) | (h.firstStep ? 4 : 0) | (h.hasMomentum ? 8 : 0);
+  // CUDA tensors: the same table and constants, run by the device kernel (src/optim/_native_cuda.ts).
+  const device = rows[0]?.param.device ?? "cpu";
+  if (device !== "cpu") return fusedSgdOnDevice(device, rows, table, hyper, foundInf);
+  checkOneDevice(rows, "cpu");
   check(
     native().mp_fused_sgd(
       rows.length === 0 ? null : ptr(table),

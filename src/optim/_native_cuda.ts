@@ -6,18 +6,27 @@
  * @module
  */
 
-import { cudaAlloc, cudaCopyToDevice, cudaFree, cudaFusedAdamW, cudaSumSquares, cudaTable } from "../backend/cuda.ts";
+import {
+  cudaAlloc,
+  cudaCopyToDevice,
+  cudaFree,
+  cudaFusedAdamW,
+  cudaFusedSgd,
+  cudaSumSquares,
+  cudaTable,
+} from "../backend/cuda.ts";
 import { dtypeInfo } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
 
-/** The tensors of one fused AdamW row (src/optim/_native.ts AdamRowTensors). */
-interface AdamRowTensors {
+/** The tensors of one fused row (src/optim/_native.ts AdamRowTensors or SgdRowTensors). */
+interface RowTensors {
   readonly grad: Tensor;
   readonly param: Tensor;
   readonly master: Tensor | null;
-  readonly m: Tensor;
-  readonly v: Tensor;
-  readonly vMax: Tensor | null;
+  readonly m?: Tensor;
+  readonly v?: Tensor;
+  readonly vMax?: Tensor | null;
+  readonly buffer?: Tensor | null;
 }
 
 /**
@@ -25,10 +34,10 @@ interface AdamRowTensors {
  * another device's addresses).
  * @internal
  */
-export function checkOneDevice(rows: readonly AdamRowTensors[], device: string): void {
+export function checkOneDevice(rows: readonly RowTensors[], device: string): void {
   for (const row of rows) {
-    for (const t of [row.grad, row.param, row.master, row.m, row.v, row.vMax]) {
-      if (t !== null && t.device !== device) {
+    for (const t of [row.grad, row.param, row.master, row.m, row.v, row.vMax, row.buffer]) {
+      if (t !== null && t !== undefined && t.device !== device) {
         throw new TypeError(
           `A fused step has tensors on ${device} and on ${t.device}: keep parameters, gradients, masters and optimizer state on one device`,
         );
@@ -45,10 +54,35 @@ export function checkOneDevice(rows: readonly AdamRowTensors[], device: string):
  */
 export function fusedAdamWOnDevice(
   device: string,
-  rows: readonly AdamRowTensors[],
+  rows: readonly RowTensors[],
   table: BigUint64Array,
   hyper: Float32Array,
   foundInf: Uint32Array | null,
+): boolean {
+  return fusedStepOnDevice(device, rows, table, hyper, foundInf, cudaFusedAdamW);
+}
+
+/**
+ * fusedAdamWOnDevice for the fused SGD step (56-byte rows, 32-byte constants).
+ * @internal
+ */
+export function fusedSgdOnDevice(
+  device: string,
+  rows: readonly RowTensors[],
+  table: BigUint64Array,
+  hyper: Float32Array,
+  foundInf: Uint32Array | null,
+): boolean {
+  return fusedStepOnDevice(device, rows, table, hyper, foundInf, cudaFusedSgd);
+}
+
+function fusedStepOnDevice(
+  device: string,
+  rows: readonly RowTensors[],
+  table: BigUint64Array,
+  hyper: Float32Array,
+  foundInf: Uint32Array | null,
+  launch: typeof cudaFusedAdamW,
 ): boolean {
   checkOneDevice(rows, device);
   let totalCount = 0;
@@ -61,7 +95,7 @@ export function fusedAdamWOnDevice(
   try {
     cudaCopyToDevice(ordinal, tableAddress, table);
     cudaCopyToDevice(ordinal, hyperAddress, hyper);
-    cudaFusedAdamW(ordinal, tableAddress, rows.length, totalCount, hyperAddress, 0);
+    launch(ordinal, tableAddress, rows.length, totalCount, hyperAddress, 0);
   } finally {
     // Freed blocks are reused only by later work on the same stream, after this kernel.
     cudaFree(ordinal, tableAddress);

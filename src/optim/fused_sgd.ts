@@ -116,7 +116,7 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
       state ??= {
         count: 0,
         master: p.map((x) => (masterWeights && x.dtype !== "float32" ? x.to("float32") : null)),
-        buffer: momentum === 0 ? null : p.map((x) => zeros(x.shape, { dtype: stateDtype })),
+        buffer: momentum === 0 ? null : p.map((x) => zeros(x.shape, { dtype: stateDtype, device: x.device })),
         lastStep: null,
       };
       const s = state;

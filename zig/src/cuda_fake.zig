@@ -16,6 +16,7 @@ const unscale = @import("cpu/unscale.zig");
 const step_math = @import("cuda/step_math.zig");
 const adamw = @import("cpu/adamw.zig");
 const sum_squares = @import("cpu/sum_squares.zig");
+const sgd = @import("cpu/sgd.zig");
 
 const CUresult = c_int;
 const success: CUresult = 0;
@@ -38,6 +39,7 @@ const entries = [_][]const u8{
     "mp_clip_by_norm_kernel",
     "mp_fused_adamw_kernel",
     "mp_sum_squares_f64_kernel",
+    "mp_fused_sgd_kernel",
 };
 
 export fn cuInit(flags: c_uint) CUresult {
@@ -176,6 +178,7 @@ export fn cuLaunchKernel(function: ?*anyopaque, grid: c_uint, grid_y: c_uint, gr
         6 => launch_clip(params),
         7 => launch_adamw(params),
         8 => launch_sum_squares_f64(params, grid),
+        9 => launch_sgd(params),
         else => unreachable,
     }
     return success;
@@ -298,6 +301,13 @@ fn launch_sum_squares_f64(params: [*]?*anyopaque, grid: c_uint) void {
     @memset(partials[0..grid], 0);
     partials[0] = result.sum;
     if (result.found_inf) @as(*u32, @ptrFromInt(param(u64, params, 5))).* = 1;
+}
+
+fn launch_sgd(params: [*]?*anyopaque) void {
+    const found_inf = param(u64, params, 4);
+    if (found_inf != 0 and @as(*const u32, @ptrFromInt(found_inf)).* != 0) return;
+    const rows: [*]const sgd.SgdRow = @ptrFromInt(param(u64, params, 0));
+    sgd.step(rows[0..param(u64, params, 1)], @ptrFromInt(param(u64, params, 3)));
 }
 
 fn wide(dtype: numerics.Dtype, address: u64, index: u64) u32 {

@@ -12,6 +12,7 @@ const sum_squares = @import("cpu/sum_squares.zig");
 const adamw = @import("cpu/adamw.zig");
 const sgd = @import("cpu/sgd.zig");
 const matmul = @import("cpu/matmul.zig");
+const activation = @import("cpu/activation.zig");
 const convert = @import("cpu/convert.zig");
 
 /// Bumped whenever an export's signature or meaning changes; src/_ffi.ts refuses a mismatch.
@@ -240,6 +241,27 @@ export fn mp_matmul(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, 
     return status(.ok);
 }
 
+/// GELU forward on `count` float32 values: out = x * Phi(x), cdf = Phi(x) (for the backward pass).
+export fn mp_gelu(x: ?[*]const f32, out: ?[*]f32, cdf: ?[*]f32, count: u64) i32 {
+    if (count == 0) return status(.ok);
+    const source = (x orelse return status(.null_pointer))[0..count];
+    const target = (out orelse return status(.null_pointer))[0..count];
+    const saved = (cdf orelse return status(.null_pointer))[0..count];
+    activation.gelu(source, target, saved);
+    return status(.ok);
+}
+
+/// GELU backward on `count` float32 values: d = g * (cdf + x * phi(x)).
+export fn mp_gelu_backward(x: ?[*]const f32, cdf: ?[*]const f32, g: ?[*]const f32, d: ?[*]f32, count: u64) i32 {
+    if (count == 0) return status(.ok);
+    const source = (x orelse return status(.null_pointer))[0..count];
+    const saved = (cdf orelse return status(.null_pointer))[0..count];
+    const grad = (g orelse return status(.null_pointer))[0..count];
+    const target = (d orelse return status(.null_pointer))[0..count];
+    activation.gelu_backward(source, saved, grad, target);
+    return status(.ok);
+}
+
 /// Runs independent float32 FMA chains on `threads` threads for `iterations` steps (the machine's
 /// peak FLOP/s, timed by the caller). `out_flops` receives the FLOPs done, `out_checksum` a value
 /// that depends on every chain.
@@ -274,6 +296,8 @@ export fn mp_convert_stats(source: ?*const anyopaque, target: ?*anyopaque, count
 
 test {
     _ = matmul;
+    _ = activation;
+    _ = @import("cpu/team.zig");
     _ = numerics;
     _ = pool;
     _ = cast;
@@ -518,6 +542,19 @@ export fn mp_cuda_launch_fused_adamw(ordinal: u32, table: u64, row_count: u64, t
     return status(.ok);
 }
 
+/// One fused SGD step on the device (the CPU's mp_fused_sgd arithmetic), as
+/// mp_cuda_launch_fused_adamw with sgd.SgdRow rows and a device sgd.SgdHyper. No sync.
+export fn mp_cuda_launch_fused_sgd(ordinal: u32, table: u64, row_count: u64, total_count: u64, hyper: u64, found_inf: u64) i32 {
+    if (total_count == 0) return status(.ok);
+    if (table == 0 or hyper == 0) return status(.null_pointer);
+    if (row_count == 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const grid = driver.grid_blocks(device, total_count);
+    driver.launch(device, .fused_sgd, grid, driver.block_threads, .{ table, row_count, total_count, hyper, found_inf }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
 /// mp_sum_squares on the device, for the optimizers' host-side pre-check: the float64 sum over a
 /// device row table of float64(float32(x * inv_scale))^2 into `out_sum`, and 1 in `out_found_inf`
 /// when any element is inf or NaN. Reads the result back, so it waits for the device (counted).
@@ -597,7 +634,7 @@ test "every kernel of the driver's table is a PTX entry with exactly the paramet
     }
 }
 
-test "the device AdamW table and constants have the CPU's layout, field for field" {
+test "the device AdamW and SGD tables and constants have the CPU's layouts, field for field" {
     inline for (comptime std.meta.fieldNames(adamw.AdamRow)) |name| {
         try std.testing.expectEqual(@offsetOf(adamw.AdamRow, name), @offsetOf(step_math.AdamRow, name));
     }
@@ -608,6 +645,18 @@ test "the device AdamW table and constants have the CPU's layout, field for fiel
     try std.testing.expectEqual(@sizeOf(adamw.AdamHyper), @sizeOf(step_math.AdamHyper));
     try std.testing.expectEqual(adamw.flag_amsgrad, step_math.adam_flag_amsgrad);
     try std.testing.expectEqual(adamw.flag_stochastic, step_math.adam_flag_stochastic);
+    inline for (comptime std.meta.fieldNames(sgd.SgdRow)) |name| {
+        try std.testing.expectEqual(@offsetOf(sgd.SgdRow, name), @offsetOf(step_math.SgdRow, name));
+    }
+    inline for (comptime std.meta.fieldNames(sgd.SgdHyper)) |name| {
+        try std.testing.expectEqual(@offsetOf(sgd.SgdHyper, name), @offsetOf(step_math.SgdHyper, name));
+    }
+    try std.testing.expectEqual(@sizeOf(sgd.SgdRow), @sizeOf(step_math.SgdRow));
+    try std.testing.expectEqual(@sizeOf(sgd.SgdHyper), @sizeOf(step_math.SgdHyper));
+    try std.testing.expectEqual(sgd.flag_nesterov, step_math.sgd_flag_nesterov);
+    try std.testing.expectEqual(sgd.flag_stochastic, step_math.sgd_flag_stochastic);
+    try std.testing.expectEqual(sgd.flag_first_step, step_math.sgd_flag_first_step);
+    try std.testing.expectEqual(sgd.flag_momentum, step_math.sgd_flag_momentum);
 }
 
 test "the CUDA exports report cuda_unavailable with a reason when libcuda.so.1 cannot be loaded" {

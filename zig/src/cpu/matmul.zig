@@ -14,6 +14,7 @@ const std = @import("std");
 const builtin = @import("builtin");
 const numerics = @import("../numerics.zig");
 const pool = @import("pool.zig");
+const team = @import("team.zig");
 
 const Dtype = numerics.Dtype;
 
@@ -420,7 +421,8 @@ const Mode = enum {
     /// whole K x NC panel of B privately first, so a row block is finished by one worker (no two
     /// workers ever add into the same C element) and a slow or preempted worker holds up nobody.
     rows,
-    /// A fixed split of C into `parts` pieces along rows or columns (small M, or huge K).
+    /// Fixed pieces of C along rows or columns (small M, or huge K), taken from a counter; each piece
+    /// packs its own panels.
     static,
 };
 
@@ -431,7 +433,8 @@ const Task = struct {
     request: *const Request,
     mode: Mode,
     workers: u32,
-    /// Static mode: each batch element's C is cut into `parts` pieces along rows (or columns).
+    /// Static mode: each batch element's C is cut into `parts` fixed pieces along rows (or columns),
+    /// which workers take from a counter.
     parts: u64 = 1,
     by_columns: bool = false,
     /// Rows mode: panel width, row-block height and panels per batch element.
@@ -446,11 +449,12 @@ const Path = enum { f32, bf16_dot };
 fn run_static(comptime path: Path, comptime a_dtype: Dtype, comptime b_dtype: Dtype, task: *Task, worker: u32) void {
     const request = task.request;
     const total = request.batch * task.parts;
-    const begin = total * worker / task.workers;
-    const end = total * (worker + 1) / task.workers;
     const dim = if (task.by_columns) request.n else request.m;
     const unit: u64 = if (task.by_columns) nr else mr;
-    for (begin..end) |t| {
+    while (true) {
+        // Pieces are taken from a shared counter, so a worker the OS holds up delays only its piece.
+        const t = task.counters[0].fetchAdd(1, .monotonic);
+        if (t >= total) break;
         const batch_index = t / task.parts;
         const part = t % task.parts;
         // Piece boundaries fall on whole micro-tiles so threads do not share a tile.
@@ -569,9 +573,9 @@ fn run_worker(task: *Task, worker: u32) void {
     }
 }
 
-/// Below this many multiply-adds (about 0.2 ms of one core) a call runs on one thread: workers are
-/// spawned per call, and on a busy machine a new thread can wait milliseconds for a core.
-pub const parallel_macs_min: u64 = 1 << 24;
+/// Below this many multiply-adds (about 40 microseconds of one core) a call runs on one thread:
+/// waking a helper of the team costs a few microseconds.
+pub const parallel_macs_min: u64 = 1 << 21;
 
 /// Whether a dtype is a valid matmul input.
 pub fn input_dtype(dtype: Dtype) bool {
@@ -595,7 +599,8 @@ fn plan(request: *const Request, workers: u32) Task {
         return .{ .request = request, .mode = .rows, .workers = workers, .nc = nc, .mc = mc, .stages = stages };
     }
     // Small M (or a K too deep for rows mode): a fixed split along the longer side of C.
-    var parts: u64 = (workers + request.batch - 1) / request.batch;
+    // About four pieces per worker, taken from a counter (see run_static).
+    var parts: u64 = (4 * @as(u64, workers) + request.batch - 1) / request.batch;
     const by_columns = request.n > request.m;
     const dim = if (by_columns) request.n else request.m;
     const unit: u64 = if (by_columns) nr else mr;
@@ -614,7 +619,7 @@ pub fn matmul(request: *const Request) void {
     var task = plan(request, workers);
     while (busy.cmpxchgWeak(0, 1, .acquire, .monotonic) != null) std.atomic.spinLoopHint();
     defer busy.store(0, .release);
-    pool.run_workers(task.workers, &task, run_worker);
+    team.run(task.workers, &task, run_worker);
 }
 
 /// Runs `chains` independent FMA chains of vectors for `iterations` steps on the calling thread and
@@ -762,6 +767,7 @@ test "matmul matches a float64 reference across tile edges, transposes and batch
 
 test "rows mode, batches mode and the static split agree with the reference" {
     comptime std.debug.assert(2 * mc_max * 300 * 300 >= parallel_macs_min);
+    comptime std.debug.assert(20 * 3000 * 300 >= parallel_macs_min);
     // m >= 2 * mc_max and batch 1 takes rows mode; batch >= threads takes batches mode; a small m
     // with a wide n takes the static column split.
     // Sizes are above parallel_macs_min so the threads really split the work.

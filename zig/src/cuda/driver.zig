@@ -87,6 +87,7 @@ pub const Kernel = enum(u32) {
     clip_by_norm,
     fused_adamw,
     sum_squares_f64,
+    fused_sgd,
 
     pub fn entry(kernel: Kernel) [:0]const u8 {
         return switch (kernel) {
@@ -99,6 +100,7 @@ pub const Kernel = enum(u32) {
             .clip_by_norm => "mp_clip_by_norm_kernel",
             .fused_adamw => "mp_fused_adamw_kernel",
             .sum_squares_f64 => "mp_sum_squares_f64_kernel",
+            .fused_sgd => "mp_fused_sgd_kernel",
         };
     }
 
@@ -114,6 +116,7 @@ pub const Kernel = enum(u32) {
             .clip_by_norm => &.{ u64, u64, u64, f32, u64 },
             .fused_adamw => &.{ u64, u64, u64, u64, u64 },
             .sum_squares_f64 => &.{ u64, u64, u64, f32, u64, u64 },
+            .fused_sgd => &.{ u64, u64, u64, u64, u64 },
         };
     }
 };

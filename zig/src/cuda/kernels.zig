@@ -357,3 +357,51 @@ export fn mp_sum_squares_f64_kernel(table: u64, row_count: u64, total_count: u64
     if (@workItemId(0) == 0) @as([*]f64, @ptrFromInt(partials))[@workGroupId(0)] = block_total;
     block_any_store(found, @ptrFromInt(found_inf));
 }
+
+const SgdRow = step_math.SgdRow;
+const SgdHyper = step_math.SgdHyper;
+
+/// One element of zig/src/cpu/sgd.zig `step_lanes`: the same float32 operations in the same order.
+inline fn sgd_element(row: *const SgdRow, h: *const SgdHyper, index: u64) void {
+    const grad_dtype: Dtype = @fromBackingInt(@intCast(row.grad_dtype));
+    const param_dtype: Dtype = @fromBackingInt(@intCast(row.param_dtype));
+    const state_dtype: Dtype = @fromBackingInt(@intCast(row.state_dtype));
+    var g = load_value(grad_dtype, row.grad, index);
+    if (h.inv_scale != 1.0) g = g * h.inv_scale;
+    if (h.clip != 1.0) g = g * h.clip;
+    const has_master = row.master != 0;
+    var p = if (has_master) load_value(.float32, row.master, index) else load_value(param_dtype, row.param, index);
+    var d = g;
+    if (h.weight_decay != 0) d = g + h.weight_decay * p;
+    if (h.flags & step_math.sgd_flag_momentum != 0) {
+        var buffer = d;
+        if (h.flags & step_math.sgd_flag_first_step == 0) {
+            const old = load_value(state_dtype, row.momentum_buffer, index);
+            buffer = old * h.momentum + h.one_minus_dampening * d;
+        }
+        buffer = store_value(state_dtype, row.momentum_buffer, index, buffer);
+        d = if (h.flags & step_math.sgd_flag_nesterov != 0) d + h.momentum * buffer else buffer;
+    }
+    p = p + h.neg_lr * d;
+    if (has_master) store_bits(.float32, row.master, index, @bitCast(p));
+    const threshold: ?u32 = if (h.flags & step_math.sgd_flag_stochastic != 0) numerics.threshold_at(1, row.seed, index)[0] else null;
+    store_bits(param_dtype, row.param, index, from_f32_runtime(param_dtype, @bitCast(p), threshold, false));
+}
+
+/// Fused multi-tensor SGD over a device table of SgdRows with the device SgdHyper at `hyper`;
+/// skipped on the device when the u32 at `found_inf` (if not 0) is set.
+export fn mp_fused_sgd_kernel(table: u64, row_count: u64, total_count: u64, hyper: u64, found_inf: u64) callconv(.kernel) void {
+    if (found_inf != 0 and @as(*const u32, @ptrFromInt(found_inf)).* != 0) return;
+    const rows: [*]const SgdRow = @ptrFromInt(table);
+    const h: *const SgdHyper = @ptrFromInt(hyper);
+    var row: u64 = 0;
+    var row_start: u64 = 0;
+    var index = global_index();
+    while (index < total_count) : (index += grid_stride()) {
+        while (row < row_count and index >= row_start + rows[row].count) {
+            row_start += rows[row].count;
+            row += 1;
+        }
+        sgd_element(&rows[row], h, index - row_start);
+    }
+}

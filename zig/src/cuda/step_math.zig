@@ -113,3 +113,38 @@ comptime {
     std.debug.assert(@sizeOf(AdamRow) == 72);
     std.debug.assert(@sizeOf(AdamHyper) == 48);
 }
+
+/// zig/src/cpu/sgd.zig `SgdRow`, repeated for the device kernel (offsets checked in ffi.zig).
+pub const SgdRow = extern struct {
+    grad: u64,
+    param: u64,
+    master: u64,
+    momentum_buffer: u64,
+    count: u64,
+    grad_dtype: u32,
+    param_dtype: u32,
+    state_dtype: u32,
+    seed: u32,
+};
+
+/// zig/src/cpu/sgd.zig `SgdHyper`, repeated for the device kernel.
+pub const SgdHyper = extern struct {
+    inv_scale: f32,
+    clip: f32,
+    weight_decay: f32,
+    momentum: f32,
+    one_minus_dampening: f32,
+    neg_lr: f32,
+    flags: u32,
+    reserved: u32,
+};
+
+pub const sgd_flag_nesterov: u32 = 1;
+pub const sgd_flag_stochastic: u32 = 2;
+pub const sgd_flag_first_step: u32 = 4;
+pub const sgd_flag_momentum: u32 = 8;
+
+comptime {
+    std.debug.assert(@sizeOf(SgdRow) == 56);
+    std.debug.assert(@sizeOf(SgdHyper) == 32);
+}
