@@ -7,6 +7,8 @@
  * @module
  */
 
+import { ptr } from "bun:ffi";
+import { check, native } from "../_ffi.ts";
 import { record } from "../autodiff.ts";
 import type { Tensor } from "../tensor.ts";
 import { autocastDtype } from "./_autocast.ts";
@@ -381,6 +383,22 @@ export function erf(x: number): number {
   return x < 0 ? -r : r;
 }
 
+/**
+ * The TypeScript reference of the native exact GELU: out = x * Phi(x), cdf = Phi(x), and the
+ * gradient g * (Phi(x) + x * phi(x)). @internal
+ */
+export function geluReference(x: Float32Array, g: Float32Array): { out: Float32Array; grad: Float32Array } {
+  const out = new Float32Array(x.length);
+  const grad = new Float32Array(x.length);
+  for (let i = 0; i < x.length; i++) {
+    const u = x[i]!;
+    const p = 0.5 * (1 + erf(u * SQRT_HALF));
+    out[i] = u * p;
+    grad[i] = g[i]! * (p + u * INV_SQRT_2PI * Math.exp(-0.5 * u * u));
+  }
+  return { out, grad };
+}
+
 /** Options of {@linkcode gelu}. */
 export interface GeluOptions {
   /** "none": x Phi(x) with the exact normal CDF (PyTorch's default); "tanh": GPT-2's approximation. */
@@ -431,24 +449,20 @@ export function gelu(x: Tensor, options: GeluOptions = {}): Tensor {
   const xc = toDtype(x, dtype);
   const xv = values(xc);
   // The normal CDF of every element, kept for the backward pass (so erf runs once per element).
+  // Native SIMD (zig/src/cpu/activation.zig); geluReference below is the TypeScript reference.
   const cdf = new Float32Array(xv.length);
   const result = output(xc.shape, dtype, (out) => {
-    for (let i = 0; i < xv.length; i++) {
-      const u = xv[i]!;
-      const p = 0.5 * (1 + erf(u * SQRT_HALF));
-      cdf[i] = p;
-      out[i] = u * p;
-    }
+    if (out.length > 0) check(native().mp_gelu(ptr(xv), ptr(out), ptr(cdf), out.length), "gelu");
   });
   return record(result, [xc], (g) => {
     const gv = values(g);
     const v = values(xc);
-    const d = new Float32Array(gv.length);
-    for (let i = 0; i < d.length; i++) {
-      const u = v[i]!;
-      d[i] = gv[i]! * (cdf[i]! + u * INV_SQRT_2PI * Math.exp(-0.5 * u * u));
-    }
-    return [fromValues(d, xc.shape, dtype)];
+    return [
+      output(xc.shape, dtype, (d) => {
+        if (d.length > 0)
+          check(native().mp_gelu_backward(ptr(v), ptr(cdf), ptr(gv), ptr(d), d.length), "gelu backward");
+      }),
+    ];
   });
 }
 

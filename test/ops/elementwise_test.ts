@@ -154,3 +154,43 @@ function erf64(x: number): number {
   }
   return x < 0 ? -result : result;
 }
+
+describe("native gelu", () => {
+  test("mp_gelu and its backward agree with the TypeScript reference within 4e-7 * (1 + |x| + |g|)", async () => {
+    const { valueAndGrad } = await import("../../src/autodiff.ts");
+    const { geluReference } = await import("../../src/ops/elementwise.ts");
+    const { sum } = await import("../../src/ops/mod.ts");
+    fc.assert(
+      fc.property(fc.array(fc.float({ min: -20, max: 20, noNaN: true }), { minLength: 0, maxLength: 70 }), (raw) => {
+        const x = Float32Array.from(raw);
+        using xt = tensor(x);
+        const ones = new Float32Array(x.length).fill(1);
+        const want = geluReference(x, ones);
+        const [, grads] = valueAndGrad((p: { x: Tensor }) => sum(gelu(p.x)))({ x: xt });
+        using y = gelu(xt);
+        const got = y.toArray();
+        const gg = grads.x.toArray();
+        grads.x.dispose();
+        for (let i = 0; i < x.length; i++) {
+          const bound = 4e-7 * (1 + Math.abs(x[i]!));
+          if (!(Math.abs(got[i]! - want.out[i]!) <= bound))
+            throw new Error(`gelu(${x[i]}): ${got[i]} vs ${want.out[i]}`);
+          if (!(Math.abs(gg[i]! - want.grad[i]!) <= bound))
+            throw new Error(`gelu'(${x[i]}): ${gg[i]} vs ${want.grad[i]}`);
+        }
+      }),
+      { numRuns: 50 },
+    );
+  });
+
+  test("gelu keeps every non-finite input non-finite (NaN, inf -> inf, -inf -> NaN as -inf * 0)", () => {
+    // PyTorch's CPU gelu gives NaN for all three; what matters for loss scaling is that none
+    // becomes finite.
+    using x = tensor([Number.NaN, Infinity, -Infinity]);
+    using y = gelu(x);
+    const v = y.toArray();
+    expect(Number.isNaN(v[0])).toBe(true);
+    expect(v[1]).toBe(Infinity);
+    expect(Number.isNaN(v[2])).toBe(true);
+  });
+});

@@ -157,3 +157,48 @@ describe("matmul", () => {
     expect(hg.toArray()[0]).toBe(11);
   });
 });
+
+describe("matmul negative space", () => {
+  test("NaN and infinity in an input reach exactly the outputs that use them, on both bfloat16 paths", () => {
+    for (const flags of [0, MatmulFlag.noBf16Dot]) {
+      for (const dtype of ["float32", "bfloat16"] as DtypeName[]) {
+        const m = 5;
+        const k = 7;
+        const n = 3;
+        const a = new Float32Array(m * k).fill(0.5);
+        a[2 * k + 3] = Number.NaN; // row 2
+        a[4 * k + 1] = Infinity; // row 4
+        using at = tensor(a, { shape: [m, k], dtype });
+        using bt = tensor(new Float32Array(k * n).fill(0.25), { shape: [k, n], dtype });
+        const c = matmulInto(at.data, dtype, bt.data, dtype, new Float32Array(m * n), 1, m, n, k, flags);
+        for (let i = 0; i < m; i++) {
+          for (let j = 0; j < n; j++) {
+            const v = c[i * n + j]!;
+            if (i === 2) expect(Number.isNaN(v)).toBe(true);
+            else if (i === 4) expect(v).toBe(Infinity);
+            else expect(v).toBe(0.5 * 0.25 * k);
+          }
+        }
+      }
+    }
+  });
+
+  test("the native call refuses fp8 inputs and unknown flags with a MixprecError", () => {
+    const a = new Uint8Array(4);
+    const c = new Float32Array(4);
+    expect(() => matmulInto(a, "float8_e4m3fn", a, "float8_e4m3fn", c, 1, 2, 2, 1, 0)).toThrow(/invalid_dtype/);
+    const f = new Float32Array(4);
+    expect(() => matmulInto(f, "float32", f, "float32", c, 1, 2, 2, 1, 64)).toThrow(/invalid_argument/);
+  });
+
+  test("linear() over zero rows gives an empty result and zero weight gradients", async () => {
+    const { valueAndGrad } = await import("../../src/autodiff.ts");
+    const { sum } = await import("../../src/ops/mod.ts");
+    using x = tensor(new Float32Array(0), { shape: [0, 3] });
+    using w = tensor(new Float32Array(6).fill(1), { shape: [2, 3] });
+    const [value, grads] = valueAndGrad((p: { w: typeof w }) => sum(linear(x, p.w)))({ w });
+    expect(value).toBe(0);
+    expect([...grads.w.toArray()]).toEqual([0, 0, 0, 0, 0, 0]);
+    grads.w.dispose();
+  });
+});

@@ -86,3 +86,27 @@ describe("softmax", () => {
     expect(Math.abs(total - 1)).toBeLessThan(4 * 2 ** -8);
   });
 });
+
+describe("softmax negative space", () => {
+  test("a NaN logit makes its row's loss NaN (so a loss scaler sees it) and leaves other rows finite", () => {
+    using x = tensor([
+      [Number.NaN, 0],
+      [1, 2],
+    ]);
+    using p = softmax(x);
+    const v = p.toArray();
+    expect(Number.isNaN(v[0])).toBe(true);
+    expect(Math.abs(v[2]! + v[3]! - 1)).toBeLessThan(1e-6);
+    using loss = crossEntropy(x, [1, 0]);
+    expect(Number.isNaN(loss.toArray()[0])).toBe(true);
+  });
+
+  test("softmax of zero rows is empty and -inf logits get probability zero", () => {
+    using empty = tensor(new Float32Array(0), { shape: [0, 4] });
+    using p = softmax(empty);
+    expect(p.shape).toEqual([0, 4]);
+    using x = tensor([[-Infinity, 0, 0]]);
+    using q = softmax(x);
+    expect([...q.toArray()]).toEqual([0, 0.5, 0.5]);
+  });
+});

@@ -12,6 +12,7 @@ const sum_squares = @import("cpu/sum_squares.zig");
 const adamw = @import("cpu/adamw.zig");
 const sgd = @import("cpu/sgd.zig");
 const matmul = @import("cpu/matmul.zig");
+const activation = @import("cpu/activation.zig");
 const convert = @import("cpu/convert.zig");
 
 /// Bumped whenever an export's signature or meaning changes; src/_ffi.ts refuses a mismatch.
@@ -240,6 +241,27 @@ export fn mp_matmul(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, 
     return status(.ok);
 }
 
+/// GELU forward on `count` float32 values: out = x * Phi(x), cdf = Phi(x) (for the backward pass).
+export fn mp_gelu(x: ?[*]const f32, out: ?[*]f32, cdf: ?[*]f32, count: u64) i32 {
+    if (count == 0) return status(.ok);
+    const source = (x orelse return status(.null_pointer))[0..count];
+    const target = (out orelse return status(.null_pointer))[0..count];
+    const saved = (cdf orelse return status(.null_pointer))[0..count];
+    activation.gelu(source, target, saved);
+    return status(.ok);
+}
+
+/// GELU backward on `count` float32 values: d = g * (cdf + x * phi(x)).
+export fn mp_gelu_backward(x: ?[*]const f32, cdf: ?[*]const f32, g: ?[*]const f32, d: ?[*]f32, count: u64) i32 {
+    if (count == 0) return status(.ok);
+    const source = (x orelse return status(.null_pointer))[0..count];
+    const saved = (cdf orelse return status(.null_pointer))[0..count];
+    const grad = (g orelse return status(.null_pointer))[0..count];
+    const target = (d orelse return status(.null_pointer))[0..count];
+    activation.gelu_backward(source, saved, grad, target);
+    return status(.ok);
+}
+
 /// Runs independent float32 FMA chains on `threads` threads for `iterations` steps (the machine's
 /// peak FLOP/s, timed by the caller). `out_flops` receives the FLOPs done, `out_checksum` a value
 /// that depends on every chain.
@@ -274,6 +296,7 @@ export fn mp_convert_stats(source: ?*const anyopaque, target: ?*anyopaque, count
 
 test {
     _ = matmul;
+    _ = activation;
     _ = @import("cpu/team.zig");
     _ = numerics;
     _ = pool;
