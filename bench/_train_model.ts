@@ -77,6 +77,12 @@ const LORA = { rank: 8, alpha: 16 } as const;
  */
 const LAYER_SCALE_INIT = 1e-6;
 const LEARNING_RATE = 3e-3;
+/**
+ * Dynamic loss scaling grows the scale after this many clean steps. PyTorch's default is 2000;
+ * the demo uses 100 so that within a few hundred steps the scale is seen growing until gradients
+ * overflow, the step is skipped and the scale backs off.
+ */
+const GROWTH_INTERVAL = 100;
 const EVAL_WINDOWS = 64;
 
 interface Linear {
@@ -261,7 +267,7 @@ function pretrainSetup(name: RecipeName, options: TrainOptions): Setup {
   const model = lowDtype === null ? fp32 : castModel(fp32, lowDtype);
   if (model !== fp32) disposeTree(fp32 as unknown as Tree<Tensor>);
   const policy = lowDtype === null ? null : getPolicy(`p=${lowDtype},c=${lowDtype},o=float32`);
-  const lossScale = name === "fp16_dynamic" ? dynamicLossScale() : noLossScale();
+  const lossScale = name === "fp16_dynamic" ? dynamicLossScale({ growthInterval: GROWTH_INTERVAL }) : noLossScale();
   const optimizer = fusedAdamW({
     lr: LEARNING_RATE,
     weightDecay: 0.01,
@@ -371,7 +377,7 @@ function loraSetup(name: RecipeName, options: TrainOptions): Setup {
     loss: (params, inputs, targets, batch) =>
       forward(base, inputs, targets, batch, loraLinear(params as unknown as Record<string, Adapter>)),
     policy: null,
-    lossScale: int8 ? noLossScale() : dynamicLossScale(),
+    lossScale: int8 ? noLossScale() : dynamicLossScale({ growthInterval: GROWTH_INTERVAL }),
     optimizer,
     trainData,
     evalData,
@@ -407,6 +413,7 @@ export async function runRecipe(
   let lossScale = setup.lossScale;
   const lossCurve: number[] = [];
   const scaleCurve: number[] = [];
+  const zeroCurve: number[] = [];
   let skipped = 0;
   let totalMs = 0;
   let zeroGrads = 0;
@@ -429,7 +436,9 @@ export async function runRecipe(
       // What float16 would do to these gradients (meaningful for the float32 recipe's gradients).
       if (name === "fp32") firstPreflight = preflight(grads, { bf16Supported: false });
     }
-    zeroGrads += countZeros(grads);
+    const stepZeros = countZeros(grads);
+    zeroGrads += stepZeros;
+    zeroCurve.push(stepZeros / treeLeaves(grads).reduce((sum, g) => sum + g.size, 0));
     gradCount += treeLeaves(grads).reduce((sum, g) => sum + g.size, 0);
     const result = setup.optimizer.step(setup.params, grads, { invScale: 1 / scaleBefore });
     disposeTree(grads);
@@ -467,6 +476,7 @@ export async function runRecipe(
     stateBytes,
     lossCurve,
     scaleCurve,
+    zeroCurve,
     note: firstPreflight === null ? setup.note : `${setup.note}; ${preflightSentence(firstPreflight)}`,
     zeroGradShare: gradCount === 0 ? 0 : zeroGrads / gradCount,
     firstZeroGradShare: firstZeroShare,

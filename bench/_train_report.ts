@@ -29,6 +29,8 @@ export interface RecipeResult {
   readonly stateBytes: number;
   readonly lossCurve: readonly number[];
   readonly scaleCurve: readonly number[];
+  /** Per step, the share of gradient entries that were exactly zero. */
+  readonly zeroCurve: readonly number[];
   /** A sentence about the recipe (what it is, or why it did not run). */
   readonly note: string;
   /** Share of gradient entries that were exactly zero, over all steps (underflow shows here). */
@@ -106,6 +108,7 @@ export function resultsJson(results: readonly RecipeResult[], options: Record<st
         firstZeroGradShare: r.firstZeroGradShare,
         lossCurve: r.lossCurve,
         scaleCurve: r.scaleCurve,
+        zeroCurve: r.zeroCurve,
       })),
     },
     null,
@@ -117,6 +120,7 @@ export function resultsJson(results: readonly RecipeResult[], options: Record<st
 export async function resultsSvg(results: readonly RecipeResult[]): Promise<string> {
   const lossRows: { step: number; loss: number; recipe: string }[] = [];
   const scaleRows: { step: number; scale: number; recipe: string }[] = [];
+  const zeroRows: { step: number; share: number; recipe: string }[] = [];
   for (const r of results) {
     const label = `${r.name} (batch ${r.batchSize})`;
     // Smooth the loss over a short window so curves stay readable.
@@ -126,6 +130,9 @@ export async function resultsSvg(results: readonly RecipeResult[]): Promise<stri
       if (slice.length > 0)
         lossRows.push({ step: i, loss: slice.reduce((a, b) => a + b, 0) / slice.length, recipe: label });
     }
+    r.zeroCurve.forEach((share, step) => {
+      if (step < 60 || step % window === 0) zeroRows.push({ step, share, recipe: label });
+    });
     if (r.scaleCurve.some((s) => s !== 1)) {
       r.scaleCurve.forEach((scale, step) => {
         if (step % window === 0) scaleRows.push({ step, scale, recipe: label });
@@ -134,6 +141,7 @@ export async function resultsSvg(results: readonly RecipeResult[]): Promise<stri
   }
   const spec: vegaLite.TopLevelSpec = {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    config: { legend: { labelLimit: 400 } },
     vconcat: [
       {
         title: "Training loss by recipe",
@@ -144,6 +152,18 @@ export async function resultsSvg(results: readonly RecipeResult[]): Promise<stri
         encoding: {
           x: { field: "step", type: "quantitative", title: "step" },
           y: { field: "loss", type: "quantitative", title: "cross-entropy (nats)", scale: { type: "log" } },
+          color: { field: "recipe", type: "nominal" },
+        },
+      },
+      {
+        title: "Gradient entries that are exactly zero (float16 underflow shows here)",
+        width: 640,
+        height: 160,
+        data: { values: zeroRows },
+        mark: { type: "line", strokeWidth: 1.5 },
+        encoding: {
+          x: { field: "step", type: "quantitative", title: "step" },
+          y: { field: "share", type: "quantitative", title: "share of gradient entries", axis: { format: "%" } },
           color: { field: "recipe", type: "nominal" },
         },
       },
