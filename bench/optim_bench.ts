@@ -85,8 +85,9 @@ for (const count of counts) {
 
   // The limit: copy 14 bytes per parameter (read 14, write 14), the faster of TypedArray.set and
   // the library's threaded same-dtype copy.
-  const source = new Uint8Array(14 * count);
-  const target = new Uint8Array(14 * count);
+  // The source is filled so its pages are real memory (an untouched array reads the shared zero page).
+  const source = new Uint8Array(14 * count).map((_, i) => i * 37);
+  const target = new Uint8Array(14 * count).fill(1);
   const setNs = await bestNs(() => target.set(source), budgetMs);
   const threadedNs = await bestNs(() => castInto(source, target, "e4m3", "e4m3"), budgetMs);
   const copyNs = Math.min(setNs, threadedNs);
