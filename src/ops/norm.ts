@@ -19,12 +19,6 @@ function checkAffine(x: Tensor, param: Tensor | null | undefined, op: string, na
   }
 }
 
-function columnSums(rows: number, width: number, fill: (r: number, j: number) => number): Float32Array {
-  const sums = new Float64Array(width);
-  for (let r = 0; r < rows; r++) for (let j = 0; j < width; j++) sums[j]! += fill(r, j);
-  return Float32Array.from(sums);
-}
-
 /**
  * Layer normalization over the last axis: (x - mean) / sqrt(var + eps) * weight + bias.
  *
@@ -81,37 +75,35 @@ export function layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | nul
   const inputs = [xc, ...(wc !== null ? [wc] : []), ...(bc !== null ? [bc] : [])];
   return record(result, inputs, (g) => {
     const gv = values(g);
-    const d = new Float32Array(xc.size);
-    for (let r = 0; r < rows; r++) {
-      const base = r * width;
-      let meanD = 0;
-      let meanDX = 0;
-      for (let j = 0; j < width; j++) {
-        const dn = gv[base + j]! * (wv !== null ? wv[j]! : 1);
-        meanD += dn;
-        meanDX += dn * normalized[base + j]!;
+    const w = wv ?? new Float32Array(width).fill(1);
+    // Weight and bias gradients accumulate in float64 in the same pass over the rows.
+    const dw = new Float64Array(width);
+    const db = new Float64Array(width);
+    const gradX = output(xc.shape, dtype, (d) => {
+      for (let r = 0; r < rows; r++) {
+        const base = r * width;
+        let meanD = 0;
+        let meanDX = 0;
+        for (let j = 0; j < width; j++) {
+          const gj = gv[base + j]!;
+          const nj = normalized[base + j]!;
+          const dn = gj * w[j]!;
+          meanD += dn;
+          meanDX += dn * nj;
+          dw[j]! += gj * nj;
+          db[j]! += gj;
+        }
+        meanD /= width;
+        meanDX /= width;
+        const s = rstd[r]!;
+        for (let j = 0; j < width; j++) {
+          d[base + j] = s * (gv[base + j]! * w[j]! - meanD - normalized[base + j]! * meanDX);
+        }
       }
-      meanD /= width;
-      meanDX /= width;
-      const s = rstd[r]!;
-      for (let j = 0; j < width; j++) {
-        const dn = gv[base + j]! * (wv !== null ? wv[j]! : 1);
-        d[base + j] = s * (dn - meanD - normalized[base + j]! * meanDX);
-      }
-    }
-    const grads: Tensor[] = [fromValues(d, xc.shape, dtype)];
-    if (wc !== null) {
-      const dw = columnSums(rows, width, (r, j) => gv[r * width + j]! * normalized[r * width + j]!);
-      grads.push(fromValues(dw, wc.shape, dtype));
-    }
-    if (bc !== null)
-      grads.push(
-        fromValues(
-          columnSums(rows, width, (r, j) => gv[r * width + j]!),
-          bc.shape,
-          dtype,
-        ),
-      );
+    });
+    const grads: Tensor[] = [gradX];
+    if (wc !== null) grads.push(fromValues(Float32Array.from(dw), wc.shape, dtype));
+    if (bc !== null) grads.push(fromValues(Float32Array.from(db), bc.shape, dtype));
     return grads;
   });
 }
@@ -158,22 +150,25 @@ export function rmsNorm(x: Tensor, weight?: Tensor | null, eps = 1e-6): Tensor {
   });
   return record(result, wc !== null ? [xc, wc] : [xc], (g) => {
     const gv = values(g);
-    const d = new Float32Array(xc.size);
-    for (let r = 0; r < rows; r++) {
-      const base = r * width;
-      let meanDX = 0;
-      for (let j = 0; j < width; j++) meanDX += gv[base + j]! * (wv !== null ? wv[j]! : 1) * normalized[base + j]!;
-      meanDX /= width;
-      const s = rrms[r]!;
-      for (let j = 0; j < width; j++) {
-        d[base + j] = s * (gv[base + j]! * (wv !== null ? wv[j]! : 1) - normalized[base + j]! * meanDX);
+    const w = wv ?? new Float32Array(width).fill(1);
+    const dw = new Float64Array(width);
+    const gradX = output(xc.shape, dtype, (d) => {
+      for (let r = 0; r < rows; r++) {
+        const base = r * width;
+        let meanDX = 0;
+        for (let j = 0; j < width; j++) {
+          const gj = gv[base + j]!;
+          const nj = normalized[base + j]!;
+          meanDX += gj * w[j]! * nj;
+          dw[j]! += gj * nj;
+        }
+        meanDX /= width;
+        const s = rrms[r]!;
+        for (let j = 0; j < width; j++) d[base + j] = s * (gv[base + j]! * w[j]! - normalized[base + j]! * meanDX);
       }
-    }
-    const grads: Tensor[] = [fromValues(d, xc.shape, dtype)];
-    if (wc !== null) {
-      const dw = columnSums(rows, width, (r, j) => gv[r * width + j]! * normalized[r * width + j]!);
-      grads.push(fromValues(dw, wc.shape, dtype));
-    }
+    });
+    const grads: Tensor[] = [gradX];
+    if (wc !== null) grads.push(fromValues(Float32Array.from(dw), wc.shape, dtype));
     return grads;
   });
 }
