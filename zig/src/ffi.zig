@@ -634,31 +634,6 @@ test "every kernel of the driver's table is a PTX entry with exactly the paramet
     }
 }
 
-test "the device AdamW and SGD tables and constants have the CPU's layouts, field for field" {
-    inline for (comptime std.meta.fieldNames(adamw.AdamRow)) |name| {
-        try std.testing.expectEqual(@offsetOf(adamw.AdamRow, name), @offsetOf(step_math.AdamRow, name));
-    }
-    inline for (comptime std.meta.fieldNames(adamw.AdamHyper)) |name| {
-        try std.testing.expectEqual(@offsetOf(adamw.AdamHyper, name), @offsetOf(step_math.AdamHyper, name));
-    }
-    try std.testing.expectEqual(@sizeOf(adamw.AdamRow), @sizeOf(step_math.AdamRow));
-    try std.testing.expectEqual(@sizeOf(adamw.AdamHyper), @sizeOf(step_math.AdamHyper));
-    try std.testing.expectEqual(adamw.flag_amsgrad, step_math.adam_flag_amsgrad);
-    try std.testing.expectEqual(adamw.flag_stochastic, step_math.adam_flag_stochastic);
-    inline for (comptime std.meta.fieldNames(sgd.SgdRow)) |name| {
-        try std.testing.expectEqual(@offsetOf(sgd.SgdRow, name), @offsetOf(step_math.SgdRow, name));
-    }
-    inline for (comptime std.meta.fieldNames(sgd.SgdHyper)) |name| {
-        try std.testing.expectEqual(@offsetOf(sgd.SgdHyper, name), @offsetOf(step_math.SgdHyper, name));
-    }
-    try std.testing.expectEqual(@sizeOf(sgd.SgdRow), @sizeOf(step_math.SgdRow));
-    try std.testing.expectEqual(@sizeOf(sgd.SgdHyper), @sizeOf(step_math.SgdHyper));
-    try std.testing.expectEqual(sgd.flag_nesterov, step_math.sgd_flag_nesterov);
-    try std.testing.expectEqual(sgd.flag_stochastic, step_math.sgd_flag_stochastic);
-    try std.testing.expectEqual(sgd.flag_first_step, step_math.sgd_flag_first_step);
-    try std.testing.expectEqual(sgd.flag_momentum, step_math.sgd_flag_momentum);
-}
-
 test "the CUDA exports report cuda_unavailable with a reason when libcuda.so.1 cannot be loaded" {
     if (driver.device_count() != 0) return error.SkipZigTest; // A machine with a driver.
     try std.testing.expectEqual(status(.cuda_unavailable), mp_cuda_init());

@@ -24,47 +24,13 @@ const cast = @import("cast.zig");
 const Dtype = numerics.Dtype;
 const n = cast.lanes;
 
-/// One parameter tensor of a fused AdamW step. Addresses of 0 mean "absent": `master` when the
-/// parameter holds its own value, `v_max` unless amsgrad.
-pub const AdamRow = extern struct {
-    grad: u64,
-    param: u64,
-    master: u64,
-    m: u64,
-    v: u64,
-    v_max: u64,
-    count: u64,
-    grad_dtype: u32,
-    param_dtype: u32,
-    state_dtype: u32,
-    /// Seed of this row's stochastic rounding of the parameter write.
-    seed: u32,
-};
-
-/// The step's constants, all float32, computed once by the caller (src/optim/_native.ts).
-pub const AdamHyper = extern struct {
-    inv_scale: f32,
-    clip: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    /// sqrt(1 - b2^t) / (1 - b1^t), rounded once from float64.
-    step_scale: f32,
-    /// eps * sqrt(1 - b2^t), rounded once from float64.
-    eps_hat: f32,
-    neg_lr: f32,
-    decay: f32,
-    flags: u32,
-    reserved: [2]u32,
-};
-
-pub const flag_amsgrad: u32 = 1;
-pub const flag_stochastic: u32 = 2;
-
-comptime {
-    std.debug.assert(@sizeOf(AdamRow) == 72);
-    std.debug.assert(@sizeOf(AdamHyper) == 48);
-}
+// The row table and step constants are defined once, in the file the device kernels can import
+// too (zig/src/cuda/step_math.zig), so the CPU and GPU steps read the same layout.
+const step_math = @import("../cuda/step_math.zig");
+pub const AdamRow = step_math.AdamRow;
+pub const AdamHyper = step_math.AdamHyper;
+pub const flag_amsgrad = step_math.adam_flag_amsgrad;
+pub const flag_stochastic = step_math.adam_flag_stochastic;
 
 fn is_float(dtype: u32) bool {
     const d = Dtype.from_int(dtype) orelse return false;

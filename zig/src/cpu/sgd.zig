@@ -14,40 +14,14 @@ const cast = @import("cast.zig");
 const Dtype = numerics.Dtype;
 const n = cast.lanes;
 
-/// One parameter tensor of a fused SGD step; `master` and `momentum_buffer` may be 0 (absent).
-pub const SgdRow = extern struct {
-    grad: u64,
-    param: u64,
-    master: u64,
-    momentum_buffer: u64,
-    count: u64,
-    grad_dtype: u32,
-    param_dtype: u32,
-    state_dtype: u32,
-    seed: u32,
-};
-
-pub const SgdHyper = extern struct {
-    inv_scale: f32,
-    clip: f32,
-    weight_decay: f32,
-    momentum: f32,
-    one_minus_dampening: f32,
-    neg_lr: f32,
-    flags: u32,
-    reserved: u32,
-};
-
-pub const flag_nesterov: u32 = 1;
-pub const flag_stochastic: u32 = 2;
-/// The momentum buffer starts as the first step's d (PyTorch clones the gradient).
-pub const flag_first_step: u32 = 4;
-pub const flag_momentum: u32 = 8;
-
-comptime {
-    std.debug.assert(@sizeOf(SgdRow) == 56);
-    std.debug.assert(@sizeOf(SgdHyper) == 32);
-}
+// Defined once, beside the device kernels (see zig/src/cpu/adamw.zig).
+const step_math = @import("../cuda/step_math.zig");
+pub const SgdRow = step_math.SgdRow;
+pub const SgdHyper = step_math.SgdHyper;
+pub const flag_nesterov = step_math.sgd_flag_nesterov;
+pub const flag_stochastic = step_math.sgd_flag_stochastic;
+pub const flag_first_step = step_math.sgd_flag_first_step;
+pub const flag_momentum = step_math.sgd_flag_momentum;
 
 fn is_float(dtype: u32) bool {
     const d = Dtype.from_int(dtype) orelse return false;

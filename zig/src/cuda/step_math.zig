@@ -75,8 +75,9 @@ test "clip_coefficient is max_norm over norm plus 1e-6, in float32" {
     try std.testing.expect(std.math.isNan(clip_coefficient(1, std.math.nan(f32))));
 }
 
-/// zig/src/cpu/adamw.zig `AdamRow`, repeated here so the device kernel (which cannot import the
-/// CPU code) reads the same table; ffi.zig's tests check every field offset against the original.
+/// One parameter tensor of a fused AdamW step, for the CPU kernel (zig/src/cpu/adamw.zig) and the
+/// device kernel alike. Addresses of 0 mean "absent": `master` when the parameter holds its own
+/// value, `v_max` unless amsgrad. Defined here because the PTX build can import only this folder.
 pub const AdamRow = extern struct {
     grad: u64,
     param: u64,
@@ -88,17 +89,20 @@ pub const AdamRow = extern struct {
     grad_dtype: u32,
     param_dtype: u32,
     state_dtype: u32,
+    /// Seed of this row's stochastic rounding of the parameter write.
     seed: u32,
 };
 
-/// zig/src/cpu/adamw.zig `AdamHyper`, repeated for the device kernel (offsets checked likewise).
+/// A fused AdamW step's constants, all float32, computed once by the caller (src/optim/_native.ts).
 pub const AdamHyper = extern struct {
     inv_scale: f32,
     clip: f32,
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
+    /// sqrt(1 - b2^t) / (1 - b1^t), rounded once from float64.
     step_scale: f32,
+    /// eps * sqrt(1 - b2^t), rounded once from float64.
     eps_hat: f32,
     neg_lr: f32,
     decay: f32,
@@ -114,7 +118,8 @@ comptime {
     std.debug.assert(@sizeOf(AdamHyper) == 48);
 }
 
-/// zig/src/cpu/sgd.zig `SgdRow`, repeated for the device kernel (offsets checked in ffi.zig).
+/// One parameter tensor of a fused SGD step (CPU and device); `master` and `momentum_buffer` may be
+/// 0 (absent).
 pub const SgdRow = extern struct {
     grad: u64,
     param: u64,
@@ -127,7 +132,7 @@ pub const SgdRow = extern struct {
     seed: u32,
 };
 
-/// zig/src/cpu/sgd.zig `SgdHyper`, repeated for the device kernel.
+/// A fused SGD step's constants (CPU and device).
 pub const SgdHyper = extern struct {
     inv_scale: f32,
     clip: f32,
@@ -141,6 +146,7 @@ pub const SgdHyper = extern struct {
 
 pub const sgd_flag_nesterov: u32 = 1;
 pub const sgd_flag_stochastic: u32 = 2;
+/// The momentum buffer starts as the first step's d (PyTorch clones the gradient).
 pub const sgd_flag_first_step: u32 = 4;
 pub const sgd_flag_momentum: u32 = 8;
 
