@@ -92,6 +92,7 @@ bench: deps build
 	$(BUN) bench/cuda_bench.ts
 	$(BUN) bench/optim_bench.ts
 	$(BUN) bench/io_bench.ts --mb 1024
+	$(BUN) bench/matmul_bench.ts --threads 1
 	$(BUN) bench/matmul_bench.ts
 
 fmt: deps
