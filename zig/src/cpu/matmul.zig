@@ -96,7 +96,12 @@ inline fn load_f32(comptime dtype: Dtype, base: [*]const u8, index: u64) f32 {
             const typed: [*]align(1) const f32 = @ptrCast(base);
             return typed[index];
         },
-        .float16, .bfloat16 => {
+        .float16 => {
+            // Hardware conversion (F16C's vcvtph2ps where the CPU has it): exact, like numerics'.
+            const typed: [*]align(1) const f16 = @ptrCast(base);
+            return typed[index];
+        },
+        .bfloat16 => {
             const typed: [*]align(1) const u16 = @ptrCast(base);
             const bits = numerics.to_f32(1, dtype, @splat(typed[index]));
             return @bitCast(bits[0]);
@@ -134,7 +139,12 @@ inline fn load_vector(comptime n: comptime_int, comptime dtype: Dtype, base: [*]
             const typed: [*]align(1) const f32 = @ptrCast(base);
             return typed[index..][0..n].*;
         },
-        .float16, .bfloat16 => {
+        .float16 => {
+            const typed: [*]align(1) const f16 = @ptrCast(base);
+            const halves: @Vector(n, f16) = typed[index..][0..n].*;
+            return @floatCast(halves);
+        },
+        .bfloat16 => {
             const typed: [*]align(1) const u16 = @ptrCast(base);
             const halves: @Vector(n, u16) = typed[index..][0..n].*;
             return @bitCast(numerics.to_f32(n, dtype, @as(@Vector(n, u32), halves)));
@@ -177,9 +187,15 @@ fn pack_a_f32(comptime dtype: Dtype, request: *const Request, a: [*]const u8, ro
                 for (0..strip_rows) |i| out[p * mr + i] = load_f32(dtype, a, base + i);
             }
         } else {
+            // Rows are contiguous in depth: convert 16 at a time, then spread them over the strip.
             for (0..strip_rows) |i| {
                 const base = (row0 + strip + i) * k + p0;
-                for (0..depth) |p| out[p * mr + i] = load_f32(dtype, a, base + p);
+                var p: u64 = 0;
+                while (p + 16 <= depth) : (p += 16) {
+                    const chunk: [16]f32 = load_vector(16, dtype, a, base + p);
+                    inline for (0..16) |l| out[(p + l) * mr + i] = chunk[l];
+                }
+                while (p < depth) : (p += 1) out[p * mr + i] = load_f32(dtype, a, base + p);
             }
         }
     }
