@@ -92,6 +92,7 @@ bench: deps build
 	$(BUN) bench/cuda_bench.ts
 	$(BUN) bench/optim_bench.ts
 	$(BUN) bench/io_bench.ts --mb 1024
+	$(BUN) bench/matmul_bench.ts --threads 1
 	$(BUN) bench/matmul_bench.ts
 	$(BUN) bench/compare.ts
 	$(BUN) bench/train.ts --batch-sizes 8,32,128 --svg out/train_batch_sizes.svg --json out/train_batch_sizes.json

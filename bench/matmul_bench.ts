@@ -6,7 +6,9 @@
  *
  *   bun bench/matmul_bench.ts [--max 2048] [--budget-ms 400] [--threads N]
  *
- * Shapes are M x N x K: C[M, N] = A[M, K] B[K, N], both row-major (torch's a @ b).
+ * Shapes are M x N x K: C[M, N] = A[M, K] B[K, N], both row-major (torch's a @ b). `make bench`
+ * runs it with one thread (the kernel against torch core for core, which a busy machine disturbs
+ * least) and with every thread.
  */
 
 import { ptr } from "bun:ffi";

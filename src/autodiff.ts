@@ -257,6 +257,14 @@ export type ValueAndGrad<P> = [value: number, grads: P];
  * grads.x.dispose();
  * ```
  */
+export function valueAndGrad<P extends Tree<Tensor>, A extends unknown[], X>(
+  fn: (params: P, ...args: A) => [Tensor, X],
+  options: ValueAndGradOptions & { readonly hasAux: true },
+): (params: P, ...args: A) => [[value: number, aux: X], P];
+export function valueAndGrad<P extends Tree<Tensor>, A extends unknown[]>(
+  fn: (params: P, ...args: A) => Tensor,
+  options?: ValueAndGradOptions,
+): (params: P, ...args: A) => ValueAndGrad<P>;
 export function valueAndGrad<P extends Tree<Tensor>, A extends unknown[]>(
   fn: (params: P, ...args: A) => unknown,
   options: ValueAndGradOptions = {},
@@ -338,7 +346,7 @@ export function grad<P extends Tree<Tensor>, A extends unknown[]>(
   fn: (params: P, ...args: A) => unknown,
   options: ValueAndGradOptions = {},
 ): (params: P, ...args: A) => P {
-  const inner = valueAndGrad(fn, options);
+  const inner = valueAndGrad(fn as (params: P, ...args: A) => Tensor, options);
   return (params: P, ...args: A) => {
     const [value, grads] = inner(params, ...args);
     if (options.hasAux) {

@@ -43,11 +43,12 @@ export function fromValues(source: Float32Array, shape: Shape, dtype: DtypeName)
 
 /**
  * A new tensor of `shape` and `dtype` whose float32 values `fill` writes: straight into the
- * storage for float32, through a scratch array and one rounding cast otherwise.
+ * storage for float32, through a scratch array and one rounding cast otherwise. `fill` must write
+ * every element: the storage is not zeroed first.
  */
 export function output(shape: Shape, dtype: DtypeName, fill: (out: Float32Array) => void): Tensor {
-  // Zeroed only when `fill` writes the storage itself (it may accumulate); the cast overwrites it all.
-  const result = new Tensor(dtype, shape, "cpu", dtype === "float32");
+  // Not zeroed: every op's `fill` writes every element (none accumulates into its output).
+  const result = new Tensor(dtype, shape, "cpu", false);
   if (dtype === "float32") {
     fill(result.data as Float32Array);
   } else {

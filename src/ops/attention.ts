@@ -76,16 +76,20 @@ export function causalSelfAttention(qkv: Tensor, heads: number): Tensor {
     const t = r % steps;
     const base = r * steps;
     let max = -Infinity;
-    for (let j = 0; j <= t; j++) max = Math.max(max, probs[base + j]! * scale);
+    for (let j = 0; j <= t; j++) {
+      const v = probs[base + j]! * scale;
+      probs[base + j] = v;
+      if (v > max) max = v;
+    }
     let total = 0;
     for (let j = 0; j <= t; j++) {
-      const e = Math.exp(probs[base + j]! * scale - max);
+      const e = Math.exp(probs[base + j]! - max);
       probs[base + j] = e;
       total += e;
     }
     const inv = 1 / total;
     for (let j = 0; j <= t; j++) probs[base + j]! *= inv;
-    for (let j = t + 1; j < steps; j++) probs[base + j] = 0;
+    probs.fill(0, base + t + 1, base + steps);
   }
   const probsC = inDtype(probs, dtype);
   const headsOut = new Float32Array(bh * steps * headDim);

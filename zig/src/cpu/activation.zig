@@ -49,14 +49,19 @@ inline fn normal_cdf(u: V) V {
 }
 
 inline fn load(source: []const f32, index: usize, count: usize) V {
+    if (count == lanes) return source[index..][0..lanes].*;
     var buffer: [lanes]f32 = @splat(0);
-    @memcpy(buffer[0..count], source[index..][0..count]);
+    for (0..count) |i| buffer[i] = source[index + i];
     return buffer;
 }
 
 inline fn store(target: []f32, index: usize, count: usize, value: V) void {
+    if (count == lanes) {
+        target[index..][0..lanes].* = value;
+        return;
+    }
     const buffer: [lanes]f32 = value;
-    @memcpy(target[index..][0..count], buffer[0..count]);
+    for (0..count) |i| target[index + i] = buffer[i];
 }
 
 /// out = x * Phi(x) and cdf = Phi(x) (kept for the backward pass). NaN stays NaN.

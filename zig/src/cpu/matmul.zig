@@ -84,7 +84,10 @@ pub const flags_all: u32 = 31;
 
 /// Packed panels for one worker: A as MC x KC floats, B as KC x NC floats (or bfloat16 pairs).
 const PackA = [mc_max * kc_max]f32;
-const PackB = [kc_max * nc_max]f32;
+/// Twice a KC x NC panel, so rows mode can hold all of K x NC for K up to 2 KC without narrowing NC
+/// (a narrower NC repacks A once more per panel).
+const pack_b_size = 2 * kc_max * nc_max;
+const PackB = [pack_b_size]f32;
 var pack_a_buffers: [pool.thread_count_max]PackA align(64) = undefined;
 var pack_b_buffers: [pool.thread_count_max]PackB align(64) = undefined;
 /// The static buffers serve one call at a time (calls from several JavaScript workers wait).
@@ -96,7 +99,12 @@ inline fn load_f32(comptime dtype: Dtype, base: [*]const u8, index: u64) f32 {
             const typed: [*]align(1) const f32 = @ptrCast(base);
             return typed[index];
         },
-        .float16, .bfloat16 => {
+        .float16 => {
+            // Hardware conversion (F16C's vcvtph2ps where the CPU has it): exact, like numerics'.
+            const typed: [*]align(1) const f16 = @ptrCast(base);
+            return typed[index];
+        },
+        .bfloat16 => {
             const typed: [*]align(1) const u16 = @ptrCast(base);
             const bits = numerics.to_f32(1, dtype, @splat(typed[index]));
             return @bitCast(bits[0]);
@@ -134,7 +142,12 @@ inline fn load_vector(comptime n: comptime_int, comptime dtype: Dtype, base: [*]
             const typed: [*]align(1) const f32 = @ptrCast(base);
             return typed[index..][0..n].*;
         },
-        .float16, .bfloat16 => {
+        .float16 => {
+            const typed: [*]align(1) const f16 = @ptrCast(base);
+            const halves: @Vector(n, f16) = typed[index..][0..n].*;
+            return @floatCast(halves);
+        },
+        .bfloat16 => {
             const typed: [*]align(1) const u16 = @ptrCast(base);
             const halves: @Vector(n, u16) = typed[index..][0..n].*;
             return @bitCast(numerics.to_f32(n, dtype, @as(@Vector(n, u32), halves)));
@@ -177,9 +190,15 @@ fn pack_a_f32(comptime dtype: Dtype, request: *const Request, a: [*]const u8, ro
                 for (0..strip_rows) |i| out[p * mr + i] = load_f32(dtype, a, base + i);
             }
         } else {
+            // Rows are contiguous in depth: convert 16 at a time, then spread them over the strip.
             for (0..strip_rows) |i| {
                 const base = (row0 + strip + i) * k + p0;
-                for (0..depth) |p| out[p * mr + i] = load_f32(dtype, a, base + p);
+                var p: u64 = 0;
+                while (p + 16 <= depth) : (p += 16) {
+                    const chunk: [16]f32 = load_vector(16, dtype, a, base + p);
+                    inline for (0..16) |l| out[(p + l) * mr + i] = chunk[l];
+                }
+                while (p < depth) : (p += 1) out[p * mr + i] = load_f32(dtype, a, base + p);
             }
         }
     }
@@ -593,9 +612,12 @@ pub fn input_dtype(dtype: Dtype) bool {
 fn plan(request: *const Request, workers: u32) Task {
     if (workers == 1) return .{ .request = request, .mode = .static, .workers = 1 };
     if (request.batch >= workers) return .{ .request = request, .mode = .batches, .workers = workers };
-    // Rows mode packs all of K x NC of B per worker: NC shrinks as K grows (to fit the buffer).
-    const slabs = (request.k + kc_max - 1) / kc_max;
-    const nc = if (slabs == 0) nc_max else @min(nc_max, nc_max / slabs / nr * nr);
+    // Rows mode packs all of K x NC of B per worker: NC shrinks as K grows (to fit the buffer). A
+    // slab holds kc_max words per column on both paths, covering 2 kc_max of depth for bfloat16 pairs.
+    const dot = has_bf16_dot and request.a_dtype == .bfloat16 and request.b_dtype == .bfloat16 and request.bf16_dot;
+    const depth_per_slab: u64 = if (dot) 2 * kc_max else kc_max;
+    const slabs = (request.k + depth_per_slab - 1) / depth_per_slab;
+    const nc = if (slabs == 0) nc_max else @min(nc_max, pack_b_size / kc_max / slabs / nr * nr);
     const target_blocks = 4 * @as(u64, workers);
     const mc = @min(mc_max, @max(mr, (request.m + target_blocks - 1) / target_blocks + mr - 1) / mr * mr);
     const stages = if (nc == 0) 0 else (request.n + nc - 1) / nc;
