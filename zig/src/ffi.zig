@@ -297,7 +297,6 @@ export fn mp_convert_stats(source: ?*const anyopaque, target: ?*anyopaque, count
 test {
     _ = matmul;
     _ = activation;
-    _ = @import("cpu/team.zig");
     _ = numerics;
     _ = pool;
     _ = cast;

@@ -14,7 +14,6 @@ const std = @import("std");
 const builtin = @import("builtin");
 const numerics = @import("../numerics.zig");
 const pool = @import("pool.zig");
-const team = @import("team.zig");
 
 const Dtype = numerics.Dtype;
 
@@ -600,7 +599,7 @@ fn run_worker(task: *Task, worker: u32) void {
 }
 
 /// Below this many multiply-adds (about 40 microseconds of one core) a call runs on one thread:
-/// waking a helper of the team costs a few microseconds.
+/// waking a worker of the pool costs a few microseconds.
 pub const parallel_macs_min: u64 = 1 << 21;
 
 /// Whether a dtype is a valid matmul input.
@@ -648,7 +647,7 @@ pub fn matmul(request: *const Request) void {
     var task = plan(request, workers);
     while (busy.cmpxchgWeak(0, 1, .acquire, .monotonic) != null) std.atomic.spinLoopHint();
     defer busy.store(0, .release);
-    team.run(task.workers, &task, run_worker);
+    pool.run_workers(task.workers, &task, run_worker);
 }
 
 /// Runs `chains` independent FMA chains of vectors for `iterations` steps on the calling thread and

@@ -1,11 +1,13 @@
-//! A persistent pool of worker threads that kernels split their work across.
+//! A persistent pool of worker threads that every kernel splits its work across.
 //!
-//! Workers start on first use and then wait on a futex, so a parallel call costs a wake-up (a few
-//! microseconds) instead of spawning threads (tens of microseconds each): small kernels, such as
-//! the many small matmuls of a training step, can use every core. Workers run only kernel code and
-//! never call into JavaScript. One call uses the pool at a time; a call that finds it busy (another
-//! JavaScript thread, or a kernel calling a kernel) runs its work on its own thread, which gives
-//! the same results because every kernel's output is independent of how its work is split.
+//! Workers start on first use, spin briefly after a job (the next one usually follows at once) and
+//! then sleep on a futex, so a parallel call costs a wake-up (a few microseconds) instead of
+//! spawning threads (tens of microseconds each): small kernels, such as the many small matmuls of a
+//! training step, can use every core, and an idle pool costs nothing. Workers run only kernel code
+//! and never call into JavaScript. One call uses the pool at a time; a call that finds it busy
+//! (another JavaScript thread, or a kernel calling a kernel) runs its work on its own thread, which
+//! gives the same results because every kernel's output is independent of how its work is split.
+//! Elsewhere than Linux every call runs serially.
 
 const std = @import("std");
 const builtin = @import("builtin");
@@ -18,11 +20,6 @@ pub const parallel_threshold: u64 = 1 << 16;
 const chunk_align: u64 = 64;
 /// Busy-wait iterations before a thread sleeps on the futex: back-to-back kernels find workers awake.
 const spin_count: u32 = 4000;
-
-comptime {
-    // The control word packs the worker count into its low 5 bits.
-    std.debug.assert(thread_count_max < 32);
-}
 
 var thread_count_setting = std.atomic.Value(u32).init(0);
 
@@ -43,34 +40,36 @@ pub fn set_thread_count(count: u32) void {
 const Job = struct {
     run: *const fn (*anyopaque, u32) void,
     context: *anyopaque,
+    workers: u32,
 };
 
-/// Written only while `busy` is held and no worker of the previous job is still reading it.
+/// The current job, guarded by `generation` as a sequence lock: odd while the caller writes it,
+/// even (and new) once it is published.
 var job: Job = undefined;
-/// (generation << 5) | participating workers. Workers sleep on it; a new job bumps the generation.
-var control = std.atomic.Value(u32).init(0);
-/// Workers of the current job that have not finished; the caller sleeps on it.
-var pending = std.atomic.Value(u32).init(0);
+var generation = std.atomic.Value(u32).init(0);
+/// Per worker index (its share of the job): the (even) generation whose share is still open, generation + 1 once a worker
+/// took it, 1 once the caller took it back (odd values never equal an open generation). So a share
+/// runs exactly once, and a worker that wakes late never touches a finished job's context.
+var shares: [thread_count_max]std.atomic.Value(u32) = @splat(.init(0));
+/// Shares workers have finished in the current job.
+var finished = std.atomic.Value(u32).init(0);
+/// Held by the one call that uses the workers; other calls run serially on their own thread.
 var busy = std.atomic.Value(bool).init(false);
-/// Workers with index 1..started are running (changed only while `busy` is held).
+/// Workers started so far (worker thread i takes worker index i + 1); changed only under `busy`.
 var started: u32 = 0;
 
 fn futex_wait(word: *const std.atomic.Value(u32), expected: u32) void {
-    if (builtin.os.tag != .linux) return std.Thread.yield() catch {};
     _ = linux.futex_4arg(&word.raw, .{ .cmd = .WAIT, .private = true }, expected, null);
 }
 
 fn futex_wake(word: *const std.atomic.Value(u32), count: u32) void {
-    if (builtin.os.tag != .linux) return;
     _ = linux.futex_3arg(&word.raw, .{ .cmd = .WAKE, .private = true }, count);
 }
 
 /// Waits until `word` no longer holds `value`: spins first, then sleeps.
-fn wait_while(word: *const std.atomic.Value(u32), value: u32) u32 {
+fn wait_while(word: *const std.atomic.Value(u32), value: u32) void {
     var spins: u32 = 0;
-    while (true) {
-        const current = word.load(.acquire);
-        if (current != value) return current;
+    while (word.load(.acquire) == value) {
         if (spins < spin_count) {
             spins += 1;
             std.atomic.spinLoopHint();
@@ -80,59 +79,67 @@ fn wait_while(word: *const std.atomic.Value(u32), value: u32) u32 {
     }
 }
 
-fn worker_main(index: u32, first_seen: u32) void {
-    var seen = first_seen;
+fn worker_main(thread_index: u32) void {
+    const worker = thread_index + 1;
+    var seen: u32 = 0;
     while (true) {
-        seen = wait_while(&control, seen);
-        // Only participants read `job`, and the caller cannot replace it before they all finish.
-        if (index >= (seen & 31)) continue;
-        job.run(job.context, index);
-        if (pending.fetchSub(1, .acq_rel) == 1) futex_wake(&pending, 1);
+        wait_while(&generation, seen);
+        const before = generation.load(.acquire);
+        if (before & 1 != 0) continue; // The caller is writing the job: look again.
+        const current = job;
+        if (generation.load(.acquire) != before) continue; // Torn read: look again.
+        seen = before;
+        if (worker >= current.workers) continue;
+        if (shares[worker].cmpxchgStrong(before, before +% 1, .acq_rel, .monotonic) != null) continue;
+        current.run(current.context, worker);
+        _ = finished.fetchAdd(1, .acq_rel);
+        futex_wake(&finished, 1);
     }
 }
 
-/// Starts workers up to index `want - 1`; returns how many workers (caller included) can run.
-fn ensure_started(want: u32) u32 {
-    while (started + 1 < want) {
-        const thread = std.Thread.spawn(.{ .stack_size = 1 << 20 }, worker_main, .{ started + 1, control.load(.acquire) }) catch break;
-        thread.detach();
-        started += 1;
-    }
-    return @min(want, started + 1);
-}
-
-/// Calls `body(context, worker)` for worker in [0, workers) and returns when all are done; the
-/// calling thread runs worker 0. For kernels that split their own work (matmul tiles): there is no
-/// size threshold here, the caller decides when threads pay off.
+/// Calls `body(context, worker)` for worker in [0, workers) and returns when all are done. The
+/// calling thread runs worker 0 and then every share no worker has taken yet, so it never waits for
+/// a worker the OS has not scheduled (a busy machine delays nothing). For kernels that split their
+/// own work (matmul tiles): there is no size threshold here, the caller decides when threads pay.
 pub fn run_workers(workers: u32, context: anytype, comptime body: fn (@TypeOf(context), u32) void) void {
     std.debug.assert(workers >= 1 and workers <= thread_count_max);
     const Context = @TypeOf(context);
     comptime std.debug.assert(@typeInfo(Context) == .pointer);
     const erased = struct {
         fn run(pointer: *anyopaque, worker: u32) void {
-            body(@ptrCast(@alignCast(pointer)), worker);
+            body(@as(Context, @ptrCast(@alignCast(pointer))), worker);
         }
     }.run;
-    if (workers == 1 or busy.cmpxchgStrong(false, true, .acquire, .monotonic) != null) {
+    if (workers == 1 or builtin.os.tag != .linux or busy.cmpxchgStrong(false, true, .acquire, .monotonic) != null) {
         for (0..workers) |worker| body(context, @intCast(worker));
         return;
     }
     defer busy.store(false, .release);
-    const running = ensure_started(workers);
-    if (running > 1) {
-        job = .{ .run = erased, .context = @ptrCast(@constCast(context)) };
-        pending.store(running - 1, .release);
-        const generation = (control.load(.monotonic) >> 5) +% 1;
-        control.store((generation << 5) | running, .release);
-        futex_wake(&control, thread_count_max);
+    // Start workers up to index workers - 1; a share no worker takes is run here.
+    while (started < workers - 1) {
+        const thread = std.Thread.spawn(.{ .stack_size = 1 << 20 }, worker_main, .{started}) catch break;
+        thread.detach();
+        started += 1;
     }
+    const odd = generation.load(.monotonic) +% 1;
+    generation.store(odd, .release);
+    job = .{ .run = erased, .context = @ptrCast(@constCast(context)), .workers = workers };
+    const even = odd +% 1;
+    finished.store(0, .monotonic);
+    for (1..workers) |worker| shares[worker].store(even, .monotonic);
+    generation.store(even, .release);
+    futex_wake(&generation, started);
     body(context, 0);
-    // Workers that could not be started are run here.
-    for (running..workers) |worker| body(context, @intCast(worker));
-    if (running > 1) {
-        var left = pending.load(.acquire);
-        while (left != 0) left = wait_while(&pending, left);
+    var taken: u32 = 0;
+    for (1..workers) |worker| {
+        if (shares[worker].cmpxchgStrong(even, 1, .acq_rel, .monotonic) == null) {
+            body(context, @intCast(worker));
+        } else {
+            taken += 1;
+        }
     }
+    var done = finished.load(.acquire);
+    while (done != taken) : (done = finished.load(.acquire)) wait_while(&finished, done);
 }
 
 /// Calls `body(context, begin, end)` over disjoint sub-ranges covering [0, count).
@@ -228,4 +235,22 @@ test "a kernel that calls a kernel runs the inner one on its own thread" {
     const outer = Outer{ .inner = &inner };
     run_workers(2, &outer, Outer.body);
     try std.testing.expectEqual(@as(u32, 8), inner.hits.load(.monotonic));
+}
+
+test "run_workers gives every worker index exactly once, job after job, for every worker count" {
+    const Context = struct {
+        marks: [thread_count_max]std.atomic.Value(u32) = @splat(.init(0)),
+        fn body(self: *@This(), worker: u32) void {
+            _ = self.marks[worker].fetchAdd(1, .monotonic);
+        }
+    };
+    var context = Context{};
+    for (0..200) |round| {
+        const workers: u32 = @intCast(1 + round % 4);
+        for (&context.marks) |*mark| mark.store(0, .monotonic);
+        run_workers(workers, &context, Context.body);
+        for (context.marks, 0..) |mark, i| {
+            try std.testing.expectEqual(@as(u32, @intFromBool(i < workers)), mark.load(.monotonic));
+        }
+    }
 }
