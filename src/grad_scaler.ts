@@ -18,6 +18,7 @@ import type { Dtype } from "./dtype.ts";
 import { describeKind } from "./dtype.ts";
 import { MixprecError } from "./errors.ts";
 import {
+  allFinite,
   type DynamicLossScale,
   dynamicLossScale,
   type LossScaleEvent,
@@ -34,10 +35,16 @@ import { type Tree, treeMap } from "./tree.ts";
  * helper's imperative wrappers satisfy it; so does `{ grads, step: () => applyUpdates(...) }`.
  */
 export interface ScalerOptimizer {
-  /** The gradients step() will apply (unscaled in place by the scaler). */
+  /** The gradients step() will apply (unscaled in place by the scaler, unless the step scales). */
   readonly grads: Tree<Tensor>;
-  /** Applies the gradients; called only when they are all finite. */
-  step(): unknown;
+  /**
+   * Applies the gradients; called only when they are all finite. An optimizer that sets
+   * `stepSupportsAmpScaling` is given the inverse scale instead and unscales inside its own pass
+   * (fusedAdamW/fusedSgd's `scalerOptimizer`), as PyTorch's GradScaler does for fused optimizers.
+   */
+  step(amp?: { readonly invScale: number; readonly foundInf: false }): unknown;
+  /** true: step() takes the inverse scale, so the scaler only checks (no write pass). */
+  readonly stepSupportsAmpScaling?: boolean;
 }
 
 /** Options of {@linkcode GradScaler}; PyTorch's defaults. */
@@ -243,9 +250,17 @@ export class GradScaler {
         "step() has already been called since the last update(): call update() once per iteration after step()",
       );
     }
-    if (state.stage === "ready") this.unscale_(optimizer);
+    // A fused optimizer unscales inside its own pass: the scaler only checks the gradients (a read
+    // pass with an inverse scale of 1, which writes nothing), as PyTorch does for fused optimizers.
+    const fused = state.stage === "ready" && optimizer.stepSupportsAmpScaling === true;
+    if (fused) {
+      state.foundInf = !allFinite(optimizer.grads);
+    } else if (state.stage === "ready") {
+      this.unscale_(optimizer);
+    }
     const applied = state.foundInf === false;
-    if (applied) optimizer.step();
+    if (applied && fused) optimizer.step({ invScale: Math.fround(1 / this.#loss.value), foundInf: false });
+    else if (applied) optimizer.step();
     state.stage = "stepped";
     return Object.freeze({
       applied,

@@ -316,7 +316,10 @@ export function withScalerMethods<S>(
           get grads() {
             return current();
           },
-          step: () => core.step(params, current(), { foundInf: false }),
+          stepSupportsAmpScaling: true,
+          // The scaler passes the inverse scale (it only checked the gradients); without it, the
+          // gradients were already unscaled.
+          step: (amp) => core.step(params, current(), amp ?? { foundInf: false }),
         };
       },
     },
