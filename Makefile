@@ -67,7 +67,7 @@ else
 endif
 
 test-bun: deps build $(PY_STAMP)
-	$(BUN) test 2>&1 | tee .test.log
+	$(BUN) test --timeout 120000 2>&1 | tee .test.log
 	@awk '/^ *[0-9]+ pass$$/{p=$$1} /^ *[0-9]+ fail$$/{f=$$1} /^ *[0-9]+ skip$$/{s=$$1} \
 		END{printf "bun test: %d passed, %d failed", p, f; if (s) printf ", %d skipped", s; print ""}' .test.log
 
