@@ -229,9 +229,12 @@ pub fn threshold_at(comptime n: comptime_int, seed: u32, index: u64) V(n) {
     const index_low: u32 = @truncate(index);
     const index_high: u32 = @truncate(index >> 32);
     const seed_mixed = seed +% index_high *% 0x9e37_79b9;
-    var positions: V(n) = undefined;
-    inline for (0..n) |lane| positions[lane] = index_low +% @as(u32, lane);
-    return squirrel5(n, positions, splat(n, seed_mixed));
+    const lane_offsets: V(n) = comptime iota: {
+        var offsets: [n]u32 = undefined;
+        for (0..n) |lane| offsets[lane] = lane;
+        break :iota offsets;
+    };
+    return squirrel5(n, splat(n, index_low) +% lane_offsets, splat(n, seed_mixed));
 }
 
 /// Any dtype's bits (zero-extended to u32) -> float32 bits.
