@@ -33,6 +33,7 @@ import {
   valueAndGrad,
   zeros,
 } from "../src/mod.ts";
+import { readFileSync } from "node:fs";
 import { corpus, sampleBatch, Stream, VOCAB } from "./_train_data.ts";
 import type { RecipeResult } from "./_train_report.ts";
 
@@ -220,7 +221,7 @@ function tensorBytes(tree: Tree<Tensor>): number {
 
 function peakRssBytes(): number {
   try {
-    const status = require("node:fs").readFileSync("/proc/self/status", "utf8") as string;
+    const status = readFileSync("/proc/self/status", "utf8");
     const match = /VmHWM:\s+(\d+) kB/.exec(status);
     if (match) return Number(match[1]) * 1024;
   } catch {
