@@ -51,7 +51,7 @@ $(LIB) $(PTX) &: $(ZIG) $(ZIG_SOURCES)
 test: deps build test-zig test-fmt test-ptx test-bun test-cuda-fake
 
 test-zig: $(ZIG)
-	cd zig && ../$(ZIG) build test --summary all 2>&1 | tail -n 3
+	cd zig && ../$(ZIG) build test --summary all 2>&1 | grep -E "Build Summary|run test|error|fail"
 
 test-fmt: deps
 	$(ZIG) fmt --check zig
