@@ -60,6 +60,24 @@ const SYMBOLS = {
     returns: FFIType.i32,
   },
   mp_peak_fma: { args: [FFIType.u64, FFIType.u32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+  mp_attention_forward: {
+    args: [FFIType.ptr, FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.ptr, FFIType.ptr],
+    returns: FFIType.i32,
+  },
+  mp_attention_backward: {
+    args: [
+      FFIType.ptr,
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.ptr,
+      FFIType.ptr,
+      FFIType.ptr,
+    ],
+    returns: FFIType.i32,
+  },
   mp_gelu: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
   mp_gelu_backward: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
   // I/O (issue #7): a cast fused with conversion statistics (zig/src/cpu/convert.zig).

@@ -1,17 +1,58 @@
 /**
- * Fused causal multi-head self-attention on the native batched matmul: Q K^T, a causal mask and a
- * float32 softmax, then P V, with the matching backward pass. The products run in autocast's "bmm"
- * dtype (float32 accumulation); the softmax always runs in float32.
+ * Fused causal multi-head self-attention. Short sequences (T <= 64, head size <= 128, T * head size
+ * <= 4096: a small model's training shapes) run in one native kernel per pass
+ * (zig/src/cpu/attention.zig): every (batch, head) pair widens its Q, K, V to float32 and computes
+ * scores, the causal softmax and the products in float32. Longer ones run on the native batched
+ * matmul: Q K^T, a causal mask and a float32 softmax, then P V, with the products in autocast's "bmm"
+ * dtype (float32 accumulation). Either way the result is in the compute dtype.
  *
  * @module
  */
 
+import { ptr } from "bun:ffi";
+import { check, native } from "../_ffi.ts";
 import { record } from "../autodiff.ts";
 import { castInto } from "../cast.ts";
-import { allocateStorage, type DtypeName, type StorageArray } from "../dtype.ts";
+import { allocateStorage, type DtypeName, dtypeInfo, type StorageArray } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
 import { autocastDtype } from "./_autocast.ts";
-import { checkTensor, MatmulFlag, matmulInto, output, shapeText, toDtype } from "./_util.ts";
+import { checkTensor, fromValues, MatmulFlag, matmulInto, output, shapeText, toDtype, values } from "./_util.ts";
+
+/** The fused kernel's limits (zig/src/cpu/attention.zig). */
+const FUSED = Object.freeze({ stepsMax: 64, headDimMax: 128, tileMax: 4096 });
+
+/** One native kernel per pass for short sequences; see the module docs. */
+function fusedAttention(source: Tensor, batch: number, steps: number, heads: number, headDim: number): Tensor {
+  const dtype = source.dtype;
+  const code = dtypeInfo(dtype).code;
+  const channels = heads * headDim;
+  const probs = new Float32Array(batch * heads * steps * steps);
+  const result = output([batch, steps, channels], dtype, (out) => {
+    check(
+      native().mp_attention_forward(ptr(source.data), code, batch, steps, heads, headDim, ptr(out), ptr(probs)),
+      "causalSelfAttention",
+    );
+  });
+  return record(result, [source], (g) => {
+    const gradQkv = new Float32Array(source.size);
+    const gv = values(g);
+    check(
+      native().mp_attention_backward(
+        ptr(source.data),
+        code,
+        batch,
+        steps,
+        heads,
+        headDim,
+        ptr(probs),
+        ptr(gv),
+        ptr(gradQkv),
+      ),
+      "causalSelfAttention backward",
+    );
+    return [fromValues(gradQkv, source.shape, dtype)];
+  });
+}
 
 function inDtype(source: Float32Array, dtype: DtypeName): StorageArray {
   if (dtype === "float32") return source;
@@ -50,6 +91,9 @@ export function causalSelfAttention(qkv: Tensor, heads: number): Tensor {
   const bh = batch * heads;
   const dtype = autocastDtype("bmm", [qkv.dtype]);
   const source = toDtype(qkv, dtype);
+  if (steps <= FUSED.stepsMax && headDim <= FUSED.headDimMax && steps * headDim <= FUSED.tileMax && batch > 0) {
+    return fusedAttention(source, batch, steps, heads, headDim);
+  }
   const bits = source.data;
   const make = () => allocateStorage(dtype, bh * steps * headDim);
   const q = make();

@@ -66,6 +66,33 @@ describe("attention", () => {
     for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(0.03);
   });
 
+  test("the fused kernel (T <= 64) and the batched-matmul path (longer T) both match the float64 reference, gradients too", () => {
+    // T = 64 runs the fused kernel, T = 66 the matmul path; both are checked the same way.
+    for (const steps of [64, 66]) {
+      const batch = 1;
+      const heads = 2;
+      const channels = 8;
+      const values = Float64Array.from({ length: batch * steps * 3 * channels }, (_, i) => Math.sin(0.7 * i) * 0.8);
+      using x = tensor(Float32Array.from(values), { shape: [batch, steps, 3 * channels] });
+      using y = causalSelfAttention(x, heads);
+      const expected = attention64(Float64Array.from(x.toArray()), batch, steps, channels, heads);
+      const got = y.toArray();
+      for (let i = 0; i < got.length; i++) expect(Math.abs(got[i]! - expected[i]!)).toBeLessThan(1e-5);
+    }
+    fc.assert(
+      fc.property(fc.constantFrom(64, 66), fc.nat({ max: 1000 }), (steps, seed) => {
+        gradCheck(
+          ([x]) => causalSelfAttention(x!, 1),
+          ([x]) => attention64(x!, 1, steps, 2, 1),
+          [[1, steps, 6]],
+          seed,
+          { atol: 5e-4, rtol: 5e-3 },
+        );
+      }),
+      { numRuns: 2 },
+    );
+  });
+
   test("causalSelfAttention() refuses heads that do not divide the channels", () => {
     using x = tensor(new Float32Array(9), { shape: [1, 1, 9] });
     expect(() => causalSelfAttention(x, 2)).toThrow(RangeError);

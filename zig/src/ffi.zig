@@ -13,6 +13,7 @@ const adamw = @import("cpu/adamw.zig");
 const sgd = @import("cpu/sgd.zig");
 const matmul = @import("cpu/matmul.zig");
 const activation = @import("cpu/activation.zig");
+const attention = @import("cpu/attention.zig");
 const convert = @import("cpu/convert.zig");
 
 /// Bumped whenever an export's signature or meaning changes; src/_ffi.ts refuses a mismatch.
@@ -251,6 +252,39 @@ export fn mp_gelu(x: ?[*]const f32, out: ?[*]f32, cdf: ?[*]f32, count: u64) i32 
     return status(.ok);
 }
 
+fn attention_args(qkv: ?*const anyopaque, dtype: u32, batch: u64, steps: u64, heads: u64, head_dim: u64) ?struct { [*]const u8, numerics.Dtype, attention.Shape } {
+    const source: [*]const u8 = @ptrCast(qkv orelse return null);
+    const d = numerics.Dtype.from_int(dtype) orelse return null;
+    if (d != .float32 and d != .float16 and d != .bfloat16) return null;
+    const shape = attention.Shape{ .batch = batch, .steps = steps, .heads = heads, .head_dim = head_dim };
+    if (batch == 0 or heads == 0 or !shape.fits()) return null;
+    return .{ source, d, shape };
+}
+
+/// Fused causal self-attention forward from packed qkv [B, T, 3 * H * D] of `dtype` (float32,
+/// float16 or bfloat16): out [B, T, H * D] and probs [B * H, T, T], both float32. Returns
+/// invalid_argument for shapes outside the fused path's limits (T <= 64, D <= 128, T * D <= 4096).
+export fn mp_attention_forward(qkv: ?*const anyopaque, dtype: u32, batch: u64, steps: u64, heads: u64, head_dim: u64, out: ?[*]f32, probs: ?[*]f32) i32 {
+    const args = attention_args(qkv, dtype, batch, steps, heads, head_dim) orelse return status(.invalid_argument);
+    attention.forward(args[0], args[1], args[2], out orelse return status(.null_pointer), probs orelse return status(.null_pointer));
+    return status(.ok);
+}
+
+/// The backward pass: grad_qkv [B, T, 3 * H * D] (float32) from qkv, the forward's probs and
+/// grad_out [B, T, H * D] (float32).
+export fn mp_attention_backward(qkv: ?*const anyopaque, dtype: u32, batch: u64, steps: u64, heads: u64, head_dim: u64, probs: ?[*]const f32, grad_out: ?[*]const f32, grad_qkv: ?[*]f32) i32 {
+    const args = attention_args(qkv, dtype, batch, steps, heads, head_dim) orelse return status(.invalid_argument);
+    attention.backward(
+        args[0],
+        args[1],
+        args[2],
+        probs orelse return status(.null_pointer),
+        grad_out orelse return status(.null_pointer),
+        grad_qkv orelse return status(.null_pointer),
+    );
+    return status(.ok);
+}
+
 /// GELU backward on `count` float32 values: d = g * (cdf + x * phi(x)).
 export fn mp_gelu_backward(x: ?[*]const f32, cdf: ?[*]const f32, g: ?[*]const f32, d: ?[*]f32, count: u64) i32 {
     if (count == 0) return status(.ok);
@@ -295,6 +329,7 @@ export fn mp_convert_stats(source: ?*const anyopaque, target: ?*anyopaque, count
 }
 
 test {
+    _ = attention;
     _ = matmul;
     _ = activation;
     _ = numerics;
