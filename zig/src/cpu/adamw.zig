@@ -18,7 +18,7 @@
 
 const std = @import("std");
 const numerics = @import("../numerics.zig");
-const pool = @import("pool.zig");
+const rows_loop = @import("rows.zig");
 const cast = @import("cast.zig");
 
 const Dtype = numerics.Dtype;
@@ -102,57 +102,12 @@ inline fn step_lanes(
     cast.store(w, param_dtype, @ptrFromInt(row.param), index, numerics.from_f32(w, param_dtype, @bitCast(p), threshold, false));
 }
 
-fn step_typed(comptime grad_dtype: Dtype, comptime param_dtype: Dtype, comptime state_dtype: Dtype, row_shared: *const AdamRow, h_shared: *const AdamHyper, begin: u64, end: u64) void {
-    // Local copies: the kernel's stores cannot alias them, so their fields stay in registers.
-    const row_local = row_shared.*;
-    const h_local = h_shared.*;
-    const row = &row_local;
-    const h = &h_local;
-    var index = begin;
-    while (index + n <= end) : (index += n) step_lanes(n, grad_dtype, param_dtype, state_dtype, row, h, index);
-    while (index < end) : (index += 1) step_lanes(1, grad_dtype, param_dtype, state_dtype, row, h, index);
-}
-
-fn float_dtype(value: u32) Dtype {
-    return @fromBackingInt(@intCast(value));
-}
-
-fn step_row(row: *const AdamRow, h: *const AdamHyper, begin: u64, end: u64) void {
-    switch (float_dtype(row.grad_dtype)) {
-        inline .float32, .float16, .bfloat16 => |g| switch (float_dtype(row.param_dtype)) {
-            inline .float32, .float16, .bfloat16 => |p| switch (float_dtype(row.state_dtype)) {
-                inline .float32, .bfloat16 => |s| step_typed(g, p, s, row, h, begin, end),
-                else => unreachable, // Checked by validate().
-            },
-            else => unreachable,
-        },
-        else => unreachable,
-    }
-}
-
-const Context = struct {
-    rows: []const AdamRow,
-    hyper: *const AdamHyper,
-};
-
-fn step_range(context: *const Context, begin: u64, end: u64) void {
-    var row_start: u64 = 0;
-    for (context.rows) |*row| {
-        const row_end = row_start + row.count;
-        defer row_start = row_end;
-        if (row_end <= begin) continue;
-        if (row_start >= end) break;
-        step_row(row, context.hyper, @max(begin, row_start) - row_start, @min(end, row_end) - row_start);
-    }
-}
+const Steps = rows_loop.MultiTensorStep(AdamRow, AdamHyper, step_lanes);
 
 /// One AdamW step over every row, split across the thread pool.
 pub fn step(rows: []const AdamRow, hyper: *const AdamHyper) void {
     std.debug.assert(validate(rows));
-    var total: u64 = 0;
-    for (rows) |row| total += row.count;
-    const context = Context{ .rows = rows, .hyper = hyper };
-    pool.parallel_for(total, &context, step_range);
+    Steps.run(rows, hyper);
 }
 
 test "one AdamW step from zero state moves every parameter by lr against the gradient's sign" {
