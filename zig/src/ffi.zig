@@ -329,6 +329,7 @@ export fn mp_convert_stats(source: ?*const anyopaque, target: ?*anyopaque, count
 }
 
 test {
+    _ = @import("cpu/rows.zig");
     _ = attention;
     _ = matmul;
     _ = activation;

@@ -1,8 +1,9 @@
-//! The loop every fused multi-tensor optimizer step shares: the rows of a table are concatenated
-//! into one index space that the thread pool splits; each piece of a row dispatches once on the
-//! row's (gradient, parameter, state) dtypes and runs the step's lane function over whole vectors,
-//! then the scalar tail, with the row and the step constants copied to locals (the kernel's stores
-//! cannot alias them, so their fields stay in registers).
+//! Multi-tensor tables: the rows of a table (tensors with a `count`) are concatenated into one
+//! index space that the thread pool splits, and `pieces` walks the part of each row that falls in
+//! one thread's range. `MultiTensorStep` is the loop the fused optimizer steps share on top: each
+//! piece dispatches once on the row's (gradient, parameter, state) dtypes and runs the step's lane
+//! function over whole vectors, then the scalar tail, with the row and the step constants copied to
+//! locals (the kernel's stores cannot alias them, so their fields stay in registers).
 
 const std = @import("std");
 const numerics = @import("../numerics.zig");
@@ -10,6 +11,40 @@ const pool = @import("pool.zig");
 const cast = @import("cast.zig");
 
 const Dtype = numerics.Dtype;
+
+/// The part [begin, end) (row-local indices) of one row inside a global element range.
+pub fn Piece(comptime Row: type) type {
+    return struct { row: *const Row, begin: u64, end: u64 };
+}
+
+/// Iterates over the rows overlapping the global range [begin, end) of the concatenated rows.
+pub fn Pieces(comptime Row: type) type {
+    return struct {
+        rows: []const Row,
+        begin: u64,
+        end: u64,
+        index: usize = 0,
+        row_start: u64 = 0,
+
+        pub fn next(self: *@This()) ?Piece(Row) {
+            while (self.index < self.rows.len) {
+                const row = &self.rows[self.index];
+                const row_start = self.row_start;
+                const row_end = row_start + row.count;
+                self.index += 1;
+                self.row_start = row_end;
+                if (row_end <= self.begin) continue;
+                if (row_start >= self.end) return null;
+                return .{ .row = row, .begin = @max(self.begin, row_start) - row_start, .end = @min(self.end, row_end) - row_start };
+            }
+            return null;
+        }
+    };
+}
+
+pub fn pieces(comptime Row: type, rows: []const Row, begin: u64, end: u64) Pieces(Row) {
+    return .{ .rows = rows, .begin = begin, .end = end };
+}
 
 /// `step_lanes(width, grad_dtype, param_dtype, state_dtype, row, hyper, index)` updates elements
 /// [index, index + width) of one row. Row has `count`, `grad_dtype`, `param_dtype`, `state_dtype`.
@@ -47,14 +82,8 @@ pub fn MultiTensorStep(comptime Row: type, comptime Hyper: type, comptime step_l
         };
 
         fn range(context: *const Context, begin: u64, end: u64) void {
-            var row_start: u64 = 0;
-            for (context.rows) |*row| {
-                const row_end = row_start + row.count;
-                defer row_start = row_end;
-                if (row_end <= begin) continue;
-                if (row_start >= end) break;
-                row_range(row, context.hyper, @max(begin, row_start) - row_start, @min(end, row_end) - row_start);
-            }
+            var it = pieces(Row, context.rows, begin, end);
+            while (it.next()) |piece| row_range(piece.row, context.hyper, piece.begin, piece.end);
         }
 
         /// One step over every row, split across the thread pool.
@@ -65,4 +94,27 @@ pub fn MultiTensorStep(comptime Row: type, comptime Hyper: type, comptime step_l
             pool.parallel_for(total, &context, range);
         }
     };
+}
+
+test "pieces covers a global range with the right row-local bounds" {
+    const Row = struct { count: u64 };
+    const table = [_]Row{ .{ .count = 3 }, .{ .count = 0 }, .{ .count = 5 }, .{ .count = 2 } };
+    var it = pieces(Row, &table, 2, 9);
+    const first = it.next().?;
+    try std.testing.expectEqual(&table[0], first.row);
+    try std.testing.expectEqual(@as(u64, 2), first.begin);
+    try std.testing.expectEqual(@as(u64, 3), first.end);
+    // An empty row inside the range yields an empty piece (the kernels' loops do nothing with it).
+    const empty = it.next().?;
+    try std.testing.expectEqual(&table[1], empty.row);
+    try std.testing.expectEqual(empty.begin, empty.end);
+    const second = it.next().?;
+    try std.testing.expectEqual(&table[2], second.row);
+    try std.testing.expectEqual(@as(u64, 0), second.begin);
+    try std.testing.expectEqual(@as(u64, 5), second.end);
+    const third = it.next().?;
+    try std.testing.expectEqual(&table[3], third.row);
+    try std.testing.expectEqual(@as(u64, 0), third.begin);
+    try std.testing.expectEqual(@as(u64, 1), third.end);
+    try std.testing.expect(it.next() == null);
 }

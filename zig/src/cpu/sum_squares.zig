@@ -9,6 +9,7 @@ const numerics = @import("../numerics.zig");
 const pool = @import("pool.zig");
 const cast = @import("cast.zig");
 const unscale = @import("unscale.zig");
+const rows_loop = @import("rows.zig");
 
 const Dtype = numerics.Dtype;
 const TensorRow = unscale.TensorRow;
@@ -54,18 +55,13 @@ fn sum_typed(comptime dtype: Dtype, row: TensorRow, begin: u64, end: u64, inv_sc
 fn sum_range(context: *Context, slot: u32, begin: u64, end: u64) void {
     var sum: f64 = 0;
     var found = false;
-    var row_start: u64 = 0;
-    for (context.rows) |row| {
-        const row_end = row_start + row.count;
-        defer row_start = row_end;
-        if (row_end <= begin) continue;
-        if (row_start >= end) break;
-        const local_begin = @max(begin, row_start) - row_start;
-        const local_end = @min(end, row_end) - row_start;
+    var it = rows_loop.pieces(TensorRow, context.rows, begin, end);
+    while (it.next()) |piece| {
+        const row = piece.row.*;
         const partial = switch (@as(Dtype, @fromBackingInt(@intCast(row.dtype)))) {
-            .float32 => sum_typed(.float32, row, local_begin, local_end, context.inv_scale),
-            .float16 => sum_typed(.float16, row, local_begin, local_end, context.inv_scale),
-            .bfloat16 => sum_typed(.bfloat16, row, local_begin, local_end, context.inv_scale),
+            .float32 => sum_typed(.float32, row, piece.begin, piece.end, context.inv_scale),
+            .float16 => sum_typed(.float16, row, piece.begin, piece.end, context.inv_scale),
+            .bfloat16 => sum_typed(.bfloat16, row, piece.begin, piece.end, context.inv_scale),
             else => unreachable, // Checked by unscale.validate().
         };
         sum += partial.sum;

@@ -6,6 +6,7 @@ const builtin = @import("builtin");
 const numerics = @import("../numerics.zig");
 const pool = @import("pool.zig");
 const cast = @import("cast.zig");
+const rows_loop = @import("rows.zig");
 
 const Dtype = numerics.Dtype;
 
@@ -195,18 +196,13 @@ fn unscale_typed(comptime dtype: Dtype, row: TensorRow, begin: u64, end: u64, in
 /// Handles the global element range [begin, end) of the concatenated rows.
 fn unscale_range(context: *Context, begin: u64, end: u64) void {
     var found = false;
-    var row_start: u64 = 0;
-    for (context.rows) |row| {
-        const row_end = row_start + row.count;
-        defer row_start = row_end;
-        if (row_end <= begin) continue;
-        if (row_start >= end) break;
-        const local_begin = @max(begin, row_start) - row_start;
-        const local_end = @min(end, row_end) - row_start;
+    var it = rows_loop.pieces(TensorRow, context.rows, begin, end);
+    while (it.next()) |piece| {
+        const row = piece.row.*;
         const row_found = switch (@as(Dtype, @fromBackingInt(@intCast(row.dtype)))) {
-            .float32 => unscale_typed(.float32, row, local_begin, local_end, context.inv_scale),
-            .float16 => unscale_typed(.float16, row, local_begin, local_end, context.inv_scale),
-            .bfloat16 => unscale_typed(.bfloat16, row, local_begin, local_end, context.inv_scale),
+            .float32 => unscale_typed(.float32, row, piece.begin, piece.end, context.inv_scale),
+            .float16 => unscale_typed(.float16, row, piece.begin, piece.end, context.inv_scale),
+            .bfloat16 => unscale_typed(.bfloat16, row, piece.begin, piece.end, context.inv_scale),
             else => unreachable, // Checked by validate().
         };
         found = found or row_found;
