@@ -33,6 +33,7 @@ const SYMBOLS = {
   mp_set_threads: { args: [FFIType.u32], returns: FFIType.i32 },
   mp_alloc: { args: [FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
   mp_free: { args: [FFIType.u64, FFIType.u64], returns: FFIType.i32 },
+  mp_zero: { args: [FFIType.u64, FFIType.u64], returns: FFIType.i32 },
   mp_ptx: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   mp_cast: {
     args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.u32, FFIType.u32, FFIType.u32, FFIType.u32],

@@ -14,6 +14,7 @@
 
 import { ptr } from "bun:ffi";
 import { lastError, native, Status } from "../_ffi.ts";
+import { type DtypeName, dtypeInfo } from "../dtype.ts";
 import { MixprecError } from "../errors.ts";
 
 /** A CUDA device as {@linkcode cudaDevices} lists it. */
@@ -650,3 +651,41 @@ export function cudaGlobalNorm(table: CudaTable, normAddress: number): void {
     `Computing a global norm on cuda:${table.ordinal}`,
   );
 }
+
+function ordinalOfTensor(t: { readonly device: string }): number {
+  return Number(t.device.slice(5));
+}
+
+/**
+ * The kernels the CUDA backend has so far (src/backend/backend.ts wraps them so that a kernel it
+ * lacks throws a MixprecError naming the op).
+ */
+export const cudaBackendOps = Object.freeze({
+  kind: "cuda" as const,
+  allocate(ordinal: number, sizeBytes: number): number {
+    return cudaAlloc(ordinal, sizeBytes);
+  },
+  free(ordinal: number, address: number, _sizeBytes: number): void {
+    cudaFree(ordinal, address);
+  },
+  zero(target: { readonly device: string; readonly address: number; readonly sizeBytes: number }): void {
+    cudaFill32(ordinalOfTensor(target), target.address, 0, Math.ceil(target.sizeBytes / 4));
+  },
+  copy(
+    source: { readonly device: string; readonly address: number; readonly sizeBytes: number },
+    target: { readonly address: number },
+  ): void {
+    if (source.sizeBytes > 0)
+      cudaCopyOnDevice(ordinalOfTensor(source), target.address, source.address, source.sizeBytes);
+  },
+  cast(
+    source: { readonly device: string; readonly address: number; readonly size: number; readonly dtype: string },
+    target: { readonly address: number; readonly dtype: string },
+    flags: number,
+    seed: number,
+  ): void {
+    const from = dtypeInfo(source.dtype as DtypeName).code;
+    const to = dtypeInfo(target.dtype as DtypeName).code;
+    cudaCast(ordinalOfTensor(source), source.address, target.address, source.size, from, to, flags, seed);
+  },
+});

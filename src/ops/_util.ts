@@ -10,7 +10,7 @@ import { check, native } from "../_ffi.ts";
 import { record, track } from "../autodiff.ts";
 import { castInto } from "../cast.ts";
 import { type DtypeName, dtypeInfo, type StorageArray } from "../dtype.ts";
-import { isTensor, type Shape, Tensor } from "../tensor.ts";
+import { type Device, isTensor, type Shape, Tensor } from "../tensor.ts";
 
 /** Dtypes the ops compute with. */
 export const FLOAT_DTYPES: ReadonlySet<DtypeName> = new Set(["float32", "float16", "bfloat16"]);
@@ -57,6 +57,14 @@ export function output(shape: Shape, dtype: DtypeName, fill: (out: Float32Array)
     if (scratch.length > 0) castInto(scratch, result.data, "float32", dtype);
   }
   return track(result);
+}
+
+/**
+ * A new tensor of `shape` and `dtype` on `device` for a kernel to write (not zeroed: the kernel
+ * writes every element), owned by the active scope.
+ */
+export function empty(shape: Shape, dtype: DtypeName, device: Device = "cpu"): Tensor {
+  return track(new Tensor(dtype, shape, device, false));
 }
 
 /**

@@ -15,6 +15,7 @@ const matmul = @import("cpu/matmul.zig");
 const activation = @import("cpu/activation.zig");
 const attention = @import("cpu/attention.zig");
 const convert = @import("cpu/convert.zig");
+const storage = @import("ops/storage.zig");
 
 /// Bumped whenever an export's signature or meaning changes; src/_ffi.ts refuses a mismatch.
 pub const abi_version: u32 = 1;
@@ -80,6 +81,15 @@ export fn mp_free(address: u64, size_bytes: u64) i32 {
     if (address == 0) return status(.null_pointer);
     const memory: [*]align(64) u8 = @ptrFromInt(address);
     std.heap.c_allocator.free(memory[0..@max(size_bytes, 1)]);
+    return status(.ok);
+}
+
+/// Sets `size_bytes` bytes at `address` to zero.
+export fn mp_zero(address: u64, size_bytes: u64) i32 {
+    if (size_bytes == 0) return status(.ok);
+    if (address == 0) return status(.null_pointer);
+    const memory: [*]u8 = @ptrFromInt(address);
+    @memset(memory[0..size_bytes], 0);
     return status(.ok);
 }
 
@@ -330,6 +340,7 @@ export fn mp_convert_stats(source: ?*const anyopaque, target: ?*anyopaque, count
 
 test {
     _ = @import("cpu/rows.zig");
+    _ = storage;
     _ = attention;
     _ = matmul;
     _ = activation;
