@@ -173,3 +173,23 @@ export function devices(): DeviceInfo[] {
   }
   return list;
 }
+
+/**
+ * Sets how many CPU threads every kernel may use (0 restores the default: one per CPU, at most
+ * 16). Results do not depend on it: every kernel gives the same bits on any thread count.
+ *
+ * @param count An integer in [0, 16].
+ * @example
+ * ```ts
+ * import { cpuDevice, setThreads } from "./device.ts";
+ * setThreads(1);
+ * if (cpuDevice().threads !== 1) throw new Error("not set");
+ * setThreads(0);
+ * ```
+ */
+export function setThreads(count: number): void {
+  if (!Number.isInteger(count) || count < 0 || count > 16) {
+    throw new RangeError(`setThreads: count must be an integer in [0, 16] (0: one per CPU), got ${count}`);
+  }
+  check(native().mp_set_threads(count), "mp_set_threads");
+}

@@ -141,6 +141,7 @@ export {
   type DeviceInfo,
   devices,
   registerDeviceProvider,
+  setThreads,
 } from "./device.ts";
 
 // I/O: safetensors files, checkpoint conversion, resumable training state (src/io/).
