@@ -34,6 +34,10 @@ const SYMBOLS = {
   mp_alloc: { args: [FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
   mp_free: { args: [FFIType.u64, FFIType.u64], returns: FFIType.i32 },
   mp_zero: { args: [FFIType.u64, FFIType.u64], returns: FFIType.i32 },
+  mp_host_alloc: { args: [FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+  mp_host_free: { args: [FFIType.u64], returns: FFIType.i32 },
+  mp_host_release_callback: { args: [FFIType.ptr], returns: FFIType.i32 },
+  mp_host_stats: { args: [FFIType.ptr], returns: FFIType.i32 },
   mp_ptx: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   mp_cast: {
     args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.u32, FFIType.u32, FFIType.u32, FFIType.u32],

@@ -14,7 +14,9 @@
 
 import { ptr } from "bun:ffi";
 import { lastError, native, Status } from "../_ffi.ts";
-import { type DtypeName, dtypeInfo } from "../dtype.ts";
+import { dtypeInfo } from "../dtype.ts";
+import type { Tensor } from "../tensor.ts";
+import type { Storage } from "./cpu/storage.ts";
 import { MixprecError } from "../errors.ts";
 
 /** A CUDA device as {@linkcode cudaDevices} lists it. */
@@ -652,7 +654,7 @@ export function cudaGlobalNorm(table: CudaTable, normAddress: number): void {
   );
 }
 
-function ordinalOfTensor(t: { readonly device: string }): number {
+function ordinalOfTensor(t: Tensor): number {
   return Number(t.device.slice(5));
 }
 
@@ -662,30 +664,28 @@ function ordinalOfTensor(t: { readonly device: string }): number {
  */
 export const cudaBackendOps = Object.freeze({
   kind: "cuda" as const,
-  allocate(ordinal: number, sizeBytes: number): number {
-    return cudaAlloc(ordinal, sizeBytes);
+  allocate(ordinal: number, sizeBytes: number): Storage {
+    return { address: cudaAlloc(ordinal, sizeBytes), sizeBytes, buffer: null, handle: 0 };
   },
-  free(ordinal: number, address: number, _sizeBytes: number): void {
-    cudaFree(ordinal, address);
+  free(ordinal: number, storage: Storage): void {
+    cudaFree(ordinal, storage.address);
   },
-  zero(target: { readonly device: string; readonly address: number; readonly sizeBytes: number }): void {
+  zero(target: Tensor): void {
     cudaFill32(ordinalOfTensor(target), target.address, 0, Math.ceil(target.sizeBytes / 4));
   },
-  copy(
-    source: { readonly device: string; readonly address: number; readonly sizeBytes: number },
-    target: { readonly address: number },
-  ): void {
+  copy(source: Tensor, target: Tensor): void {
     if (source.sizeBytes > 0)
       cudaCopyOnDevice(ordinalOfTensor(source), target.address, source.address, source.sizeBytes);
   },
-  cast(
-    source: { readonly device: string; readonly address: number; readonly size: number; readonly dtype: string },
-    target: { readonly address: number; readonly dtype: string },
-    flags: number,
-    seed: number,
-  ): void {
-    const from = dtypeInfo(source.dtype as DtypeName).code;
-    const to = dtypeInfo(target.dtype as DtypeName).code;
+  cast(source: Tensor, target: Tensor, flags: number, seed: number): void {
+    const from = dtypeInfo(source.dtype).code;
+    const to = dtypeInfo(target.dtype).code;
     cudaCast(ordinalOfTensor(source), source.address, target.address, source.size, from, to, flags, seed);
+  },
+  write(target: Tensor, source: ArrayBufferView): void {
+    cudaCopyToDevice(ordinalOfTensor(target), target.address, source);
+  },
+  read(source: Tensor, target: ArrayBufferView): void {
+    cudaCopyToHost(ordinalOfTensor(source), target, source.address);
   },
 });

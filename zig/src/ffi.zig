@@ -16,6 +16,7 @@ const activation = @import("cpu/activation.zig");
 const attention = @import("cpu/attention.zig");
 const convert = @import("cpu/convert.zig");
 const storage = @import("ops/storage.zig");
+const host_memory = @import("cpu/host_memory.zig");
 
 /// Bumped whenever an export's signature or meaning changes; src/_ffi.ts refuses a mismatch.
 pub const abi_version: u32 = 1;
@@ -81,6 +82,35 @@ export fn mp_free(address: u64, size_bytes: u64) i32 {
     if (address == 0) return status(.null_pointer);
     const memory: [*]align(64) u8 = @ptrFromInt(address);
     std.heap.c_allocator.free(memory[0..@max(size_bytes, 1)]);
+    return status(.ok);
+}
+
+/// Tensor storage (cpu/host_memory.zig): out receives (address, cell).
+export fn mp_host_alloc(size_bytes: u64, out: ?*[2]u64) i32 {
+    const target = out orelse return status(.null_pointer);
+    const cell = host_memory.alloc(size_bytes) orelse return status(.out_of_memory);
+    target.* = .{ cell.address, @intFromPtr(cell) };
+    return status(.ok);
+}
+
+/// Frees a tensor's block now (dispose() with no view outside the tensor); idempotent.
+export fn mp_host_free(cell: u64) i32 {
+    if (cell == 0) return status(.null_pointer);
+    host_memory.free_now(@ptrFromInt(cell));
+    return status(.ok);
+}
+
+/// The deallocator an ArrayBuffer owning a tensor's block calls (context: the cell).
+export fn mp_host_release_callback(out_address: ?*u64) i32 {
+    const out = out_address orelse return status(.null_pointer);
+    out.* = @intFromPtr(&host_memory.release);
+    return status(.ok);
+}
+
+/// Live tensor blocks and their bytes.
+export fn mp_host_stats(out: ?*[2]u64) i32 {
+    const target = out orelse return status(.null_pointer);
+    target.* = host_memory.stats();
     return status(.ok);
 }
 
@@ -341,6 +371,7 @@ export fn mp_convert_stats(source: ?*const anyopaque, target: ?*anyopaque, count
 test {
     _ = @import("cpu/rows.zig");
     _ = storage;
+    _ = host_memory;
     _ = attention;
     _ = matmul;
     _ = activation;
