@@ -64,6 +64,15 @@ const SYMBOLS = {
     ],
     returns: FFIType.i32,
   },
+  // Layout ops (zig/src/ops/layout.zig): strided copies, the matmul epilogue.
+  mp_layout_copy: {
+    args: [FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u32, FFIType.ptr, FFIType.ptr, FFIType.ptr],
+    returns: FFIType.i32,
+  },
+  mp_matmul_epilogue: {
+    args: [FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u32],
+    returns: FFIType.i32,
+  },
   mp_peak_fma: { args: [FFIType.u64, FFIType.u32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   mp_attention_forward: {
     args: [FFIType.ptr, FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.ptr, FFIType.ptr],

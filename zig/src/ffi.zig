@@ -17,6 +17,7 @@ const attention = @import("cpu/attention.zig");
 const convert = @import("cpu/convert.zig");
 const storage = @import("ops/storage.zig");
 const host_memory = @import("cpu/host_memory.zig");
+const layout = @import("ops/layout.zig");
 
 /// Bumped whenever an export's signature or meaning changes; src/_ffi.ts refuses a mismatch.
 pub const abi_version: u32 = 1;
@@ -244,6 +245,54 @@ test "the fused AdamW device kernel is a PTX entry taking (table, rows, total, h
     }
     try std.testing.expect(lines.next() == null);
     comptime std.debug.assert(@sizeOf(adamw.AdamRow) == 72 and @sizeOf(adamw.AdamHyper) == 48);
+}
+
+// --- Layout ops (zig/src/ops/layout.zig): strided copies and the matmul epilogue ---
+
+/// Copies a strided view: `ndim` (0..8) dimensions of `shape`, strides in elements for both sides
+/// (the arrays hold 8 entries; the first `ndim` count), elements of 1, 2 or 4 bytes.
+export fn mp_layout_copy(source: u64, target: u64, element_bytes: u64, ndim: u32, shape: ?*const [8]u64, source_strides: ?*const [8]u64, target_strides: ?*const [8]u64) i32 {
+    if (element_bytes != 1 and element_bytes != 2 and element_bytes != 4) return status(.invalid_argument);
+    if (ndim > layout.dims_max) return status(.invalid_argument);
+    const dims = shape orelse return status(.null_pointer);
+    const from = source_strides orelse return status(.null_pointer);
+    const to = target_strides orelse return status(.null_pointer);
+    var count: u64 = 1;
+    for (dims[0..ndim]) |dim| count *= dim;
+    if (count == 0) return status(.ok);
+    if (source == 0 or target == 0) return status(.null_pointer);
+    var copy = layout.StridedCopy{
+        .source = @ptrFromInt(source),
+        .target = @ptrFromInt(target),
+        .element_bytes = element_bytes,
+        .ndim = ndim,
+        .shape = dims.*,
+        .source_strides = from.*,
+        .target_strides = to.*,
+    };
+    layout.simplify(&copy);
+    layout.strided_copy(&copy);
+    return status(.ok);
+}
+
+/// out (rows x cols, `dtype`) = float32 product + bias (a `dtype` row of cols, or 0 for none),
+/// rounded once to nearest even.
+export fn mp_matmul_epilogue(product: u64, bias: u64, out: u64, rows: u64, cols: u64, dtype: u32) i32 {
+    const op_dtype = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (rows * cols == 0) return status(.ok);
+    if (product == 0 or out == 0) return status(.null_pointer);
+    layout.epilogue(op_dtype, &.{
+        .product = @ptrFromInt(product),
+        .bias = if (bias == 0) null else @ptrFromInt(bias),
+        .out = @ptrFromInt(out),
+        .rows = rows,
+        .cols = cols,
+    });
+    return status(.ok);
+}
+
+test {
+    _ = layout;
 }
 
 // --- Autodiff helper: matmul and peak FLOP/s (zig/src/cpu/matmul.zig) ---
