@@ -18,11 +18,12 @@ import { MixprecError } from "../errors.ts";
 import type { Device } from "../tensor.ts";
 import { cpuBackend } from "./cpu.ts";
 import { cudaBackendOps } from "./cuda.ts";
+import type { AmpKernels } from "./cpu/amp.ts";
 import type { LayoutKernels } from "./cpu/layout.ts";
 import type { StorageKernels } from "./cpu/storage.ts";
 
 /** Every kernel a device offers. Each family's interface lives beside its CPU implementation. */
-export interface Backend extends StorageKernels, LayoutKernels {
+export interface Backend extends StorageKernels, LayoutKernels, AmpKernels {
   /** "cpu" or "cuda". */
   readonly kind: "cpu" | "cuda";
 }

@@ -6,6 +6,7 @@
  */
 
 import type { Backend } from "./backend.ts";
+import { ampCpu } from "./cpu/amp.ts";
 import { layoutCpu } from "./cpu/layout.ts";
 import { storageCpu } from "./cpu/storage.ts";
 
@@ -13,4 +14,5 @@ export const cpuBackend: Backend = Object.freeze({
   kind: "cpu" as const,
   ...storageCpu,
   ...layoutCpu,
+  ...ampCpu,
 });
