@@ -41,22 +41,25 @@ pub fn build(b: *std.Build) void {
         .link_libc = true,
     });
     root.addAnonymousImport("mixprec_ptx", .{ .root_source_file = ptx_file });
-    if (target.result.cpu.arch == .x86_64) {
-        const x86 = std.Target.x86;
-        root.addObject(wide_object(b, target, optimize, "avx512", .empty));
-        root.addObject(wide_object(b, target, optimize, "avx512bf16", x86.featureSet(&.{.avx512bf16})));
-    }
+    // The wide objects (none elsewhere than x86_64): every module that links CPU kernels needs them.
+    const wide_objects: []const *std.Build.Step.Compile = if (target.result.cpu.arch == .x86_64) &.{
+        wide_object(b, target, optimize, "avx512", .empty),
+        wide_object(b, target, optimize, "avx512bf16", std.Target.x86.featureSet(&.{.avx512bf16})),
+    } else &.{};
+    for (wide_objects) |object| root.addObject(object);
     const lib = b.addLibrary(.{ .name = "mixprec", .linkage = .dynamic, .root_module = root });
     b.installArtifact(lib);
 
     // A fake libcuda (host memory, kernels emulated with the CPU code) so the CUDA backend's
     // plumbing is tested end to end on machines without a GPU: MIXPREC_LIBCUDA=<this file>.
-    const fake_cuda = b.addLibrary(.{ .name = "cuda_fake", .linkage = .dynamic, .root_module = b.createModule(.{
+    const fake_module = b.createModule(.{
         .root_source_file = b.path("src/cuda_fake.zig"),
         .target = target,
         .optimize = optimize,
         .link_libc = true,
-    }) });
+    });
+    for (wide_objects) |object| fake_module.addObject(object);
+    const fake_cuda = b.addLibrary(.{ .name = "cuda_fake", .linkage = .dynamic, .root_module = fake_module });
     b.installArtifact(fake_cuda);
 
     const tests = b.addTest(.{ .root_module = root });

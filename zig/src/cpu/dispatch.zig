@@ -168,6 +168,21 @@ pub fn set_path_for_test(forced: ?Path) void {
     }
 }
 
+/// The name under which zig/src/wide.zig exports `function` for the path named `isa`.
+pub fn symbol(comptime isa: []const u8, comptime function: []const u8) []const u8 {
+    return "mixprec_" ++ isa ++ "_" ++ function;
+}
+
+/// The chosen path's compilation of a function zig/src/wide.zig exports as `function`: `here`
+/// (this object's own) on the baseline path and where no wide objects are linked.
+pub fn pick(comptime F: type, comptime function: []const u8, here: F) F {
+    if (!wide_linked) return here;
+    return switch (path()) {
+        .baseline => here,
+        inline .avx512, .avx512bf16 => |p| @extern(F, .{ .name = symbol(@tagName(p), function), .visibility = .hidden }),
+    };
+}
+
 /// Every path this machine can run, narrowest first (for tests).
 pub fn paths_available() []const Path {
     const all = [_]Path{ .baseline, .avx512, .avx512bf16 };

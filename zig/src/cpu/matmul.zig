@@ -670,29 +670,13 @@ pub fn peak_chains_c(iterations: u64, seed: f32) callconv(.c) f32 {
     return peak_chains(iterations, seed);
 }
 
-/// The symbols zig/src/wide.zig exports for the compilation named `isa`.
-pub fn symbol_name(comptime isa: []const u8, comptime function: []const u8) []const u8 {
-    return "mixprec_" ++ isa ++ "_matmul_" ++ function;
-}
-
-fn wide_entry(comptime isa: []const u8) Entry {
-    const hidden: std.lang.SymbolVisibility = .hidden;
-    return .{
-        .plan = @extern(@FieldType(Entry, "plan"), .{ .name = symbol_name(isa, "plan"), .visibility = hidden }),
-        .run_worker = @extern(@FieldType(Entry, "run_worker"), .{ .name = symbol_name(isa, "run_worker"), .visibility = hidden }),
-        .peak_chains = @extern(@FieldType(Entry, "peak_chains"), .{ .name = symbol_name(isa, "peak_chains"), .visibility = hidden }),
-        .lanes = 16,
-    };
-}
-
 /// The compilation dispatch chose (this one where no wide objects are linked).
 fn entry() Entry {
-    const here = Entry{ .plan = plan_c, .run_worker = run_worker_c, .peak_chains = peak_chains_c, .lanes = lanes };
-    if (!dispatch.wide_linked) return here;
-    return switch (dispatch.path()) {
-        .baseline => here,
-        .avx512 => wide_entry("avx512"),
-        .avx512bf16 => wide_entry("avx512bf16"),
+    return .{
+        .plan = dispatch.pick(@FieldType(Entry, "plan"), "matmul_plan", plan_c),
+        .run_worker = dispatch.pick(@FieldType(Entry, "run_worker"), "matmul_run_worker", run_worker_c),
+        .peak_chains = dispatch.pick(@FieldType(Entry, "peak_chains"), "matmul_peak_chains", peak_chains_c),
+        .lanes = if (dispatch.wide_linked and dispatch.path() != .baseline) 16 else lanes,
     };
 }
 
