@@ -11,7 +11,7 @@
 const std = @import("std");
 
 pub fn build(b: *std.Build) void {
-    const target = b.standardTargetOptions(.{ .default_target = default_target(b) });
+    const target = b.resolveTargetQuery(baseline_cpu(b, b.standardTargetOptionsQueryOnly(.{})));
     const optimize = b.option(std.lang.Optimize, "optimize", "Optimization mode (default fast)") orelse .fast;
 
     // PTX from the same numerics. Debug PTX is rejected by ptxas, so this is always ReleaseFast.
@@ -67,11 +67,15 @@ pub fn build(b: *std.Build) void {
     test_step.dependOn(&b.addRunArtifact(tests).step);
 }
 
-/// x86-64-v3 on an x86_64 host, the host architecture's baseline elsewhere (never "native").
-fn default_target(b: *std.Build) std.Target.Query {
-    const host_arch = b.graph.host.result.cpu.arch;
-    if (host_arch == .x86_64) return .{ .cpu_model = .{ .explicit = &std.Target.x86.cpu.x86_64_v3 } };
-    return .{ .cpu_model = .baseline };
+/// The query with its CPU filled in where -Dcpu did not name one: x86-64-v3 for x86_64 (also when
+/// -Dtarget names x86_64, as packaging does), the architecture's baseline elsewhere; never the
+/// build machine's own CPU unless asked for with -Dcpu=native.
+fn baseline_cpu(b: *std.Build, query: std.Target.Query) std.Target.Query {
+    if (query.cpu_model != .determined_by_arch_os) return query;
+    var result = query;
+    const arch = query.cpu_arch orelse b.graph.host.result.cpu.arch;
+    result.cpu_model = if (arch == .x86_64) .{ .explicit = &std.Target.x86.cpu.x86_64_v3 } else .baseline;
+    return result;
 }
 
 /// The matmul kernels compiled for x86-64-v4 plus `features_add`, as an object for `target`'s OS.
