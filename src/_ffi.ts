@@ -1,7 +1,8 @@
 /**
  * The one dlopen table of the native library (zig/src/ffi.zig) and its status codes. The library
  * is opened on first use, so code that needs no kernel (policies, loss-scale arithmetic) runs
- * without it. `MIXPREC_LIB` overrides the library's path.
+ * without it. `MIXPREC_LIB` overrides the library's path; `MIXPREC_CPU` (baseline, avx512, avx512bf16
+ * or auto) caps the kernels the library chooses for the running CPU.
  *
  * @module
  */
@@ -162,7 +163,19 @@ export function defaultLibraryPath(): string {
   return new URL(`../zig/zig-out/lib/libmixprec.${suffix}`, import.meta.url).pathname;
 }
 
+/** The values of MIXPREC_CPU (zig/src/cpu/dispatch.zig): a cap on the kernels chosen at run time. */
+const CPU_CAPS: readonly string[] = ["", "auto", "baseline", "avx512", "avx512bf16"];
+
+/** mp_cpu_info's bit for "this CPU lacks a feature the library's baseline was built for". */
+const CPU_INFO_BASELINE_MISSING = 1 << 7;
+
 function open(): Library {
+  const cap = process.env.MIXPREC_CPU ?? "";
+  if (!CPU_CAPS.includes(cap)) {
+    throw new RangeError(
+      `MIXPREC_CPU must be one of "baseline", "avx512", "avx512bf16" or "auto", got "${cap}": unset it to let the library choose`,
+    );
+  }
   const path = process.env.MIXPREC_LIB || defaultLibraryPath();
   let opened: Library;
   try {
@@ -180,6 +193,14 @@ function open(): Library {
     throw new MixprecError(
       "library_out_of_date",
       `The native library at ${path} has ABI version ${version} but this code needs ${ABI_VERSION}: run \`make build\` to rebuild it`,
+    );
+  }
+  const flags = new Uint32Array(1);
+  if (opened.symbols.mp_cpu_info(ptr(flags)) === Status.ok && (flags[0]! & CPU_INFO_BASELINE_MISSING) !== 0) {
+    opened.close();
+    throw new MixprecError(
+      "cpu_unsupported",
+      `The native library at ${path} was built for a CPU with features this one lacks (x86-64-v3 by default: AVX2, FMA, F16C, BMI2): rebuild it here with \`cd zig && zig build -Dcpu=baseline\``,
     );
   }
   return opened;

@@ -136,6 +136,7 @@ export {
 } from "./precision_config.ts";
 export {
   type CpuDeviceInfo,
+  type CpuKernels,
   type CudaDeviceInfo,
   cudaCapabilities,
   type DeviceInfo,

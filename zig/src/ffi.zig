@@ -12,6 +12,7 @@ const sum_squares = @import("cpu/sum_squares.zig");
 const adamw = @import("cpu/adamw.zig");
 const sgd = @import("cpu/sgd.zig");
 const matmul = @import("cpu/matmul.zig");
+const dispatch = @import("cpu/dispatch.zig");
 const activation = @import("cpu/activation.zig");
 const attention = @import("cpu/attention.zig");
 const convert = @import("cpu/convert.zig");
@@ -44,22 +45,52 @@ export fn mp_abi_version() u32 {
     return abi_version;
 }
 
-/// CPU features the kernels were built for: bit 0 AVX2, bit 1 AVX512F, bit 2 AVX512-BF16,
-/// bit 3 F16C; bits 8..15 the thread count a call uses.
+/// The running CPU and the kernels chosen for it (zig/src/cpu/dispatch.zig), mirrored by
+/// cpuDevice() in src/device.ts. Bits 0..5: features of the running CPU that its OS enables
+/// (cpuid and XCR0): 0 AVX2, 1 AVX512F, 2 AVX512-BF16, 3 F16C, 4 FMA, 5 BMI2. Bit 6: the
+/// kernels convert float16 with F16C (the library's baseline CPU has it). Bit 7: the running CPU
+/// lacks a feature the library's baseline was built for (calls may fault: rebuild with -Dcpu).
+/// Bits 8..15: the thread count a call uses. Bits 16..19: the kernel path (1 baseline, 2 avx512,
+/// 3 avx512bf16), after MIXPREC_CPU's cap.
 export fn mp_cpu_info(out_flags: ?*u32) i32 {
     const out = out_flags orelse return status(.null_pointer);
+    out.* = cpu_flags(dispatch.detect(), dispatch.path(), pool.thread_count());
+    return status(.ok);
+}
+
+fn cpu_flags(features: dispatch.Features, path: dispatch.Path, threads: u32) u32 {
+    std.debug.assert(threads <= 0xff);
     var flags: u32 = 0;
+    if (features.avx2) flags |= 1 << 0;
+    if (features.avx512f) flags |= 1 << 1;
+    if (features.avx512bf16) flags |= 1 << 2;
+    if (features.f16c) flags |= 1 << 3;
+    if (features.fma) flags |= 1 << 4;
+    if (features.bmi2) flags |= 1 << 5;
     if (builtin.cpu.arch == .x86_64) {
         const has = std.Target.x86.featureSetHas;
-        const features = builtin.cpu.features;
-        if (has(features, .avx2)) flags |= 1;
-        if (has(features, .avx512f)) flags |= 2;
-        if (has(features, .avx512bf16)) flags |= 4;
-        if (has(features, .f16c)) flags |= 8;
+        const built = builtin.cpu.features;
+        if (has(built, .f16c)) flags |= 1 << 6;
+        const lacking = (has(built, .avx2) and !features.avx2) or (has(built, .fma) and !features.fma) or
+            (has(built, .f16c) and !features.f16c) or (has(built, .bmi2) and !features.bmi2) or
+            (has(built, .avx512f) and !features.avx512f);
+        if (lacking) flags |= 1 << 7;
     }
-    flags |= pool.thread_count() << 8;
-    out.* = flags;
-    return status(.ok);
+    flags |= threads << 8;
+    flags |= @as(u32, @backingInt(path)) << 16;
+    return flags;
+}
+
+test "mp_cpu_info reports the running CPU and the chosen path" {
+    var flags: u32 = 0;
+    try std.testing.expectEqual(status(.ok), mp_cpu_info(&flags));
+    const path: dispatch.Path = @fromBackingInt(@intCast((flags >> 16) & 0xf));
+    try std.testing.expectEqual(dispatch.path(), path);
+    // The tests run on the machine that built them, so the baseline is never missing here.
+    try std.testing.expect(flags & (1 << 7) == 0);
+    if (path == .avx512bf16) try std.testing.expect(flags & (1 << 2) != 0);
+    if (path != .baseline) try std.testing.expect(flags & (1 << 1) != 0);
+    try std.testing.expectEqual(pool.thread_count(), (flags >> 8) & 0xff);
 }
 
 /// Sets the number of CPU threads kernels use (0: one per CPU).
@@ -393,7 +424,7 @@ export fn mp_peak_fma(iterations: u64, threads: u32, out_flops: ?*f64, out_check
     const checksum = out_checksum orelse return status(.null_pointer);
     if (threads == 0 or threads > pool.thread_count_max) return status(.invalid_argument);
     checksum.* = matmul.peak_fma(iterations, threads);
-    flops.* = @floatFromInt(iterations * threads * matmul.peak_flops_per_iteration);
+    flops.* = @floatFromInt(iterations * threads * matmul.peak_flops_per_iteration());
     return status(.ok);
 }
 
