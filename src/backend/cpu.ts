@@ -6,9 +6,11 @@
  */
 
 import type { Backend } from "./backend.ts";
+import { elementwiseCpu } from "./cpu/elementwise.ts";
 import { storageCpu } from "./cpu/storage.ts";
 
 export const cpuBackend: Backend = Object.freeze({
   kind: "cpu" as const,
   ...storageCpu,
+  ...elementwiseCpu,
 });
