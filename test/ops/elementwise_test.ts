@@ -184,7 +184,7 @@ function erf64(x: number): number {
 }
 
 describe("native gelu", () => {
-  test("mp_gelu and its backward agree with the TypeScript reference within 4e-7 * (1 + |x| + |g|)", async () => {
+  test("native gelu and its backward agree with the TypeScript reference within 4e-7 * (1 + |x| + |g|)", async () => {
     const { valueAndGrad } = await import("../../src/autodiff.ts");
     const { geluReference } = await import("../../src/ops/elementwise.ts");
     const { sum } = await import("../../src/ops/mod.ts");
