@@ -240,6 +240,7 @@ pub const Unary = struct {
 
 /// out[i] = f(x[i]) over `count` contiguous elements.
 pub fn activation_forward_run(comptime op: Activation, comptime dtype: Dtype, args: *const Unary) void {
+    assert(args.count > 0);
     const Body = struct {
         fn range(a: *const Unary, begin: u64, end: u64) void {
             var i = begin;
@@ -256,6 +257,7 @@ pub fn activation_forward_run(comptime op: Activation, comptime dtype: Dtype, ar
 
 /// dx[i] = g[i] f'(saved[i]) over `count` contiguous elements (source: saved, second: g).
 pub fn activation_backward_run(comptime op: Activation, comptime dtype: Dtype, args: *const Unary) void {
+    assert(args.count > 0);
     const Body = struct {
         inline fn step(comptime n: comptime_int, a: *const Unary, i: u64) void {
             const saved = storage.load(n, dtype, a.source, i);
@@ -281,6 +283,7 @@ pub const Swiglu = struct {
 };
 
 pub fn swiglu_forward_run(comptime dtype: Dtype, args: *const Swiglu) void {
+    assert(args.count > 0);
     const Body = struct {
         inline fn step(comptime n: comptime_int, s: *const Swiglu, i: u64) void {
             const y = swiglu_forward(n, storage.load(n, dtype, s.a, i), storage.load(n, dtype, s.b, i));
@@ -296,6 +299,8 @@ pub fn swiglu_forward_run(comptime dtype: Dtype, args: *const Swiglu) void {
 }
 
 pub fn swiglu_backward_run(comptime dtype: Dtype, args: *const Swiglu) void {
+    assert(args.count > 0);
+    assert(args.out != args.out_b);
     const Body = struct {
         inline fn step(comptime n: comptime_int, s: *const Swiglu, i: u64) void {
             const a = storage.load(n, dtype, s.a, i);
@@ -398,6 +403,11 @@ pub const Layout = extern struct {
     }
 };
 
+comptime {
+    // src/backend/cpu/elementwise.ts packs exactly this many u64 values.
+    assert(@sizeOf(Layout) == (2 + 2 * dims_max + 2 * operands_max * dims_max + operands_max) * 8);
+}
+
 pub const Map = struct {
     layout: *const Layout,
     target: [*]u8,
@@ -429,7 +439,6 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
         const arity = op.arity();
 
         map: *const Map,
-        kept_count: u64,
         reduced_count: u64,
         inner_len: u64,
         tiles_per_row: u64,
@@ -571,6 +580,7 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
 
         fn run_chunk(self: *const Self, chunk: u32) void {
             assert(self.tile_count == 1);
+            assert(chunk < self.chunk_count);
             const first, const len = self.tile_bounds(0);
             const begin = self.reduced_count * chunk / self.chunk_count;
             const end = self.reduced_count * (chunk + 1) / self.chunk_count;
@@ -600,6 +610,8 @@ pub fn map_run(comptime op: MapOp, comptime dtype: Dtype, map: *const Map) void 
     const kept_count = layout.kept_count();
     const reduced_count = layout.reduced_count();
     const inner_len = layout.kept_shape[layout.kept_ndim - 1];
+    assert(kept_count >= 1 and reduced_count >= 1);
+    assert(kept_count % inner_len == 0);
     const tiles_per_row = (inner_len + tile_len - 1) / tile_len;
     const tile_count = kept_count / inner_len * tiles_per_row;
     // Few targets with many terms each: split the terms into chunks fixed by the size alone.
@@ -610,7 +622,6 @@ pub fn map_run(comptime op: MapOp, comptime dtype: Dtype, map: *const Map) void 
     var partials: [chunks_max][tile_len]f64 = undefined;
     const engine = E{
         .map = map,
-        .kept_count = kept_count,
         .reduced_count = reduced_count,
         .inner_len = inner_len,
         .tiles_per_row = tiles_per_row,
@@ -622,6 +633,7 @@ pub fn map_run(comptime op: MapOp, comptime dtype: Dtype, map: *const Map) void 
     const work = kept_count * reduced_count;
     const wanted = @max(1, work / pool.parallel_threshold);
     const workers: u32 = @intCast(@min(@min(pool.thread_count(), units), wanted));
+    assert(workers >= 1 and workers <= pool.thread_count_max);
     const Split = struct {
         engine: *const E,
         workers: u32,
@@ -765,4 +777,42 @@ test "a chunked full reduction gives the same bits on one and on four threads" {
     }
     pool.set_thread_count(0);
     try testing.expectEqual(totals[0], totals[1]);
+}
+
+test "a layout that would read past an operand, or has a zero or too many dimensions, is refused" {
+    var layout = test_layout();
+    layout.kept_ndim = 2;
+    layout.kept_shape[0..2].* = .{ 3, 4 };
+    layout.kept_strides[0][0..2].* = .{ 4, 1 };
+    layout.operand_counts[0] = 12;
+    try testing.expect(layout.valid(.{ true, false, false }));
+    layout.operand_counts[0] = 11;
+    try testing.expect(!layout.valid(.{ true, false, false }));
+    try testing.expect(layout.valid(.{ false, false, false })); // A constant reads nothing.
+    layout.operand_counts[0] = 12;
+    layout.kept_shape[1] = 0;
+    try testing.expect(!layout.valid(.{ true, false, false }));
+    layout.kept_shape[1] = 4;
+    layout.reduced_ndim = dims_max + 1;
+    try testing.expect(!layout.valid(.{ true, false, false }));
+    layout.reduced_ndim = 0;
+    layout.kept_ndim = 0;
+    try testing.expect(!layout.valid(.{ true, false, false }));
+}
+
+test "swiglu's vector path and scalar tail give the same bits, and its gradients match silu's" {
+    var a: [lanes]f32 = undefined;
+    var b: [lanes]f32 = undefined;
+    for (&a, &b, 0..) |*x, *y, i| {
+        x.* = (@as(f32, @floatFromInt(i)) - 8) * 0.61;
+        y.* = @as(f32, @floatFromInt(i)) * 0.17 - 1;
+    }
+    const forward: [lanes]f32 = swiglu_forward(lanes, a, b);
+    const grads = swiglu_backward(lanes, a, b, @splat(1.0));
+    const da: [lanes]f32 = grads[0];
+    for (0..lanes) |i| {
+        try testing.expectEqual(@as(u32, @bitCast(forward[i])), @as(u32, @bitCast(swiglu_forward(1, @splat(a[i]), @splat(b[i]))[0])));
+        const silu_grad = activation_backward(.silu, 1, @splat(a[i]), @splat(b[i]))[0];
+        try testing.expect(@abs(da[i] - silu_grad) <= 4 * std.math.floatEps(f32) * (@abs(silu_grad) + 1e-6));
+    }
 }
