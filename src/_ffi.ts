@@ -93,11 +93,42 @@ const SYMBOLS = {
     ],
     returns: FFIType.i32,
   },
-  mp_gelu: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
-  mp_gelu_backward: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
   // I/O (issue #7): a cast fused with conversion statistics (zig/src/cpu/convert.zig).
   mp_convert_stats: {
     args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.u32, FFIType.u32, FFIType.ptr],
+    returns: FFIType.i32,
+  },
+  // Elementwise family (zig/src/ops/elementwise.zig, src/backend/cpu/elementwise.ts): the broadcast
+  // map-reduce engine (binary ops, their backward, sum, mean, broadcast copy), activations, swiglu.
+  mp_elementwise_map: {
+    args: [
+      FFIType.u32,
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.f32,
+      FFIType.f32,
+      FFIType.u32,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_elementwise_forward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_elementwise_backward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_elementwise_swiglu_forward: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_elementwise_swiglu_backward: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
     returns: FFIType.i32,
   },
   // CUDA backend (src/backend/cuda.ts). Device addresses cross as u64; the first u32 is the ordinal.

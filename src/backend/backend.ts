@@ -19,11 +19,12 @@ import type { Device } from "../tensor.ts";
 import { cpuBackend } from "./cpu.ts";
 import { cudaBackendOps } from "./cuda.ts";
 import type { AmpKernels } from "./cpu/amp.ts";
+import type { ElementwiseKernels } from "./cpu/elementwise.ts";
 import type { LayoutKernels } from "./cpu/layout.ts";
 import type { StorageKernels } from "./cpu/storage.ts";
 
 /** Every kernel a device offers. Each family's interface lives beside its CPU implementation. */
-export interface Backend extends StorageKernels, LayoutKernels, AmpKernels {
+export interface Backend extends StorageKernels, LayoutKernels, AmpKernels, ElementwiseKernels {
   /** "cpu" or "cuda". */
   readonly kind: "cpu" | "cuda";
 }

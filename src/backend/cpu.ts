@@ -7,6 +7,7 @@
 
 import type { Backend } from "./backend.ts";
 import { ampCpu } from "./cpu/amp.ts";
+import { elementwiseCpu } from "./cpu/elementwise.ts";
 import { layoutCpu } from "./cpu/layout.ts";
 import { storageCpu } from "./cpu/storage.ts";
 
@@ -15,4 +16,5 @@ export const cpuBackend: Backend = Object.freeze({
   ...storageCpu,
   ...layoutCpu,
   ...ampCpu,
+  ...elementwiseCpu,
 });

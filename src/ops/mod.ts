@@ -28,6 +28,7 @@ export {
   scale,
   silu,
   sub,
+  swiglu,
   tanh,
   toDtype,
 } from "./elementwise.ts";

@@ -13,7 +13,6 @@ const adamw = @import("cpu/adamw.zig");
 const sgd = @import("cpu/sgd.zig");
 const matmul = @import("cpu/matmul.zig");
 const dispatch = @import("cpu/dispatch.zig");
-const activation = @import("cpu/activation.zig");
 const attention = @import("cpu/attention.zig");
 const convert = @import("cpu/convert.zig");
 const storage = @import("ops/storage.zig");
@@ -362,16 +361,6 @@ export fn mp_matmul(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, 
     return status(.ok);
 }
 
-/// GELU forward on `count` float32 values: out = x * Phi(x), cdf = Phi(x) (for the backward pass).
-export fn mp_gelu(x: ?[*]const f32, out: ?[*]f32, cdf: ?[*]f32, count: u64) i32 {
-    if (count == 0) return status(.ok);
-    const source = (x orelse return status(.null_pointer))[0..count];
-    const target = (out orelse return status(.null_pointer))[0..count];
-    const saved = (cdf orelse return status(.null_pointer))[0..count];
-    activation.gelu(source, target, saved);
-    return status(.ok);
-}
-
 fn attention_args(qkv: ?*const anyopaque, dtype: u32, batch: u64, steps: u64, heads: u64, head_dim: u64) ?struct { [*]const u8, numerics.Dtype, attention.Shape } {
     const source: [*]const u8 = @ptrCast(qkv orelse return null);
     const d = numerics.Dtype.from_int(dtype) orelse return null;
@@ -402,17 +391,6 @@ export fn mp_attention_backward(qkv: ?*const anyopaque, dtype: u32, batch: u64, 
         grad_out orelse return status(.null_pointer),
         grad_qkv orelse return status(.null_pointer),
     );
-    return status(.ok);
-}
-
-/// GELU backward on `count` float32 values: d = g * (cdf + x * phi(x)).
-export fn mp_gelu_backward(x: ?[*]const f32, cdf: ?[*]const f32, g: ?[*]const f32, d: ?[*]f32, count: u64) i32 {
-    if (count == 0) return status(.ok);
-    const source = (x orelse return status(.null_pointer))[0..count];
-    const saved = (cdf orelse return status(.null_pointer))[0..count];
-    const grad = (g orelse return status(.null_pointer))[0..count];
-    const target = (d orelse return status(.null_pointer))[0..count];
-    activation.gelu_backward(source, saved, grad, target);
     return status(.ok);
 }
 
@@ -454,7 +432,7 @@ test {
     _ = host_memory;
     _ = attention;
     _ = matmul;
-    _ = activation;
+    _ = @import("ops/elementwise.zig");
     _ = numerics;
     _ = pool;
     _ = cast;
@@ -462,6 +440,112 @@ test {
     _ = convert;
     _ = driver;
     _ = step_math;
+}
+
+// ---- Elementwise family (zig/src/ops/elementwise.zig): broadcast arithmetic, sums over axes,
+// activations and swiglu on float32 / float16 / bfloat16 storage. Tensors cross as u64 addresses
+// and element counts; every operand of one call has the call's dtype.
+
+const elementwise = @import("ops/elementwise.zig");
+
+/// The broadcast map-reduce engine: target[j] = scale * sum over r of f(x0, x1, x2) at (j, r),
+/// with the iteration space and every operand's strides in `layout` (an elementwise.Layout).
+/// `op` picks f (elementwise.MapOp: copy, add, sub, mul, div, div_grad); flags bit i makes operand
+/// i read `scalar` everywhere (its address is then ignored). Binary forward and backward ops, sum,
+/// mean and the broadcast copy all run here.
+export fn mp_elementwise_map(op: u32, dtype: u32, target: u64, x0: u64, x1: u64, x2: u64, layout_address: u64, scalar: f32, scale: f32, flags: u32) i32 {
+    const map_op = std.enums.fromInt(elementwise.MapOp, op) orelse return status(.invalid_argument);
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (flags >> elementwise.operands_max != 0) return status(.invalid_argument);
+    if (layout_address == 0 or target == 0) return status(.null_pointer);
+    if (layout_address % @alignOf(elementwise.Layout) != 0) return status(.invalid_argument);
+    const map_layout: *const elementwise.Layout = @ptrFromInt(layout_address);
+    const arity = map_op.arity();
+    const addresses = [_]u64{ x0, x1, x2 };
+    var reads: [elementwise.operands_max]bool = undefined;
+    var map = elementwise.Map{
+        .layout = map_layout,
+        .target = @ptrFromInt(target),
+        .operands = undefined,
+        .constant = undefined,
+        .scalar = scalar,
+        .scale = scale,
+    };
+    for (0..elementwise.operands_max) |i| {
+        map.constant[i] = flags & (@as(u32, 1) << @intCast(i)) != 0;
+        const used = i < arity and !map.constant[i];
+        if (used and addresses[i] == 0) return status(.null_pointer);
+        map.operands[i] = @ptrFromInt(if (used) addresses[i] else target);
+        reads[i] = used;
+    }
+    if (!map_layout.valid(reads)) return status(.invalid_argument);
+    switch (map_op) {
+        inline else => |o| switch (d) {
+            inline .float32, .float16, .bfloat16 => |t| elementwise.map_run(o, t, &map),
+            else => unreachable,
+        },
+    }
+    return status(.ok);
+}
+
+/// Activation forward (`op`: elementwise.Activation) on `count` contiguous elements: out = f(x).
+export fn mp_elementwise_forward(op: u32, dtype: u32, x: u64, out: u64, count: u64) i32 {
+    const activation = std.enums.fromInt(elementwise.Activation, op) orelse return status(.invalid_argument);
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (x == 0 or out == 0) return status(.null_pointer);
+    const args = elementwise.Unary{ .source = @ptrFromInt(x), .second = @ptrFromInt(x), .target = @ptrFromInt(out), .count = count };
+    switch (activation) {
+        inline else => |a| switch (d) {
+            inline .float32, .float16, .bfloat16 => |t| elementwise.activation_forward_run(a, t, &args),
+            else => unreachable,
+        },
+    }
+    return status(.ok);
+}
+
+/// Activation backward: dx = g f'(saved), where saved is the output y for tanh and exp and the
+/// input x otherwise (elementwise.Activation.saves_output).
+export fn mp_elementwise_backward(op: u32, dtype: u32, saved: u64, g: u64, dx: u64, count: u64) i32 {
+    const activation = std.enums.fromInt(elementwise.Activation, op) orelse return status(.invalid_argument);
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (saved == 0 or g == 0 or dx == 0) return status(.null_pointer);
+    const args = elementwise.Unary{ .source = @ptrFromInt(saved), .second = @ptrFromInt(g), .target = @ptrFromInt(dx), .count = count };
+    switch (activation) {
+        inline else => |a| switch (d) {
+            inline .float32, .float16, .bfloat16 => |t| elementwise.activation_backward_run(a, t, &args),
+            else => unreachable,
+        },
+    }
+    return status(.ok);
+}
+
+/// swiglu forward on `count` elements: out = silu(a) * b.
+export fn mp_elementwise_swiglu_forward(dtype: u32, a: u64, b: u64, out: u64, count: u64) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (a == 0 or b == 0 or out == 0) return status(.null_pointer);
+    const args = elementwise.Swiglu{ .a = @ptrFromInt(a), .b = @ptrFromInt(b), .g = @ptrFromInt(a), .out = @ptrFromInt(out), .out_b = @ptrFromInt(out), .count = count };
+    switch (d) {
+        inline .float32, .float16, .bfloat16 => |t| elementwise.swiglu_forward_run(t, &args),
+        else => unreachable,
+    }
+    return status(.ok);
+}
+
+/// swiglu backward in one pass: da = g b silu'(a), db = g silu(a).
+export fn mp_elementwise_swiglu_backward(dtype: u32, a: u64, b: u64, g: u64, da: u64, db: u64, count: u64) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (a == 0 or b == 0 or g == 0 or da == 0 or db == 0) return status(.null_pointer);
+    if (da == db) return status(.overlap);
+    const args = elementwise.Swiglu{ .a = @ptrFromInt(a), .b = @ptrFromInt(b), .g = @ptrFromInt(g), .out = @ptrFromInt(da), .out_b = @ptrFromInt(db), .count = count };
+    switch (d) {
+        inline .float32, .float16, .bfloat16 => |t| elementwise.swiglu_backward_run(t, &args),
+        else => unreachable,
+    }
+    return status(.ok);
 }
 
 // ---- CUDA backend (zig/src/cuda/driver.zig). Device memory crosses as u64 addresses; every call
