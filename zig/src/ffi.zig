@@ -353,6 +353,93 @@ test {
     _ = step_math;
 }
 
+// ---- Normalization, softmax / cross-entropy and embedding (zig/src/ops/norm.zig, softmax.zig,
+// embedding.zig). Tensors cross as u64 addresses (0: absent), counts as u64, dtypes as u32 codes.
+
+const norm_ops = @import("ops/norm.zig");
+
+fn optional_bytes(address: u64) ?[*]u8 {
+    return if (address == 0) null else @ptrFromInt(address);
+}
+
+fn optional_floats(address: u64) ?[*]f32 {
+    if (address == 0 or address % @alignOf(f32) != 0) return null;
+    return @ptrFromInt(address);
+}
+
+/// Layer norm (op 0) or RMS norm (op 1) over the last axis of x [rows, width]: out = normalized x
+/// * weight + bias, rounded once into `dtype` (x, weight, bias and out share it). weight and bias
+/// may be 0 (absent; RMS norm takes no bias). mean and rstd (float32 [rows]) receive the row
+/// statistics when non-zero (RMS norm writes no mean).
+export fn mp_norm_forward(op: u32, x: u64, weight: u64, bias: u64, out: u64, mean: u64, rstd: u64, rows: u64, width: u64, dtype: u32, eps: f32) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(norm_ops.Kind, op) orelse return status(.invalid_argument);
+    if (kind == .rms and bias != 0) return status(.invalid_argument);
+    if (!(eps >= 0) or std.math.isInf(eps)) return status(.invalid_argument);
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (x == 0 or out == 0) return status(.null_pointer);
+    if ((mean != 0 and optional_floats(mean) == null) or (rstd != 0 and optional_floats(rstd) == null)) return status(.invalid_argument);
+    norm_ops.forward(d, &.{
+        .kind = kind,
+        .x = @ptrFromInt(x),
+        .weight = optional_bytes(weight),
+        .bias = optional_bytes(bias),
+        .out = @ptrFromInt(out),
+        .mean = optional_floats(mean),
+        .rstd = optional_floats(rstd),
+        .rows = rows,
+        .width = width,
+        .eps = eps,
+    });
+    return status(.ok);
+}
+
+/// The norms' backward pass: grad_x from x, weight (0: absent), the forward's mean and rstd and
+/// grad_out; grad_weight and grad_bias (0: not wanted) in the same pass over the rows, through
+/// `workspace` (float32, `workspace_count` elements, at least mp_norm_workspace_count's answer).
+export fn mp_norm_backward(op: u32, x: u64, weight: u64, mean: u64, rstd: u64, grad_out: u64, grad_x: u64, grad_weight: u64, grad_bias: u64, workspace: u64, workspace_count: u64, rows: u64, width: u64, dtype: u32) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(norm_ops.Kind, op) orelse return status(.invalid_argument);
+    if (kind == .rms and grad_bias != 0) return status(.invalid_argument);
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (x == 0 or grad_out == 0 or grad_x == 0 or rstd == 0) return status(.null_pointer);
+    if (kind == .layer and mean == 0) return status(.null_pointer);
+    if ((mean != 0 and optional_floats(mean) == null) or optional_floats(rstd) == null) return status(.invalid_argument);
+    if (grad_weight != 0 or grad_bias != 0) {
+        if (workspace == 0) return status(.null_pointer);
+        if (optional_floats(workspace) == null or workspace_count < norm_ops.workspace_count(rows, width)) return status(.invalid_argument);
+    }
+    norm_ops.backward(d, &.{
+        .kind = kind,
+        .x = @ptrFromInt(x),
+        .weight = optional_bytes(weight),
+        .mean = optional_floats(mean),
+        .rstd = optional_floats(rstd).?,
+        .grad_out = @ptrFromInt(grad_out),
+        .grad_x = @ptrFromInt(grad_x),
+        .grad_weight = optional_bytes(grad_weight),
+        .grad_bias = optional_bytes(grad_bias),
+        .workspace = if (grad_weight != 0 or grad_bias != 0) optional_floats(workspace) else null,
+        .rows = rows,
+        .width = width,
+    });
+    return status(.ok);
+}
+
+/// The float32 workspace elements mp_norm_backward needs for `rows` x `width` with weight or bias
+/// gradients.
+export fn mp_norm_workspace_count(rows: u64, width: u64, out_count: ?*u64) i32 {
+    const out = out_count orelse return status(.null_pointer);
+    out.* = norm_ops.workspace_count(rows, width);
+    return status(.ok);
+}
+
+test {
+    _ = @import("ops/norm.zig");
+}
+
 // ---- CUDA backend (zig/src/cuda/driver.zig). Device memory crosses as u64 addresses; every call
 // names the device ordinal N of "cuda:N". A failure's reason is read with mp_last_error.
 
