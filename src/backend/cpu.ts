@@ -7,10 +7,12 @@
 
 import type { Backend } from "./backend.ts";
 import { normCpu } from "./cpu/norm.ts";
+import { softmaxCpu } from "./cpu/softmax.ts";
 import { storageCpu } from "./cpu/storage.ts";
 
 export const cpuBackend: Backend = Object.freeze({
   kind: "cpu" as const,
   ...storageCpu,
   ...normCpu,
+  ...softmaxCpu,
 });

@@ -163,9 +163,11 @@ function expectClose(
   terms: (i: number) => number,
   what: string,
 ) {
-  const half = dtypeInfo(dtype).eps / 2;
+  const { eps, minSubnormal } = dtypeInfo(dtype);
   for (let i = 0; i < want.length; i++) {
-    const bound = half * Math.abs(want[i]!) + 2 ** -20 * terms(i);
+    // Half an ulp: eps / 2 relative for normal values, half the subnormal spacing below them.
+    const half = Math.max((eps / 2) * Math.abs(want[i]!), minSubnormal / 2);
+    const bound = half + 2 ** -20 * terms(i);
     if (!(Math.abs(got[i]! - want[i]!) <= bound)) {
       throw new Error(`${what} element ${i} in ${dtype}: ${got[i]} vs float64 ${want[i]} (bound ${bound})`);
     }

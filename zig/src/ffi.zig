@@ -436,8 +436,71 @@ export fn mp_norm_workspace_count(rows: u64, width: u64, out_count: ?*u64) i32 {
     return status(.ok);
 }
 
+const softmax_ops = @import("ops/softmax.zig");
+
+/// The labels of a cross-entropy call, checked: every one a class index in [0, width) or
+/// ignore_index (and 4-byte aligned).
+fn cross_entropy_labels(labels: u64, rows: u64, width: u64, ignore_index: i32) ?[*]const i32 {
+    if (labels == 0 or labels % @alignOf(i32) != 0) return null;
+    const typed: [*]const i32 = @ptrFromInt(labels);
+    _ = softmax_ops.check_labels(typed[0..rows], width, ignore_index) orelse return null;
+    return typed;
+}
+
+/// Over the last axis of x [rows, width] (`dtype`): softmax (op 0) or log-softmax (op 1) into out
+/// (same dtype and shape); or cross-entropy (op 2) against `labels` (int32 [rows], each in
+/// [0, width) or equal to ignore_index): out receives the float32 per-row losses (0 where ignored),
+/// lse the float32 per-row log-sum-exp (0: not kept) and mean the float32 mean over kept rows
+/// (NaN when none is kept). labels, ignore_index, lse and mean are unused by ops 0 and 1.
+export fn mp_softmax_forward(op: u32, x: u64, out: u64, rows: u64, width: u64, dtype: u32, labels: u64, ignore_index: i32, lse: u64, mean: u64) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(softmax_ops.Op, op) orelse return status(.invalid_argument);
+    if (kind == .cross_entropy) {
+        const mean_out = optional_floats(mean) orelse return status(if (mean == 0) .null_pointer else .invalid_argument);
+        if (rows == 0) {
+            mean_out[0] = std.math.nan(f32);
+            return status(.ok);
+        }
+        if (width == 0) return status(.invalid_argument);
+        if (x == 0 or out == 0) return status(.null_pointer);
+        if (optional_floats(out) == null or (lse != 0 and optional_floats(lse) == null)) return status(.invalid_argument);
+        const checked = cross_entropy_labels(labels, rows, width, ignore_index) orelse
+            return status(if (labels == 0) .null_pointer else .invalid_argument);
+        softmax_ops.forward(d, &.{ .op = kind, .x = @ptrFromInt(x), .out = @ptrFromInt(out), .rows = rows, .width = width, .labels = checked, .ignore_index = ignore_index, .lse = optional_floats(lse), .mean = &mean_out[0] });
+        return status(.ok);
+    }
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (x == 0 or out == 0) return status(.null_pointer);
+    softmax_ops.forward(d, &.{ .op = kind, .x = @ptrFromInt(x), .out = @ptrFromInt(out), .rows = rows, .width = width });
+    return status(.ok);
+}
+
+/// The backward passes: softmax / log-softmax (ops 0, 1) from the forward's output `saved` and
+/// grad_out (both `dtype` [rows, width]); cross-entropy (op 2) from the logits `saved`, the labels,
+/// the forward's lse and grad_out, the float32 gradient of the mean loss. grad_x is `dtype`
+/// [rows, width].
+export fn mp_softmax_backward(op: u32, saved: u64, grad_out: u64, grad_x: u64, rows: u64, width: u64, dtype: u32, labels: u64, ignore_index: i32, lse: u64) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(softmax_ops.Op, op) orelse return status(.invalid_argument);
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (saved == 0 or grad_out == 0 or grad_x == 0) return status(.null_pointer);
+    if (kind == .cross_entropy) {
+        if (lse == 0) return status(.null_pointer);
+        if (optional_floats(lse) == null or optional_floats(grad_out) == null) return status(.invalid_argument);
+        const checked = cross_entropy_labels(labels, rows, width, ignore_index) orelse
+            return status(if (labels == 0) .null_pointer else .invalid_argument);
+        softmax_ops.backward(d, &.{ .op = kind, .saved = @ptrFromInt(saved), .grad_out = @ptrFromInt(grad_out), .grad_x = @ptrFromInt(grad_x), .rows = rows, .width = width, .labels = checked, .ignore_index = ignore_index, .lse = optional_floats(lse) });
+        return status(.ok);
+    }
+    softmax_ops.backward(d, &.{ .op = kind, .saved = @ptrFromInt(saved), .grad_out = @ptrFromInt(grad_out), .grad_x = @ptrFromInt(grad_x), .rows = rows, .width = width });
+    return status(.ok);
+}
+
 test {
     _ = @import("ops/norm.zig");
+    _ = @import("ops/softmax.zig");
 }
 
 // ---- CUDA backend (zig/src/cuda/driver.zig). Device memory crosses as u64 addresses; every call
