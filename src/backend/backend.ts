@@ -18,12 +18,13 @@ import { MixprecError } from "../errors.ts";
 import type { Device } from "../tensor.ts";
 import { cpuBackend } from "./cpu.ts";
 import { cudaBackendOps } from "./cuda.ts";
+import type { EmbeddingKernels } from "./cpu/embedding.ts";
 import type { NormKernels } from "./cpu/norm.ts";
 import type { SoftmaxKernels } from "./cpu/softmax.ts";
 import type { StorageKernels } from "./cpu/storage.ts";
 
 /** Every kernel a device offers. Each family's interface lives beside its CPU implementation. */
-export interface Backend extends StorageKernels, NormKernels, SoftmaxKernels {
+export interface Backend extends StorageKernels, NormKernels, SoftmaxKernels, EmbeddingKernels {
   /** "cpu" or "cuda". */
   readonly kind: "cpu" | "cuda";
 }

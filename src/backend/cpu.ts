@@ -6,6 +6,7 @@
  */
 
 import type { Backend } from "./backend.ts";
+import { embeddingCpu } from "./cpu/embedding.ts";
 import { normCpu } from "./cpu/norm.ts";
 import { softmaxCpu } from "./cpu/softmax.ts";
 import { storageCpu } from "./cpu/storage.ts";
@@ -15,4 +16,5 @@ export const cpuBackend: Backend = Object.freeze({
   ...storageCpu,
   ...normCpu,
   ...softmaxCpu,
+  ...embeddingCpu,
 });

@@ -498,9 +498,54 @@ export fn mp_softmax_backward(op: u32, saved: u64, grad_out: u64, grad_x: u64, r
     return status(.ok);
 }
 
+const embedding_ops = @import("ops/embedding.zig");
+
+/// Checked ids: `count` int32 values at `ids`, each in [0, vocabulary), 4-byte aligned.
+fn embedding_ids(ids: u64, count: u64, vocabulary: u64) ?[*]const i32 {
+    if (ids == 0 or ids % @alignOf(i32) != 0) return null;
+    const typed: [*]const i32 = @ptrFromInt(ids);
+    return if (embedding_ops.check_ids(typed[0..count], vocabulary)) typed else null;
+}
+
+/// Embedding gather: out [count, dim] = rows ids[i] of table [vocabulary, dim], all of `dtype`
+/// (any dtype: the bits are copied); ids are int32 in [0, vocabulary).
+export fn mp_embedding_forward(table: u64, ids: u64, out: u64, vocabulary: u64, dim: u64, count: u64, dtype: u32) i32 {
+    const d = numerics.Dtype.from_int(dtype) orelse return status(.invalid_dtype);
+    if (count == 0 or dim == 0) return status(.ok);
+    if (table == 0 or out == 0) return status(.null_pointer);
+    const checked = embedding_ids(ids, count, vocabulary) orelse return status(if (ids == 0) .null_pointer else .invalid_argument);
+    embedding_ops.forward(d, &.{ .table = @ptrFromInt(table), .ids = checked, .out = @ptrFromInt(out), .vocabulary = vocabulary, .dim = dim, .count = count });
+    return status(.ok);
+}
+
+/// Embedding backward: grad_table [vocabulary, dim] (`dtype`) = the sum, in token order and in
+/// float32, of the grad_out [count, dim] rows of each id (zeros for ids no token has), through
+/// `workspace` (u32, vocabulary + count values).
+export fn mp_embedding_backward(ids: u64, grad_out: u64, grad_table: u64, workspace: u64, workspace_count: u64, vocabulary: u64, dim: u64, count: u64, dtype: u32) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (vocabulary == 0 or dim == 0) return status(.ok);
+    if (grad_table == 0 or workspace == 0) return status(.null_pointer);
+    if (count != 0 and grad_out == 0) return status(.null_pointer);
+    if (count >= std.math.maxInt(u32) or workspace % @alignOf(u32) != 0) return status(.invalid_argument);
+    if (workspace_count < embedding_ops.workspace_count(vocabulary, count)) return status(.invalid_argument);
+    const checked: [*]const i32 = if (count == 0) @ptrFromInt(@alignOf(i32)) else embedding_ids(ids, count, vocabulary) orelse
+        return status(if (ids == 0) .null_pointer else .invalid_argument);
+    embedding_ops.backward(d, &.{
+        .ids = checked,
+        .grad_out = if (count == 0) @ptrFromInt(@alignOf(f32)) else @ptrFromInt(grad_out),
+        .grad_table = @ptrFromInt(grad_table),
+        .workspace = @ptrFromInt(workspace),
+        .vocabulary = vocabulary,
+        .dim = dim,
+        .count = count,
+    });
+    return status(.ok);
+}
+
 test {
     _ = @import("ops/norm.zig");
     _ = @import("ops/softmax.zig");
+    _ = @import("ops/embedding.zig");
 }
 
 // ---- CUDA backend (zig/src/cuda/driver.zig). Device memory crosses as u64 addresses; every call
