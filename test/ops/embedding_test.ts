@@ -2,6 +2,7 @@ import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { squirrel5 } from "../../src/_numerics.ts";
 import { valueAndGrad } from "../../src/autodiff.ts";
+import { backendOf } from "../../src/backend/backend.ts";
 import { dtypeInfo } from "../../src/dtype.ts";
 import { setThreads } from "../../src/mod.ts";
 import { dropout, embedding, mul, sum } from "../../src/ops/mod.ts";
@@ -158,5 +159,16 @@ describe("embedding in float32, float16 and bfloat16", () => {
     expect(() => embedding(t, [0.5])).toThrow(RangeError);
     expect(() => embedding(t, [0, 1], [3])).toThrow(/does not hold 2 ids/);
     expect([...t.toArray()]).toEqual([1, 2, 3, 4]);
+  });
+});
+
+describe("embedding kernel checks", () => {
+  test("the native kernels themselves refuse an id outside the vocabulary with a MixprecError", () => {
+    using t = tensor([[1, 2]]);
+    using out = tensor([[0, 0]]);
+    expect(() => backendOf("cpu").embeddingForward(t, Int32Array.of(1), out)).toThrow(/invalid_argument/);
+    expect(() => backendOf("cpu").embeddingBackward(Int32Array.of(-1), out, t)).toThrow(/invalid_argument/);
+    expect([...out.toArray()]).toEqual([0, 0]);
+    expect([...t.toArray()]).toEqual([1, 2]);
   });
 });

@@ -1,6 +1,7 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { valueAndGrad } from "../../src/autodiff.ts";
+import { backendOf } from "../../src/backend/backend.ts";
 import { type DtypeName, dtypeInfo } from "../../src/dtype.ts";
 import { setThreads } from "../../src/mod.ts";
 import { crossEntropy, logSoftmax, mul, softmax, sum } from "../../src/ops/mod.ts";
@@ -294,5 +295,46 @@ describe("softmax threads", () => {
       }
     }
     for (let i = 0; i < runs[0]!.length; i++) expect(runs[1]![i]!).toEqual(runs[0]![i]!);
+  });
+});
+
+describe("crossEntropy properties", () => {
+  test("crossEntropy() gradients with randomly ignored rows match finite differences of the mean over kept rows", () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 5 }),
+        fc.integer({ min: 1, max: 6 }),
+        fc.array(fc.boolean(), { minLength: 5, maxLength: 5 }),
+        fc.nat(1000),
+        (rows, width, ignored, seed) => {
+          const labels = Array.from({ length: rows }, (_, r) => (ignored[r] && r > 0 ? -100 : (r * 5 + seed) % width));
+          const kept = labels.filter((l) => l !== -100).length;
+          gradCheck(
+            ([x]) => crossEntropy(x!, labels),
+            ([x]) => {
+              const lp = rowwise(x!, width, logSoftmax64);
+              let total = 0;
+              for (let r = 0; r < rows; r++) if (labels[r] !== -100) total -= lp[r * width + labels[r]!]!;
+              return Float64Array.of(total / kept);
+            },
+            [[rows, width]],
+            seed,
+          );
+        },
+      ),
+      { numRuns: 20 },
+    );
+  });
+
+  test("the native kernel itself refuses an out-of-range label with a MixprecError, so a caller that skips the op's checks cannot read out of bounds", () => {
+    using x = tensor([[0, 1]]);
+    using mean = tensor(0);
+    expect(() => backendOf("cpu").crossEntropyForward(x, Int32Array.of(2), -100, null, mean)).toThrow(
+      /invalid_argument/,
+    );
+    expect(() => backendOf("cpu").crossEntropyForward(x, Int32Array.of(-1), -100, null, mean)).toThrow(
+      /invalid_argument/,
+    );
+    expect(mean.toArray()[0]).toBe(0);
   });
 });
