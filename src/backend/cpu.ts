@@ -8,7 +8,10 @@
 import type { Backend } from "./backend.ts";
 import { ampCpu } from "./cpu/amp.ts";
 import { elementwiseCpu } from "./cpu/elementwise.ts";
+import { embeddingCpu } from "./cpu/embedding.ts";
 import { layoutCpu } from "./cpu/layout.ts";
+import { normCpu } from "./cpu/norm.ts";
+import { softmaxCpu } from "./cpu/softmax.ts";
 import { storageCpu } from "./cpu/storage.ts";
 
 export const cpuBackend: Backend = Object.freeze({
@@ -17,4 +20,7 @@ export const cpuBackend: Backend = Object.freeze({
   ...layoutCpu,
   ...ampCpu,
   ...elementwiseCpu,
+  ...normCpu,
+  ...softmaxCpu,
+  ...embeddingCpu,
 });

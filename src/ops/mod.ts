@@ -37,4 +37,4 @@ export { linear, matmul } from "./matmul.ts";
 export { layerNorm, rmsNorm } from "./norm.ts";
 export { mean, type ReduceOptions, sum } from "./reduce.ts";
 export { concat, reshape, slice, transpose } from "./shape.ts";
-export { crossEntropy, type Labels, logSoftmax, softmax } from "./softmax.ts";
+export { type CrossEntropyOptions, crossEntropy, type Labels, logSoftmax, softmax } from "./softmax.ts";

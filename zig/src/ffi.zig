@@ -548,6 +548,201 @@ export fn mp_elementwise_swiglu_backward(dtype: u32, a: u64, b: u64, g: u64, da:
     return status(.ok);
 }
 
+// ---- Normalization, softmax / cross-entropy and embedding (zig/src/ops/norm.zig, softmax.zig,
+// embedding.zig). Tensors cross as u64 addresses (0: absent), counts as u64, dtypes as u32 codes.
+
+const norm_ops = @import("ops/norm.zig");
+
+fn optional_bytes(address: u64) ?[*]u8 {
+    return if (address == 0) null else @ptrFromInt(address);
+}
+
+fn optional_floats(address: u64) ?[*]f32 {
+    if (address == 0 or address % @alignOf(f32) != 0) return null;
+    return @ptrFromInt(address);
+}
+
+/// Layer norm (op 0) or RMS norm (op 1) over the last axis of x [rows, width]: out = normalized x
+/// * weight + bias, rounded once into `dtype` (x, weight, bias and out share it). weight and bias
+/// may be 0 (absent; RMS norm takes no bias). mean and rstd (float32 [rows]) receive the row
+/// statistics when non-zero (RMS norm writes no mean).
+export fn mp_norm_forward(op: u32, x: u64, weight: u64, bias: u64, out: u64, mean: u64, rstd: u64, rows: u64, width: u64, dtype: u32, eps: f32) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(norm_ops.Kind, op) orelse return status(.invalid_argument);
+    if (kind == .rms and bias != 0) return status(.invalid_argument);
+    if (!(eps >= 0) or std.math.isInf(eps)) return status(.invalid_argument);
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (x == 0 or out == 0) return status(.null_pointer);
+    if ((mean != 0 and optional_floats(mean) == null) or (rstd != 0 and optional_floats(rstd) == null)) return status(.invalid_argument);
+    norm_ops.forward(d, &.{
+        .kind = kind,
+        .x = @ptrFromInt(x),
+        .weight = optional_bytes(weight),
+        .bias = optional_bytes(bias),
+        .out = @ptrFromInt(out),
+        .mean = optional_floats(mean),
+        .rstd = optional_floats(rstd),
+        .rows = rows,
+        .width = width,
+        .eps = eps,
+    });
+    return status(.ok);
+}
+
+/// The norms' backward pass: grad_x from x, weight (0: absent), the forward's mean and rstd and
+/// grad_out; grad_weight and grad_bias (0: not wanted) in the same pass over the rows, through
+/// `workspace` (float32, `workspace_count` elements, at least mp_norm_workspace_count's answer).
+export fn mp_norm_backward(op: u32, x: u64, weight: u64, mean: u64, rstd: u64, grad_out: u64, grad_x: u64, grad_weight: u64, grad_bias: u64, workspace: u64, workspace_count: u64, rows: u64, width: u64, dtype: u32) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(norm_ops.Kind, op) orelse return status(.invalid_argument);
+    if (kind == .rms and grad_bias != 0) return status(.invalid_argument);
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (x == 0 or grad_out == 0 or grad_x == 0 or rstd == 0) return status(.null_pointer);
+    if (kind == .layer and mean == 0) return status(.null_pointer);
+    if ((mean != 0 and optional_floats(mean) == null) or optional_floats(rstd) == null) return status(.invalid_argument);
+    if (grad_weight != 0 or grad_bias != 0) {
+        if (workspace == 0) return status(.null_pointer);
+        if (optional_floats(workspace) == null or workspace_count < norm_ops.workspace_count(rows, width)) return status(.invalid_argument);
+    }
+    norm_ops.backward(d, &.{
+        .kind = kind,
+        .x = @ptrFromInt(x),
+        .weight = optional_bytes(weight),
+        .mean = optional_floats(mean),
+        .rstd = optional_floats(rstd).?,
+        .grad_out = @ptrFromInt(grad_out),
+        .grad_x = @ptrFromInt(grad_x),
+        .grad_weight = optional_bytes(grad_weight),
+        .grad_bias = optional_bytes(grad_bias),
+        .workspace = if (grad_weight != 0 or grad_bias != 0) optional_floats(workspace) else null,
+        .rows = rows,
+        .width = width,
+    });
+    return status(.ok);
+}
+
+/// The float32 workspace elements mp_norm_backward needs for `rows` x `width` with weight or bias
+/// gradients.
+export fn mp_norm_workspace_count(rows: u64, width: u64, out_count: ?*u64) i32 {
+    const out = out_count orelse return status(.null_pointer);
+    out.* = norm_ops.workspace_count(rows, width);
+    return status(.ok);
+}
+
+const softmax_ops = @import("ops/softmax.zig");
+
+/// The labels of a cross-entropy call, checked: every one a class index in [0, width) or
+/// ignore_index (and 4-byte aligned).
+fn cross_entropy_labels(labels: u64, rows: u64, width: u64, ignore_index: i32) ?[*]const i32 {
+    if (labels == 0 or labels % @alignOf(i32) != 0) return null;
+    const typed: [*]const i32 = @ptrFromInt(labels);
+    _ = softmax_ops.check_labels(typed[0..rows], width, ignore_index) orelse return null;
+    return typed;
+}
+
+/// Over the last axis of x [rows, width] (`dtype`): softmax (op 0) or log-softmax (op 1) into out
+/// (same dtype and shape); or cross-entropy (op 2) against `labels` (int32 [rows], each in
+/// [0, width) or equal to ignore_index): out receives the float32 per-row losses (0 where ignored),
+/// lse the float32 per-row log-sum-exp (0: not kept) and mean the float32 mean over kept rows
+/// (NaN when none is kept). labels, ignore_index, lse and mean are unused by ops 0 and 1.
+export fn mp_softmax_forward(op: u32, x: u64, out: u64, rows: u64, width: u64, dtype: u32, labels: u64, ignore_index: i32, lse: u64, mean: u64) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(softmax_ops.Op, op) orelse return status(.invalid_argument);
+    if (kind == .cross_entropy) {
+        const mean_out = optional_floats(mean) orelse return status(if (mean == 0) .null_pointer else .invalid_argument);
+        if (rows == 0) {
+            mean_out[0] = std.math.nan(f32);
+            return status(.ok);
+        }
+        if (width == 0) return status(.invalid_argument);
+        if (x == 0 or out == 0) return status(.null_pointer);
+        if (optional_floats(out) == null or (lse != 0 and optional_floats(lse) == null)) return status(.invalid_argument);
+        const checked = cross_entropy_labels(labels, rows, width, ignore_index) orelse
+            return status(if (labels == 0) .null_pointer else .invalid_argument);
+        softmax_ops.forward(d, &.{ .op = kind, .x = @ptrFromInt(x), .out = @ptrFromInt(out), .rows = rows, .width = width, .labels = checked, .ignore_index = ignore_index, .lse = optional_floats(lse), .mean = &mean_out[0] });
+        return status(.ok);
+    }
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (x == 0 or out == 0) return status(.null_pointer);
+    softmax_ops.forward(d, &.{ .op = kind, .x = @ptrFromInt(x), .out = @ptrFromInt(out), .rows = rows, .width = width });
+    return status(.ok);
+}
+
+/// The backward passes: softmax / log-softmax (ops 0, 1) from the forward's output `saved` and
+/// grad_out (both `dtype` [rows, width]); cross-entropy (op 2) from the logits `saved`, the labels,
+/// the forward's lse and grad_out, the float32 gradient of the mean loss. grad_x is `dtype`
+/// [rows, width].
+export fn mp_softmax_backward(op: u32, saved: u64, grad_out: u64, grad_x: u64, rows: u64, width: u64, dtype: u32, labels: u64, ignore_index: i32, lse: u64) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(softmax_ops.Op, op) orelse return status(.invalid_argument);
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (saved == 0 or grad_out == 0 or grad_x == 0) return status(.null_pointer);
+    if (kind == .cross_entropy) {
+        if (lse == 0) return status(.null_pointer);
+        if (optional_floats(lse) == null or optional_floats(grad_out) == null) return status(.invalid_argument);
+        const checked = cross_entropy_labels(labels, rows, width, ignore_index) orelse
+            return status(if (labels == 0) .null_pointer else .invalid_argument);
+        softmax_ops.backward(d, &.{ .op = kind, .saved = @ptrFromInt(saved), .grad_out = @ptrFromInt(grad_out), .grad_x = @ptrFromInt(grad_x), .rows = rows, .width = width, .labels = checked, .ignore_index = ignore_index, .lse = optional_floats(lse) });
+        return status(.ok);
+    }
+    softmax_ops.backward(d, &.{ .op = kind, .saved = @ptrFromInt(saved), .grad_out = @ptrFromInt(grad_out), .grad_x = @ptrFromInt(grad_x), .rows = rows, .width = width });
+    return status(.ok);
+}
+
+const embedding_ops = @import("ops/embedding.zig");
+
+/// Checked ids: `count` int32 values at `ids`, each in [0, vocabulary), 4-byte aligned.
+fn embedding_ids(ids: u64, count: u64, vocabulary: u64) ?[*]const i32 {
+    if (ids == 0 or ids % @alignOf(i32) != 0) return null;
+    const typed: [*]const i32 = @ptrFromInt(ids);
+    return if (embedding_ops.check_ids(typed[0..count], vocabulary)) typed else null;
+}
+
+/// Embedding gather: out [count, dim] = rows ids[i] of table [vocabulary, dim], all of `dtype`
+/// (any dtype: the bits are copied); ids are int32 in [0, vocabulary).
+export fn mp_embedding_forward(table: u64, ids: u64, out: u64, vocabulary: u64, dim: u64, count: u64, dtype: u32) i32 {
+    const d = numerics.Dtype.from_int(dtype) orelse return status(.invalid_dtype);
+    if (count == 0 or dim == 0) return status(.ok);
+    if (table == 0 or out == 0) return status(.null_pointer);
+    const checked = embedding_ids(ids, count, vocabulary) orelse return status(if (ids == 0) .null_pointer else .invalid_argument);
+    embedding_ops.forward(d, &.{ .table = @ptrFromInt(table), .ids = checked, .out = @ptrFromInt(out), .vocabulary = vocabulary, .dim = dim, .count = count });
+    return status(.ok);
+}
+
+/// Embedding backward: grad_table [vocabulary, dim] (`dtype`) = the sum, in token order and in
+/// float32, of the grad_out [count, dim] rows of each id (zeros for ids no token has), through
+/// `workspace` (u32, vocabulary + count values).
+export fn mp_embedding_backward(ids: u64, grad_out: u64, grad_table: u64, workspace: u64, workspace_count: u64, vocabulary: u64, dim: u64, count: u64, dtype: u32) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (vocabulary == 0 or dim == 0) return status(.ok);
+    if (grad_table == 0 or workspace == 0) return status(.null_pointer);
+    if (count != 0 and grad_out == 0) return status(.null_pointer);
+    if (count >= std.math.maxInt(u32) or workspace % @alignOf(u32) != 0) return status(.invalid_argument);
+    if (workspace_count < embedding_ops.workspace_count(vocabulary, count)) return status(.invalid_argument);
+    const checked: [*]const i32 = if (count == 0) @ptrFromInt(@alignOf(i32)) else embedding_ids(ids, count, vocabulary) orelse
+        return status(if (ids == 0) .null_pointer else .invalid_argument);
+    embedding_ops.backward(d, &.{
+        .ids = checked,
+        .grad_out = if (count == 0) @ptrFromInt(@alignOf(f32)) else @ptrFromInt(grad_out),
+        .grad_table = @ptrFromInt(grad_table),
+        .workspace = @ptrFromInt(workspace),
+        .vocabulary = vocabulary,
+        .dim = dim,
+        .count = count,
+    });
+    return status(.ok);
+}
+
+test {
+    _ = @import("ops/norm.zig");
+    _ = @import("ops/softmax.zig");
+    _ = @import("ops/embedding.zig");
+}
+
 // ---- CUDA backend (zig/src/cuda/driver.zig). Device memory crosses as u64 addresses; every call
 // names the device ordinal N of "cuda:N". A failure's reason is read with mp_last_error.
 
