@@ -18,10 +18,11 @@ import { MixprecError } from "../errors.ts";
 import type { Device } from "../tensor.ts";
 import { cpuBackend } from "./cpu.ts";
 import { cudaBackendOps } from "./cuda.ts";
+import type { AttentionKernels } from "./cpu/attention.ts";
 import type { StorageKernels } from "./cpu/storage.ts";
 
 /** Every kernel a device offers. Each family's interface lives beside its CPU implementation. */
-export interface Backend extends StorageKernels {
+export interface Backend extends StorageKernels, AttentionKernels {
   /** "cpu" or "cuda". */
   readonly kind: "cpu" | "cuda";
 }

@@ -6,9 +6,11 @@
  */
 
 import type { Backend } from "./backend.ts";
+import { attentionCpu } from "./cpu/attention.ts";
 import { storageCpu } from "./cpu/storage.ts";
 
 export const cpuBackend: Backend = Object.freeze({
   kind: "cpu" as const,
   ...storageCpu,
+  ...attentionCpu,
 });

@@ -14,7 +14,7 @@
  * @module
  */
 
-export { causalSelfAttention } from "./attention.ts";
+export { ATTENTION_HEAD_DIM_MAX, type AttentionOptions, attention, causalSelfAttention } from "./attention.ts";
 export {
   add,
   div,

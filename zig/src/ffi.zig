@@ -13,12 +13,11 @@ const adamw = @import("cpu/adamw.zig");
 const sgd = @import("cpu/sgd.zig");
 const matmul = @import("cpu/matmul.zig");
 const activation = @import("cpu/activation.zig");
-const attention = @import("cpu/attention.zig");
 const convert = @import("cpu/convert.zig");
 const storage = @import("ops/storage.zig");
 
 /// Bumped whenever an export's signature or meaning changes; src/_ffi.ts refuses a mismatch.
-pub const abi_version: u32 = 1;
+pub const abi_version: u32 = 2;
 
 /// Status codes, mirrored by `Status` in src/_ffi.ts.
 pub const Status = enum(i32) {
@@ -262,39 +261,6 @@ export fn mp_gelu(x: ?[*]const f32, out: ?[*]f32, cdf: ?[*]f32, count: u64) i32 
     return status(.ok);
 }
 
-fn attention_args(qkv: ?*const anyopaque, dtype: u32, batch: u64, steps: u64, heads: u64, head_dim: u64) ?struct { [*]const u8, numerics.Dtype, attention.Shape } {
-    const source: [*]const u8 = @ptrCast(qkv orelse return null);
-    const d = numerics.Dtype.from_int(dtype) orelse return null;
-    if (d != .float32 and d != .float16 and d != .bfloat16) return null;
-    const shape = attention.Shape{ .batch = batch, .steps = steps, .heads = heads, .head_dim = head_dim };
-    if (batch == 0 or heads == 0 or !shape.fits()) return null;
-    return .{ source, d, shape };
-}
-
-/// Fused causal self-attention forward from packed qkv [B, T, 3 * H * D] of `dtype` (float32,
-/// float16 or bfloat16): out [B, T, H * D] and probs [B * H, T, T], both float32. Returns
-/// invalid_argument for shapes outside the fused path's limits (T <= 64, D <= 128, T * D <= 4096).
-export fn mp_attention_forward(qkv: ?*const anyopaque, dtype: u32, batch: u64, steps: u64, heads: u64, head_dim: u64, out: ?[*]f32, probs: ?[*]f32) i32 {
-    const args = attention_args(qkv, dtype, batch, steps, heads, head_dim) orelse return status(.invalid_argument);
-    attention.forward(args[0], args[1], args[2], out orelse return status(.null_pointer), probs orelse return status(.null_pointer));
-    return status(.ok);
-}
-
-/// The backward pass: grad_qkv [B, T, 3 * H * D] (float32) from qkv, the forward's probs and
-/// grad_out [B, T, H * D] (float32).
-export fn mp_attention_backward(qkv: ?*const anyopaque, dtype: u32, batch: u64, steps: u64, heads: u64, head_dim: u64, probs: ?[*]const f32, grad_out: ?[*]const f32, grad_qkv: ?[*]f32) i32 {
-    const args = attention_args(qkv, dtype, batch, steps, heads, head_dim) orelse return status(.invalid_argument);
-    attention.backward(
-        args[0],
-        args[1],
-        args[2],
-        probs orelse return status(.null_pointer),
-        grad_out orelse return status(.null_pointer),
-        grad_qkv orelse return status(.null_pointer),
-    );
-    return status(.ok);
-}
-
 /// GELU backward on `count` float32 values: d = g * (cdf + x * phi(x)).
 export fn mp_gelu_backward(x: ?[*]const f32, cdf: ?[*]const f32, g: ?[*]const f32, d: ?[*]f32, count: u64) i32 {
     if (count == 0) return status(.ok);
@@ -341,7 +307,6 @@ export fn mp_convert_stats(source: ?*const anyopaque, target: ?*anyopaque, count
 test {
     _ = @import("cpu/rows.zig");
     _ = storage;
-    _ = attention;
     _ = matmul;
     _ = activation;
     _ = numerics;
@@ -351,6 +316,90 @@ test {
     _ = convert;
     _ = driver;
     _ = step_math;
+}
+
+// ---- Attention and rotary position embedding (zig/src/ops/attention.zig, zig/src/ops/rope.zig) ----
+
+const attention = @import("ops/attention.zig");
+
+/// Op codes of mp_attention_forward / mp_attention_backward.
+const attention_op_sdpa: u32 = 0;
+
+fn attention_mask(mask: u64, mask_dtype: u32) error{Invalid}!?attention.Mask {
+    if (mask == 0) return null;
+    const dtype = storage.op_dtype(mask_dtype) orelse return error.Invalid;
+    return .{ .values = @ptrFromInt(mask), .dtype = dtype };
+}
+
+/// Scaled dot-product attention forward (op 0), tiled with an online softmax. `problem` holds 11
+/// u64 values (attention.Problem: batch, steps_q, steps_kv, heads_q, heads_kv, head_dim, the row
+/// strides of q, k, v and out in elements, flags: bit 0 causal). q, k, v and out are `dtype`
+/// storage (float32, float16 or bfloat16); `mask` is 0 or a [B, S] tensor of `mask_dtype` (a key
+/// is kept where it is not 0); `lse` receives float32 [B, Hq, T] log-sum-exps for the backward.
+export fn mp_attention_forward(op: u32, dtype: u32, problem: ?*const attention.Problem, scale: f32, q: u64, k: u64, v: u64, mask: u64, mask_dtype: u32, out: u64, lse: u64) i32 {
+    if (op != attention_op_sdpa) return status(.invalid_argument);
+    const storage_dtype = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const p = (problem orelse return status(.null_pointer)).*;
+    if (!p.valid() or std.math.isNan(scale) or std.math.isInf(scale)) return status(.invalid_argument);
+    const keep = attention_mask(mask, mask_dtype) catch return status(.invalid_dtype);
+    if (p.batch == 0 or p.steps_q == 0) return status(.ok);
+    if (out == 0 or lse == 0 or q == 0) return status(.null_pointer);
+    if (p.steps_kv != 0 and (k == 0 or v == 0)) return status(.null_pointer);
+    const f = attention.Forward{
+        .problem = p,
+        .scale = scale,
+        .q = @ptrFromInt(q),
+        .k = @ptrFromInt(if (k == 0) 64 else k),
+        .v = @ptrFromInt(if (v == 0) 64 else v),
+        .mask = keep,
+        .out = @ptrFromInt(out),
+        .lse = @ptrFromInt(lse),
+    };
+    switch (storage_dtype) {
+        inline .float32, .float16, .bfloat16 => |d| attention.forward(d, &f),
+        else => unreachable,
+    }
+    return status(.ok);
+}
+
+/// The backward pass of mp_attention_forward (op 0): dq, dk, dv (the layouts and dtype of q, k and
+/// v; every element written) from q, k, v, the mask, the forward's out and lse, and d_out (out's
+/// layout and dtype). Bit-identical on any thread count.
+export fn mp_attention_backward(op: u32, dtype: u32, problem: ?*const attention.Problem, scale: f32, q: u64, k: u64, v: u64, mask: u64, mask_dtype: u32, out: u64, lse: u64, d_out: u64, dq: u64, dk: u64, dv: u64) i32 {
+    if (op != attention_op_sdpa) return status(.invalid_argument);
+    const storage_dtype = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const p = (problem orelse return status(.null_pointer)).*;
+    if (!p.valid() or std.math.isNan(scale) or std.math.isInf(scale)) return status(.invalid_argument);
+    const keep = attention_mask(mask, mask_dtype) catch return status(.invalid_dtype);
+    if (p.batch == 0) return status(.ok);
+    const has_q = p.steps_q != 0;
+    const has_kv = p.steps_kv != 0;
+    if (has_q and (q == 0 or out == 0 or lse == 0 or d_out == 0 or dq == 0)) return status(.null_pointer);
+    if (has_kv and (k == 0 or v == 0 or dk == 0 or dv == 0)) return status(.null_pointer);
+    const placeholder: u64 = 64; // Never read: the matching extent is 0.
+    const g = attention.Backward{
+        .problem = p,
+        .scale = scale,
+        .q = @ptrFromInt(if (has_q) q else placeholder),
+        .k = @ptrFromInt(if (has_kv) k else placeholder),
+        .v = @ptrFromInt(if (has_kv) v else placeholder),
+        .mask = keep,
+        .out = @ptrFromInt(if (has_q) out else placeholder),
+        .lse = @ptrFromInt(if (has_q) lse else placeholder),
+        .d_out = @ptrFromInt(if (has_q) d_out else placeholder),
+        .dq = @ptrFromInt(if (has_q) dq else placeholder),
+        .dk = @ptrFromInt(if (has_kv) dk else placeholder),
+        .dv = @ptrFromInt(if (has_kv) dv else placeholder),
+    };
+    switch (storage_dtype) {
+        inline .float32, .float16, .bfloat16 => |d| attention.backward(d, &g),
+        else => unreachable,
+    }
+    return status(.ok);
+}
+
+test {
+    _ = attention;
 }
 
 // ---- CUDA backend (zig/src/cuda/driver.zig). Device memory crosses as u64 addresses; every call
