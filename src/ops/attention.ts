@@ -161,7 +161,9 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
   if (mask !== null) {
     checkTensor(mask, op, "mask");
     if (mask.ndim !== 2 || mask.shape[0] !== batch || mask.shape[1] !== stepsKv) {
-      throw new TypeError(`${op}: mask ${shapeText(mask.shape)} must be [B, S] = [${batch}, ${stepsKv}] (1 keep, 0 pad)`);
+      throw new TypeError(
+        `${op}: mask ${shapeText(mask.shape)} must be [B, S] = [${batch}, ${stepsKv}] (1 keep, 0 pad)`,
+      );
     }
     if (mask.device !== q.device) {
       throw new TypeError(`${op}: mask is on ${mask.device} but q on ${q.device}: move it to the same device`);
