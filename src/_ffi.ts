@@ -107,6 +107,14 @@ const SYMBOLS = {
     ],
     returns: FFIType.i32,
   },
+  mp_rope_forward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.ptr, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_rope_backward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.ptr, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
   // CUDA backend (src/backend/cuda.ts). Device addresses cross as u64; the first u32 is the ordinal.
   mp_last_error: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
   mp_cuda_init: { args: [], returns: FFIType.i32 },

@@ -19,10 +19,11 @@ import type { Device } from "../tensor.ts";
 import { cpuBackend } from "./cpu.ts";
 import { cudaBackendOps } from "./cuda.ts";
 import type { AttentionKernels } from "./cpu/attention.ts";
+import type { RopeKernels } from "./cpu/rope.ts";
 import type { StorageKernels } from "./cpu/storage.ts";
 
 /** Every kernel a device offers. Each family's interface lives beside its CPU implementation. */
-export interface Backend extends StorageKernels, AttentionKernels {
+export interface Backend extends StorageKernels, AttentionKernels, RopeKernels {
   /** "cpu" or "cuda". */
   readonly kind: "cpu" | "cuda";
 }

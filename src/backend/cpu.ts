@@ -7,10 +7,12 @@
 
 import type { Backend } from "./backend.ts";
 import { attentionCpu } from "./cpu/attention.ts";
+import { ropeCpu } from "./cpu/rope.ts";
 import { storageCpu } from "./cpu/storage.ts";
 
 export const cpuBackend: Backend = Object.freeze({
   kind: "cpu" as const,
   ...storageCpu,
   ...attentionCpu,
+  ...ropeCpu,
 });

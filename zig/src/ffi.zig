@@ -398,8 +398,53 @@ export fn mp_attention_backward(op: u32, dtype: u32, problem: ?*const attention.
     return status(.ok);
 }
 
+const rope = @import("ops/rope.zig");
+
+/// Op codes of mp_rope_forward / mp_rope_backward: the rotate-half form (Hugging Face LLaMA).
+const rope_op_rotate_half: u32 = 0;
+
+fn rope_call(op: u32, dtype: u32, problem: ?*const rope.Problem, source: u64, target: u64, inv_freq: u64, positions: u64, inverse: bool) i32 {
+    if (op != rope_op_rotate_half) return status(.invalid_argument);
+    const storage_dtype = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const p = (problem orelse return status(.null_pointer)).*;
+    if (!p.valid()) return status(.invalid_argument);
+    const explicit = p.flags & rope.flag_positions != 0;
+    if (p.batch * p.steps * p.heads == 0) return status(.ok);
+    if (source == 0 or target == 0 or inv_freq == 0) return status(.null_pointer);
+    if (explicit and positions == 0) return status(.null_pointer);
+    const bytes = p.batch * p.steps * p.heads * p.head_dim * storage_dtype.size_bytes();
+    if (source < target + bytes and target < source + bytes and source != target) return status(.overlap);
+    const call = rope.Call{
+        .problem = p,
+        .source = @ptrFromInt(source),
+        .target = @ptrFromInt(target),
+        .inv_freq = @ptrFromInt(inv_freq),
+        .positions = if (explicit) @ptrFromInt(positions) else null,
+        .inverse = inverse,
+    };
+    switch (storage_dtype) {
+        inline .float32, .float16, .bfloat16 => |d| rope.apply(d, &call),
+        else => unreachable,
+    }
+    return status(.ok);
+}
+
+/// Rotary position embedding forward (op 0: rotate-half) of x [B, T, H, D] (`dtype` storage) into
+/// out (same shape and dtype; may be x itself). `problem` holds 6 x 64 bits (rope.Problem: batch,
+/// steps, heads, head_dim, offset as i64, flags: bit 0 explicit positions, bit 1 per batch).
+/// `inv_freq` is D / 2 float32 values; `positions` is 0 or int32 [T] (or [B, T] with bit 1).
+export fn mp_rope_forward(op: u32, dtype: u32, problem: ?*const rope.Problem, x: u64, out: u64, inv_freq: u64, positions: u64) i32 {
+    return rope_call(op, dtype, problem, x, out, inv_freq, positions, false);
+}
+
+/// The backward pass of mp_rope_forward: dx = d_out rotated by -angle (same arguments).
+export fn mp_rope_backward(op: u32, dtype: u32, problem: ?*const rope.Problem, d_out: u64, dx: u64, inv_freq: u64, positions: u64) i32 {
+    return rope_call(op, dtype, problem, d_out, dx, inv_freq, positions, true);
+}
+
 test {
     _ = attention;
+    _ = rope;
 }
 
 // ---- CUDA backend (zig/src/cuda/driver.zig). Device memory crosses as u64 addresses; every call

@@ -556,8 +556,17 @@ fn fill(values: []f32, seed: u32) void {
 
 test "the tiled forward matches float64 attention for causal GQA with a padding mask, and a fully padded row gives 0" {
     const p = Problem{
-        .batch = 2, .steps_q = 37, .steps_kv = 41, .heads_q = 4, .heads_kv = 2, .head_dim = 19,
-        .q_stride = 4 * 19, .k_stride = 2 * 19, .v_stride = 2 * 19, .o_stride = 4 * 19, .flags = flag_causal,
+        .batch = 2,
+        .steps_q = 37,
+        .steps_kv = 41,
+        .heads_q = 4,
+        .heads_kv = 2,
+        .head_dim = 19,
+        .q_stride = 4 * 19,
+        .k_stride = 2 * 19,
+        .v_stride = 2 * 19,
+        .o_stride = 4 * 19,
+        .flags = flag_causal,
     };
     var q: [2 * 37 * 4 * 19]f32 = undefined;
     var k: [2 * 41 * 2 * 19]f32 = undefined;
@@ -573,8 +582,14 @@ test "the tiled forward matches float64 attention for causal GQA with a padding 
     var lse: [2 * 4 * 37]f32 = undefined;
     const scale: f32 = 1.0 / @sqrt(19.0);
     const f = Forward{
-        .problem = p, .scale = scale, .q = @ptrCast(&q), .k = @ptrCast(&k), .v = @ptrCast(&v),
-        .mask = .{ .values = @ptrCast(&mask), .dtype = .float32 }, .out = @ptrCast(&out), .lse = &lse,
+        .problem = p,
+        .scale = scale,
+        .q = @ptrCast(&q),
+        .k = @ptrCast(&k),
+        .v = @ptrCast(&v),
+        .mask = .{ .values = @ptrCast(&mask), .dtype = .float32 },
+        .out = @ptrCast(&out),
+        .lse = &lse,
     };
     forward(.float32, &f);
     var expected: [q.len]f64 = undefined;
@@ -587,8 +602,17 @@ test "the tiled forward matches float64 attention for causal GQA with a padding 
 test "the backward pass matches finite differences of float64 attention, with GQA, causality and a mask" {
     inline for (.{ 0, flag_causal }) |flags| {
         const p = Problem{
-            .batch = 2, .steps_q = 5, .steps_kv = 7, .heads_q = 2, .heads_kv = 1, .head_dim = 3,
-            .q_stride = 6, .k_stride = 3, .v_stride = 3, .o_stride = 6, .flags = flags,
+            .batch = 2,
+            .steps_q = 5,
+            .steps_kv = 7,
+            .heads_q = 2,
+            .heads_kv = 1,
+            .head_dim = 3,
+            .q_stride = 6,
+            .k_stride = 3,
+            .v_stride = 3,
+            .o_stride = 6,
+            .flags = flags,
         };
         var q: [2 * 5 * 6]f32 = undefined;
         var k: [2 * 7 * 3]f32 = undefined;
@@ -610,8 +634,18 @@ test "the backward pass matches finite differences of float64 attention, with GQ
         var dk: [k.len]f32 = undefined;
         var dv: [v.len]f32 = undefined;
         backward(.float32, &.{
-            .problem = p, .scale = scale, .q = @ptrCast(&q), .k = @ptrCast(&k), .v = @ptrCast(&v), .mask = m,
-            .out = @ptrCast(&out), .lse = &lse, .d_out = @ptrCast(&weights), .dq = @ptrCast(&dq), .dk = @ptrCast(&dk), .dv = @ptrCast(&dv),
+            .problem = p,
+            .scale = scale,
+            .q = @ptrCast(&q),
+            .k = @ptrCast(&k),
+            .v = @ptrCast(&v),
+            .mask = m,
+            .out = @ptrCast(&out),
+            .lse = &lse,
+            .d_out = @ptrCast(&weights),
+            .dq = @ptrCast(&dq),
+            .dk = @ptrCast(&dk),
+            .dv = @ptrCast(&dv),
         });
         const operands = [_][]f32{ &q, &k, &v };
         const grads = [_][]const f32{ &dq, &dk, &dv };
