@@ -201,30 +201,21 @@ inline fn dot(a: []const f32, b: []const f32) f32 {
     return total;
 }
 
-/// target += weight * source on n elements at `at`.
-inline fn add_scaled(comptime n: comptime_int, target: []f32, weight: f32, source: []const f32, at: usize) void {
-    const t: F(n) = target[at..][0..n].*;
-    const s: F(n) = source[at..][0..n].*;
-    target[at..][0..n].* = t + @as(F(n), @splat(weight)) * s;
+/// target[j..j + n] = target[j..j + n] * factor + sum over i in `list` (in list order) of
+/// weights[i * weight_stride] * tile[i * dim + j ..][0..n]: a weighted sum of tile rows, kept in
+/// registers across the whole list (the P V, dS K, P^T dO and dS^T Q products of a tile).
+pub inline fn gather_add(comptime n: comptime_int, target: []f32, factor: f32, weights: []const f32, weight_stride: usize, list: []const u8, tile: []const f32, dim: usize, j: usize) void {
+    var total: F(n) = @as(F(n), target[j..][0..n].*) * @as(F(n), @splat(factor));
+    for (list) |i| total += @as(F(n), @splat(weights[i * weight_stride])) * @as(F(n), tile[i * dim + j ..][0..n].*);
+    target[j..][0..n].* = total;
 }
 
-/// target *= factor on n elements at `at`.
-inline fn scale_in_place(comptime n: comptime_int, target: []f32, factor: f32, at: usize) void {
-    const t: F(n) = target[at..][0..n].*;
-    target[at..][0..n].* = t * @as(F(n), @splat(factor));
-}
-
-fn axpy(target: []f32, weight: f32, source: []const f32) void {
-    std.debug.assert(target.len == source.len);
-    var i: usize = 0;
-    while (i + lanes <= target.len) : (i += lanes) add_scaled(lanes, target, weight, source, i);
-    while (i < target.len) : (i += 1) add_scaled(1, target, weight, source, i);
-}
-
-fn scale_row(target: []f32, factor: f32) void {
-    var i: usize = 0;
-    while (i + lanes <= target.len) : (i += lanes) scale_in_place(lanes, target, factor, i);
-    while (i < target.len) : (i += 1) scale_in_place(1, target, factor, i);
+/// gather_add over a whole row of `dim` = target.len elements (vector body, scalar tail).
+fn gather_add_row(target: []f32, factor: f32, weights: []const f32, weight_stride: usize, list: []const u8, tile: []const f32) void {
+    const dim = target.len;
+    var j: usize = 0;
+    while (j + lanes <= dim) : (j += lanes) gather_add(lanes, target, factor, weights, weight_stride, list, tile, dim, j);
+    while (j < dim) : (j += 1) gather_add(1, target, factor, weights, weight_stride, list, tile, dim, j);
 }
 
 /// Loads `target.len` elements of `dtype` from `base` at `index` into float32.
@@ -264,10 +255,15 @@ fn row_const(tile: []const f32, r: u64, dim: u64) []const f32 {
     return tile[r * dim ..][0..dim];
 }
 
-/// Key tile [k0, k0 + cols) of (batch b, kv head h): keys, values and which keys the mask keeps.
+/// Key tile [k0, k0 + cols) of (batch b, kv head h): keys and values row by row (for the
+/// per-key updates) and transposed, [d][block_kv] (so a query row's products with every key of
+/// the tile are vectors over keys, with no horizontal sums), and which keys the mask keeps.
+/// Transposed columns past `cols` are 0, so whole vectors can be computed and ignored.
 const Keys = struct {
     k: KTile,
     v: KTile,
+    k_t: KTile,
+    v_t: KTile,
     keep: [block_kv]bool,
 
     fn load(keys: *Keys, comptime dtype: Dtype, p: *const Problem, kp: [*]const u8, vp: [*]const u8, mask: ?Mask, b: u64, h: u64, k0: u64, cols: u64) void {
@@ -278,17 +274,42 @@ const Keys = struct {
             load_row(dtype, vp, p.v_index(b, k0 + c, h), row_of(&keys.v, c, dim));
             keys.keep[c] = if (mask) |m| m.keep(b * p.steps_kv + k0 + c) else true;
         }
+        for (0..dim) |d| {
+            for (0..cols) |c| {
+                keys.k_t[d * block_kv + c] = keys.k[c * dim + d];
+                keys.v_t[d * block_kv + c] = keys.v[c * dim + d];
+            }
+            @memset(keys.k_t[d * block_kv + cols ..][0 .. block_kv - cols], 0);
+            @memset(keys.v_t[d * block_kv + cols ..][0 .. block_kv - cols], 0);
+        }
     }
 };
 
-/// Scores of query row `q_row` (position `row`) against the key tile, times scale, minus `shift`;
-/// keys the row cannot see get -inf. Returns the row's maximum before the shift (-inf: none seen).
-fn scores(p: *const Problem, keys: *const Keys, q_row: []const f32, position: u64, k0: u64, cols: u64, scale: f32, shift: f32, out: []f32) f32 {
+/// The products of one row `a` (length D) with n columns of a transposed tile [D][block_kv]
+/// starting at `col`: sum over d of a[d] * tile[d][col + i], summed in order of d.
+pub inline fn products(comptime n: comptime_int, a: []const f32, tile: []const f32, col: usize) F(n) {
+    var total: F(n) = @splat(0);
+    for (a, 0..) |x, d| total += @as(F(n), @splat(x)) * @as(F(n), tile[d * block_kv + col ..][0..n].*);
+    return total;
+}
+
+/// The products of row `a` with every column of a transposed tile, into out[0..block_kv].
+fn products_row(a: []const f32, tile: []const f32, out: *[block_kv]f32) void {
+    comptime std.debug.assert(block_kv % lanes == 0);
+    var col: usize = 0;
+    while (col < block_kv) : (col += lanes) out[col..][0..lanes].* = products(lanes, a, tile, col);
+}
+
+/// Scores of query row `q_row` (position `position`) against the key tile, times scale, minus
+/// `shift`; keys the row cannot see get -inf. Returns the row's maximum before the shift (-inf:
+/// none seen).
+fn scores(p: *const Problem, keys: *const Keys, q_row: []const f32, position: u64, k0: u64, cols: u64, scale: f32, shift: f32, out: *[block_kv]f32) f32 {
     const limit = p.keys_end(position);
+    products_row(q_row, &keys.k_t, out);
     var max: f32 = -std.math.inf(f32);
     for (0..cols) |c| {
         if (k0 + c < limit and keys.keep[c]) {
-            const s = dot(q_row, row_const(&keys.k, c, p.head_dim)) * scale;
+            const s = out[c] * scale;
             max = @max(max, s);
             out[c] = s - shift;
         } else {
@@ -334,23 +355,25 @@ fn Kernels(comptime dtype: Dtype) type {
                 const cols = @min(block_kv, kv_end - k0);
                 tiles.keys.load(dtype, p, f.k, f.v, f.mask, b, h_kv, k0, cols);
                 for (0..rows) |r| {
-                    const s = tiles.scores[0..cols];
-                    const tile_max = scores(p, &tiles.keys, row_of(&tiles.q, r, dim), q0 + r, k0, cols, f.scale, 0, s);
+                    const tile_max = scores(p, &tiles.keys, row_of(&tiles.q, r, dim), q0 + r, k0, cols, f.scale, 0, &tiles.scores);
                     if (tile_max == -std.math.inf(f32)) continue; // Nothing visible here.
                     const m_new = @max(m[r], tile_max);
                     // exp(-inf) = 0 on a row's first visible tile: the empty accumulators stay 0.
                     const alpha = exp(1, @splat(m[r] - m_new))[0];
+                    const s = tiles.scores[0..cols];
                     for (s) |*x| x.* -= m_new;
                     exp_row(s);
                     var total: f32 = 0;
-                    for (s) |x| total += x;
+                    var list: [block_kv]u8 = undefined;
+                    var listed: usize = 0;
+                    for (s, 0..) |x, c| {
+                        total += x;
+                        list[listed] = @intCast(c);
+                        listed += @intFromBool(x != 0);
+                    }
                     l[r] = l[r] * alpha + total;
                     m[r] = m_new;
-                    const acc = row_of(&tiles.acc, r, dim);
-                    if (alpha != 1) scale_row(acc, alpha);
-                    for (0..cols) |c| {
-                        if (s[c] != 0) axpy(acc, s[c], row_of(&tiles.keys.v, c, dim));
-                    }
+                    gather_add_row(row_of(&tiles.acc, r, dim), alpha, s, 1, list[0..listed], &tiles.keys.v);
                 }
             }
             for (0..rows) |r| {
@@ -361,9 +384,49 @@ fn Kernels(comptime dtype: Dtype) type {
             }
         }
 
-        const KeyTiles = struct { q: QTile, d_out: QTile, o: [head_dim_max]f32, keys: Keys, dk: KTile, dv: KTile, scores: [block_kv]f32 };
+        /// Loads the query rows [q0, q0 + rows) of head h with their output gradients, delta_i =
+        /// dO_i . O_i and lse_i.
+        fn load_queries(g: *const Backward, b: u64, h: u64, q0: u64, rows: u64, q: *QTile, d_out: *QTile, delta: *[block_q]f32, lse: *[block_q]f32) void {
+            const p = &g.problem;
+            const dim = p.head_dim;
+            var o: [head_dim_max]f32 = undefined;
+            for (0..rows) |r| {
+                load_row(dtype, g.q, p.q_index(b, q0 + r, h), row_of(q, r, dim));
+                load_row(dtype, g.d_out, p.o_index(b, q0 + r, h), row_of(d_out, r, dim));
+                load_row(dtype, g.out, p.o_index(b, q0 + r, h), o[0..dim]);
+                delta[r] = dot(row_const(d_out, r, dim), o[0..dim]);
+                lse[r] = g.lse[p.lse_index(b, h, q0 + r)];
+            }
+        }
 
-        /// dk and dv of one key tile: over the group's query heads in order, then query rows in order.
+        /// For query row r against the key tile: probs = exp(s - lse) and d_scores = probs *
+        /// (dO . v - delta) * scale (0 where probs is 0).
+        fn row_gradients(g: *const Backward, keys: *const Keys, q_row: []const f32, d_out: []const f32, position: u64, k0: u64, cols: u64, lse: f32, delta: f32, probs: *[block_kv]f32, d_scores: *[block_kv]f32) void {
+            const p = &g.problem;
+            if (lse == -std.math.inf(f32)) {
+                // The row sees no key: no gradient flows through it.
+                @memset(probs, 0);
+                @memset(d_scores, 0);
+                return;
+            }
+            _ = scores(p, keys, q_row, position, k0, cols, g.scale, lse, probs);
+            exp_row(probs[0..cols]);
+            products_row(d_out, &keys.v_t, d_scores);
+            for (0..cols) |c| d_scores[c] = if (probs[c] == 0) 0 else probs[c] * (d_scores[c] - delta) * g.scale;
+        }
+
+        const KeyTiles = struct {
+            q: QTile,
+            d_out: QTile,
+            keys: Keys,
+            dk: KTile,
+            dv: KTile,
+            probs: [block_q][block_kv]f32,
+            d_scores: [block_q][block_kv]f32,
+        };
+
+        /// dk and dv of one key tile: over the group's query heads in order, then query tiles in
+        /// order, then rows in order.
         fn backward_keys_item(g: *const Backward, item: u64) void {
             const p = &g.problem;
             const dim = p.head_dim;
@@ -377,29 +440,29 @@ fn Kernels(comptime dtype: Dtype) type {
             @memset(tiles.dk[0 .. cols * dim], 0);
             @memset(tiles.dv[0 .. cols * dim], 0);
             const first_row = p.rows_begin(k0);
+            var delta: [block_q]f32 = undefined;
+            var lse: [block_q]f32 = undefined;
             for (0..p.group()) |member| {
                 const h = h_kv * p.group() + member;
                 var q0 = first_row / block_q * block_q;
                 while (q0 < p.steps_q) : (q0 += block_q) {
                     const rows = @min(block_q, p.steps_q - q0);
+                    load_queries(g, b, h, q0, rows, &tiles.q, &tiles.d_out, &delta, &lse);
                     for (0..rows) |r| {
-                        const lse = g.lse[p.lse_index(b, h, q0 + r)];
-                        if (lse == -std.math.inf(f32)) continue; // The row sees no key: no gradient.
-                        const q_row = row_of(&tiles.q, r, dim);
-                        const d_out = row_of(&tiles.d_out, r, dim);
-                        load_row(dtype, g.q, p.q_index(b, q0 + r, h), q_row);
-                        load_row(dtype, g.d_out, p.o_index(b, q0 + r, h), d_out);
-                        load_row(dtype, g.out, p.o_index(b, q0 + r, h), tiles.o[0..dim]);
-                        const delta = dot(d_out, tiles.o[0..dim]);
-                        const s = tiles.scores[0..cols];
-                        _ = scores(p, &tiles.keys, q_row, q0 + r, k0, cols, g.scale, lse, s);
-                        exp_row(s);
-                        for (0..cols) |c| {
-                            if (s[c] == 0) continue;
-                            axpy(row_of(&tiles.dv, c, dim), s[c], d_out);
-                            const ds = s[c] * (dot(d_out, row_const(&tiles.keys.v, c, dim)) - delta) * g.scale;
-                            axpy(row_of(&tiles.dk, c, dim), ds, q_row);
+                        row_gradients(g, &tiles.keys, row_of(&tiles.q, r, dim), row_of(&tiles.d_out, r, dim), q0 + r, k0, cols, lse[r], delta[r], &tiles.probs[r], &tiles.d_scores[r]);
+                    }
+                    const probs: []const f32 = @ptrCast(&tiles.probs);
+                    const d_scores: []const f32 = @ptrCast(&tiles.d_scores);
+                    for (0..cols) |c| {
+                        var list: [block_q]u8 = undefined;
+                        var listed: usize = 0;
+                        for (0..rows) |r| {
+                            list[listed] = @intCast(r);
+                            listed += @intFromBool(tiles.probs[r][c] != 0);
                         }
+                        if (listed == 0) continue;
+                        gather_add_row(row_of(&tiles.dv, c, dim), 1, probs[c..], block_kv, list[0..listed], &tiles.d_out);
+                        gather_add_row(row_of(&tiles.dk, c, dim), 1, d_scores[c..], block_kv, list[0..listed], &tiles.q);
                     }
                 }
             }
@@ -409,7 +472,7 @@ fn Kernels(comptime dtype: Dtype) type {
             }
         }
 
-        const QueryTiles = struct { q: QTile, d_out: QTile, dq: QTile, o: [head_dim_max]f32, keys: Keys, scores: [block_kv]f32 };
+        const QueryTiles = struct { q: QTile, d_out: QTile, dq: QTile, keys: Keys, probs: [block_kv]f32, d_scores: [block_kv]f32 };
 
         /// dq of one query tile: over key tiles in order.
         fn backward_queries_item(g: *const Backward, item: u64) void {
@@ -424,14 +487,8 @@ fn Kernels(comptime dtype: Dtype) type {
             const rows = @min(block_q, p.steps_q - q0);
             var lse: [block_q]f32 = undefined;
             var delta: [block_q]f32 = undefined;
-            for (0..rows) |r| {
-                load_row(dtype, g.q, p.q_index(b, q0 + r, h), row_of(&tiles.q, r, dim));
-                load_row(dtype, g.d_out, p.o_index(b, q0 + r, h), row_of(&tiles.d_out, r, dim));
-                load_row(dtype, g.out, p.o_index(b, q0 + r, h), tiles.o[0..dim]);
-                delta[r] = dot(row_of(&tiles.d_out, r, dim), tiles.o[0..dim]);
-                lse[r] = g.lse[p.lse_index(b, h, q0 + r)];
-                @memset(row_of(&tiles.dq, r, dim), 0);
-            }
+            load_queries(g, b, h, q0, rows, &tiles.q, &tiles.d_out, &delta, &lse);
+            @memset(tiles.dq[0 .. rows * dim], 0);
             const kv_end = p.keys_end(q0 + rows - 1);
             var k0: u64 = 0;
             while (k0 < kv_end) : (k0 += block_kv) {
@@ -439,15 +496,14 @@ fn Kernels(comptime dtype: Dtype) type {
                 tiles.keys.load(dtype, p, g.k, g.v, g.mask, b, h_kv, k0, cols);
                 for (0..rows) |r| {
                     if (lse[r] == -std.math.inf(f32)) continue;
-                    const s = tiles.scores[0..cols];
-                    _ = scores(p, &tiles.keys, row_of(&tiles.q, r, dim), q0 + r, k0, cols, g.scale, lse[r], s);
-                    exp_row(s);
-                    const d_out = row_of(&tiles.d_out, r, dim);
+                    row_gradients(g, &tiles.keys, row_of(&tiles.q, r, dim), row_of(&tiles.d_out, r, dim), q0 + r, k0, cols, lse[r], delta[r], &tiles.probs, &tiles.d_scores);
+                    var list: [block_kv]u8 = undefined;
+                    var listed: usize = 0;
                     for (0..cols) |c| {
-                        if (s[c] == 0) continue;
-                        const ds = s[c] * (dot(d_out, row_const(&tiles.keys.v, c, dim)) - delta[r]) * g.scale;
-                        axpy(row_of(&tiles.dq, r, dim), ds, row_const(&tiles.keys.k, c, dim));
+                        list[listed] = @intCast(c);
+                        listed += @intFromBool(tiles.probs[c] != 0);
                     }
+                    gather_add_row(row_of(&tiles.dq, r, dim), 1, &tiles.d_scores, 1, list[0..listed], &tiles.keys.k);
                 }
             }
             for (0..rows) |r| store_row(dtype, g.dq, p.q_index(b, q0 + r, h), row_of(&tiles.dq, r, dim), 1);
