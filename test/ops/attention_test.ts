@@ -166,6 +166,22 @@ describe("attention", () => {
     }
   });
 
+  test("attention() with no keys gives zeros, and with no queries gives zero key gradients", () => {
+    using q = random([2, 3, 2, 4], 16, "float32");
+    using none = tensor(new Float32Array(0), { shape: [2, 0, 1, 4] });
+    using out = attention(q, none, none);
+    expect(out.toArray().every((x) => x === 0)).toBe(true);
+    using noQueries = tensor(new Float32Array(0), { shape: [2, 0, 2, 4] });
+    using k = random([2, 5, 1, 4], 17, "float32");
+    const [, g] = valueAndGrad((p: Params) => sum(attention(p.q, p.k, p.v, { causal: true })))({
+      q: noQueries,
+      k,
+      v: k,
+    });
+    expect(g.k.toArray().every((x) => x === 0)).toBe(true);
+    for (const t of [g.q, g.k, g.v]) t.dispose();
+  });
+
   test("causal attention with fewer keys than queries aligns to the bottom right: the first T - S rows give 0", () => {
     using q = random([1, 6, 1, 2], 3, "float32");
     using k = random([1, 4, 1, 2], 4, "float32");

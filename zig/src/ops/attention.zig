@@ -573,6 +573,18 @@ test "exp gives the same bits in a vector lane and in a scalar call, and 0 for -
     try testing.expectEqual(@as(f32, 0), exp(1, @splat(-std.math.inf(f32)))[0]);
 }
 
+test "gather_add gives the same bits in a vector lane and in the scalar tail" {
+    var tile: [3 * lanes]f32 = undefined;
+    for (&tile, 0..) |*x, i| x.* = @sin(@as(f32, @floatFromInt(i)) * 0.91) * 3;
+    const weights = [_]f32{ 0.37, -1.25, 2.5 };
+    const list = [_]u8{ 2, 0, 1 };
+    var vector: [lanes]f32 = @splat(0.5);
+    var scalar: [lanes]f32 = @splat(0.5);
+    gather_add(lanes, &vector, 0.75, &weights, 1, &list, &tile, lanes, 0);
+    for (0..lanes) |j| gather_add(1, &scalar, 0.75, &weights, 1, &list, &tile, lanes, j);
+    for (vector, scalar) |a, b| try testing.expectEqual(@as(u32, @bitCast(b)), @as(u32, @bitCast(a)));
+}
+
 /// Naive float64 attention of one problem with contiguous f32 operands (for the tests).
 fn reference(p: Problem, scale: f64, q: []const f32, k: []const f32, v: []const f32, mask: ?[]const f32, out: []f64) void {
     for (0..p.batch) |b| for (0..p.heads_q) |h| for (0..p.steps_q) |i| reference_row(p, scale, q, k, v, mask, out, b, h, i);
