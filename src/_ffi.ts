@@ -11,7 +11,7 @@ import { dlopen, FFIType, ptr, suffix } from "bun:ffi";
 import { MixprecError } from "./errors.ts";
 
 /** Must equal `abi_version` in zig/src/ffi.zig; a mismatch means the library is out of date. */
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 
 /** Status codes returned by every export, mirrored from `Status` in zig/src/ffi.zig. */
 export const Status = Object.freeze({
@@ -75,24 +75,7 @@ const SYMBOLS = {
     returns: FFIType.i32,
   },
   mp_peak_fma: { args: [FFIType.u64, FFIType.u32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
-  mp_attention_forward: {
-    args: [FFIType.ptr, FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.ptr, FFIType.ptr],
-    returns: FFIType.i32,
-  },
-  mp_attention_backward: {
-    args: [
-      FFIType.ptr,
-      FFIType.u32,
-      FFIType.u64,
-      FFIType.u64,
-      FFIType.u64,
-      FFIType.u64,
-      FFIType.ptr,
-      FFIType.ptr,
-      FFIType.ptr,
-    ],
-    returns: FFIType.i32,
-  },
+
   // I/O (issue #7): a cast fused with conversion statistics (zig/src/cpu/convert.zig).
   mp_convert_stats: {
     args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.u32, FFIType.u32, FFIType.ptr],
@@ -216,7 +199,53 @@ const SYMBOLS = {
     ],
     returns: FFIType.i32,
   },
-  // CUDA backend (src/backend/cuda.ts). Device addresses cross as u64; the first u32 is the ordinal.
+  // Attention and rotary position embedding (zig/src/ops/attention.zig, zig/src/ops/rope.zig;
+  // src/backend/cpu/attention.ts and rope.ts). Arguments: op code, dtype code, a pointer to the
+  // u64 problem descriptor, scalars, then tensor addresses as u64.
+  mp_attention_forward: {
+    args: [
+      FFIType.u32,
+      FFIType.u32,
+      FFIType.ptr,
+      FFIType.f32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_attention_backward: {
+    args: [
+      FFIType.u32,
+      FFIType.u32,
+      FFIType.ptr,
+      FFIType.f32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_rope_forward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.ptr, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_rope_backward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.ptr, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },  // CUDA backend (src/backend/cuda.ts). Device addresses cross as u64; the first u32 is the ordinal.
   mp_last_error: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
   mp_cuda_init: { args: [], returns: FFIType.i32 },
   mp_cuda_device_count: { args: [FFIType.ptr], returns: FFIType.i32 },

@@ -43,6 +43,7 @@ export const AUTOCAST_OPS: Readonly<Record<string, AutocastCategory>> = Object.f
   addmv: "lower",
   baddbmm: "lower",
   addbmm: "lower",
+  scaled_dot_product_attention: "lower",
   linear: "lower",
   conv: "lower",
   conv1d: "lower",

@@ -7,10 +7,12 @@
 
 import type { Backend } from "./backend.ts";
 import { ampCpu } from "./cpu/amp.ts";
+import { attentionCpu } from "./cpu/attention.ts";
 import { elementwiseCpu } from "./cpu/elementwise.ts";
 import { embeddingCpu } from "./cpu/embedding.ts";
 import { layoutCpu } from "./cpu/layout.ts";
 import { normCpu } from "./cpu/norm.ts";
+import { ropeCpu } from "./cpu/rope.ts";
 import { softmaxCpu } from "./cpu/softmax.ts";
 import { storageCpu } from "./cpu/storage.ts";
 
@@ -23,4 +25,6 @@ export const cpuBackend: Backend = Object.freeze({
   ...normCpu,
   ...softmaxCpu,
   ...embeddingCpu,
+  ...attentionCpu,
+  ...ropeCpu,
 });

@@ -13,14 +13,13 @@ const adamw = @import("cpu/adamw.zig");
 const sgd = @import("cpu/sgd.zig");
 const matmul = @import("cpu/matmul.zig");
 const dispatch = @import("cpu/dispatch.zig");
-const attention = @import("cpu/attention.zig");
 const convert = @import("cpu/convert.zig");
 const storage = @import("ops/storage.zig");
 const host_memory = @import("cpu/host_memory.zig");
 const layout = @import("ops/layout.zig");
 
 /// Bumped whenever an export's signature or meaning changes; src/_ffi.ts refuses a mismatch.
-pub const abi_version: u32 = 1;
+pub const abi_version: u32 = 2;
 
 /// Status codes, mirrored by `Status` in src/_ffi.ts.
 pub const Status = enum(i32) {
@@ -361,39 +360,6 @@ export fn mp_matmul(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, 
     return status(.ok);
 }
 
-fn attention_args(qkv: ?*const anyopaque, dtype: u32, batch: u64, steps: u64, heads: u64, head_dim: u64) ?struct { [*]const u8, numerics.Dtype, attention.Shape } {
-    const source: [*]const u8 = @ptrCast(qkv orelse return null);
-    const d = numerics.Dtype.from_int(dtype) orelse return null;
-    if (d != .float32 and d != .float16 and d != .bfloat16) return null;
-    const shape = attention.Shape{ .batch = batch, .steps = steps, .heads = heads, .head_dim = head_dim };
-    if (batch == 0 or heads == 0 or !shape.fits()) return null;
-    return .{ source, d, shape };
-}
-
-/// Fused causal self-attention forward from packed qkv [B, T, 3 * H * D] of `dtype` (float32,
-/// float16 or bfloat16): out [B, T, H * D] and probs [B * H, T, T], both float32. Returns
-/// invalid_argument for shapes outside the fused path's limits (T <= 64, D <= 128, T * D <= 4096).
-export fn mp_attention_forward(qkv: ?*const anyopaque, dtype: u32, batch: u64, steps: u64, heads: u64, head_dim: u64, out: ?[*]f32, probs: ?[*]f32) i32 {
-    const args = attention_args(qkv, dtype, batch, steps, heads, head_dim) orelse return status(.invalid_argument);
-    attention.forward(args[0], args[1], args[2], out orelse return status(.null_pointer), probs orelse return status(.null_pointer));
-    return status(.ok);
-}
-
-/// The backward pass: grad_qkv [B, T, 3 * H * D] (float32) from qkv, the forward's probs and
-/// grad_out [B, T, H * D] (float32).
-export fn mp_attention_backward(qkv: ?*const anyopaque, dtype: u32, batch: u64, steps: u64, heads: u64, head_dim: u64, probs: ?[*]const f32, grad_out: ?[*]const f32, grad_qkv: ?[*]f32) i32 {
-    const args = attention_args(qkv, dtype, batch, steps, heads, head_dim) orelse return status(.invalid_argument);
-    attention.backward(
-        args[0],
-        args[1],
-        args[2],
-        probs orelse return status(.null_pointer),
-        grad_out orelse return status(.null_pointer),
-        grad_qkv orelse return status(.null_pointer),
-    );
-    return status(.ok);
-}
-
 /// Runs independent float32 FMA chains on `threads` threads for `iterations` steps (the machine's
 /// peak FLOP/s, timed by the caller). `out_flops` receives the FLOPs done, `out_checksum` a value
 /// that depends on every chain.
@@ -430,7 +396,6 @@ test {
     _ = @import("cpu/rows.zig");
     _ = storage;
     _ = host_memory;
-    _ = attention;
     _ = matmul;
     _ = @import("ops/elementwise.zig");
     _ = numerics;
@@ -741,6 +706,135 @@ test {
     _ = @import("ops/norm.zig");
     _ = @import("ops/softmax.zig");
     _ = @import("ops/embedding.zig");
+}
+
+// ---- Attention and rotary position embedding (zig/src/ops/attention.zig, zig/src/ops/rope.zig) ----
+
+const attention = @import("ops/attention.zig");
+
+/// Op codes of mp_attention_forward / mp_attention_backward.
+const attention_op_sdpa: u32 = 0;
+
+fn attention_mask(mask: u64, mask_dtype: u32) error{Invalid}!?attention.Mask {
+    if (mask == 0) return null;
+    const dtype = storage.op_dtype(mask_dtype) orelse return error.Invalid;
+    return .{ .values = @ptrFromInt(mask), .dtype = dtype };
+}
+
+/// Scaled dot-product attention forward (op 0), tiled with an online softmax. `problem` holds 11
+/// u64 values (attention.Problem: batch, steps_q, steps_kv, heads_q, heads_kv, head_dim, the row
+/// strides of q, k, v and out in elements, flags: bit 0 causal). q, k, v and out are `dtype`
+/// storage (float32, float16 or bfloat16); `mask` is 0 or a [B, S] tensor of `mask_dtype` (a key
+/// is kept where it is not 0); `lse` receives float32 [B, Hq, T] log-sum-exps for the backward.
+export fn mp_attention_forward(op: u32, dtype: u32, problem: ?*const attention.Problem, scale: f32, q: u64, k: u64, v: u64, mask: u64, mask_dtype: u32, out: u64, lse: u64) i32 {
+    if (op != attention_op_sdpa) return status(.invalid_argument);
+    const storage_dtype = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const p = (problem orelse return status(.null_pointer)).*;
+    if (!p.valid() or std.math.isNan(scale) or std.math.isInf(scale)) return status(.invalid_argument);
+    const keep = attention_mask(mask, mask_dtype) catch return status(.invalid_dtype);
+    if (p.batch == 0 or p.steps_q == 0) return status(.ok);
+    if (out == 0 or lse == 0 or q == 0) return status(.null_pointer);
+    if (p.steps_kv != 0 and (k == 0 or v == 0)) return status(.null_pointer);
+    const f = attention.Forward{
+        .problem = p,
+        .scale = scale,
+        .q = @ptrFromInt(q),
+        .k = @ptrFromInt(if (k == 0) 64 else k),
+        .v = @ptrFromInt(if (v == 0) 64 else v),
+        .mask = keep,
+        .out = @ptrFromInt(out),
+        .lse = @ptrFromInt(lse),
+    };
+    switch (storage_dtype) {
+        inline .float32, .float16, .bfloat16 => |d| attention.forward(d, &f),
+        else => unreachable,
+    }
+    return status(.ok);
+}
+
+/// The backward pass of mp_attention_forward (op 0): dq, dk, dv (the layouts and dtype of q, k and
+/// v; every element written) from q, k, v, the mask, the forward's out and lse, and d_out (out's
+/// layout and dtype). Bit-identical on any thread count.
+export fn mp_attention_backward(op: u32, dtype: u32, problem: ?*const attention.Problem, scale: f32, q: u64, k: u64, v: u64, mask: u64, mask_dtype: u32, out: u64, lse: u64, d_out: u64, dq: u64, dk: u64, dv: u64) i32 {
+    if (op != attention_op_sdpa) return status(.invalid_argument);
+    const storage_dtype = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const p = (problem orelse return status(.null_pointer)).*;
+    if (!p.valid() or std.math.isNan(scale) or std.math.isInf(scale)) return status(.invalid_argument);
+    const keep = attention_mask(mask, mask_dtype) catch return status(.invalid_dtype);
+    if (p.batch == 0) return status(.ok);
+    const has_q = p.steps_q != 0;
+    const has_kv = p.steps_kv != 0;
+    if (has_q and (q == 0 or out == 0 or lse == 0 or d_out == 0 or dq == 0)) return status(.null_pointer);
+    if (has_kv and (k == 0 or v == 0 or dk == 0 or dv == 0)) return status(.null_pointer);
+    const placeholder: u64 = 64; // Never read: the matching extent is 0.
+    const g = attention.Backward{
+        .problem = p,
+        .scale = scale,
+        .q = @ptrFromInt(if (has_q) q else placeholder),
+        .k = @ptrFromInt(if (has_kv) k else placeholder),
+        .v = @ptrFromInt(if (has_kv) v else placeholder),
+        .mask = keep,
+        .out = @ptrFromInt(if (has_q) out else placeholder),
+        .lse = @ptrFromInt(if (has_q) lse else placeholder),
+        .d_out = @ptrFromInt(if (has_q) d_out else placeholder),
+        .dq = @ptrFromInt(if (has_q) dq else placeholder),
+        .dk = @ptrFromInt(if (has_kv) dk else placeholder),
+        .dv = @ptrFromInt(if (has_kv) dv else placeholder),
+    };
+    switch (storage_dtype) {
+        inline .float32, .float16, .bfloat16 => |d| attention.backward(d, &g),
+        else => unreachable,
+    }
+    return status(.ok);
+}
+
+const rope = @import("ops/rope.zig");
+
+/// Op codes of mp_rope_forward / mp_rope_backward: the rotate-half form (Hugging Face LLaMA).
+const rope_op_rotate_half: u32 = 0;
+
+fn rope_call(op: u32, dtype: u32, problem: ?*const rope.Problem, source: u64, target: u64, inv_freq: u64, positions: u64, inverse: bool) i32 {
+    if (op != rope_op_rotate_half) return status(.invalid_argument);
+    const storage_dtype = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const p = (problem orelse return status(.null_pointer)).*;
+    if (!p.valid()) return status(.invalid_argument);
+    const explicit = p.flags & rope.flag_positions != 0;
+    if (p.batch * p.steps * p.heads == 0) return status(.ok);
+    if (source == 0 or target == 0 or inv_freq == 0) return status(.null_pointer);
+    if (explicit and positions == 0) return status(.null_pointer);
+    const bytes = p.batch * p.steps * p.heads * p.head_dim * storage_dtype.size_bytes();
+    if (source < target + bytes and target < source + bytes and source != target) return status(.overlap);
+    const call = rope.Call{
+        .problem = p,
+        .source = @ptrFromInt(source),
+        .target = @ptrFromInt(target),
+        .inv_freq = @ptrFromInt(inv_freq),
+        .positions = if (explicit) @ptrFromInt(positions) else null,
+        .inverse = inverse,
+    };
+    switch (storage_dtype) {
+        inline .float32, .float16, .bfloat16 => |d| rope.apply(d, &call),
+        else => unreachable,
+    }
+    return status(.ok);
+}
+
+/// Rotary position embedding forward (op 0: rotate-half) of x [B, T, H, D] (`dtype` storage) into
+/// out (same shape and dtype; may be x itself). `problem` holds 6 x 64 bits (rope.Problem: batch,
+/// steps, heads, head_dim, offset as i64, flags: bit 0 explicit positions, bit 1 per batch).
+/// `inv_freq` is D / 2 float32 values; `positions` is 0 or int32 [T] (or [B, T] with bit 1).
+export fn mp_rope_forward(op: u32, dtype: u32, problem: ?*const rope.Problem, x: u64, out: u64, inv_freq: u64, positions: u64) i32 {
+    return rope_call(op, dtype, problem, x, out, inv_freq, positions, false);
+}
+
+/// The backward pass of mp_rope_forward: dx = d_out rotated by -angle (same arguments).
+export fn mp_rope_backward(op: u32, dtype: u32, problem: ?*const rope.Problem, d_out: u64, dx: u64, inv_freq: u64, positions: u64) i32 {
+    return rope_call(op, dtype, problem, d_out, dx, inv_freq, positions, true);
+}
+
+test {
+    _ = attention;
+    _ = rope;
 }
 
 // ---- CUDA backend (zig/src/cuda/driver.zig). Device memory crosses as u64 addresses; every call
