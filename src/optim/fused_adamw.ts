@@ -16,6 +16,7 @@ import { clipCoefficient } from "./clip_by_global_norm.ts";
 import { decayFactor } from "./decoupled_weight_decay.ts";
 import { adamConstants } from "./scale_by_adam.ts";
 import {
+  checkHyperparameters,
   checkLeavesMatch,
   checkNumber,
   type Params,
@@ -140,6 +141,7 @@ interface Mutable {
  * ```
  */
 export function fusedAdamW(options: FusedAdamWOptions = {}): FusedOptimizer<FusedAdamWState> {
+  checkHyperparameters("fusedAdamW", options);
   const lr = options.lr ?? 1e-3;
   if (typeof lr !== "function") checkNumber(lr, "lr");
   const [b1, b2] = options.betas ?? [0.9, 0.999];

@@ -20,6 +20,7 @@ import {
   withScalerMethods,
 } from "./fused_adamw.ts";
 import {
+  checkHyperparameters,
   checkLeavesMatch,
   checkNumber,
   type Params,
@@ -74,6 +75,7 @@ export interface FusedSgdState {
  * ```
  */
 export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgdState> {
+  checkHyperparameters("fusedSgd", options);
   const lr = options.lr ?? 1e-3;
   if (typeof lr !== "function") checkNumber(lr, "lr");
   const momentum = checkNumber(options.momentum ?? 0, "momentum", { min: 0 });
