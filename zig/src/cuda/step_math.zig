@@ -21,14 +21,28 @@ fn is_finite(value: f32) bool {
 }
 
 /// PyTorch's `_amp_update_scale_`: back off on an overflow, grow on the `growth_interval`-th
-/// consecutive clean step unless growing would give inf (the tracker still resets).
-pub fn update_scale(state: ScaleState, found_inf: bool, growth_factor: f32, backoff_factor: f32, growth_interval: i32) ScaleState {
+/// consecutive clean step unless growing would give inf (the tracker still resets). The factors
+/// are float64, as PyTorch's kernels take them: the float32 scale times the float64 factor is
+/// rounded once to float32 (a factor such as 1.7 rounded to float32 first would move 1 ulp).
+pub fn update_scale(state: ScaleState, found_inf: bool, growth_factor: f64, backoff_factor: f64, growth_interval: i32) ScaleState {
     std.debug.assert(growth_interval > 0);
-    if (found_inf) return .{ .scale = state.scale * backoff_factor, .tracker = 0 };
+    if (found_inf) return .{ .scale = scale_times(state.scale, backoff_factor), .tracker = 0 };
     const successful = state.tracker +% 1;
     if (successful != growth_interval) return .{ .scale = state.scale, .tracker = successful };
-    const grown = state.scale * growth_factor;
+    const grown = scale_times(state.scale, growth_factor);
     return .{ .scale = if (is_finite(grown)) grown else state.scale, .tracker = 0 };
+}
+
+fn scale_times(scale: f32, factor: f64) f32 {
+    return @floatCast(@as(f64, scale) * factor);
+}
+
+test "update_scale multiplies by the float64 factor and rounds once, as PyTorch" {
+    // 1.7 rounded to float32 first gives 1.70000005; the float64 product rounds differently here.
+    const state = update_scale(.{ .scale = 3, .tracker = 0 }, false, 1.7, 0.3, 1);
+    try std.testing.expectEqual(@as(f32, @floatCast(@as(f64, 3) * 1.7)), state.scale);
+    const backed = update_scale(.{ .scale = 65536, .tracker = 0 }, true, 1.7, 0.3, 7);
+    try std.testing.expectEqual(@as(f32, @floatCast(@as(f64, 65536) * 0.3)), backed.scale);
 }
 
 test "update_scale grows on the interval-th clean step and resets the tracker" {
