@@ -91,6 +91,7 @@ export {
   fusedAdamW,
 } from "./optim/fused_adamw.ts";
 export { type FusedSgdOptions, type FusedSgdState, fusedSgd } from "./optim/fused_sgd.ts";
+export { type FusedEntry, type FusedStateDict } from "./optim/_fused_state.ts";
 // AMP: loss scales, precision policies (issue #3).
 export {
   allFinite,

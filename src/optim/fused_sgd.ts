@@ -7,6 +7,7 @@
 import type { DtypeName } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
 import { zeros } from "../tensor.ts";
+import { checkFusedStateDict, checkLoadedParams, FUSED_STATE_VERSION, type FusedStateDict } from "./_fused_state.ts";
 import { checkStateDtype, fround, rowSeed } from "./_ops.ts";
 import { fusedSgdStep } from "./_native.ts";
 import {
@@ -93,8 +94,17 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
   const stochastic = checkRounding(options.rounding);
   const seed = checkSeed(options.seed ?? 0);
   const stateDtype = checkStateDtype(options.stateDtype ?? "float32", "stateDtype");
+  const dictOptions = Object.freeze({
+    momentum,
+    dampening,
+    nesterov,
+    masterWeights,
+    rounding: stochastic ? "stochastic" : "nearest",
+    stateDtype,
+  });
   let state: {
     count: number;
+    loaded: (readonly number[] | null)[] | null;
     master: (Tensor | null)[];
     buffer: Tensor[] | null;
     lastStep: FusedStepResult | null;
@@ -117,6 +127,7 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
       checkLeavesMatch(p, g, "fusedSgd: grads do not match params", "pass one gradient per parameter");
       state ??= {
         count: 0,
+        loaded: null,
         master: p.map((x) => (masterWeights && x.dtype !== "float32" ? x.to("float32") : null)),
         buffer: momentum === 0 ? null : p.map((x) => zeros(x.shape, { dtype: stateDtype, device: x.device })),
         lastStep: null,
@@ -126,6 +137,10 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
         throw new TypeError(
           `fusedSgd: ${p.length} params against ${s.master.length} at the first step: use one optimizer per parameter set`,
         );
+      }
+      if (s.loaded !== null) {
+        checkLoadedParams("fusedSgd", p, s.master, s.loaded, masterWeights);
+        s.loaded = null;
       }
       const pre = preCheck(g, stepOptions, maxGradNorm);
       if (pre.skip) return (s.lastStep = skipped(pre.gradNorm));
@@ -155,6 +170,41 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
       if (!applied) return (s.lastStep = skipped(pre.gradNorm));
       s.count += 1;
       return (s.lastStep = Object.freeze({ applied: true, reason: "applied" as const, gradNorm: pre.gradNorm }));
+    },
+    stateDict(): FusedStateDict {
+      const s = state;
+      return {
+        kind: "fusedSgd",
+        version: FUSED_STATE_VERSION,
+        step: s?.count ?? 0,
+        seed,
+        options: dictOptions,
+        state:
+          s === null
+            ? []
+            : s.master.map((master, i) => ({
+                master,
+                momentum_buffer: s.buffer === null ? null : s.buffer[i]!,
+              })),
+      };
+    },
+    loadStateDict(dict: FusedStateDict): void {
+      const { step, entries } = checkFusedStateDict(dict, "fusedSgd", seed, dictOptions, [
+        { name: "master", dtype: "float32", absent: masterWeights ? "either" : true },
+        { name: "momentum_buffer", dtype: stateDtype, absent: momentum === 0 },
+      ]);
+      const next =
+        entries.length === 0
+          ? null
+          : {
+              count: step,
+              loaded: entries.map((e) => (e[0] ?? e[1])?.shape ?? null),
+              master: entries.map((e) => (e[0] === null ? null : e[0]!.clone())),
+              buffer: momentum === 0 ? null : entries.map((e) => e[1]!.clone()),
+              lastStep: null,
+            };
+      if (state !== null) for (const t of [...state.master, ...(state.buffer ?? [])]) t?.dispose();
+      state = next;
     },
     dispose(): void {
       if (state === null) return;
