@@ -25,6 +25,7 @@ import {
   lossScaleFromJSON,
   type StepResult,
 } from "./loss_scale.ts";
+import { getPolicy, type Policy } from "./policy.ts";
 import { validatePrecisionConfig } from "./precision_config.ts";
 import { isTensor, type Tensor } from "./tensor.ts";
 import { type Tree, treeLeaves, treeMap } from "./tree.ts";
@@ -63,6 +64,11 @@ export interface GradScalerOptions {
   readonly dtype?: Dtype;
   /** The device trained on (default "cpu"), checked by validatePrecisionConfig. */
   readonly device?: string;
+  /**
+   * The precision policy trained under (a Policy or its string): its compute dtype is the default
+   * `dtype`, and gradients (which have their params' dtype) must be in its `param` dtype.
+   */
+  readonly policy?: Policy | string;
   /** mixprec extensions (see dynamicLossScale): floor, ceiling, hysteresis. */
   readonly minScale?: number | null;
   readonly maxScale?: number | null;
@@ -112,6 +118,17 @@ function checkNoFloat16(grads: unknown): void {
   );
 }
 
+/** Gradients have their params' dtype: under a policy it must be the policy's param dtype. */
+function checkPolicyGrads(grads: unknown, policy: Policy | null): void {
+  if (policy === null) return;
+  const leaves = treeLeaves(grads as Tree<unknown>);
+  const index = leaves.findIndex((g) => isTensor(g) && g.dtype !== policy.param);
+  if (index < 0) return;
+  throw new TypeError(
+    `GradScaler: gradient ${index} is ${(leaves[index] as Tensor).dtype} but the policy "${String(policy)}" stores params (and so their gradients) as ${policy.param}: cast the params with policy.castToParam, or pass the policy they were made under`,
+  );
+}
+
 function checkScalerDtype(dtype: unknown): void {
   if (dtype === undefined) return;
   let name: string;
@@ -156,6 +173,7 @@ export class GradScaler {
   readonly #enabled: boolean;
   readonly #bf16: boolean;
   readonly #extensions: { minScale: number | null; maxScale: number | null; hysteresis: number };
+  readonly #policy: Policy | null;
   #loss: DynamicLossScale;
   #initialized = false;
   #states = new Map<ScalerOptimizer, OptimizerState>();
@@ -174,6 +192,12 @@ export class GradScaler {
     // Checked here so the messages use GradScaler's option names (initScale, dtype), not the
     // names of the functions the options are passed on to.
     checkScalerDtype(options.dtype);
+    this.#policy =
+      options.policy === undefined
+        ? null
+        : typeof options.policy === "string"
+          ? getPolicy(options.policy)
+          : options.policy;
     if (options.initScale !== undefined) {
       const s = options.initScale;
       if (typeof s !== "number" || !Number.isFinite(s) || !(Math.fround(s) > 0) || !Number.isFinite(Math.fround(s))) {
@@ -181,7 +205,9 @@ export class GradScaler {
       }
     }
     const checked = validatePrecisionConfig({
-      compute: options.dtype ?? "float16",
+      compute:
+        options.dtype ??
+        (this.#policy !== null && this.#policy.compute !== "float32" ? this.#policy.compute : "float16"),
       lossScale: "dynamic",
       ...(options.device === undefined ? {} : { device: options.device }),
     });
@@ -243,6 +269,7 @@ export class GradScaler {
    * @param optimizer The optimizer whose `grads` to unscale.
    */
   unscale_(optimizer: ScalerOptimizer): void {
+    checkPolicyGrads(optimizer.grads, this.#policy);
     if (this.#bf16) checkNoFloat16(optimizer.grads);
     if (!this.#enabled) return;
     this.#checkInitialized("unscale_");
@@ -275,6 +302,7 @@ export class GradScaler {
    */
   step(optimizer: ScalerOptimizer): StepResult {
     checkOptimizer(optimizer);
+    checkPolicyGrads(optimizer.grads, this.#policy);
     if (this.#bf16) checkNoFloat16(optimizer.grads);
     if (!this.#enabled) {
       optimizer.step();

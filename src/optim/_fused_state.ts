@@ -6,6 +6,7 @@
  */
 
 import { describeKind, type DtypeName } from "../dtype.ts";
+import { getPolicy, type Policy } from "../policy.ts";
 import { Tensor } from "../tensor.ts";
 
 /** The version of the fused optimizers' state dict. */
@@ -142,4 +143,36 @@ export function checkLoadedParams(
       );
     }
   });
+}
+
+/**
+ * Resolves a fused optimizer's `policy` option (a Policy or a policy string) to the params dtype it
+ * demands, or null when none was given.
+ * @internal
+ */
+export function policyParamDtype(policy: Policy | string | undefined): { dtype: DtypeName; name: string } | null {
+  if (policy === undefined) return null;
+  const resolved = typeof policy === "string" ? getPolicy(policy) : policy;
+  if (typeof resolved !== "object" || resolved === null || typeof resolved.param !== "string") {
+    throw new TypeError(`policy must be a Policy or a policy string, got ${describeKind(policy)}`);
+  }
+  return { dtype: resolved.param, name: String(resolved) };
+}
+
+/**
+ * Throws when a parameter's dtype contradicts the policy the optimizer was told (float16 params
+ * under "mixed_bf16", whose params are float32), before anything is written.
+ * @internal
+ */
+export function checkPolicyParams(
+  kind: string,
+  params: readonly Tensor[],
+  policy: { dtype: DtypeName; name: string } | null,
+): void {
+  if (policy === null) return;
+  const index = params.findIndex((p) => p.dtype !== policy.dtype);
+  if (index < 0) return;
+  throw new TypeError(
+    `${kind}: param ${index} is ${params[index]!.dtype} but the policy "${policy.name}" stores params as ${policy.dtype}: cast the params with policy.castToParam, or pass the policy they were made under`,
+  );
 }

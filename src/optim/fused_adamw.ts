@@ -10,7 +10,15 @@ import type { ScalerOptimizer } from "../grad_scaler.ts";
 import { type LossScale, noLossScale, type StepResult } from "../loss_scale.ts";
 import type { Tensor } from "../tensor.ts";
 import { zeros } from "../tensor.ts";
-import { checkFusedStateDict, checkLoadedParams, FUSED_STATE_VERSION, type FusedStateDict } from "./_fused_state.ts";
+import type { Policy } from "../policy.ts";
+import {
+  checkFusedStateDict,
+  checkLoadedParams,
+  checkPolicyParams,
+  FUSED_STATE_VERSION,
+  type FusedStateDict,
+  policyParamDtype,
+} from "./_fused_state.ts";
 import { checkStateDtype, rowSeed } from "./_ops.ts";
 import { type AdamRowTensors, fusedAdamWStep, sumSquares } from "./_native.ts";
 import { clipCoefficient } from "./clip_by_global_norm.ts";
@@ -45,6 +53,8 @@ export interface FusedAdamWOptions {
   readonly seed?: number;
   /** Dtype of m and v (default "float32"; "bfloat16" allowed). */
   readonly stateDtype?: DtypeName;
+  /** The precision policy (or its string): every param must be stored in its `param` dtype. */
+  readonly policy?: Policy | string;
 }
 
 /** Options of one fused step: the AMP inputs, so no separate unscale pass is needed. */
@@ -174,6 +184,7 @@ export function fusedAdamW(options: FusedAdamWOptions = {}): FusedOptimizer<Fuse
   const stochastic = checkRounding(options.rounding);
   const seed = checkSeed(options.seed ?? 0);
   const stateDtype = checkStateDtype(options.stateDtype ?? "float32", "stateDtype");
+  const policy = policyParamDtype(options.policy);
   const dictOptions = Object.freeze({
     amsgrad,
     masterWeights,
@@ -210,6 +221,7 @@ export function fusedAdamW(options: FusedAdamWOptions = {}): FusedOptimizer<Fuse
     step(params: Params, grads: Updates, stepOptions: FusedStepOptions = {}): FusedStepResult {
       const p = tensorLeaves(params, "fusedAdamW params");
       const g = tensorLeaves(grads, "fusedAdamW grads");
+      checkPolicyParams("fusedAdamW", p, policy);
       checkLeavesMatch(p, g, "fusedAdamW: grads do not match params", "pass one gradient per parameter");
       state ??= init(p);
       if (state.loaded !== null) {

@@ -7,7 +7,15 @@
 import type { DtypeName } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
 import { zeros } from "../tensor.ts";
-import { checkFusedStateDict, checkLoadedParams, FUSED_STATE_VERSION, type FusedStateDict } from "./_fused_state.ts";
+import type { Policy } from "../policy.ts";
+import {
+  checkFusedStateDict,
+  checkLoadedParams,
+  checkPolicyParams,
+  FUSED_STATE_VERSION,
+  type FusedStateDict,
+  policyParamDtype,
+} from "./_fused_state.ts";
 import { checkStateDtype, fround, rowSeed } from "./_ops.ts";
 import { fusedSgdStep } from "./_native.ts";
 import {
@@ -43,6 +51,8 @@ export interface FusedSgdOptions {
   readonly rounding?: "nearest" | "stochastic";
   readonly seed?: number;
   readonly stateDtype?: DtypeName;
+  /** The precision policy (or its string): every param must be stored in its `param` dtype. */
+  readonly policy?: Policy | string;
 }
 
 /** The fused SGD state (read-only view). */
@@ -94,6 +104,7 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
   const stochastic = checkRounding(options.rounding);
   const seed = checkSeed(options.seed ?? 0);
   const stateDtype = checkStateDtype(options.stateDtype ?? "float32", "stateDtype");
+  const policy = policyParamDtype(options.policy);
   const dictOptions = Object.freeze({
     momentum,
     dampening,
@@ -124,6 +135,7 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
     step(params: Params, grads: Updates, stepOptions: FusedStepOptions = {}): FusedStepResult {
       const p = tensorLeaves(params, "fusedSgd params");
       const g = tensorLeaves(grads, "fusedSgd grads");
+      checkPolicyParams("fusedSgd", p, policy);
       checkLeavesMatch(p, g, "fusedSgd: grads do not match params", "pass one gradient per parameter");
       state ??= {
         count: 0,

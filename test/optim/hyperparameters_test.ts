@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { adam, adamw, fusedAdamW, fusedSgd, lion, sgd } from "../../src/mod.ts";
+import { adam, adamw, fusedAdamW, fusedSgd, GradScaler, getPolicy, lion, sgd, tensor } from "../../src/mod.ts";
 
 type Factory = (options: Record<string, unknown>) => unknown;
 
@@ -44,4 +44,28 @@ describe("optimizer hyperparameters", () => {
       expect(() => make({ lr: () => 0.1 })).not.toThrow();
     });
   }
+});
+
+describe("parameters against the policy", () => {
+  test("fused optimizers and GradScaler told a policy refuse params (or grads) of another dtype, writing nothing", () => {
+    using p = tensor([1, 2], { dtype: "float16" });
+    using g = tensor([1, 1], { dtype: "float16" });
+    for (const opt of [fusedAdamW({ policy: "mixed_bf16" }), fusedSgd({ policy: getPolicy("mixed_bf16") })]) {
+      expect(() => opt.step([p], [g])).toThrow(
+        /param 0 is float16 but the policy "params=float32,compute=bfloat16,output=float32" stores params as float32/,
+      );
+      expect(opt.state).toBe(null);
+      expect(p.toArray().join()).toBe("1,2");
+    }
+    const scaler = new GradScaler({ policy: "mixed_bf16" });
+    expect(scaler.isEnabled()).toBe(false); // the policy's compute dtype is bfloat16: a pass-through
+    let steps = 0;
+    expect(() => scaler.step({ grads: [g], step: () => steps++ })).toThrow(/gradient 0 is float16 but the policy/);
+    expect(steps).toBe(0);
+    using f = tensor([1, 2]);
+    using fg = tensor([1, 1]);
+    const fused = fusedAdamW({ policy: "mixed_f16", lr: 0.1 });
+    expect(fused.step([f], [fg]).applied).toBe(true);
+    fused.dispose();
+  });
 });
