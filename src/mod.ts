@@ -110,9 +110,13 @@ export {
 export { getPolicy, isPolicy, type Policy, type PolicyDtype, POLICY_PRESETS } from "./policy.ts";
 export {
   AUTOCAST_OPS,
+  AUTOCAST_OPS_BY_DEVICE,
+  AUTOCAST_OPS_CPU,
   autocast,
   type AutocastCategory,
   autocastCategory,
+  type AutocastDeviceType,
+  currentDeviceType,
   autocastDtype,
   type AutocastTensors,
   autocastTensors,
