@@ -269,8 +269,9 @@ inline fn adam_element(row: *const AdamRow, h: *const AdamHyper, index: u64) voi
     if (h.clip != 1.0) g = g * h.clip;
     var m = load_value(state_dtype, row.m, index);
     var v = load_value(state_dtype, row.v, index);
-    m = m + h.one_minus_beta1 * (g - m);
-    v = h.beta2 * v + (h.one_minus_beta2 * g) * g;
+    const moments = step_math.adam_moments(f32, m, v, g, h.one_minus_beta1, h.beta2, h.one_minus_beta2);
+    m = moments[0];
+    v = moments[1];
     m = store_value(state_dtype, row.m, index, m);
     v = store_value(state_dtype, row.v, index, v);
     if (h.flags & step_math.adam_flag_amsgrad != 0) {

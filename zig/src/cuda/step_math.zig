@@ -124,6 +124,34 @@ pub const AdamHyper = extern struct {
     reserved: [2]u32,
 };
 
+/// AdamW's moments exactly as torch 2.13 rounds them on the CPU (fused, foreach and for-loop
+/// paths alike, measured bit for bit): m is `lerp(m, g, 1 - b1)` with ATen's vectorised lerp,
+/// `fma(w, g - m, m)` for a weight w = 1 - b1 below 0.5 and `fma(w - 1, g - m, g)` otherwise; v is
+/// `addcmul(b2 * v, g, g, value = 1 - b2)` contracted to `fma((1 - b2) * g, g, b2 * v)`. Works on
+/// scalars and vectors of f32, so the CPU and GPU kernels share it.
+pub inline fn adam_moments(comptime T: type, m: T, v: T, g: T, one_minus_beta1: f32, beta2: f32, one_minus_beta2: f32) [2]T {
+    const diff = g - m;
+    const m_next = if (one_minus_beta1 < 0.5)
+        @mulAdd(T, splat(T, one_minus_beta1), diff, m)
+    else
+        @mulAdd(T, splat(T, one_minus_beta1 - 1.0), diff, g);
+    const v_next = @mulAdd(T, splat(T, one_minus_beta2) * g, g, splat(T, beta2) * v);
+    return .{ m_next, v_next };
+}
+
+inline fn splat(comptime T: type, x: f32) T {
+    return if (@typeInfo(T) == .vector) @splat(x) else x;
+}
+
+test "adam_moments rounds once where torch fuses (lerp and addcmul as fma)" {
+    // m + w (g - m) with one rounding: 0.1f * 3 rounds differently when multiplied and added apart.
+    const r = adam_moments(f32, 1.0, 2.0, 4.0, 0.1, 0.999, 0.001);
+    try std.testing.expectEqual(@mulAdd(f32, 0.1, 3.0, 1.0), r[0]);
+    try std.testing.expectEqual(@mulAdd(f32, @as(f32, 0.001) * 4.0, 4.0, @as(f32, 0.999) * 2.0), r[1]);
+    const big = adam_moments(f32, 1.0, 0.0, 4.0, 0.7, 0.5, 0.5);
+    try std.testing.expectEqual(@mulAdd(f32, @as(f32, 0.7) - 1.0, 3.0, 4.0), big[0]);
+}
+
 pub const adam_flag_amsgrad: u32 = 1;
 pub const adam_flag_stochastic: u32 = 2;
 
