@@ -12,6 +12,7 @@ import {
   type Tensor,
   tensor,
 } from "../src/mod.ts";
+import { fmaf } from "../src/optim/_ops.ts";
 import fixture from "./fixtures/torch_parity.json";
 
 // Values computed by PyTorch (test/fixtures/make_torch_parity.py, torch 2.13.0 CPU) and committed,
@@ -139,5 +140,18 @@ describe("PyTorch parity", () => {
         fused.dispose();
       });
     }
+  });
+
+  test("fmaf() rounds a * b + c once, as the C library's fmaf (random operands and near-ties)", () => {
+    const f = new Float32Array(new Uint32Array(fixture.fmaf.flat()).buffer);
+    let differences = 0;
+    let doubleRoundingDifferences = 0;
+    for (let i = 0; i < fixture.fmaf.length; i++) {
+      const [a, b, c, want] = [f[4 * i]!, f[4 * i + 1]!, f[4 * i + 2]!, f[4 * i + 3]!];
+      if (!Object.is(fmaf(a, b, c), want)) differences++;
+      if (!Object.is(Math.fround(a * b + c), want)) doubleRoundingDifferences++;
+    }
+    expect(differences).toBe(0);
+    expect(doubleRoundingDifferences).toBeGreaterThan(0); // the cases do reach double rounding
   });
 });
