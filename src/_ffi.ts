@@ -267,7 +267,7 @@ const SYMBOLS = {
     returns: FFIType.i32,
   },
   mp_cuda_launch_update_scale: {
-    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.f32, FFIType.f32, FFIType.i32],
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.f64, FFIType.f64, FFIType.i32],
     returns: FFIType.i32,
   },
   mp_cuda_launch_global_norm: {

@@ -999,7 +999,7 @@ export fn mp_cuda_launch_unscale_check(ordinal: u32, table: u64, row_count: u64,
 
 /// PyTorch's _amp_update_scale_ on the device: `state` holds { scale: f32, tracker: i32 } and
 /// `found_inf` the u32 flag from the unscale. No sync.
-export fn mp_cuda_launch_update_scale(ordinal: u32, state: u64, found_inf: u64, growth_factor: f32, backoff_factor: f32, growth_interval: i32) i32 {
+export fn mp_cuda_launch_update_scale(ordinal: u32, state: u64, found_inf: u64, growth_factor: f64, backoff_factor: f64, growth_interval: i32) i32 {
     if (state == 0 or found_inf == 0) return status(.null_pointer);
     if (growth_interval <= 0) return status(.invalid_argument);
     const device = cuda_device(ordinal) catch |err| return cuda_status(err);
@@ -1156,6 +1156,7 @@ test "every kernel of the driver's table is a PTX entry with exactly the paramet
                 u64 => ".param .u64 ",
                 u32, i32 => ".param .u32 ",
                 f32 => ".param .f32 ",
+                f64 => ".param .f64 ",
                 else => @compileError("unsupported parameter type"),
             };
             try std.testing.expect(std.mem.startsWith(u8, std.mem.trim(u8, line, " \t"), expected));

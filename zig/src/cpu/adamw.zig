@@ -6,7 +6,8 @@
 //! are exactly those of the composed TypeScript chain (src/optim/), so both give the same bits:
 //!
 //!   g = g * inv_scale; g = g * clip
-//!   m = m + (1 - b1) * (g - m);  v = b2 * v + ((1 - b2) * g) * g;  (amsgrad: v_max = max(v_max, v))
+//!   m = fma(1 - b1, g - m, m);  v = fma((1 - b2) * g, g, b2 * v);  (amsgrad: v_max = max(v_max, v))
+//!     (torch 2.13's CPU rounding of lerp and addcmul, bit for bit: step_math.adam_moments)
 //!   r = (c * m) / (sqrt(v) + eps_hat), c = sqrt(1 - b2^t) / (1 - b1^t), eps_hat = eps * sqrt(1 - b2^t)
 //!     (PyTorch's (m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps) with the bias corrections
 //!     folded into two scalars computed in float64: exactly equal in real arithmetic, eps still
@@ -77,8 +78,9 @@ inline fn step_lanes(
     if (h.clip != 1.0) g = g * @as(F, @splat(h.clip));
     var m = load_f32(w, state_dtype, row.m, index);
     var v = load_f32(w, state_dtype, row.v, index);
-    m = m + @as(F, @splat(h.one_minus_beta1)) * (g - m);
-    v = @as(F, @splat(h.beta2)) * v + (@as(F, @splat(h.one_minus_beta2)) * g) * g;
+    const moments = step_math.adam_moments(F, m, v, g, h.one_minus_beta1, h.beta2, h.one_minus_beta2);
+    m = moments[0];
+    v = moments[1];
     m = store_state(w, state_dtype, row.m, index, m);
     v = store_state(w, state_dtype, row.v, index, v);
     if (h.flags & flag_amsgrad != 0) {
