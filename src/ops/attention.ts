@@ -169,7 +169,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
       throw new TypeError(`${op}: mask is on ${mask.device} but q on ${q.device}: move it to the same device`);
     }
   }
-  const dtype = autocastDtype("scaled_dot_product_attention", [q.dtype, k.dtype, v.dtype]);
+  const dtype = autocastDtype("scaled_dot_product_attention", [q.dtype, k.dtype, v.dtype], q.device);
   const inputs = [toDtype(q, dtype), toDtype(k, dtype), toDtype(v, dtype)];
   const problem: AttentionProblem = { batch, stepsQ, stepsKv, headsQ, headsKv, headDim, causal, scale };
   return run(
@@ -218,7 +218,7 @@ export function causalSelfAttention(qkv: Tensor, heads: number): Tensor {
   }
   const headDim = channels / heads;
   checkHeadDim(headDim, op);
-  const dtype = autocastDtype("scaled_dot_product_attention", [qkv.dtype]);
+  const dtype = autocastDtype("scaled_dot_product_attention", [qkv.dtype], qkv.device);
   const source = toDtype(qkv, dtype);
   const problem: AttentionProblem = {
     batch,

@@ -99,6 +99,7 @@ function binary(op: BinaryName, a: Operand, b: Operand): Tensor {
   const dtype = autocastDtype(
     op,
     tensors.map((t) => t.dtype),
+    device,
   );
   const ac = typeof a === "number" ? a : toDtype(a, dtype);
   const bc = typeof b === "number" ? b : toDtype(b, dtype);
@@ -234,7 +235,7 @@ export function scale(x: Tensor, factor: number): Tensor {
 
 function unary(op: string, code: ActivationCode, x: Tensor): Tensor {
   checkTensor(x, op, "x");
-  const dtype = autocastDtype(op, [x.dtype]);
+  const dtype = autocastDtype(op, [x.dtype], x.device);
   const xc = toDtype(x, dtype);
   const backend = backendOf(xc.device);
   const result = empty(xc.shape, dtype, xc.device);
@@ -433,7 +434,7 @@ export function swiglu(a: Tensor, b: Tensor): Tensor {
   if (a.device !== b.device) {
     throw new TypeError(`swiglu: a is on ${a.device} and b on ${b.device}: move both to one device with .to()`);
   }
-  const dtype = autocastDtype("swiglu", [a.dtype, b.dtype]);
+  const dtype = autocastDtype("swiglu", [a.dtype, b.dtype], a.device);
   const ac = toDtype(a, dtype);
   const bc = toDtype(b, dtype);
   const result = empty(ac.shape, dtype, ac.device);

@@ -67,7 +67,7 @@ export function layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | nul
   checkAffine(x, bias, "layerNorm", "bias");
   checkEps(eps, "layerNorm");
   const dtypes = [x.dtype, ...(weight != null ? [weight.dtype] : []), ...(bias != null ? [bias.dtype] : [])];
-  const dtype = autocastDtype("layer_norm", dtypes);
+  const dtype = autocastDtype("layer_norm", dtypes, x.device);
   const xc = toDtype(x, dtype);
   const wc = weight != null ? toDtype(weight, dtype) : null;
   const bc = bias != null ? toDtype(bias, dtype) : null;
@@ -118,7 +118,7 @@ export function rmsNorm(x: Tensor, weight?: Tensor | null, eps = 1e-6): Tensor {
   if (x.ndim < 1) throw new TypeError("rmsNorm needs at least one dimension");
   checkAffine(x, weight, "rmsNorm", "weight");
   checkEps(eps, "rmsNorm");
-  const dtype = autocastDtype("rms_norm", weight != null ? [x.dtype, weight.dtype] : [x.dtype]);
+  const dtype = autocastDtype("rms_norm", weight != null ? [x.dtype, weight.dtype] : [x.dtype], x.device);
   const xc = toDtype(x, dtype);
   const wc = weight != null ? toDtype(weight, dtype) : null;
   const inputs = wc !== null ? [xc, wc] : [xc];

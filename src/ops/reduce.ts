@@ -64,7 +64,7 @@ function stridesOf(shape: readonly number[], skip: readonly boolean[] | null): n
 function reduce(op: "sum" | "mean", x: Tensor, options: ReduceOptions): Tensor {
   checkTensor(x, op, "x");
   const p = plan(x.shape, options, op);
-  const dtype = autocastDtype(op, [x.dtype]);
+  const dtype = autocastDtype(op, [x.dtype], x.device);
   const xc = toDtype(x, dtype);
   const factor = op === "mean" ? Math.fround(1 / p.count) : 1;
   const backend = backendOf(xc.device);

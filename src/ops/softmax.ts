@@ -42,7 +42,7 @@ function inDtype(g: Tensor, dtype: Tensor["dtype"]): Tensor {
 export function softmax(x: Tensor): Tensor {
   checkTensor(x, "softmax", "x");
   rowsOf(x, "softmax");
-  const dtype = autocastDtype("softmax", [x.dtype]);
+  const dtype = autocastDtype("softmax", [x.dtype], x.device);
   const xc = toDtype(x, dtype);
   const backend = backendOf(xc.device);
   const result = empty(xc.shape, dtype, xc.device);
@@ -75,7 +75,7 @@ export function softmax(x: Tensor): Tensor {
 export function logSoftmax(x: Tensor): Tensor {
   checkTensor(x, "logSoftmax", "x");
   rowsOf(x, "logSoftmax");
-  const dtype = autocastDtype("log_softmax", [x.dtype]);
+  const dtype = autocastDtype("log_softmax", [x.dtype], x.device);
   const xc = toDtype(x, dtype);
   const backend = backendOf(xc.device);
   const result = empty(xc.shape, dtype, xc.device);
@@ -160,7 +160,7 @@ export function crossEntropy(logits: Tensor, labels: Labels, options: CrossEntro
     }
     kept[r] = label;
   }
-  const dtype = autocastDtype("cross_entropy", [logits.dtype]);
+  const dtype = autocastDtype("cross_entropy", [logits.dtype], logits.device);
   const xc = toDtype(logits, dtype);
   const backend = backendOf(xc.device);
   const lse = requiresGrad(xc) ? empty([rows], "float32", xc.device) : null;
