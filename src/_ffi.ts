@@ -245,7 +245,8 @@ const SYMBOLS = {
   mp_rope_backward: {
     args: [FFIType.u32, FFIType.u32, FFIType.ptr, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
     returns: FFIType.i32,
-  },  // CUDA backend (src/backend/cuda.ts). Device addresses cross as u64; the first u32 is the ordinal.
+  },
+  // CUDA backend (src/backend/cuda.ts). Device addresses cross as u64; the first u32 is the ordinal.
   mp_last_error: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
   mp_cuda_init: { args: [], returns: FFIType.i32 },
   mp_cuda_device_count: { args: [FFIType.ptr], returns: FFIType.i32 },

@@ -129,7 +129,11 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   }
   checkSameDevice("linear", x, weight, ...(bias != null ? [bias] : []));
   const rows = inFeatures === 0 ? x.size : x.size / inFeatures;
-  const dtype = autocastDtype("linear", bias != null ? [x.dtype, weight.dtype, bias.dtype] : [x.dtype, weight.dtype], x.device);
+  const dtype = autocastDtype(
+    "linear",
+    bias != null ? [x.dtype, weight.dtype, bias.dtype] : [x.dtype, weight.dtype],
+    x.device,
+  );
   const xc = toDtype(x, dtype);
   const wc = toDtype(weight, dtype);
   const bc = bias != null ? toDtype(bias, dtype) : null;
