@@ -20,7 +20,7 @@ import { checkSeed, filled, subSeed, uniform } from "./_init.ts";
 import type { Layer } from "./layers.ts";
 
 /** How a frozen base weight is stored. */
-export type BaseStorage = "float32" | "bfloat16" | "int8" | "int4";
+export type BaseStorage = "float32" | "bfloat16" | "float16" | "int8" | "int4";
 
 /** Inputs per int4 scale group. */
 export const INT4_GROUP_SIZE = 64;
@@ -126,7 +126,7 @@ export function freezeWeight(weight: Tensor, kind: BaseStorage): FrozenWeight {
     throw new TypeError(`freezeWeight takes a 2-D weight tensor [out, in], got ${String(weight)}`);
   }
   const [rows, cols] = weight.shape as [number, number];
-  if (kind === "float32" || kind === "bfloat16") {
+  if (kind === "float32" || kind === "bfloat16" || kind === "float16") {
     return new FrozenWeight(kind, [rows, cols], weight.to(kind), null, null);
   }
   const values = weight.toArray();
@@ -164,7 +164,9 @@ export function freezeWeight(weight: Tensor, kind: BaseStorage): FrozenWeight {
     }
     return new FrozenWeight(kind, [rows, cols], null, q, scales);
   }
-  throw new RangeError(`freezeWeight: storage ${JSON.stringify(kind)} is unknown: use float32, bfloat16, int8 or int4`);
+  throw new RangeError(
+    `freezeWeight: storage ${JSON.stringify(kind)} is unknown: use float32, bfloat16, float16, int8 or int4`,
+  );
 }
 
 /** Options of {@linkcode loraLinear}. */
