@@ -48,3 +48,13 @@ export { bert, type BertApplyOptions, type BertConfig, meanPool } from "./bert.t
 export { type InjectedLora, injectLora, type InjectLoraOptions, mergeLora } from "./inject_lora.ts";
 export { lmLoss, type LmLossOptions } from "./lm_loss.ts";
 export type { ApplyOptions, LoraAdapters, LoraConfig, ModelParams } from "./_model.ts";
+export {
+  type GptApplyOptions,
+  type GptBlock,
+  type GptConfig,
+  gpt,
+  type GptLinear,
+  type GptLinearFn,
+  type GptNorm,
+  type GptParams,
+} from "./gpt.ts";
