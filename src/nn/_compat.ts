@@ -7,6 +7,7 @@
  * @module
  */
 
+import { track } from "../autodiff.ts";
 import * as ops from "../ops/mod.ts";
 import { type Tensor, tensor } from "../tensor.ts";
 
@@ -81,7 +82,7 @@ function maskBias(batch: number, steps: number, keys: number, options: Attention
       }
     }
   }
-  return tensor(values, { shape: [batch, 1, steps, keys] });
+  return track(tensor(values, { shape: [batch, 1, steps, keys] }));
 }
 
 /** Options of {@linkcode rope}. */
@@ -125,8 +126,9 @@ export function rope(x: Tensor, options: RopeOptions = {}): Tensor {
       sin[t * dim + i + half] = s;
     }
   }
-  const cosT = tensor(cos, { shape: [1, steps, 1, dim] });
-  const sinT = tensor(sin, { shape: [1, steps, 1, dim] });
+  // Constants the enclosing tidy (the model's apply) frees.
+  const cosT = track(tensor(cos, { shape: [1, steps, 1, dim] }));
+  const sinT = track(tensor(sin, { shape: [1, steps, 1, dim] }));
   const x1 = ops.slice(x, [0, 0, 0, 0], [batch, steps, heads, half]);
   const x2 = ops.slice(x, [0, 0, 0, half], [batch, steps, heads, dim]);
   const rotated = ops.concat([ops.scale(x2, -1), x1], 3);
@@ -152,9 +154,13 @@ export function crossEntropy(
 ): Tensor {
   const ignoreIndex = options.ignoreIndex ?? -100;
   if (!labels.includes(ignoreIndex)) return ops.crossEntropy(logits, labels);
-  if (ops.crossEntropy.length >= 3) {
+  // The native op takes { ignoreIndex }; today's refuses a label outside [0, C) with a RangeError
+  // before it computes anything, and then the rows are gathered instead.
+  try {
     const native = ops.crossEntropy as unknown as (l: Tensor, y: Int32Array, o: object) => Tensor;
     return native(logits, labels, { ignoreIndex });
+  } catch (error) {
+    if (!(error instanceof RangeError)) throw error;
   }
   const kept: number[] = [];
   const keptLabels: number[] = [];

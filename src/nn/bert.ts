@@ -6,7 +6,7 @@
  * @module
  */
 
-import { tidy } from "../autodiff.ts";
+import { tidy, track } from "../autodiff.ts";
 import * as ops from "../ops/mod.ts";
 import { ones, randn, type Tensor, tensor, zeros } from "../tensor.ts";
 import { attention } from "./_compat.ts";
@@ -182,8 +182,8 @@ export function meanPool(hidden: Tensor, attentionMask: Int32Array | readonly nu
     inverse[b] = 1 / Math.max(count, 1e-9);
   }
   return tidy(() => {
-    const mask = tensor(Float32Array.from(attentionMask), { shape: [batch, steps, 1] });
+    const mask = track(tensor(Float32Array.from(attentionMask), { shape: [batch, steps, 1] }));
     const summed = ops.sum(ops.mul(hidden, mask), { axis: 1 });
-    return ops.mul(summed, tensor(inverse, { shape: [batch, 1] }));
+    return ops.mul(summed, track(tensor(inverse, { shape: [batch, 1] })));
   });
 }

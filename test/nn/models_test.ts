@@ -8,7 +8,7 @@ import { fromPretrained } from "../../src/io/pretrained.ts";
 import { loadPeftAdapter, savePeftAdapter } from "../../src/io/peft.ts";
 import { injectLora, lmLoss, meanPool, mergeLora, ropeInvFreq } from "../../src/nn/mod.ts";
 import { FrozenWeight } from "../../src/nn/lora.ts";
-import { type Tensor, tensor } from "../../src/tensor.ts";
+import { liveTensorCount, type Tensor, tensor } from "../../src/tensor.ts";
 
 const REPO = join(import.meta.dir, "../..");
 const COMMITTED = join(REPO, "test/fixtures/models");
@@ -193,6 +193,21 @@ describe("bert against transformers", () => {
     expect(report.bertHidden).toBeLessThan(1e-5);
     using pooled = meanPool(hidden, bertMask);
     expect(pooled.shape).toEqual([2, 64]);
+  });
+});
+
+describe("memory", () => {
+  test("a forward pass and a training step leave no tensor behind but their results", () => {
+    const model = fromPretrained(join(COMMITTED, "llama"));
+    const lora = injectLora(model.params, { targetModules: ["q_proj"], r: 2, alpha: 2, baseDtype: "int8" });
+    const step = valueAndGrad((a: Record<string, Tensor>) =>
+      lmLoss(model.apply(lora.frozen, ids, { shape, attentionMask: mask, adapters: a }), ids, { attentionMask: mask }),
+    );
+    const before = liveTensorCount();
+    model.apply(model.params, ids, { shape, attentionMask: mask }).dispose();
+    const [, grads] = step(lora.adapters);
+    for (const g of Object.values(grads)) g.dispose();
+    expect(liveTensorCount()).toBe(before);
   });
 });
 
