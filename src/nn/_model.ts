@@ -7,6 +7,9 @@
  */
 
 import { track } from "../autodiff.ts";
+import { autocast, currentPolicy } from "../autocast.ts";
+import { getPolicy } from "../policy.ts";
+import { validatePrecisionConfig } from "../precision_config.ts";
 import type { DtypeName } from "../dtype.ts";
 import * as ops from "../ops/mod.ts";
 import { isTensor, type Tensor, tensor } from "../tensor.ts";
@@ -28,8 +31,12 @@ export interface LoraConfig {
   readonly alpha: number;
   /** Dropout on the adapter branch's input while training (default 0). */
   readonly dropout?: number;
-  /** The adapters' storage and compute dtype (default float32). */
+  /** The adapters' storage dtype (default float32). */
   readonly adapterDtype?: DtypeName;
+  /** The dtype the adapted modules' frozen branch computes in (default: autocast's choice). */
+  readonly baseCompute?: DtypeName;
+  /** The dtype the adapter branch computes in (default: autocast's choice). */
+  readonly adapterCompute?: DtypeName;
 }
 
 /** Where frozen params keep the LoRA config injectLora attached (not enumerable: no tree sees it). */
@@ -56,6 +63,8 @@ export interface Context {
   readonly scaling: number;
   readonly dropout: number;
   readonly adapterDtype: DtypeName;
+  readonly baseCompute: DtypeName | null;
+  readonly adapterCompute: DtypeName | null;
   seed: number | null;
 }
 
@@ -72,6 +81,8 @@ export function context(params: ModelParams, options: ApplyOptions): Context {
     scaling: lora === null ? 1 : lora.alpha / lora.r,
     dropout: lora?.dropout ?? 0,
     adapterDtype: lora?.adapterDtype ?? "float32",
+    baseCompute: lora?.baseCompute ?? null,
+    adapterCompute: lora?.adapterCompute ?? null,
     seed: options.dropoutSeed ?? null,
   };
 }
@@ -80,7 +91,16 @@ export function context(params: ModelParams, options: ApplyOptions): Context {
 export function param(ctx: Context, name: string): Tensor {
   const value = ctx.params[name];
   if (value === undefined) throw new TypeError(`The parameters have no ${JSON.stringify(name)}: is the config right?`);
-  if (value instanceof FrozenWeight) return value.tensor ?? track(tensor(value.dequantize(), { shape: value.shape }));
+  if (value instanceof FrozenWeight) {
+    if (value.tensor !== null) return value.tensor;
+    // A quantized base is dequantized to float32 on the fly; autocast would undo the saving.
+    const policy = currentPolicy();
+    if (policy !== null) {
+      const quantization = value.kind as "int8" | "int4";
+      validatePrecisionConfig({ params: policy.param, compute: policy.compute, output: policy.output, quantization });
+    }
+    return track(tensor(value.dequantize(), { shape: value.shape }));
+  }
   return value;
 }
 
@@ -94,16 +114,26 @@ export function optionalParam(ctx: Context, name: string): Tensor | null {
  * branch when an adapter targets it: scaling * B(A(dropout(x))), computed in the adapters' dtype.
  */
 export function project(ctx: Context, module: string, x: Tensor): Tensor {
-  const out = ops.linear(x, param(ctx, `${module}.weight`), optionalParam(ctx, `${module}.bias`));
   const a = ctx.adapters?.[`${module}.lora_A.weight`];
-  if (a === undefined) return out;
+  const base = () => ops.linear(x, param(ctx, `${module}.weight`), optionalParam(ctx, `${module}.bias`));
+  if (a === undefined) return base();
   const b = ctx.adapters![`${module}.lora_B.weight`];
   if (!isTensor(b)) throw new TypeError(`LoRA adapter ${module} has lora_A but no lora_B`);
-  let input = x.dtype === a.dtype ? x : ops.toDtype(x, a.dtype);
-  if (ctx.dropout > 0 && ctx.seed !== null) input = ops.dropout(input, { rate: ctx.dropout, seed: ctx.seed++ });
-  const update = ops.linear(ops.linear(input, a), b);
-  const scaled = ctx.scaling === 1 ? update : ops.scale(update, ctx.scaling);
+  const branch = () => {
+    let input = x.dtype === a.dtype ? x : ops.toDtype(x, a.dtype);
+    if (ctx.dropout > 0 && ctx.seed !== null) input = ops.dropout(input, { rate: ctx.dropout, seed: ctx.seed++ });
+    const update = ops.linear(ops.linear(input, a), b);
+    return ctx.scaling === 1 ? update : ops.scale(update, ctx.scaling);
+  };
+  const out = inCompute(ctx.baseCompute, base);
+  const scaled = inCompute(ctx.adapterCompute, branch);
   return ops.add(out, scaled.dtype === out.dtype ? scaled : ops.toDtype(scaled, out.dtype));
+}
+
+/** Runs fn with its matmuls in `dtype` (an autocast policy of that compute dtype), or as it stands. */
+function inCompute(dtype: DtypeName | null, fn: () => Tensor): Tensor {
+  if (dtype === null) return fn();
+  return autocast(getPolicy(`p=float32,c=${dtype},o=${dtype}`), fn)();
 }
 
 /** Checks ids against [B, T] and returns the shape. */

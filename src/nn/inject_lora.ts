@@ -30,6 +30,10 @@ export interface InjectLoraOptions {
   readonly baseDtype?: BaseStorage;
   /** Adapter dtype: "float32" (default), "float16" or "bfloat16". */
   readonly adapterDtype?: "float32" | "float16" | "bfloat16";
+  /** The dtype the adapted modules' frozen branch computes in (default: autocast's choice). */
+  readonly baseCompute?: "float32" | "float16" | "bfloat16";
+  /** The dtype the adapter branch computes in (default: autocast's choice). */
+  readonly adapterCompute?: "float32" | "float16" | "bfloat16";
   /** The training precision, checked together with the base and adapters (validatePrecisionConfig). */
   readonly precision?: PrecisionConfig;
   /** Seed of lora_A's initialisation (default 0). */
@@ -90,7 +94,16 @@ export function injectLora(params: ModelParams, options: InjectLoraOptions): Inj
   if (!["float32", "float16", "bfloat16"].includes(adapterDtype)) {
     throw new RangeError(`injectLora: adapterDtype must be float32, float16 or bfloat16, got ${adapterDtype}`);
   }
-  validatePrecisionConfig({ ...options.precision, lora: { base, adapters: adapterDtype } });
+  const baseCompute = options.baseCompute === undefined ? undefined : canonicalDtype(options.baseCompute);
+  const adapterCompute = options.adapterCompute === undefined ? undefined : canonicalDtype(options.adapterCompute);
+  for (const compute of [baseCompute, adapterCompute]) {
+    // Each branch's compute dtype is checked against the base storage as autocast's would be.
+    validatePrecisionConfig({
+      ...options.precision,
+      compute: compute ?? options.precision?.compute,
+      lora: { base, adapters: adapterDtype },
+    });
+  }
   const floatBase: DtypeName | null = base === "int8" || base === "int4" ? null : base;
   const frozen: Record<string, Tensor | FrozenWeight> = {};
   const adapters: Record<string, Tensor> = {};
@@ -117,7 +130,15 @@ export function injectLora(params: ModelParams, options: InjectLoraOptions): Inj
   if (index === 0) {
     throw new RangeError(`injectLora: no 2-D weight matches targetModules ${JSON.stringify(targetModules)}`);
   }
-  const config: LoraConfig = Object.freeze({ targetModules: [...targetModules], r, alpha, dropout, adapterDtype });
+  const config: LoraConfig = Object.freeze({
+    targetModules: [...targetModules],
+    r,
+    alpha,
+    dropout,
+    adapterDtype,
+    ...(baseCompute === undefined ? {} : { baseCompute }),
+    ...(adapterCompute === undefined ? {} : { adapterCompute }),
+  });
   return { adapters, frozen: withLoraConfig(frozen, config), config };
 }
 

@@ -27,7 +27,7 @@ export const INT4_GROUP_SIZE = 64;
 
 /**
  * A frozen weight [out, in]: not a Tensor leaf, so valueAndGrad refuses it as a parameter and
- * nn.partition puts it on the frozen side. Holds a float tensor (float32 / bfloat16) or quantized
+ * nn.partition puts it on the frozen side. Holds a float tensor (float32 / bfloat16 / float16) or quantized
  * integers with float32 scales.
  */
 export class FrozenWeight {
@@ -35,7 +35,7 @@ export class FrozenWeight {
   readonly kind: BaseStorage;
   /** [out, in]. */
   readonly shape: readonly [number, number];
-  /** The float tensor (float32 / bfloat16 kinds). */
+  /** The float tensor (float32 / bfloat16 / float16 kinds). */
   readonly tensor: Tensor | null;
   /** int8: one value per element; int4: two per byte (low nibble first), rows padded to whole groups. */
   readonly quantized: Int8Array | Uint8Array | null;
@@ -109,7 +109,7 @@ export class FrozenWeight {
  * step (scale / 2) of the original.
  *
  * @param weight A float tensor [out, in] (not consumed; the result owns its own storage).
- * @param kind "float32", "bfloat16", "int8" or "int4".
+ * @param kind "float32", "bfloat16", "float16", "int8" or "int4".
  * @returns The frozen weight.
  * @example
  * ```ts

@@ -7,7 +7,9 @@ import { convertCheckpoint } from "../../src/io/convert.ts";
 import { fromPretrained, savePretrained } from "../../src/io/pretrained.ts";
 import { loadPeftAdapter, savePeftAdapter } from "../../src/io/peft.ts";
 import { openSafetensors } from "../../src/io/safetensors.ts";
+import { autocast } from "../../src/autocast.ts";
 import { injectLora } from "../../src/nn/mod.ts";
+import { getPolicy } from "../../src/policy.ts";
 import { validatePrecisionConfig } from "../../src/precision_config.ts";
 
 const FIXTURES = join(import.meta.dir, "../fixtures/models");
@@ -123,6 +125,34 @@ describe("LoRA precision", () => {
       for (let i = 0; i < out.length; i++) worst = Math.max(worst, Math.abs(out[i]! - ref[i]!));
       expect(worst).toBeLessThan(bound);
     }
+  });
+
+  test("each branch computes in its declared dtype, and a quantized base refuses a low-precision compute", () => {
+    const model = fromPretrained(join(FIXTURES, "llama"));
+    using reference = model.apply(model.params, ids);
+    const ref = reference.toArray();
+    const worst = (logits: Float32Array) => logits.reduce((m, v, i) => Math.max(m, Math.abs(v - ref[i]!)), 0);
+    const common = { targetModules: ["q_proj", "v_proj"], r: 2, alpha: 4, baseDtype: "bfloat16" } as const;
+    const wide = injectLora(model.params, { ...common, baseCompute: "float32", adapterCompute: "float32" });
+    const low = injectLora(model.params, {
+      ...common,
+      adapterDtype: "float16",
+      baseCompute: "bfloat16",
+      adapterCompute: "float16",
+    });
+    using wideLogits = model.apply(wide.frozen, ids, { adapters: wide.adapters });
+    using lowLogits = model.apply(low.frozen, ids, { adapters: low.adapters });
+    // The bfloat16 matmuls in the adapted modules add rounding the float32 compute does not.
+    expect(worst(lowLogits.toArray())).toBeGreaterThan(worst(wideLogits.toArray()));
+    expect(worst(lowLogits.toArray())).toBeLessThan(0.1);
+    expect(() => injectLora(model.params, { ...common, baseDtype: "int8", baseCompute: "bfloat16" })).toThrow(
+      /cannot be combined with/,
+    );
+    const int8 = injectLora(model.params, { ...common, baseDtype: "int8" });
+    const underAutocast = autocast(getPolicy("mixed_bf16"), () =>
+      model.apply(int8.frozen, ids, { adapters: int8.adapters }),
+    );
+    expect(underAutocast).toThrow(/cannot be combined with/);
   });
 
   test("PEFT's adapter loads, saves in PEFT's layout and loads back unchanged", () => {
