@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { valueAndGrad } from "../../src/autodiff.ts";
 import { loadSafetensors } from "../../src/io/safetensors.ts";
-import { fromPretrained } from "../../src/io/pretrained.ts";
+import { fromPretrained, savePretrained } from "../../src/io/pretrained.ts";
 import { loadPeftAdapter, savePeftAdapter } from "../../src/io/peft.ts";
 import { injectLora, lmLoss, meanPool, mergeLora, ropeInvFreq } from "../../src/nn/mod.ts";
 import { FrozenWeight } from "../../src/nn/lora.ts";
@@ -167,7 +167,6 @@ describe("llama against transformers", () => {
       ids: [[...ids.slice(0, shape[1])], [...ids.slice(shape[1])]],
       mask: [[...mask.slice(0, shape[1])], [...mask.slice(shape[1])]],
     });
-    void request;
     const run = Bun.spawnSync([
       PYTHON,
       join(COMMITTED, "make_fixtures.py"),
@@ -180,6 +179,25 @@ describe("llama against transformers", () => {
     const peftLogits = JSON.parse(run.stdout.toString()) as number[];
     report.trainedAdapterInPeft = relativeError(logits.toArray(), peftLogits);
     expect(report.trainedAdapterInPeft).toBeLessThan(1e-5);
+  });
+});
+
+describe("savePretrained output in transformers", () => {
+  test.skipIf(!TRANSFORMERS)("a sharded, tied save loads in transformers and gives mixprec's logits", () => {
+    const model = fromPretrained(join(FIXTURES, "llama"));
+    const { "lm_head.weight": _head, ...rest } = model.params;
+    const config = { ...model.config, tie_word_embeddings: true };
+    const dir = join(scratch, "saved_tied");
+    savePretrained(dir, config, rest, { maxShardBytes: 300_000 });
+    using logits = model.apply(rest, ids, { shape, attentionMask: mask });
+    const request = JSON.stringify({
+      ids: [[...ids.slice(0, shape[1])], [...ids.slice(shape[1])]],
+      mask: [[...mask.slice(0, shape[1])], [...mask.slice(shape[1])]],
+    });
+    const run = Bun.spawnSync([PYTHON, join(COMMITTED, "make_fixtures.py"), "llama", dir, request]);
+    if (run.exitCode !== 0) throw new Error(run.stderr.toString());
+    report.savedInTransformers = relativeError(logits.toArray(), JSON.parse(run.stdout.toString()) as number[]);
+    expect(report.savedInTransformers).toBeLessThan(1e-5);
   });
 });
 
