@@ -80,7 +80,7 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   }
   const batch = a.size / Math.max(m * k, 1) || batchShape.reduce((x, y) => x * y, 1);
   checkSameDevice("matmul", a, b);
-  const dtype = autocastDtype("matmul", [a.dtype, b.dtype]);
+  const dtype = autocastDtype("matmul", [a.dtype, b.dtype], a.device);
   const ac = toDtype(a, dtype);
   const bc = toDtype(b, dtype);
   const broadcast = shared ? MatmulFlag.broadcastB : 0;
@@ -129,7 +129,7 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   }
   checkSameDevice("linear", x, weight, ...(bias != null ? [bias] : []));
   const rows = inFeatures === 0 ? x.size : x.size / inFeatures;
-  const dtype = autocastDtype("linear", bias != null ? [x.dtype, weight.dtype, bias.dtype] : [x.dtype, weight.dtype]);
+  const dtype = autocastDtype("linear", bias != null ? [x.dtype, weight.dtype, bias.dtype] : [x.dtype, weight.dtype], x.device);
   const xc = toDtype(x, dtype);
   const wc = toDtype(weight, dtype);
   const bc = bias != null ? toDtype(bias, dtype) : null;
