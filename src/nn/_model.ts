@@ -56,6 +56,25 @@ export interface ApplyOptions {
   readonly dropoutSeed?: number;
 }
 
+/**
+ * The attention ops' padding mask from a family's `attentionMask` option: a float32 [B, T] tensor
+ * on `device` (1 keeps a key, 0 pads), owned by the innermost scope; null when there is none.
+ */
+export function maskTensor(
+  mask: Int32Array | readonly number[] | undefined,
+  batch: number,
+  steps: number,
+  device: string,
+): Tensor | null {
+  if (mask === undefined) return null;
+  if (mask.length !== batch * steps) {
+    throw new TypeError(
+      `attentionMask has ${mask.length} entries, expected B * T = ${batch} * ${steps}: pass one 0/1 per token`,
+    );
+  }
+  return track(tensor(Float32Array.from(mask), { shape: [batch, steps], device }));
+}
+
 /** The run context of one forward pass. */
 export interface Context {
   readonly params: ModelParams;

@@ -9,12 +9,12 @@
 import { tidy, track } from "../autodiff.ts";
 import * as ops from "../ops/mod.ts";
 import { ones, randn, type Tensor, tensor, zeros } from "../tensor.ts";
-import { attention } from "./_compat.ts";
 import {
   type ApplyOptions,
   context,
   type Context,
   idsShape,
+  maskTensor,
   type ModelParams,
   param,
   project,
@@ -138,11 +138,12 @@ export function bert(config: BertConfig): Model & {
           ops.embedding(param(ctx, `${root}embeddings.position_embeddings.weight`), positions, [1, steps]),
         );
         x = norm(ctx, `${root}embeddings.LayerNorm`, x);
+        const keep = maskTensor(options.attentionMask, batch, steps, x.device);
         for (let l = 0; l < layers; l++) {
           const p = `${root}encoder.layer.${l}`;
           const split = (name: string) =>
             ops.reshape(project(ctx, `${p}.attention.self.${name}`, x), [batch, steps, heads, dim]);
-          const a = attention(split("query"), split("key"), split("value"), { mask: options.attentionMask ?? null });
+          const a = ops.attention(split("query"), split("key"), split("value"), { mask: keep });
           const attended = project(ctx, `${p}.attention.output.dense`, ops.reshape(a, [batch, steps, width]));
           x = norm(ctx, `${p}.attention.output.LayerNorm`, ops.add(attended, x));
           const inner = act(project(ctx, `${p}.intermediate.dense`, x));

@@ -8,12 +8,12 @@
 import { tidy } from "../autodiff.ts";
 import * as ops from "../ops/mod.ts";
 import { ones as onesTensor, randn, type Tensor } from "../tensor.ts";
-import { attention, defaultInvFreq, rope, swiglu } from "./_compat.ts";
 import {
   type ApplyOptions,
   context,
   type Context,
   idsShape,
+  maskTensor,
   type ModelParams,
   param,
   project,
@@ -68,7 +68,7 @@ export function ropeInvFreq(config: LlamaConfig): Float32Array {
   const theta = (rope.rope_theta as number | undefined) ?? config.rope_theta ?? 10000;
   const type = (rope.rope_type ?? rope.type ?? "default") as string;
   const dim = headDim(config);
-  const inv = defaultInvFreq(dim, theta);
+  const inv = ops.ropeInvFreq(dim, theta);
   if (type === "default") return inv;
   if (type !== "llama3") {
     throw new RangeError(`llama: rope_type ${JSON.stringify(type)} is not supported: use "default" or "llama3"`);
@@ -128,12 +128,12 @@ export function llama(config: LlamaConfig): Model {
   const invFreq = ropeInvFreq(config);
   const layers = config.num_hidden_layers;
 
-  const attentionBlock = (ctx: Context, prefix: string, x: Tensor, mask: ApplyOptions["attentionMask"]): Tensor => {
+  const attentionBlock = (ctx: Context, prefix: string, x: Tensor, keep: Tensor | null): Tensor => {
     const [batch, steps] = x.shape as [number, number, number];
     const q = ops.reshape(project(ctx, `${prefix}.q_proj`, x), [batch, steps, heads, dim]);
     const k = ops.reshape(project(ctx, `${prefix}.k_proj`, x), [batch, steps, kvHeads, dim]);
     const v = ops.reshape(project(ctx, `${prefix}.v_proj`, x), [batch, steps, kvHeads, dim]);
-    const out = attention(rope(q, { invFreq }), rope(k, { invFreq }), v, { causal: true, mask: mask ?? null });
+    const out = ops.attention(ops.rope(q, { invFreq }), ops.rope(k, { invFreq }), v, { causal: true, mask: keep });
     return project(ctx, `${prefix}.o_proj`, ops.reshape(out, [batch, steps, heads * dim]));
   };
 
@@ -171,12 +171,13 @@ export function llama(config: LlamaConfig): Model {
       const ctx = context(params, options);
       return tidy(() => {
         let x = ops.embedding(param(ctx, "model.embed_tokens.weight"), ids, [batch, steps]);
+        const keep = maskTensor(options.attentionMask, batch, steps, x.device);
         for (let l = 0; l < layers; l++) {
           const p = `model.layers.${l}`;
           const h = ops.rmsNorm(x, param(ctx, `${p}.input_layernorm.weight`), eps);
-          x = ops.add(x, attentionBlock(ctx, `${p}.self_attn`, h, options.attentionMask));
+          x = ops.add(x, attentionBlock(ctx, `${p}.self_attn`, h, keep));
           const h2 = ops.rmsNorm(x, param(ctx, `${p}.post_attention_layernorm.weight`), eps);
-          const gate = swiglu(project(ctx, `${p}.mlp.gate_proj`, h2), project(ctx, `${p}.mlp.up_proj`, h2));
+          const gate = ops.swiglu(project(ctx, `${p}.mlp.gate_proj`, h2), project(ctx, `${p}.mlp.up_proj`, h2));
           x = ops.add(x, project(ctx, `${p}.mlp.down_proj`, gate));
         }
         x = ops.rmsNorm(x, param(ctx, "model.norm.weight"), eps);

@@ -8,7 +8,6 @@
 
 import * as ops from "../ops/mod.ts";
 import type { Tensor } from "../tensor.ts";
-import { crossEntropy } from "./_compat.ts";
 
 /** Options of {@linkcode lmLoss}. */
 export interface LmLossOptions {
@@ -50,5 +49,5 @@ export function lmLoss(logits: Tensor, inputIds: Int32Array | readonly number[],
     }
   }
   const shifted = ops.slice(logits, [0, 0, 0], [batch, steps - 1, vocab]);
-  return crossEntropy(ops.reshape(shifted, [batch * (steps - 1), vocab]), labels);
+  return ops.crossEntropy(ops.reshape(shifted, [batch * (steps - 1), vocab]), labels);
 }
