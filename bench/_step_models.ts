@@ -158,7 +158,10 @@ function attentionOp(q: Tensor, k: Tensor, v: Tensor): Tensor {
   const repeat = (x: Tensor) => {
     if (hkv === hq) return ops.reshape(x, [b, t, hq * d]);
     const grouped = ops.reshape(x, [b, t, hkv, 1, d]);
-    const copies = ops.concat(Array.from({ length: hq / hkv }, () => grouped), 3);
+    const copies = ops.concat(
+      Array.from({ length: hq / hkv }, () => grouped),
+      3,
+    );
     return ops.reshape(copies, [b, t, hq * d]);
   };
   const packed = ops.concat([ops.reshape(q, [b, t, hq * d]), repeat(k), repeat(v)], 2);

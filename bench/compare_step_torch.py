@@ -209,13 +209,16 @@ def memory(config, batch, precision, steps):
 
 
 def op_times(batch, iterations, budget_ms):
-    """Forward and forward+backward of the mid model's ops at its shapes, float32 and bf16 autocast."""
+    """Forward and backward of the mid model's ops at its shapes: float32, and bf16 autocast on
+    bfloat16 leaves (as the TypeScript side runs them on bfloat16 inputs). backward = median of
+    forward+backward minus median of forward."""
     s = SIZES["mid"]
     n, c, v, h, t = batch * s["context"], s["width"], s["vocab"], s["hidden"], s["context"]
     results = {}
     for precision in ("fp32", "bf16"):
         autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")  # noqa: E731
-        leaf = lambda *shape: torch.randn(*shape, requires_grad=True)  # noqa: E731
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        leaf = lambda *shape: torch.randn(*shape, dtype=dtype).requires_grad_()  # noqa: E731
         ids = torch.randint(0, v, (batch, t))
         labels = torch.randint(0, v, (n,))
         x, w, bias = leaf(batch, t, c), leaf(h, c), leaf(h)
