@@ -168,8 +168,17 @@ function attentionOp(q: Tensor, k: Tensor, v: Tensor): Tensor {
   return ops.causalSelfAttention(packed, hq);
 }
 
-/** cos and sin tables [T, H, D] (Hugging Face layout: the D/2 frequencies twice), pre-broadcast over heads. */
-function ropeTables(context: number, heads: number, dim: number, theta: number): { cos: Tensor; sin: Tensor } {
+/** RoPE's cos and sin tables in one dtype. */
+interface RopeTables {
+  readonly cos: Tensor;
+  readonly sin: Tensor;
+}
+
+/**
+ * cos and sin tables [T, H, D] (Hugging Face layout: the D/2 frequencies twice), pre-broadcast over
+ * heads, in float32 and on demand in x's dtype (as Hugging Face casts them to x's dtype), cached.
+ */
+function ropeTables(context: number, heads: number, dim: number, theta: number) {
   const cos = new Float32Array(context * heads * dim);
   const sin = new Float32Array(context * heads * dim);
   const half = dim / 2;
@@ -183,7 +192,26 @@ function ropeTables(context: number, heads: number, dim: number, theta: number):
     }
   }
   const shape = [context, heads, dim];
-  return { cos: tensor(cos, { shape }), sin: tensor(sin, { shape }) };
+  const byDtype = new Map<string, RopeTables>([
+    ["float32", { cos: tensor(cos, { shape }), sin: tensor(sin, { shape }) }],
+  ]);
+  return {
+    of(dtype: Tensor["dtype"]): RopeTables {
+      let tables = byDtype.get(dtype);
+      if (tables === undefined) {
+        const f32 = byDtype.get("float32")!;
+        tables = { cos: f32.cos.to(dtype), sin: f32.sin.to(dtype) };
+        byDtype.set(dtype, tables);
+      }
+      return tables;
+    },
+    dispose() {
+      for (const t of byDtype.values()) {
+        t.cos.dispose();
+        t.sin.dispose();
+      }
+    },
+  };
 }
 
 /**
@@ -191,8 +219,9 @@ function ropeTables(context: number, heads: number, dim: number, theta: number):
  * x * cos + rotateHalf(x) * sin, where rotateHalf(x) = [-x2, x1] (x1, x2 the two halves of D),
  * from slice, scale, concat, mul and add.
  */
-function ropeOp(x: Tensor, tables: { cos: Tensor; sin: Tensor }, theta: number): Tensor {
+function ropeOp(x: Tensor, cached: ReturnType<typeof ropeTables>, theta: number): Tensor {
   if (future.rope) return future.rope(x, { theta });
+  const tables = cached.of(x.dtype);
   const [b, t, h, d] = x.shape as [number, number, number, number];
   const x1 = ops.slice(x, [0, 0, 0, 0], [b, t, h, d / 2]);
   const x2 = ops.slice(x, [0, 0, 0, d / 2], [b, t, h, d]);
@@ -288,7 +317,8 @@ function llamaModel(): StepModel {
       mark(native.swiglu, "swiglu", "silu, mul"),
     ],
     dispose() {
-      for (const t of [qTables.cos, qTables.sin, kTables.cos, kTables.sin]) t.dispose();
+      qTables.dispose();
+      kTables.dispose();
     },
   };
 }

@@ -100,6 +100,8 @@ class LlamaLayer(torch.nn.Module):
         q = self.q(h).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k = self.k(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(h).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        # Hugging Face casts the tables to the activations' dtype (bf16 under autocast).
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)

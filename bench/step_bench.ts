@@ -389,9 +389,10 @@ async function main(): Promise<void> {
     model.dispose();
     const batch = batchOverride || SIZES[name].batch;
     const ours: Record<Precision, number> = { fp32: Number.NaN, bf16: Number.NaN };
+    const losses: Record<Precision, number> = { fp32: Number.NaN, bf16: Number.NaN };
     for (const precision of PRECISIONS) {
       const step = setupStep(name, precision, batch);
-      ours[precision] = (await medianNs(step.run, budgetMs, samples)) / 1e6;
+      ours[precision] = (await medianNs(() => (losses[precision] = step.run()), budgetMs, samples)) / 1e6;
       step.dispose();
     }
     const torchMs = (torchSteps?.steps ?? {}) as Record<string, number>;
@@ -404,6 +405,9 @@ async function main(): Promise<void> {
       batch,
       oursFp32Ms: ours.fp32,
       oursBf16Ms: ours.bf16,
+      // The last step's loss: a sanity check (about ln(vocabulary) for these freshly initialised models).
+      oursFp32Loss: losses.fp32,
+      oursBf16Loss: losses.bf16,
       torchFp32Ms: torchFp32,
       torchBf16Ms: torchBf16,
       speedupVsTorchFp32: speedFp32,
