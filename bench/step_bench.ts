@@ -38,7 +38,8 @@ import {
   treeMap,
   valueAndGrad,
 } from "../src/mod.ts";
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
 import { flag, formatTable, medianNs, peakFmaGflops } from "./_harness.ts";
 import { CONFIG_NAMES, type ConfigName, SIZES, stepModel, tokenIds } from "./_step_models.ts";
 
@@ -514,6 +515,7 @@ async function main(): Promise<void> {
       memorySteps,
       opBatch,
     };
+    mkdirSync(dirname(jsonPath), { recursive: true });
     writeFileSync(jsonPath, `${JSON.stringify({ machine, options, steps, memory, ops: opTable, notes }, null, 2)}\n`);
     console.log(`\nwrote ${jsonPath}`);
   }
