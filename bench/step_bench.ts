@@ -188,7 +188,10 @@ interface OpCase {
   readonly apply: (p: Record<string, Tensor>) => Tensor;
   /** FLOPs of the forward pass (matmul-like ops; the backward counts twice), or null. */
   readonly flops: number | null;
-  /** Bytes read + written by forward and backward, in units of one element of the input dtype. */
+  /**
+   * Bytes read + written by forward and backward, in elements of the input dtype: the copy limit of
+   * memory-bound ops (unused where `flops` is set).
+   */
   readonly elements: readonly [number, number];
 }
 
