@@ -21,10 +21,10 @@ PTXAS := $(shell command -v ptxas 2>/dev/null)
 
 deps: $(NODE_STAMP) $(ZIG)
 
-# npm packages pinned by package-lock.json: bun, bun-types, fast-check, mitata, biome.
-# (`npm ci` rejects the lock npm itself writes for biome's platform packages; install keeps it unchanged.)
+# npm packages exactly as package-lock.json pins them (`npm ci` never rewrites the lock, so a fresh
+# clone stays clean): bun, bun-types, fast-check, mitata, biome.
 $(NODE_STAMP): package.json package-lock.json
-	npm install --no-audit --no-fund --loglevel=error
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Zig from the PyPI package `ziglang`, into a project-local folder.

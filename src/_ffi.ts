@@ -1,7 +1,8 @@
 /**
  * The one dlopen table of the native library (zig/src/ffi.zig) and its status codes. The library
  * is opened on first use, so code that needs no kernel (policies, loss-scale arithmetic) runs
- * without it. `MIXPREC_LIB` overrides the library's path.
+ * without it. `MIXPREC_LIB` overrides the library's path; `MIXPREC_CPU` (baseline, avx512, avx512bf16
+ * or auto) caps the kernels the library chooses for the running CPU.
  *
  * @module
  */
@@ -10,7 +11,7 @@ import { dlopen, FFIType, ptr, suffix } from "bun:ffi";
 import { MixprecError } from "./errors.ts";
 
 /** Must equal `abi_version` in zig/src/ffi.zig; a mismatch means the library is out of date. */
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 
 /** Status codes returned by every export, mirrored from `Status` in zig/src/ffi.zig. */
 export const Status = Object.freeze({
@@ -34,6 +35,10 @@ const SYMBOLS = {
   mp_alloc: { args: [FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
   mp_free: { args: [FFIType.u64, FFIType.u64], returns: FFIType.i32 },
   mp_zero: { args: [FFIType.u64, FFIType.u64], returns: FFIType.i32 },
+  mp_host_alloc: { args: [FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+  mp_host_free: { args: [FFIType.u64], returns: FFIType.i32 },
+  mp_host_release_callback: { args: [FFIType.ptr], returns: FFIType.i32 },
+  mp_host_stats: { args: [FFIType.ptr], returns: FFIType.i32 },
   mp_ptx: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   mp_cast: {
     args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.u32, FFIType.u32, FFIType.u32, FFIType.u32],
@@ -60,33 +65,187 @@ const SYMBOLS = {
     ],
     returns: FFIType.i32,
   },
+  // Layout ops (zig/src/ops/layout.zig): strided copies, the matmul epilogue.
+  mp_layout_copy: {
+    args: [FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u32, FFIType.ptr, FFIType.ptr, FFIType.ptr],
+    returns: FFIType.i32,
+  },
+  mp_matmul_epilogue: {
+    args: [FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u32],
+    returns: FFIType.i32,
+  },
   mp_peak_fma: { args: [FFIType.u64, FFIType.u32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
-  mp_attention_forward: {
-    args: [FFIType.ptr, FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.ptr, FFIType.ptr],
-    returns: FFIType.i32,
-  },
-  mp_attention_backward: {
-    args: [
-      FFIType.ptr,
-      FFIType.u32,
-      FFIType.u64,
-      FFIType.u64,
-      FFIType.u64,
-      FFIType.u64,
-      FFIType.ptr,
-      FFIType.ptr,
-      FFIType.ptr,
-    ],
-    returns: FFIType.i32,
-  },
-  mp_gelu: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
-  mp_gelu_backward: { args: [FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
+
   // I/O (issue #7): a cast fused with conversion statistics (zig/src/cpu/convert.zig).
   mp_convert_stats: {
     args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.u32, FFIType.u32, FFIType.ptr],
     returns: FFIType.i32,
   },
-  // CUDA backend (src/backend/cuda.ts). Device addresses cross as u64; the first u32 is the ordinal.
+  // Elementwise family (zig/src/ops/elementwise.zig, src/backend/cpu/elementwise.ts): the broadcast
+  // map-reduce engine (binary ops, their backward, sum, mean, broadcast copy), activations, swiglu.
+  mp_elementwise_map: {
+    args: [
+      FFIType.u32,
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.f32,
+      FFIType.f32,
+      FFIType.u32,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_elementwise_forward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_elementwise_backward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_elementwise_swiglu_forward: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_elementwise_swiglu_backward: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  // Normalization, softmax / cross-entropy and embedding (src/backend/cpu/{norm,softmax,embedding}.ts).
+  mp_norm_forward: {
+    args: [
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+      FFIType.f32,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_norm_backward: {
+    args: [
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_norm_workspace_count: { args: [FFIType.u64, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+  mp_softmax_forward: {
+    args: [
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.i32,
+      FFIType.u64,
+      FFIType.u64,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_softmax_backward: {
+    args: [
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.i32,
+      FFIType.u64,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_embedding_forward: {
+    args: [FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u32],
+    returns: FFIType.i32,
+  },
+  mp_embedding_backward: {
+    args: [
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+    ],
+    returns: FFIType.i32,
+  },
+  // Attention and rotary position embedding (zig/src/ops/attention.zig, zig/src/ops/rope.zig;
+  // src/backend/cpu/attention.ts and rope.ts). Arguments: op code, dtype code, a pointer to the
+  // u64 problem descriptor, scalars, then tensor addresses as u64.
+  mp_attention_forward: {
+    args: [
+      FFIType.u32,
+      FFIType.u32,
+      FFIType.ptr,
+      FFIType.f32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_attention_backward: {
+    args: [
+      FFIType.u32,
+      FFIType.u32,
+      FFIType.ptr,
+      FFIType.f32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_rope_forward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.ptr, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_rope_backward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.ptr, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },  // CUDA backend (src/backend/cuda.ts). Device addresses cross as u64; the first u32 is the ordinal.
   mp_last_error: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
   mp_cuda_init: { args: [], returns: FFIType.i32 },
   mp_cuda_device_count: { args: [FFIType.ptr], returns: FFIType.i32 },
@@ -108,7 +267,7 @@ const SYMBOLS = {
     returns: FFIType.i32,
   },
   mp_cuda_launch_update_scale: {
-    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.f32, FFIType.f32, FFIType.i32],
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.f64, FFIType.f64, FFIType.i32],
     returns: FFIType.i32,
   },
   mp_cuda_launch_global_norm: {
@@ -149,7 +308,19 @@ export function defaultLibraryPath(): string {
   return new URL(`../zig/zig-out/lib/libmixprec.${suffix}`, import.meta.url).pathname;
 }
 
+/** The values of MIXPREC_CPU (zig/src/cpu/dispatch.zig): a cap on the kernels chosen at run time. */
+const CPU_CAPS: readonly string[] = ["", "auto", "baseline", "avx512", "avx512bf16"];
+
+/** mp_cpu_info's bit for "this CPU lacks a feature the library's baseline was built for". */
+const CPU_INFO_BASELINE_MISSING = 1 << 7;
+
 function open(): Library {
+  const cap = process.env.MIXPREC_CPU ?? "";
+  if (!CPU_CAPS.includes(cap)) {
+    throw new RangeError(
+      `MIXPREC_CPU must be one of "baseline", "avx512", "avx512bf16" or "auto", got "${cap}": unset it to let the library choose`,
+    );
+  }
   const path = process.env.MIXPREC_LIB || defaultLibraryPath();
   let opened: Library;
   try {
@@ -167,6 +338,14 @@ function open(): Library {
     throw new MixprecError(
       "library_out_of_date",
       `The native library at ${path} has ABI version ${version} but this code needs ${ABI_VERSION}: run \`make build\` to rebuild it`,
+    );
+  }
+  const flags = new Uint32Array(1);
+  if (opened.symbols.mp_cpu_info(ptr(flags)) === Status.ok && (flags[0]! & CPU_INFO_BASELINE_MISSING) !== 0) {
+    opened.close();
+    throw new MixprecError(
+      "cpu_unsupported",
+      `The native library at ${path} was built for a CPU with features this one lacks (x86-64-v3 by default: AVX2, FMA, F16C, BMI2): rebuild it here with \`cd zig && zig build -Dcpu=baseline\``,
     );
   }
   return opened;

@@ -1,7 +1,13 @@
 /**
- * Functional autocast: `autocast(policy, fn)` runs fn with a precision policy in force, and ops
- * ask {@linkcode autocastDtype} which dtype to compute in. The op lists are PyTorch's CUDA autocast
- * lists (torch/amp, aten/src/ATen/autocast_mode.cpp), as data in one table:
+ * Functional autocast: `autocast(policy, fn, { deviceType })` runs fn with a precision policy in
+ * force, and ops ask {@linkcode autocastDtype} which dtype to compute in. The op lists are
+ * PyTorch's, one table per device type as in aten/src/ATen/autocast_mode.cpp:
+ * {@linkcode AUTOCAST_OPS_BY_DEVICE}.cuda holds the CUDA lists ({@linkcode AUTOCAST_OPS}),
+ * `.cpu` the CPU lists of torch.autocast("cpu"), verified op by op against torch 2.13
+ * (test/fixtures/probe_autocast_cpu.py): on the CPU softmax, log_softmax, the norms, exp, log, pow,
+ * sum, mean, cumsum and the like run in their input dtype, scaled_dot_product_attention is
+ * lowered, and mv/addmv are not. The device type is the `device` an op passes (its input's), else
+ * the `deviceType` autocast was given, else "cuda" (the lists mixprec has always used). Categories:
  *
  * - "lower": matmul-like ops, computed in the policy's compute dtype (float16 or bfloat16);
  * - "float32": ops whose range or accuracy suffers in 16 bits (softmax, log_softmax, losses, norms,
@@ -43,6 +49,7 @@ export const AUTOCAST_OPS: Readonly<Record<string, AutocastCategory>> = Object.f
   addmv: "lower",
   baddbmm: "lower",
   addbmm: "lower",
+  scaled_dot_product_attention: "lower",
   linear: "lower",
   conv: "lower",
   conv1d: "lower",
@@ -97,6 +104,98 @@ export const AUTOCAST_OPS: Readonly<Record<string, AutocastCategory>> = Object.f
 });
 
 /**
+ * PyTorch's CPU autocast table (torch.autocast("cpu")), as probed on torch 2.13 by
+ * test/fixtures/probe_autocast_cpu.py (every op of the CUDA table, plus scaled_dot_product_attention,
+ * gelu and relu). Ops not listed promote.
+ *
+ * @example
+ * ```ts
+ * import { AUTOCAST_OPS_CPU } from "./autocast.ts";
+ * if (AUTOCAST_OPS_CPU.softmax !== "promote" || AUTOCAST_OPS_CPU.scaled_dot_product_attention !== "lower") throw new Error("wrong table");
+ * ```
+ */
+export const AUTOCAST_OPS_CPU: Readonly<Record<string, AutocastCategory>> = Object.freeze({
+  // Lower precision (torch's CPU lower_precision_fp list).
+  matmul: "lower",
+  mm: "lower",
+  bmm: "lower",
+  addmm: "lower",
+  baddbmm: "lower",
+  addbmm: "lower",
+  linear: "lower",
+  conv: "lower",
+  conv1d: "lower",
+  conv2d: "lower",
+  conv3d: "lower",
+  conv_transpose: "lower",
+  einsum: "lower",
+  prelu: "lower",
+  scaled_dot_product_attention: "lower",
+  // float32 (torch's CPU fp32 list): the losses, and prod.
+  cross_entropy: "float32",
+  nll_loss: "float32",
+  mse_loss: "float32",
+  l1_loss: "float32",
+  smooth_l1_loss: "float32",
+  huber_loss: "float32",
+  kl_div: "float32",
+  binary_cross_entropy_with_logits: "float32",
+  prod: "float32",
+  // Run in the input dtype on the CPU (fp32 on CUDA), or promote to the widest input.
+  mv: "promote",
+  addmv: "promote",
+  softmax: "promote",
+  log_softmax: "promote",
+  layer_norm: "promote",
+  rms_norm: "promote",
+  group_norm: "promote",
+  norm: "promote",
+  exp: "promote",
+  expm1: "promote",
+  log: "promote",
+  log1p: "promote",
+  log2: "promote",
+  log10: "promote",
+  pow: "promote",
+  reciprocal: "promote",
+  rsqrt: "promote",
+  softplus: "promote",
+  logsumexp: "promote",
+  sum: "promote",
+  mean: "promote",
+  cumsum: "promote",
+  cumprod: "promote",
+  cosine_similarity: "promote",
+  add: "promote",
+  sub: "promote",
+  mul: "promote",
+  div: "promote",
+  addcmul: "promote",
+  addcdiv: "promote",
+  cat: "promote",
+  stack: "promote",
+  where: "promote",
+  dot: "promote",
+  gelu: "promote",
+  relu: "promote",
+});
+
+/** The device types autocast has op lists for. */
+export type AutocastDeviceType = "cpu" | "cuda";
+
+/**
+ * The op tables per device type: CUDA's lists for cuda tensors, CPU's for CPU tensors.
+ *
+ * @example
+ * ```ts
+ * import { AUTOCAST_OPS_BY_DEVICE } from "./autocast.ts";
+ * if (AUTOCAST_OPS_BY_DEVICE.cuda.mv !== "lower" || AUTOCAST_OPS_BY_DEVICE.cpu.mv !== "promote") throw new Error("wrong");
+ * ```
+ */
+export const AUTOCAST_OPS_BY_DEVICE: Readonly<Record<AutocastDeviceType, Readonly<Record<string, AutocastCategory>>>> =
+  Object.freeze({ cuda: AUTOCAST_OPS, cpu: AUTOCAST_OPS_CPU });
+
+/**
  * The widest of two dtypes: the narrowest dtype that holds both exactly. float16 and bfloat16
  * promote to float32 (as in PyTorch); fp8 values fit in either 16-bit type.
  */
@@ -138,7 +237,19 @@ const PROMOTE: Readonly<Record<DtypeName, Readonly<Record<DtypeName, DtypeName>>
   },
 });
 
-const store = new AsyncLocalStorage<Policy | null>();
+interface AutocastContext {
+  readonly policy: Policy;
+  readonly deviceType: AutocastDeviceType | null;
+}
+
+const store = new AsyncLocalStorage<AutocastContext | null>();
+
+/** "cpu" or "cuda" for a device string ("cpu", "cuda", "cuda:1") or device type. */
+function deviceTypeOf(device: string): AutocastDeviceType {
+  if (device === "cpu") return "cpu";
+  if (device === "cuda" || /^cuda:\d+$/.test(device)) return "cuda";
+  throw new RangeError(`Unknown device ${JSON.stringify(device)} for autocast: use "cpu" or "cuda" (or "cuda:N")`);
+}
 
 /**
  * The policy in force: the innermost `autocast` around the caller, or null outside any.
@@ -153,13 +264,33 @@ const store = new AsyncLocalStorage<Policy | null>();
  * ```
  */
 export function currentPolicy(): Policy | null {
-  return store.getStore() ?? null;
+  return store.getStore()?.policy ?? null;
 }
 
 /**
- * The category of an op in the autocast table ("promote" for ops not listed).
+ * The device type whose op lists apply: that of `device` when given, else the `deviceType` the
+ * innermost autocast was given, else "cuda".
+ *
+ * @param device An op's device ("cpu", "cuda:0"), optional.
+ * @returns "cpu" or "cuda".
+ * @example
+ * ```ts
+ * import { autocast, currentDeviceType } from "./autocast.ts";
+ * import { getPolicy } from "./policy.ts";
+ * if (autocast(getPolicy("mixed_bf16"), () => currentDeviceType(), { deviceType: "cpu" })() !== "cpu") throw new Error("wrong");
+ * if (currentDeviceType("cuda:1") !== "cuda" || currentDeviceType() !== "cuda") throw new Error("wrong");
+ * ```
+ */
+export function currentDeviceType(device?: string): AutocastDeviceType {
+  if (device !== undefined) return deviceTypeOf(device);
+  return store.getStore()?.deviceType ?? "cuda";
+}
+
+/**
+ * The category of an op in a device type's autocast table ("promote" for ops not listed).
  *
  * @param op An op name such as "matmul".
+ * @param deviceType "cuda" (default) or "cpu".
  * @returns "lower", "float32" or "promote".
  * @example
  * ```ts
@@ -167,9 +298,10 @@ export function currentPolicy(): Policy | null {
  * if (autocastCategory("linear") !== "lower" || autocastCategory("relu") !== "promote") throw new Error("wrong");
  * ```
  */
-export function autocastCategory(op: string): AutocastCategory {
+export function autocastCategory(op: string, deviceType: AutocastDeviceType = "cuda"): AutocastCategory {
   if (typeof op !== "string") throw new TypeError(`An op name is a string, got ${describeKind(op)}`);
-  return Object.hasOwn(AUTOCAST_OPS, op) ? AUTOCAST_OPS[op]! : "promote";
+  const table = AUTOCAST_OPS_BY_DEVICE[deviceTypeOf(deviceType)];
+  return Object.hasOwn(table, op) ? table[op]! : "promote";
 }
 
 /**
@@ -199,6 +331,8 @@ export function promoteDtypes(dtypes: readonly string[]): DtypeName {
  *
  * @param op The op name (see {@linkcode AUTOCAST_OPS}).
  * @param inputDtypes The dtypes of the op's floating-point inputs.
+ * @param device The op's device (its inputs'), which picks the device type's op lists; without it
+ *   the autocast's `deviceType` (default "cuda") does.
  * @returns The dtype to cast inputs to and compute in.
  * @example
  * ```ts
@@ -213,8 +347,8 @@ export function promoteDtypes(dtypes: readonly string[]): DtypeName {
  * if (autocastDtype("matmul", ["float32"]) !== "float32") throw new Error("autocast leaked");
  * ```
  */
-export function autocastDtype(op: string, inputDtypes: readonly string[]): DtypeName {
-  const category = autocastCategory(op);
+export function autocastDtype(op: string, inputDtypes: readonly string[], device?: string): DtypeName {
+  const category = autocastCategory(op, currentDeviceType(device));
   const widest = promoteDtypes(inputDtypes);
   const policy = currentPolicy();
   if (policy === null || policy.compute === "float32") return widest;
@@ -230,6 +364,8 @@ export function autocastDtype(op: string, inputDtypes: readonly string[]): Dtype
  *
  * @param policy A policy from getPolicy (compute float32 turns autocast off inside).
  * @param fn The function to run.
+ * @param options deviceType: whose op lists apply to ops that do not pass their device ("cuda",
+ *   the default, or "cpu"), as torch.autocast's device_type.
  * @returns A function with fn's parameters and result.
  * @example
  * ```ts
@@ -239,14 +375,20 @@ export function autocastDtype(op: string, inputDtypes: readonly string[]): Dtype
  * if (outer() !== "float32") throw new Error("inner policy not in force");
  * ```
  */
-export function autocast<A extends unknown[], R>(policy: Policy, fn: (...args: A) => R): (...args: A) => R {
+export function autocast<A extends unknown[], R>(
+  policy: Policy,
+  fn: (...args: A) => R,
+  options: { readonly deviceType?: AutocastDeviceType } = {},
+): (...args: A) => R {
   if (!isPolicy(policy)) {
     throw new TypeError(
       `autocast takes a policy from getPolicy(), got ${describeKind(policy)}: e.g. getPolicy("mixed_bf16")`,
     );
   }
   if (typeof fn !== "function") throw new TypeError(`autocast takes a function to run, got ${describeKind(fn)}`);
-  return (...args: A) => store.run(policy, fn, ...args);
+  const deviceType = options.deviceType === undefined ? null : deviceTypeOf(options.deviceType);
+  const context: AutocastContext = { policy, deviceType };
+  return (...args: A) => store.run(context, fn, ...args);
 }
 
 /** Inputs cast for an op by {@linkcode autocastTensors}; disposing it frees only the casts it made. */
@@ -287,6 +429,7 @@ export function autocastTensors(op: string, inputs: readonly Tensor[]): Autocast
   const dtype = autocastDtype(
     op,
     inputs.map((t) => t.dtype),
+    inputs[0]?.device,
   );
   const made: Tensor[] = [];
   const dispose = () => {

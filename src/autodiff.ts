@@ -18,6 +18,7 @@
  * @module
  */
 
+import { addSame } from "./ops/elementwise.ts";
 import { type Tensor, tensor } from "./tensor.ts";
 import { type Tree, treeLeaves, treeMap } from "./tree.ts";
 import { isTensor } from "./tensor.ts";
@@ -140,11 +141,8 @@ function withoutScope<T>(fn: () => T): T {
 }
 
 function addInto(existing: Tensor, extra: Tensor): Tensor {
-  // Sum in float32 and round once to the gradient's dtype.
-  const a = existing.toArray();
-  const b = extra.toArray();
-  for (let i = 0; i < a.length; i++) a[i]! += b[i]!;
-  const sum = tensor(a, { dtype: existing.dtype, shape: existing.shape });
+  // Native, on the gradients' device: sum in float32 registers, round once to their dtype.
+  const sum = addSame(existing, extra);
   existing.dispose();
   extra.dispose();
   return sum;

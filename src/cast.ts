@@ -5,8 +5,7 @@
  * @module
  */
 
-import { ptr } from "bun:ffi";
-import { CastFlag, check, native } from "./_ffi.ts";
+import { CastFlag, castArrays } from "./backend/cpu/arrays.ts";
 import {
   allocateStorage,
   canonicalDtype,
@@ -84,17 +83,16 @@ function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
 }
 
 function run(source: StorageArray, target: StorageArray, count: number, resolved: ResolvedCast): void {
-  if (count === 0) return;
-  const status = native().mp_cast(
-    ptr(source),
-    ptr(target),
+  castArrays(
+    source,
+    target,
     count,
     dtypeInfo(resolved.from).code,
     dtypeInfo(resolved.to).code,
     resolved.flags,
     resolved.seed,
+    `cast(${resolved.from} -> ${resolved.to})`,
   );
-  check(status, `cast(${resolved.from} -> ${resolved.to})`);
 }
 
 /**

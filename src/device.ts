@@ -1,8 +1,10 @@
 /**
  * The devices this process can compute on, with the precision capabilities code chooses by.
  *
- * `cpu` is always there: it supports bfloat16 everywhere (natively with AVX512-BF16, emulated in
- * float32 otherwise) and fp8 (emulated). CUDA devices (`cuda:N`) are added by the CUDA backend
+ * `cpu` is always there: it supports bfloat16 everywhere (matmuls on AVX512-BF16 dot products
+ * where the CPU has them, widened to float32 in registers otherwise) and fp8 (emulated). The
+ * native library is built for x86-64-v3 and picks wider matmul kernels at run time from what the
+ * running CPU and OS allow; `MIXPREC_CPU=baseline` (or `avx512`) caps that choice. CUDA devices (`cuda:N`) are added by the CUDA backend
  * through {@linkcode registerDeviceProvider}; their bf16 support needs compute capability 8.0+
  * (sm_80) and their fp8 support 8.9+ (sm_89).
  *
@@ -19,7 +21,10 @@ export interface CpuDeviceInfo {
   readonly kind: "cpu";
   /** bfloat16 is always supported on the CPU. */
   readonly bf16: true;
-  /** Whether bfloat16 conversion runs on AVX512-BF16 instructions (else emulated with integer code). */
+  /**
+   * Whether bfloat16 x bfloat16 matmuls run on AVX512-BF16 dot products (`kernels` is
+   * "avx512bf16"); otherwise bfloat16 is widened to float32 in registers.
+   */
   readonly bf16Native: boolean;
   /** Whether float16 conversion runs on F16C instructions. */
   readonly f16Native: boolean;
@@ -28,9 +33,20 @@ export interface CpuDeviceInfo {
   readonly fp8Native: false;
   /** Threads a kernel call uses. */
   readonly threads: number;
-  /** ISA features the kernels were built for: any of "avx2", "avx512f", "avx512bf16", "f16c". */
+  /**
+   * ISA features of the running CPU that its OS enables (cpuid and XCR0): any of "avx2",
+   * "avx512f", "avx512bf16", "f16c", "fma", "bmi2".
+   */
   readonly features: readonly string[];
+  /**
+   * The matmul kernels the library chose for this CPU: "baseline" (what the library was built
+   * for, x86-64-v3 by default), "avx512" (x86-64-v4) or "avx512bf16" (x86-64-v4 + AVX512-BF16).
+   */
+  readonly kernels: CpuKernels;
 }
+
+/** The kernel paths of {@linkcode CpuDeviceInfo.kernels}, narrowest first. */
+export type CpuKernels = "baseline" | "avx512" | "avx512bf16";
 
 /** A CUDA entry of {@linkcode devices} (added by the CUDA backend). */
 export interface CudaDeviceInfo {
@@ -69,40 +85,48 @@ export function cudaCapabilities(computeCapability: readonly [number, number]): 
   return { bf16: major >= 8, fp8: major > 8 || (major === 8 && minor >= 9) };
 }
 
+// mp_cpu_info's bits (zig/src/ffi.zig): 0..5 the running CPU's features, 6 F16C in use, 8..15
+// threads, 16..19 the kernel path.
 const FEATURE_BITS: readonly (readonly [number, string])[] = [
   [1, "avx2"],
   [2, "avx512f"],
   [4, "avx512bf16"],
   [8, "f16c"],
+  [16, "fma"],
+  [32, "bmi2"],
 ];
+const F16C_IN_USE = 64;
+const KERNELS: readonly CpuKernels[] = ["baseline", "avx512", "avx512bf16"];
 
 const FLAGS_OUT = new Uint32Array(1);
 
 /**
  * The CPU entry, from the native library's `mp_cpu_info`.
  *
- * @returns The CPU's precision capabilities, threads and ISA features.
+ * @returns The CPU's precision capabilities, threads, ISA features and chosen kernels.
  * @example
  * ```ts
  * import { cpuDevice } from "./device.ts";
  * const cpu = cpuDevice();
- * if (cpu.bf16Native !== cpu.features.includes("avx512bf16")) throw new Error("inconsistent");
+ * if (cpu.bf16Native && !cpu.features.includes("avx512bf16")) throw new Error("inconsistent");
  * ```
  */
 export function cpuDevice(): CpuDeviceInfo {
   check(native().mp_cpu_info(ptr(FLAGS_OUT)), "mp_cpu_info");
   const flags = FLAGS_OUT[0]!;
   const features = FEATURE_BITS.filter(([bit]) => (flags & bit) !== 0).map(([, name]) => name);
+  const kernels = KERNELS[((flags >>> 16) & 0xf) - 1] ?? "baseline";
   return Object.freeze({
     name: "cpu" as const,
     kind: "cpu" as const,
     bf16: true as const,
-    bf16Native: (flags & 4) !== 0,
-    f16Native: (flags & 8) !== 0,
+    bf16Native: kernels === "avx512bf16",
+    f16Native: (flags & F16C_IN_USE) !== 0,
     fp8: true as const,
     fp8Native: false as const,
     threads: (flags >>> 8) & 0xff,
     features: Object.freeze(features),
+    kernels,
   });
 }
 

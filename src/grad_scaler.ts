@@ -15,7 +15,7 @@
  */
 
 import type { Dtype } from "./dtype.ts";
-import { describeKind } from "./dtype.ts";
+import { canonicalDtype, describeKind } from "./dtype.ts";
 import { MixprecError } from "./errors.ts";
 import {
   allFinite,
@@ -25,9 +25,10 @@ import {
   lossScaleFromJSON,
   type StepResult,
 } from "./loss_scale.ts";
+import { getPolicy, type Policy } from "./policy.ts";
 import { validatePrecisionConfig } from "./precision_config.ts";
 import { isTensor, type Tensor } from "./tensor.ts";
-import { type Tree, treeMap } from "./tree.ts";
+import { type Tree, treeLeaves, treeMap } from "./tree.ts";
 
 /**
  * The optimizer a GradScaler drives: its gradients and a step that applies them. `grads` is read
@@ -63,6 +64,11 @@ export interface GradScalerOptions {
   readonly dtype?: Dtype;
   /** The device trained on (default "cpu"), checked by validatePrecisionConfig. */
   readonly device?: string;
+  /**
+   * The precision policy trained under (a Policy or its string): its compute dtype is the default
+   * `dtype`, and gradients (which have their params' dtype) must be in its `param` dtype.
+   */
+  readonly policy?: Policy | string;
   /** mixprec extensions (see dynamicLossScale): floor, ceiling, hysteresis. */
   readonly minScale?: number | null;
   readonly maxScale?: number | null;
@@ -99,6 +105,45 @@ interface OptimizerState {
 
 let bf16NoticeShown = false;
 
+/**
+ * A bfloat16 scaler is a pass-through: float16 gradients under it would be stepped unscaled (their
+ * small values flushed to zero by the backward pass), so they are refused before anything runs.
+ */
+function checkNoFloat16(grads: unknown): void {
+  const leaves = treeLeaves(grads as Tree<unknown>);
+  const index = leaves.findIndex((g) => isTensor(g) && g.dtype === "float16");
+  if (index < 0) return;
+  throw new TypeError(
+    `GradScaler was constructed for bfloat16 (a pass-through, no scaling) but gradient ${index} is float16: construct it with dtype: "float16" to scale float16 training, or train in bfloat16`,
+  );
+}
+
+/** Gradients have their params' dtype: under a policy it must be the policy's param dtype. */
+function checkPolicyGrads(grads: unknown, policy: Policy | null): void {
+  if (policy === null) return;
+  const leaves = treeLeaves(grads as Tree<unknown>);
+  const index = leaves.findIndex((g) => isTensor(g) && g.dtype !== policy.param);
+  if (index < 0) return;
+  throw new TypeError(
+    `GradScaler: gradient ${index} is ${(leaves[index] as Tensor).dtype} but the policy "${String(policy)}" stores params (and so their gradients) as ${policy.param}: cast the params with policy.castToParam, or pass the policy they were made under`,
+  );
+}
+
+function checkScalerDtype(dtype: unknown): void {
+  if (dtype === undefined) return;
+  let name: string;
+  try {
+    name = canonicalDtype(dtype);
+  } catch {
+    name = "";
+  }
+  if (name !== "float16" && name !== "bfloat16" && name !== "float32") {
+    throw new RangeError(
+      `GradScaler dtype ${JSON.stringify(dtype) ?? String(dtype)} is not a training dtype: use "float16" (scaled), "bfloat16" or "float32" (pass-through)`,
+    );
+  }
+}
+
 const UNINITIALIZED_FIX =
   "This may indicate your script did not use scaler.scale(loss or outputs) earlier in the iteration.";
 
@@ -128,6 +173,7 @@ export class GradScaler {
   readonly #enabled: boolean;
   readonly #bf16: boolean;
   readonly #extensions: { minScale: number | null; maxScale: number | null; hysteresis: number };
+  readonly #policy: Policy | null;
   #loss: DynamicLossScale;
   #initialized = false;
   #states = new Map<ScalerOptimizer, OptimizerState>();
@@ -143,8 +189,25 @@ export class GradScaler {
     }
     const enabled = options.enabled ?? true;
     if (typeof enabled !== "boolean") throw new TypeError(`enabled must be a boolean, got ${describeKind(enabled)}`);
+    // Checked here so the messages use GradScaler's option names (initScale, dtype), not the
+    // names of the functions the options are passed on to.
+    checkScalerDtype(options.dtype);
+    this.#policy =
+      options.policy === undefined
+        ? null
+        : typeof options.policy === "string"
+          ? getPolicy(options.policy)
+          : options.policy;
+    if (options.initScale !== undefined) {
+      const s = options.initScale;
+      if (typeof s !== "number" || !Number.isFinite(s) || !(Math.fround(s) > 0) || !Number.isFinite(Math.fround(s))) {
+        throw new RangeError(`initScale must be a finite float32 number > 0, got ${String(s)}: e.g. initScale: 65536`);
+      }
+    }
     const checked = validatePrecisionConfig({
-      compute: options.dtype ?? "float16",
+      compute:
+        options.dtype ??
+        (this.#policy !== null && this.#policy.compute !== "float32" ? this.#policy.compute : "float16"),
       lossScale: "dynamic",
       ...(options.device === undefined ? {} : { device: options.device }),
     });
@@ -206,6 +269,8 @@ export class GradScaler {
    * @param optimizer The optimizer whose `grads` to unscale.
    */
   unscale_(optimizer: ScalerOptimizer): void {
+    checkPolicyGrads(optimizer.grads, this.#policy);
+    if (this.#bf16) checkNoFloat16(optimizer.grads);
     if (!this.#enabled) return;
     this.#checkInitialized("unscale_");
     checkOptimizer(optimizer);
@@ -237,6 +302,8 @@ export class GradScaler {
    */
   step(optimizer: ScalerOptimizer): StepResult {
     checkOptimizer(optimizer);
+    checkPolicyGrads(optimizer.grads, this.#policy);
+    if (this.#bf16) checkNoFloat16(optimizer.grads);
     if (!this.#enabled) {
       optimizer.step();
       const reason = this.#bf16 ? "bf16_no_scaling" : "applied";

@@ -91,6 +91,7 @@ export {
   fusedAdamW,
 } from "./optim/fused_adamw.ts";
 export { type FusedSgdOptions, type FusedSgdState, fusedSgd } from "./optim/fused_sgd.ts";
+export { type FusedEntry, type FusedStateDict } from "./optim/_fused_state.ts";
 // AMP: loss scales, precision policies (issue #3).
 export {
   allFinite,
@@ -109,9 +110,13 @@ export {
 export { getPolicy, isPolicy, type Policy, type PolicyDtype, POLICY_PRESETS } from "./policy.ts";
 export {
   AUTOCAST_OPS,
+  AUTOCAST_OPS_BY_DEVICE,
+  AUTOCAST_OPS_CPU,
   autocast,
   type AutocastCategory,
   autocastCategory,
+  type AutocastDeviceType,
+  currentDeviceType,
   autocastDtype,
   type AutocastTensors,
   autocastTensors,
@@ -136,6 +141,7 @@ export {
 } from "./precision_config.ts";
 export {
   type CpuDeviceInfo,
+  type CpuKernels,
   type CudaDeviceInfo,
   cudaCapabilities,
   type DeviceInfo,
@@ -178,6 +184,7 @@ export {
 export * as nn from "./nn/mod.ts";
 export * as ops from "./ops/mod.ts";
 export { liveTensorCount } from "./tensor.ts";
+export { hostMemoryStats } from "./backend/cpu/storage.ts";
 export {
   type ConversionReport,
   type ConvertOptions,

@@ -79,6 +79,17 @@ const POLICY_DTYPES: ReadonlySet<DtypeName> = new Set(["float32", "float16", "bf
  */
 export const POLICY_PRESETS: Readonly<Record<string, string>> = PRESETS;
 
+/** Whether `text` names a dtype (fp8 included, so parseDtype can say why policies refuse it). */
+function isDtypeWord(text: string): boolean {
+  if (Object.hasOwn(POLICY_ALIASES, text)) return true;
+  try {
+    canonicalDtype(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function parseDtype(text: string, whole: string): PolicyDtype {
   let dtype: DtypeName;
   if (Object.hasOwn(POLICY_ALIASES, text)) dtype = POLICY_ALIASES[text]!;
@@ -144,6 +155,11 @@ export function getPolicy(name: string): Policy {
   }
   if (Object.hasOwn(PRESETS, whole)) return getPolicy(PRESETS[whole]!);
   if (!whole.includes("=")) {
+    if (!isDtypeWord(whole)) {
+      throw new SyntaxError(
+        `Unknown policy "${whole}": use a preset (${Object.keys(PRESETS).join(", ")}), a dtype (float32, float16, bfloat16), or parts such as "params=float32,compute=bfloat16"`,
+      );
+    }
     const dtype = parseDtype(whole, name);
     return makePolicy(dtype, dtype, dtype);
   }

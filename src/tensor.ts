@@ -7,18 +7,9 @@
  * @module
  */
 
-import { ptr, toArrayBuffer } from "bun:ffi";
-import { check, native } from "./_ffi.ts";
-import {
-  cudaAlloc,
-  cudaCast,
-  cudaCopyOnDevice,
-  cudaCopyToDevice,
-  cudaCopyToHost,
-  cudaFill32,
-  cudaFree,
-  requireCuda,
-} from "./backend/cuda.ts";
+import { backendOf, ordinalOf } from "./backend/backend.ts";
+import type { Storage } from "./backend/cpu/storage.ts";
+import { requireCuda } from "./backend/cuda.ts";
 import { type CastOptions, castFlags, castInto } from "./cast.ts";
 import {
   allocateStorage,
@@ -38,25 +29,21 @@ export type Device = "cpu" | `cuda:${number}`;
 /** A tensor's shape: non-negative integer dimensions. */
 export type Shape = readonly number[];
 
-/** Native storage: host memory (ordinal -1) or device memory of cuda:ordinal. */
-interface Allocation {
-  readonly address: number;
-  readonly sizeBytes: number;
-  readonly ordinal: number;
-}
-
-/** Native allocations owned by tensors that are neither disposed nor collected. */
+/** Tensors neither disposed nor collected. */
 let liveAllocations = 0;
 
-const registry = new FinalizationRegistry<Allocation>((allocation) => {
+/**
+ * Storage nobody disposed, once its tensor is collected: host blocks are freed by their
+ * ArrayBuffer's deallocator (the collector sees them), device blocks here.
+ */
+const registry = new FinalizationRegistry<{ readonly storage: Storage; readonly device: Device } | null>((held) => {
   liveAllocations--;
-  if (allocation.ordinal < 0) native().mp_free(allocation.address, allocation.sizeBytes);
-  else cudaFree(allocation.ordinal, allocation.address);
+  if (held !== null) backendOf(held.device).free(ordinalOf(held.device), held.storage);
 });
 
 /**
- * The number of tensors whose native storage is live (created, not yet disposed or collected).
- * Training loops can check that it stays flat from step to step.
+ * The number of tensors whose storage is live (created, not yet disposed or collected). Training
+ * loops can check that it stays flat from step to step.
  *
  * @returns The live count.
  * @example
@@ -69,13 +56,6 @@ const registry = new FinalizationRegistry<Allocation>((allocation) => {
  */
 export function liveTensorCount(): number {
   return liveAllocations;
-}
-
-const ADDRESS_OUT = new BigUint64Array(1);
-
-function allocate(sizeBytes: number): number {
-  check(native().mp_alloc(sizeBytes, ptr(ADDRESS_OUT)), `allocating ${sizeBytes} bytes`);
-  return Number(ADDRESS_OUT[0]);
 }
 
 /** Validates a shape and returns its element count. */
@@ -99,10 +79,6 @@ function checkDevice(device: unknown): Device {
   throw new TypeError(`Unknown device ${JSON.stringify(device)}: use "cpu" or "cuda:N"`);
 }
 
-function ordinalOf(device: Device): number {
-  return device === "cpu" ? -1 : Number(device.slice(5));
-}
-
 /**
  * A contiguous tensor. Create one with {@linkcode tensor}, {@linkcode zeros}, {@linkcode ones} or
  * {@linkcode randn}.
@@ -116,7 +92,8 @@ export class Tensor {
   readonly size: number;
   /** Where the storage lives. */
   readonly device: Device;
-  #allocation: Allocation | undefined;
+  #storage: Storage | undefined;
+  /** The view `data` handed out; once it exists the block is freed by the collector, not dispose(). */
   #view: StorageArray | undefined;
 
   /** @internal Use tensor(), zeros(), ones() or randn(). */
@@ -126,56 +103,50 @@ export class Tensor {
     this.size = shapeSize(this.shape);
     this.device = device;
     const sizeBytes = this.size * (dtypeInfo(dtype).bits / 8);
-    const ordinal = ordinalOf(device);
-    if (ordinal >= 0) {
-      // Device storage: zeroed on the stream; the host never maps it.
-      const address = cudaAlloc(ordinal, sizeBytes);
-      cudaFill32(ordinal, address, 0, Math.ceil(sizeBytes / 4));
-      this.#allocation = { address, sizeBytes, ordinal };
-      liveAllocations++;
-      registry.register(this, this.#allocation, this);
-      return;
-    }
-    const address = allocate(sizeBytes);
-    this.#allocation = { address, sizeBytes, ordinal };
+    const backend = backendOf(device);
+    const storage = backend.allocate(ordinalOf(device), sizeBytes);
+    this.#storage = storage;
     liveAllocations++;
-    const buffer = toArrayBuffer(address, 0, Math.max(sizeBytes, 1));
-    const view = allocateViewOf(dtype, buffer, this.size);
+    // Host blocks must not be held here: the registry keeps its held values alive, and a host block
+    // is freed when its buffer is collected (callbacks may never run inside a synchronous loop).
+    registry.register(this, device === "cpu" ? null : { storage, device }, this);
     // Callers that overwrite every element at once (casts, kernels' outputs) skip the zeroing.
-    if (zeroed) view.fill(0);
-    this.#view = view;
-    registry.register(this, this.#allocation, this);
+    if (zeroed) backend.zero(this);
   }
 
   /** Whether `dispose()` was called. */
   get disposed(): boolean {
-    return this.#allocation === undefined;
+    return this.#storage === undefined;
   }
 
   /**
    * The live storage: raw bits in the dtype's storage kind (Float32Array for float32, Uint16Array
-   * for 16-bit types, Uint8Array for fp8). Valid until the tensor is disposed; do not keep it.
+   * for 16-bit types, Uint8Array for fp8). The view shares the tensor's memory and keeps it alive:
+   * after `dispose()` it still reads the values it had (the memory is freed when the view is
+   * collected), never freed memory.
    */
   get data(): StorageArray {
-    if (this.#view === undefined) {
-      if (this.#allocation === undefined) throw this.#disposedError("data");
+    const storage = this.#storage;
+    if (storage === undefined) throw this.#disposedError("data");
+    if (storage.buffer === null) {
       throw new TypeError(
         `Cannot read data of ${this.toString()} from the host: its storage is device memory. Call .to("cpu") for a CPU tensor, or .toArray() for its values`,
       );
     }
+    this.#view ??= viewOf(this.dtype, storage.buffer, this.size);
     return this.#view;
   }
 
   /** The native address of the storage (for kernels): host memory on "cpu", device memory on "cuda:N". */
   get address(): number {
-    if (this.#allocation === undefined) throw this.#disposedError("address");
-    return this.#allocation.address;
+    if (this.#storage === undefined) throw this.#disposedError("address");
+    return this.#storage.address;
   }
 
   /** The storage size in bytes. */
   get sizeBytes(): number {
-    if (this.#allocation === undefined) throw this.#disposedError("sizeBytes");
-    return this.#allocation.sizeBytes;
+    if (this.#storage === undefined) throw this.#disposedError("sizeBytes");
+    return this.#storage.sizeBytes;
   }
 
   /** The number of dimensions. */
@@ -185,23 +156,27 @@ export class Tensor {
 
   /** Values as a new Float32Array (every dtype widens to float32 exactly). */
   toArray(): Float32Array {
-    const data = this.#hostBits();
-    if (this.dtype === "float32") return (data as Float32Array).slice();
-    return castInto(data, new Float32Array(this.size), this.dtype, "float32");
+    const bits = this.#hostBits();
+    if (this.dtype === "float32") return bits === this.#view ? (bits as Float32Array).slice() : (bits as Float32Array);
+    return castInto(bits, new Float32Array(this.size), this.dtype, "float32");
   }
 
   /** A copy of the raw bits. */
   bits(): StorageArray {
-    return this.device === "cpu" ? this.data.slice() : this.#hostBits();
+    const bits = this.#hostBits();
+    return bits === this.#view ? bits.slice() : bits;
   }
 
-  /** The storage view on the CPU; a fresh host copy (one wait for the device) on CUDA. */
+  /**
+   * The bits on the host: the handed-out view if there is one, else a fresh copy (one wait for a
+   * device). Never a view that could outlive the tensor's memory.
+   */
   #hostBits(): StorageArray {
-    const allocation = this.#allocation;
-    if (allocation === undefined) throw this.#disposedError("data");
-    if (allocation.ordinal < 0) return this.data;
+    const storage = this.#storage;
+    if (storage === undefined) throw this.#disposedError("data");
+    if (this.#view !== undefined) return this.#view;
     const host = allocateStorage(this.dtype, this.size);
-    cudaCopyToHost(allocation.ordinal, host, allocation.address);
+    backendOf(this.device).read(this, host);
     return host;
   }
 
@@ -215,30 +190,16 @@ export class Tensor {
   to(target: Dtype | Device, options: CastOptions = {}): Tensor {
     if (typeof target === "string" && (target === "cpu" || target.startsWith("cuda"))) {
       const device = checkDevice(target);
-      const copy = new Tensor(this.dtype, this.shape, device);
+      const copy = new Tensor(this.dtype, this.shape, device, false);
       copyStorage(this, copy);
       return copy;
     }
+    if (this.#storage === undefined) throw this.#disposedError("data");
     const dtype = canonicalDtype(target);
-    if (this.device !== "cpu" && dtype !== this.dtype) {
-      const { flags, seed } = castFlags(this.dtype, dtype, options);
-      const result = new Tensor(dtype, this.shape, this.device);
-      const from = dtypeInfo(this.dtype).code;
-      cudaCast(
-        ordinalOf(this.device),
-        this.address,
-        result.address,
-        this.size,
-        from,
-        dtypeInfo(dtype).code,
-        flags,
-        seed,
-      );
-      return result;
-    }
-    const result = new Tensor(dtype, this.shape, this.device, this.device !== "cpu");
-    if (dtype === this.dtype) copyStorage(this, result);
-    else castInto(this.data, result.data, this.dtype, dtype, options);
+    const { flags, seed } = castFlags(this.dtype, dtype, options);
+    const result = new Tensor(dtype, this.shape, this.device, false);
+    if (dtype === this.dtype) backendOf(this.device).copy(this, result);
+    else backendOf(this.device).cast(this, result, flags, seed);
     return result;
   }
 
@@ -254,21 +215,24 @@ export class Tensor {
         `Cannot reshape [${this.shape.join(", ")}] (${this.size} elements) to [${shape.join(", ")}]: sizes differ`,
       );
     }
-    const result = new Tensor(this.dtype, shape, this.device);
-    copyStorage(this, result);
+    if (this.#storage === undefined) throw this.#disposedError("data");
+    const result = new Tensor(this.dtype, shape, this.device, false);
+    backendOf(this.device).copy(this, result);
     return result;
   }
 
-  /** Frees the storage now. Idempotent; any later use of the tensor throws. */
+  /**
+   * Frees the storage now. Idempotent; any later use of the tensor throws. A `data` view taken
+   * earlier keeps the memory (and the values it had) until the view itself is collected.
+   */
   dispose(): void {
-    if (this.#allocation === undefined) return;
+    const storage = this.#storage;
+    if (storage === undefined) return;
     registry.unregister(this);
-    const { address, sizeBytes, ordinal } = this.#allocation;
-    this.#allocation = undefined;
-    this.#view = undefined;
+    this.#storage = undefined;
     liveAllocations--;
-    if (ordinal >= 0) cudaFree(ordinal, address);
-    else check(native().mp_free(address, sizeBytes), "freeing a tensor");
+    if (this.#view === undefined) backendOf(this.device).free(ordinalOf(this.device), storage);
+    this.#view = undefined;
   }
 
   /** For `using t = tensor(...)`. */
@@ -290,16 +254,12 @@ export class Tensor {
 
 /** Copies the storage bytes of `source` into `target` (same dtype and size), across devices too. */
 function copyStorage(source: Tensor, target: Tensor): void {
-  const from = ordinalOf(source.device);
-  const to = ordinalOf(target.device);
-  if (from < 0 && to < 0) target.data.set(source.data);
-  else if (from < 0) cudaCopyToDevice(to, target.address, source.data);
-  else if (to < 0) cudaCopyToHost(from, target.data, source.address);
-  else if (from === to) cudaCopyOnDevice(to, target.address, source.address, source.sizeBytes);
-  else cudaCopyToDevice(to, target.address, source.bits());
+  if (source.device === target.device) backendOf(source.device).copy(source, target);
+  else if (source.device === "cpu") backendOf(target.device).write(target, source.data);
+  else backendOf(target.device).write(target, source.bits());
 }
 
-function allocateViewOf(dtype: DtypeName, buffer: ArrayBuffer, length: number): StorageArray {
+function viewOf(dtype: DtypeName, buffer: ArrayBuffer, length: number): StorageArray {
   const storage = dtypeInfo(dtype).storage;
   if (storage === "Float32Array") return new Float32Array(buffer, 0, length);
   if (storage === "Uint16Array") return new Uint16Array(buffer, 0, length);
@@ -389,14 +349,15 @@ export function tensor(data: number | readonly unknown[] | StorageArray, options
   if (shapeSize(shape) !== length) {
     throw new RangeError(`Shape [${shape.join(", ")}] holds ${shapeSize(shape)} elements but the data has ${length}`);
   }
-  const result = new Tensor(dtype, shape, "cpu");
-  if (bits !== undefined) result.data.set(bits);
-  else if (dtype === "float32") result.data.set(values!);
-  else castInto(values!, result.data, "float32", dtype);
-  if (device === "cpu") return result;
-  // Device tensors are filled on the host and copied over once.
-  using host = result;
-  return host.to(device);
+  // Written through the backend (no view of the storage escapes, so dispose() frees it at once);
+  // a device tensor receives its bytes in one copy.
+  const result = new Tensor(dtype, shape, device, false);
+  let source: StorageArray;
+  if (bits !== undefined) source = bits;
+  else if (dtype === "float32") source = values!;
+  else source = castInto(values!, allocateStorage(dtype, length), "float32", dtype);
+  backendOf(device).write(result, source);
+  return result;
 }
 
 /** Options for filled tensors. */
@@ -436,10 +397,12 @@ export function full(shape: Shape, value: number, options: FillOptions = {}): Te
     using host = full(shape, value, { dtype: options.dtype });
     return host.to(device);
   }
-  const result = zeros(shape, options);
-  const one = castInto(new Float32Array([value]), allocateStorage(result.dtype, 1), "float32", result.dtype);
-  result.data.fill(one[0]!);
-  return result;
+  const dtype = canonicalDtype(options.dtype ?? "float32");
+  const size = shapeSize(shape);
+  const one = castInto(new Float32Array([value]), allocateStorage(dtype, 1), "float32", dtype);
+  const filled = allocateStorage(dtype, size);
+  filled.fill(one[0]!);
+  return tensor(filled, { dtype, shape });
 }
 
 /**

@@ -6,8 +6,9 @@
  */
 
 import { ptr } from "bun:ffi";
-import { check, native } from "./_ffi.ts";
-import { cudaAlloc, cudaCopyToHost, cudaFill32, cudaFree, cudaTable, cudaUnscaleCheck } from "./backend/cuda.ts";
+import { type TableRow, tensorRows } from "./backend/_tables.ts";
+import { backendOf } from "./backend/backend.ts";
+import { unscaleCheckRows } from "./backend/cpu/amp.ts";
 import {
   canonicalDtype,
   describeKind,
@@ -31,8 +32,6 @@ const UNSCALABLE_CODES: Readonly<Partial<Record<DtypeName, number>>> = Object.fr
   float16: dtypeInfo("float16").code,
   bfloat16: dtypeInfo("bfloat16").code,
 });
-const FOUND_OUT = new Uint32Array(1);
-const TWO_TO_32 = 2 ** 32;
 
 /**
  * Builds the native table of (address, count, dtype) rows, 24 bytes each. Written through 32-bit
@@ -41,11 +40,15 @@ const TWO_TO_32 = 2 ** 32;
  * @internal
  */
 export function gradientTable(grads: readonly (Tensor | GradientRow)[], what: string): BigUint64Array {
+  return tensorRows(hostRows(grads, what));
+}
+
+/** Validated host rows of gradients given as CPU tensors or `{ data, dtype }`. */
+function hostRows(grads: readonly (Tensor | GradientRow)[], what: string): TableRow[] {
   if (!Array.isArray(grads)) {
     throw new TypeError(`${what} takes a list of tensors or { data, dtype } rows, got ${describeKind(grads)}`);
   }
-  const table = new BigUint64Array(grads.length * 3);
-  const words = new Uint32Array(table.buffer);
+  const rows: TableRow[] = [];
   for (let i = 0; i < grads.length; i++) {
     const grad = grads[i];
     let address: number;
@@ -58,7 +61,7 @@ export function gradientTable(grads: readonly (Tensor | GradientRow)[], what: st
       }
       dtype = grad.dtype;
       count = grad.size;
-      address = grad.address;
+      address = count === 0 ? 0 : grad.address;
     } else if (typeof grad === "object" && grad !== null && "data" in grad && "dtype" in grad) {
       dtype = canonicalDtype(grad.dtype);
       if (!isStorageOf(grad.data, dtype)) {
@@ -75,15 +78,9 @@ export function gradientTable(grads: readonly (Tensor | GradientRow)[], what: st
     if (code === undefined) {
       throw new TypeError(`Gradient ${i} has dtype ${dtype}: gradients are float32, float16 or bfloat16`);
     }
-    if (count === 0) address = 0;
-    const row = 6 * i;
-    words[row] = address >>> 0;
-    words[row + 1] = Math.floor(address / TWO_TO_32);
-    words[row + 2] = count >>> 0;
-    words[row + 3] = Math.floor(count / TWO_TO_32);
-    words[row + 4] = code;
+    rows.push({ address, count, dtypeCode: code });
   }
-  return table;
+  return rows;
 }
 
 /**
@@ -109,10 +106,7 @@ export function unscaleAndCheck(grads: readonly (Tensor | GradientRow)[], invSca
   if (Array.isArray(grads) && grads.some((grad) => grad instanceof Tensor && grad.device !== "cpu")) {
     return unscaleOnDevice(grads, invScale);
   }
-  const table = gradientTable(grads, "unscaleAndCheck");
-  if (grads.length === 0) return false;
-  check(native().mp_unscale_check(ptr(table), grads.length, Math.fround(invScale), ptr(FOUND_OUT)), "unscaleAndCheck");
-  return FOUND_OUT[0] !== 0;
+  return unscaleCheckRows(hostRows(grads, "unscaleAndCheck"), invScale);
 }
 
 /**
@@ -133,20 +127,5 @@ function unscaleOnDevice(grads: readonly (Tensor | GradientRow)[], invScale: num
       throw new TypeError(`Gradient ${i} has dtype ${grad.dtype}: gradients are float32, float16 or bfloat16`);
     }
   });
-  const tensors = grads as readonly Tensor[];
-  const ordinal = Number(first.device.slice(5));
-  using table = cudaTable(
-    ordinal,
-    tensors.map((t) => ({ address: t.address, count: t.size, dtypeCode: dtypeInfo(t.dtype).code })),
-  );
-  const found = cudaAlloc(ordinal, 4);
-  try {
-    cudaFill32(ordinal, found, 0, 1);
-    cudaUnscaleCheck(table, { invScale }, found);
-    const flag = new Uint32Array(1);
-    cudaCopyToHost(ordinal, flag, found);
-    return flag[0] !== 0;
-  } finally {
-    cudaFree(ordinal, found);
-  }
+  return backendOf(first.device).unscaleCheck(grads as readonly Tensor[], invScale);
 }

@@ -1,15 +1,19 @@
 import { describe, expect, test } from "bun:test";
 import {
   AUTOCAST_OPS,
+  AUTOCAST_OPS_BY_DEVICE,
+  AUTOCAST_OPS_CPU,
   autocast,
   autocastCategory,
   autocastDtype,
   autocastTensors,
+  currentDeviceType,
   currentPolicy,
   getPolicy,
   promoteDtypes,
   tensor,
 } from "../src/mod.ts";
+import cpuProbe from "./fixtures/autocast_cpu.json";
 
 const F32 = "float32";
 const F16 = "float16";
@@ -173,10 +177,14 @@ describe("autocastTensors()", () => {
       expect(made.disposed).toBe(true);
       expect(a.disposed || b.disposed).toBe(false);
 
+      // CPU tensors follow torch's CPU lists: softmax runs in its input dtype, losses in float32.
       using softmax = autocastTensors("softmax", [b]);
-      expect(softmax.dtype).toBe(F32);
-      expect(softmax.tensors[0]!.dtype).toBe(F32);
-      expect([...softmax.tensors[0]!.toArray()]).toEqual([2, 4, 8]);
+      expect(softmax.dtype).toBe(BF16);
+      expect(softmax.tensors[0]).toBe(b);
+      using loss = autocastTensors("cross_entropy", [b]);
+      expect(loss.dtype).toBe(F32);
+      expect(loss.tensors[0]!.dtype).toBe(F32);
+      expect([...loss.tensors[0]!.toArray()]).toEqual([2, 4, 8]);
 
       using add = autocastTensors("add", [a, b]);
       expect(add.dtype).toBe(F32);
@@ -186,5 +194,60 @@ describe("autocastTensors()", () => {
     using outside = autocastTensors("matmul", [a]);
     expect(outside.tensors[0]).toBe(a);
     expect(() => autocastTensors("matmul", [a, 3 as never])).toThrow(TypeError);
+  });
+});
+
+describe("autocast per device type", () => {
+  test("the CPU table equals what torch.autocast('cpu', bfloat16) does, op by op (committed probe of torch 2.13)", () => {
+    expect(cpuProbe.torch).toStartWith("2.13.");
+    const probed = cpuProbe.ops as Record<string, string>;
+    for (const [op, category] of Object.entries(probed))
+      expect([op, autocastCategory(op, "cpu")]).toEqual([op, category]);
+    // Every op of the CUDA table was probed, and the CPU table lists nothing the probe did not see.
+    for (const op of Object.keys(AUTOCAST_OPS)) expect(Object.hasOwn(probed, op)).toBe(true);
+    for (const op of Object.keys(AUTOCAST_OPS_CPU)) expect(Object.hasOwn(probed, op)).toBe(true);
+  });
+
+  test("cuda keeps PyTorch's CUDA lists; cpu runs softmax, norms, exp, log, pow, sum, mean, cumsum in the input dtype", () => {
+    expect(AUTOCAST_OPS_BY_DEVICE.cuda).toBe(AUTOCAST_OPS);
+    for (const op of [
+      "softmax",
+      "log_softmax",
+      "layer_norm",
+      "rms_norm",
+      "group_norm",
+      "exp",
+      "log",
+      "pow",
+      "sum",
+      "mean",
+      "cumsum",
+    ]) {
+      expect(autocastCategory(op, "cuda")).toBe("float32");
+      expect(autocastCategory(op, "cpu")).toBe("promote");
+    }
+    expect(autocastCategory("mv", "cpu")).toBe("promote");
+    expect(autocastCategory("addmv", "cpu")).toBe("promote");
+    expect(autocastCategory("mv", "cuda")).toBe("lower");
+    expect(autocastCategory("scaled_dot_product_attention", "cpu")).toBe("lower");
+  });
+
+  test("autocastDtype() follows the op's device, else autocast's deviceType, else cuda", () => {
+    const bf16 = getPolicy("mixed_bf16");
+    const run = (deviceType?: "cpu" | "cuda") =>
+      autocast(
+        bf16,
+        () => [
+          autocastDtype("softmax", [BF16]),
+          autocastDtype("softmax", [BF16], "cpu"),
+          autocastDtype("softmax", [BF16], "cuda:0"),
+          currentDeviceType(),
+        ],
+        deviceType === undefined ? {} : { deviceType },
+      )();
+    expect(run()).toEqual([F32, BF16, F32, "cuda"]);
+    expect(run("cpu")).toEqual([BF16, BF16, F32, "cpu"]);
+    expect(run("cuda")).toEqual([F32, BF16, F32, "cuda"]);
+    expect(() => autocast(bf16, () => 1, { deviceType: "tpu" as never })).toThrow(/Unknown device "tpu"/);
   });
 });

@@ -125,7 +125,7 @@ function onDevice(dtype: DtypeName, bits: StorageArray): Tensor {
   return result;
 }
 
-/** PyTorch's _amp_update_scale_, from shared/REFERENCE.md, in float32 arithmetic. */
+/** PyTorch's _amp_update_scale_, from shared/REFERENCE.md: the float32 scale times the full-precision factor, rounded once. */
 function referenceUpdateScale(
   state: { scale: number; tracker: number },
   foundInf: boolean,
@@ -133,10 +133,10 @@ function referenceUpdateScale(
   backoff: number,
   interval: number,
 ): { scale: number; tracker: number } {
-  if (foundInf) return { scale: Math.fround(state.scale * Math.fround(backoff)), tracker: 0 };
+  if (foundInf) return { scale: Math.fround(state.scale * backoff), tracker: 0 };
   const successful = state.tracker + 1;
   if (successful !== interval) return { scale: state.scale, tracker: successful };
-  const grown = Math.fround(state.scale * Math.fround(growth));
+  const grown = Math.fround(state.scale * growth);
   return { scale: Number.isFinite(grown) ? grown : state.scale, tracker: 0 };
 }
 

@@ -244,4 +244,34 @@ describe("GradScaler", () => {
     b.dispose();
     expect(() => scaler.scale("x" as never)).toThrow(TypeError);
   });
+
+  test("a bfloat16 GradScaler refuses float16 gradients and steps nothing", () => {
+    const warn = spyOn(console, "warn").mockImplementation(() => {});
+    try {
+      const scaler = new GradScaler({ dtype: "bfloat16" });
+      using g = tensor([1e-8, 3], { dtype: "float16" });
+      const optimizer = fakeOptimizer([g]);
+      expect(() => scaler.step(optimizer)).toThrow(/constructed for bfloat16.*gradient 0 is float16.*dtype: "float16"/);
+      expect(() => scaler.unscale_(optimizer)).toThrow(TypeError);
+      expect(optimizer.steps).toBe(0);
+    } finally {
+      warn.mockRestore();
+    }
+  });
+
+  test("option errors use GradScaler's own names: initScale and dtype", () => {
+    expect(() => new GradScaler({ initScale: -1 })).toThrow(/^initScale must be .* got -1: e\.g\. initScale: 65536$/);
+    expect(() => new GradScaler({ initScale: Number.NaN })).toThrow(/initScale/);
+    expect(() => new GradScaler({ initScale: 1e40 })).toThrow(/initScale/);
+    expect(() => new GradScaler({ dtype: "int8" as never })).toThrow(
+      /^GradScaler dtype "int8" is not a training dtype/,
+    );
+    for (const bad of [() => new GradScaler({ initScale: -1 }), () => new GradScaler({ dtype: "int8" as never })]) {
+      try {
+        bad();
+      } catch (error) {
+        expect(String(error)).not.toMatch(/initialScale|compute=/);
+      }
+    }
+  });
 });

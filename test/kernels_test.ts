@@ -15,7 +15,7 @@ const PTX_PATH = new URL("../zig/zig-out/ptx/mixprec.ptx", import.meta.url).path
 const EXPECTED: Record<string, string[]> = {
   mp_cast_kernel: ["u64", "u64", "u64", "u32", "u32", "u32", "u32"],
   mp_unscale_check_kernel: ["u64", "u64", "u64", "f32", "u64", "u64"],
-  mp_update_scale_kernel: ["u64", "u64", "f32", "f32", "u32"],
+  mp_update_scale_kernel: ["u64", "u64", "f64", "f64", "u32"],
   mp_sum_squares_kernel: ["u64", "u64", "u64", "u64"],
   mp_global_norm_finish_kernel: ["u64", "u32", "u64"],
   mp_scale_kernel: ["u64", "u64", "u64", "f32", "u64"],

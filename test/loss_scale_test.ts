@@ -13,7 +13,8 @@ import {
 
 /**
  * PyTorch's `_amp_update_scale_` written plainly: a float32 scale and an int32 tracker in typed
- * arrays, float32 factors, exactly the kernel's branches.
+ * arrays, float64 factors (the kernels take `double`: the product is rounded once to float32),
+ * exactly the kernel's branches. test/torch_parity_test.ts checks the rule against torch itself.
  */
 function torchUpdateScale(
   scale: Float32Array,
@@ -23,8 +24,8 @@ function torchUpdateScale(
   backoffFactor: number,
   growthInterval: number,
 ): void {
-  const growth = Math.fround(growthFactor);
-  const backoff = Math.fround(backoffFactor);
+  const growth = growthFactor;
+  const backoff = backoffFactor;
   if (foundInf) {
     scale[0] = scale[0]! * backoff;
     tracker[0] = 0;

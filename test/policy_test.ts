@@ -138,4 +138,14 @@ describe("castToParam(), castToCompute(), castToOutput()", () => {
     params[0]!.dispose();
     outputs[0]!.dispose();
   });
+
+  test("getPolicy() names the presets for an unknown single word such as mixed_fp16", () => {
+    expect(() => getPolicy("mixed_fp16")).toThrow(SyntaxError);
+    expect(() => getPolicy("mixed_fp16")).toThrow(
+      /^Unknown policy "mixed_fp16": use a preset \(fp32, mixed_bf16, mixed_f16, pure_bf16\)/,
+    );
+    expect(() => getPolicy("p=f32,c=halfish")).toThrow(/Unknown dtype "halfish"/);
+    expect(getPolicy("bf16").compute).toBe("bfloat16");
+    expect(() => getPolicy("float8_e4m3fn")).toThrow(RangeError);
+  });
 });

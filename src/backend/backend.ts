@@ -18,10 +18,27 @@ import { MixprecError } from "../errors.ts";
 import type { Device } from "../tensor.ts";
 import { cpuBackend } from "./cpu.ts";
 import { cudaBackendOps } from "./cuda.ts";
+import type { AmpKernels } from "./cpu/amp.ts";
+import type { AttentionKernels } from "./cpu/attention.ts";
+import type { ElementwiseKernels } from "./cpu/elementwise.ts";
+import type { EmbeddingKernels } from "./cpu/embedding.ts";
+import type { LayoutKernels } from "./cpu/layout.ts";
+import type { NormKernels } from "./cpu/norm.ts";
+import type { RopeKernels } from "./cpu/rope.ts";
+import type { SoftmaxKernels } from "./cpu/softmax.ts";
 import type { StorageKernels } from "./cpu/storage.ts";
 
 /** Every kernel a device offers. Each family's interface lives beside its CPU implementation. */
-export interface Backend extends StorageKernels {
+export interface Backend
+  extends StorageKernels,
+    LayoutKernels,
+    AmpKernels,
+    ElementwiseKernels,
+    NormKernels,
+    SoftmaxKernels,
+    EmbeddingKernels,
+    AttentionKernels,
+    RopeKernels {
   /** "cpu" or "cuda". */
   readonly kind: "cpu" | "cuda";
 }

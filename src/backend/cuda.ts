@@ -14,7 +14,21 @@
 
 import { ptr } from "bun:ffi";
 import { lastError, native, Status } from "../_ffi.ts";
-import { type DtypeName, dtypeInfo } from "../dtype.ts";
+import { dtypeInfo } from "../dtype.ts";
+import type { Tensor } from "../tensor.ts";
+import {
+  type AdamHyper,
+  type AdamRowTensors,
+  adamHyper,
+  adamRows,
+  rowOf,
+  type SgdHyper,
+  type SgdRowTensors,
+  sgdHyper,
+  sgdRows,
+  tensorRows,
+} from "./_tables.ts";
+import type { Storage } from "./cpu/storage.ts";
 import { MixprecError } from "../errors.ts";
 
 /** A CUDA device as {@linkcode cudaDevices} lists it. */
@@ -400,14 +414,9 @@ export interface CudaTable {
  * @returns The table; dispose it when the tensors are gone.
  */
 export function cudaTable(ordinal: number, rows: readonly CudaRow[]): CudaTable {
-  const words = new BigUint64Array(Math.max(rows.length, 1) * 3);
+  const words = tensorRows(rows);
   let totalCount = 0;
-  rows.forEach((row, i) => {
-    words[3 * i] = BigInt(row.address);
-    words[3 * i + 1] = BigInt(row.count);
-    words[3 * i + 2] = BigInt(row.dtypeCode);
-    totalCount += row.count;
-  });
+  for (const row of rows) totalCount += row.count;
   const address = cudaAlloc(ordinal, words.byteLength);
   cudaCopyToDevice(ordinal, address, words);
   let live = true;
@@ -497,8 +506,8 @@ export function cudaUpdateScale(
       ordinal,
       stateAddress,
       foundInfAddress,
-      Math.fround(growthFactor),
-      Math.fround(backoffFactor),
+      growthFactor,
+      backoffFactor,
       growthInterval,
     ),
     `Updating the loss scale on cuda:${ordinal}`,
@@ -652,7 +661,7 @@ export function cudaGlobalNorm(table: CudaTable, normAddress: number): void {
   );
 }
 
-function ordinalOfTensor(t: { readonly device: string }): number {
+function ordinalOfTensor(t: Tensor): number {
   return Number(t.device.slice(5));
 }
 
@@ -662,30 +671,81 @@ function ordinalOfTensor(t: { readonly device: string }): number {
  */
 export const cudaBackendOps = Object.freeze({
   kind: "cuda" as const,
-  allocate(ordinal: number, sizeBytes: number): number {
-    return cudaAlloc(ordinal, sizeBytes);
+  allocate(ordinal: number, sizeBytes: number): Storage {
+    return { address: cudaAlloc(ordinal, sizeBytes), sizeBytes, buffer: null, handle: 0 };
   },
-  free(ordinal: number, address: number, _sizeBytes: number): void {
-    cudaFree(ordinal, address);
+  free(ordinal: number, storage: Storage): void {
+    cudaFree(ordinal, storage.address);
   },
-  zero(target: { readonly device: string; readonly address: number; readonly sizeBytes: number }): void {
+  zero(target: Tensor): void {
     cudaFill32(ordinalOfTensor(target), target.address, 0, Math.ceil(target.sizeBytes / 4));
   },
-  copy(
-    source: { readonly device: string; readonly address: number; readonly sizeBytes: number },
-    target: { readonly address: number },
-  ): void {
+  copy(source: Tensor, target: Tensor): void {
     if (source.sizeBytes > 0)
       cudaCopyOnDevice(ordinalOfTensor(source), target.address, source.address, source.sizeBytes);
   },
-  cast(
-    source: { readonly device: string; readonly address: number; readonly size: number; readonly dtype: string },
-    target: { readonly address: number; readonly dtype: string },
-    flags: number,
-    seed: number,
-  ): void {
-    const from = dtypeInfo(source.dtype as DtypeName).code;
-    const to = dtypeInfo(target.dtype as DtypeName).code;
+  cast(source: Tensor, target: Tensor, flags: number, seed: number): void {
+    const from = dtypeInfo(source.dtype).code;
+    const to = dtypeInfo(target.dtype).code;
     cudaCast(ordinalOfTensor(source), source.address, target.address, source.size, from, to, flags, seed);
   },
+  write(target: Tensor, source: ArrayBufferView): void {
+    cudaCopyToDevice(ordinalOfTensor(target), target.address, source);
+  },
+  read(source: Tensor, target: ArrayBufferView): void {
+    cudaCopyToHost(ordinalOfTensor(source), target, source.address);
+  },
+  unscaleCheck(grads: readonly Tensor[], invScale: number): boolean {
+    if (grads.length === 0) return false;
+    const ordinal = ordinalOfTensor(grads[0]!);
+    using table = cudaTable(ordinal, grads.map(rowOf));
+    const found = cudaAlloc(ordinal, 4);
+    try {
+      cudaFill32(ordinal, found, 0, 1);
+      cudaUnscaleCheck(table, { invScale }, found);
+      const flag = new Uint32Array(1);
+      cudaCopyToHost(ordinal, flag, found);
+      return flag[0] !== 0;
+    } finally {
+      cudaFree(ordinal, found);
+    }
+  },
+  sumSquares(grads: readonly Tensor[], invScale: number): { sum: number; foundInf: boolean } {
+    if (grads.length === 0) return { sum: 0, foundInf: false };
+    using table = cudaTable(ordinalOfTensor(grads[0]!), grads.map(rowOf));
+    return cudaSumSquares(table, invScale);
+  },
+  fusedAdamW(rows: readonly AdamRowTensors[], hyper: AdamHyper, foundInf: Uint32Array | null): boolean {
+    return fusedStepOnDevice(rows, adamRows(rows), adamHyper(hyper), foundInf, cudaFusedAdamW);
+  },
+  fusedSgd(rows: readonly SgdRowTensors[], hyper: SgdHyper, foundInf: Uint32Array | null): boolean {
+    return fusedStepOnDevice(rows, sgdRows(rows), sgdHyper(hyper), foundInf, cudaFusedSgd);
+  },
 });
+
+/** Copies a fused step's table and constants to the device and launches it (no wait). */
+function fusedStepOnDevice(
+  rows: readonly (AdamRowTensors | SgdRowTensors)[],
+  table: BigUint64Array,
+  hyper: Float32Array,
+  foundInf: Uint32Array | null,
+  launch: typeof cudaFusedAdamW,
+): boolean {
+  if (foundInf !== null && foundInf[0] !== 0) return false;
+  let totalCount = 0;
+  for (const row of rows) totalCount += row.param.size;
+  if (totalCount === 0) return true;
+  const ordinal = ordinalOfTensor(rows[0]!.param);
+  const tableAddress = cudaAlloc(ordinal, table.byteLength);
+  const hyperAddress = cudaAlloc(ordinal, hyper.byteLength);
+  try {
+    cudaCopyToDevice(ordinal, tableAddress, table);
+    cudaCopyToDevice(ordinal, hyperAddress, hyper);
+    launch(ordinal, tableAddress, rows.length, totalCount, hyperAddress, 0);
+  } finally {
+    // Freed blocks are reused only by later work on the same stream, after this kernel.
+    cudaFree(ordinal, tableAddress);
+    cudaFree(ordinal, hyperAddress);
+  }
+  return true;
+}

@@ -20,8 +20,7 @@
  * @module
  */
 
-import { ptr } from "bun:ffi";
-import { check, native } from "../_ffi.ts";
+import { convertArrays } from "../backend/cpu/arrays.ts";
 import { canonicalDtype, describeKind, type Dtype, type DtypeName, dtypeInfo } from "../dtype.ts";
 import { FLOAT_CODES, layout, SAFETENSORS_DTYPES, type SafetensorsDtype } from "./_header.ts";
 import { openSafetensors, writeAll, writeAtomically } from "./safetensors.ts";
@@ -148,8 +147,13 @@ export function convertChunk(
   if (source.length < count * (dtypeInfo(from).bits / 8) || target.length < count * (dtypeInfo(to).bits / 8)) {
     throw new RangeError(`convertChunk: buffers hold fewer than ${count} elements`);
   }
-  check(
-    native().mp_convert_stats(ptr(source), ptr(target), count, dtypeInfo(from).code, dtypeInfo(to).code, ptr(STATS)),
+  convertArrays(
+    source,
+    target,
+    count,
+    dtypeInfo(from).code,
+    dtypeInfo(to).code,
+    STATS,
     `convertCheckpoint(${from} -> ${to})`,
   );
   stats.elements += count;

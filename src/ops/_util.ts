@@ -59,6 +59,18 @@ export function output(shape: Shape, dtype: DtypeName, fill: (out: Float32Array)
   return track(result);
 }
 
+/** Throws a TypeError unless every tensor lives on the first one's device. */
+export function checkSameDevice(op: string, ...tensors: readonly Tensor[]): void {
+  const device = tensors[0]?.device;
+  for (const t of tensors) {
+    if (t.device !== device) {
+      throw new TypeError(
+        `${op}: ${tensors[0]} and ${t} are on different devices: move them to one device first with .to("${device}")`,
+      );
+    }
+  }
+}
+
 /**
  * A new tensor of `shape` and `dtype` on `device` for a kernel to write (not zeroed: the kernel
  * writes every element), owned by the active scope.

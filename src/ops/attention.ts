@@ -1,68 +1,196 @@
 /**
- * Fused causal multi-head self-attention. Short sequences (T <= 64, head size <= 128, T * head size
- * <= 4096: a small model's training shapes) run in one native kernel per pass
- * (zig/src/cpu/attention.zig): every (batch, head) pair widens its Q, K, V to float32 and computes
- * scores, the causal softmax and the products in float32. Longer ones run on the native batched
- * matmul: Q K^T, a causal mask and a float32 softmax, then P V, with the products in autocast's "bmm"
- * dtype (float32 accumulation). Either way the result is in the compute dtype.
+ * Attention on one native kernel (zig/src/ops/attention.zig), tiled with an online softmax as
+ * FlashAttention-2: scores, softmax and products run in float32 tiles of the kernel, one query
+ * tile and one key/value tile at a time, so memory per query row is O(head size) and no T x S
+ * matrix exists, at any sequence length. Inputs and outputs stay in the compute dtype (a bfloat16
+ * tensor is never widened to a float32 copy); what the backward pass keeps is the output and one
+ * float32 log-sum-exp per query row, from which it recomputes the probabilities tile by tile.
+ * Results are bit-identical on any thread count.
  *
  * @module
  */
 
-import { ptr } from "bun:ffi";
-import { check, native } from "../_ffi.ts";
-import { record } from "../autodiff.ts";
-import { castInto } from "../cast.ts";
-import { allocateStorage, type DtypeName, dtypeInfo, type StorageArray } from "../dtype.ts";
+import { record, recording, requiresGrad } from "../autodiff.ts";
+import { backendOf } from "../backend/backend.ts";
+import type { AttentionOperand, AttentionProblem } from "../backend/cpu/attention.ts";
 import type { Tensor } from "../tensor.ts";
 import { autocastDtype } from "./_autocast.ts";
-import { checkTensor, fromValues, MatmulFlag, matmulInto, output, shapeText, toDtype, values } from "./_util.ts";
+import { checkTensor, empty, shapeText, toDtype } from "./_util.ts";
 
-/** The fused kernel's limits (zig/src/cpu/attention.zig). */
-const FUSED = Object.freeze({ stepsMax: 64, headDimMax: 128, tileMax: 4096 });
+/** The largest head size the kernel's tiles hold (zig/src/ops/attention.zig `head_dim_max`). */
+export const ATTENTION_HEAD_DIM_MAX = 256;
 
-/** One native kernel per pass for short sequences; see the module docs. */
-function fusedAttention(source: Tensor, batch: number, steps: number, heads: number, headDim: number): Tensor {
-  const dtype = source.dtype;
-  const code = dtypeInfo(dtype).code;
-  const channels = heads * headDim;
-  const probs = new Float32Array(batch * heads * steps * steps);
-  const result = output([batch, steps, channels], dtype, (out) => {
-    check(
-      native().mp_attention_forward(ptr(source.data), code, batch, steps, heads, headDim, ptr(out), ptr(probs)),
-      "causalSelfAttention",
-    );
-  });
-  return record(result, [source], (g) => {
-    const gradQkv = new Float32Array(source.size);
-    const gv = values(g);
-    check(
-      native().mp_attention_backward(
-        ptr(source.data),
-        code,
-        batch,
-        steps,
-        heads,
-        headDim,
-        ptr(probs),
-        ptr(gv),
-        ptr(gradQkv),
-      ),
-      "causalSelfAttention backward",
-    );
-    return [fromValues(gradQkv, source.shape, dtype)];
+/** Options of {@linkcode attention}. */
+export interface AttentionOptions {
+  /**
+   * Each query sees only keys at or before its own position (default false). With S keys and T
+   * queries, query i is at position i + S - T (bottom-right alignment, as FlashAttention: the
+   * last query sees every key; for S = T the usual lower triangle).
+   */
+  readonly causal?: boolean;
+  /**
+   * Padding mask [B, S] as Hugging Face's attention_mask: 1 keeps a key, 0 marks it as padding
+   * (any non-zero value keeps). A float tensor on the inputs' device; it is not differentiated.
+   */
+  readonly mask?: Tensor | null;
+  /** The score multiplier (default 1 / sqrt(D)). */
+  readonly scale?: number;
+}
+
+/** Runs the kernel and records the backward pass; operands are views of already cast tensors. */
+function run(
+  problem: AttentionProblem,
+  inputs: readonly Tensor[],
+  views: (sources: readonly Tensor[]) => [AttentionOperand, AttentionOperand, AttentionOperand],
+  mask: Tensor | null,
+  outShape: readonly number[],
+): Tensor {
+  const first = inputs[0]!;
+  const backend = backendOf(first.device);
+  const [q, k, v] = views(inputs);
+  const out = empty(outShape, first.dtype, first.device);
+  const lse = empty([problem.batch, problem.headsQ, problem.stepsQ], "float32", first.device);
+  backend.attentionForward(problem, q, k, v, mask, out, lse);
+  if (!recording() || !inputs.some(requiresGrad)) {
+    lse.dispose();
+    return out;
+  }
+  return record(out, inputs, (g) => {
+    const grads = inputs.map((input) => empty(input.shape, input.dtype, input.device));
+    const [dq, dk, dv] = views(grads);
+    try {
+      backend.attentionBackward(problem, q, k, v, mask, out, lse, g, dq, dk, dv);
+    } catch (error) {
+      for (const grad of grads) grad.dispose();
+      throw error;
+    }
+    return grads;
   });
 }
 
-function inDtype(source: Float32Array, dtype: DtypeName): StorageArray {
-  if (dtype === "float32") return source;
-  return castInto(source, allocateStorage(dtype, source.length), "float32", dtype);
+function checkFlag(value: unknown, op: string, name: string): boolean {
+  if (value === undefined) return false;
+  if (typeof value !== "boolean") throw new TypeError(`${op}: ${name} must be true or false, got ${String(value)}`);
+  return value;
+}
+
+function checkScale(value: unknown, headDim: number, op: string): number {
+  if (value === undefined) return 1 / Math.sqrt(headDim);
+  if (typeof value !== "number" || !Number.isFinite(value)) {
+    throw new RangeError(`${op}: scale must be a finite number, got ${String(value)}: omit it for 1 / sqrt(D)`);
+  }
+  return value;
+}
+
+function checkHeadDim(headDim: number, op: string): void {
+  if (headDim < 1 || headDim > ATTENTION_HEAD_DIM_MAX) {
+    throw new RangeError(
+      `${op}: head size ${headDim} is outside 1..${ATTENTION_HEAD_DIM_MAX}: split the heads differently (more heads of a smaller size)`,
+    );
+  }
+}
+
+/**
+ * Scaled dot-product attention, softmax(q k^T * scale + mask) v, with grouped-query heads, a causal
+ * option and a padding mask, on the tiled native kernel (see the module docs).
+ *
+ * The layout is the one a linear layer's output reshapes to with no copy: q [B, T, Hq, D] (from a
+ * [B, T, Hq * D] projection), k and v [B, S, Hkv, D]; the result is [B, T, Hq, D], ready for the
+ * output projection after a reshape to [B, T, Hq * D]. Hkv must divide Hq: query head h uses
+ * key/value head floor(h / (Hq / Hkv)) (Hkv = Hq: multi-head, Hkv = 1: multi-query). A query row
+ * that sees no key (every key padded, or causal with S < T) gives 0, not NaN, and gradient 0.
+ *
+ * @param q Queries [B, T, Hq, D].
+ * @param k Keys [B, S, Hkv, D].
+ * @param v Values [B, S, Hkv, D].
+ * @param options causal, mask, scale.
+ * @returns The attention output [B, T, Hq, D] in the compute dtype (autocast's
+ * "scaled_dot_product_attention": the policy's compute dtype, else the widest input dtype).
+ * @example
+ * ```ts
+ * import { attention } from "./attention.ts";
+ * import { tensor } from "../tensor.ts";
+ * // One query attending to two keys with equal scores: the mean of the values.
+ * using q = tensor([0], { shape: [1, 1, 1, 1] });
+ * using k = tensor([1, 2], { shape: [1, 2, 1, 1] });
+ * using v = tensor([4, 8], { shape: [1, 2, 1, 1] });
+ * using y = attention(q, k, v);
+ * if (y.toArray()[0] !== 6) throw new Error("mean of the values");
+ * ```
+ */
+export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions = {}): Tensor {
+  const op = "attention";
+  checkTensor(q, op, "q");
+  checkTensor(k, op, "k");
+  checkTensor(v, op, "v");
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(`${op}: options must be an object such as { causal: true }, got ${String(options)}`);
+  }
+  for (const [name, t] of [
+    ["q", q],
+    ["k", k],
+    ["v", v],
+  ] as const) {
+    if (t.ndim !== 4) throw new TypeError(`${op}: ${name} ${shapeText(t.shape)} must be 4-D [B, steps, heads, D]`);
+  }
+  const [batch, stepsQ, headsQ, headDim] = q.shape as [number, number, number, number];
+  const [kBatch, stepsKv, headsKv, kDim] = k.shape as [number, number, number, number];
+  if (v.shape.some((d, i) => d !== k.shape[i])) {
+    throw new TypeError(`${op}: v ${shapeText(v.shape)} must have the shape of k ${shapeText(k.shape)}`);
+  }
+  if (kBatch !== batch) {
+    throw new TypeError(`${op}: q ${shapeText(q.shape)} and k ${shapeText(k.shape)} have different batch sizes`);
+  }
+  if (kDim !== headDim) {
+    throw new TypeError(
+      `${op}: the head size of q ${shapeText(q.shape)} (${headDim}) differs from that of k ${shapeText(k.shape)} (${kDim})`,
+    );
+  }
+  if (headsKv < 1 || headsQ % headsKv !== 0) {
+    throw new TypeError(
+      `${op}: q has ${headsQ} heads, which is not a multiple of k's ${headsKv}: grouped-query attention needs Hkv to divide Hq`,
+    );
+  }
+  checkHeadDim(headDim, op);
+  if (k.device !== q.device || v.device !== q.device) {
+    throw new TypeError(`${op}: q, k and v are on ${q.device}, ${k.device} and ${v.device}: move them to one device`);
+  }
+  const causal = checkFlag(options.causal, op, "causal");
+  const scale = checkScale(options.scale, headDim, op);
+  const mask = options.mask ?? null;
+  if (mask !== null) {
+    checkTensor(mask, op, "mask");
+    if (mask.ndim !== 2 || mask.shape[0] !== batch || mask.shape[1] !== stepsKv) {
+      throw new TypeError(
+        `${op}: mask ${shapeText(mask.shape)} must be [B, S] = [${batch}, ${stepsKv}] (1 keep, 0 pad)`,
+      );
+    }
+    if (mask.device !== q.device) {
+      throw new TypeError(`${op}: mask is on ${mask.device} but q on ${q.device}: move it to the same device`);
+    }
+  }
+  const dtype = autocastDtype("scaled_dot_product_attention", [q.dtype, k.dtype, v.dtype], q.device);
+  const inputs = [toDtype(q, dtype), toDtype(k, dtype), toDtype(v, dtype)];
+  const problem: AttentionProblem = { batch, stepsQ, stepsKv, headsQ, headsKv, headDim, causal, scale };
+  return run(
+    problem,
+    inputs,
+    ([tq, tk, tv]) => [
+      { tensor: tq!, offset: 0, stride: headsQ * headDim },
+      { tensor: tk!, offset: 0, stride: headsKv * headDim },
+      { tensor: tv!, offset: 0, stride: headsKv * headDim },
+    ],
+    mask,
+    [batch, stepsQ, headsQ, headDim],
+  );
 }
 
 /**
  * Causal self-attention over packed projections: `qkv` is [B, T, 3C] holding queries, keys and
  * values (in that order, each C = heads * headDim wide, heads contiguous); the result is [B, T, C]
- * with head outputs concatenated, as in GPT-2 (llm.c's attention_forward).
+ * with head outputs concatenated, as in GPT-2 (llm.c's attention_forward). It runs the
+ * {@linkcode attention} kernel on strided views into qkv (no copies), at any T; its gradient is
+ * the packed [B, T, 3C] gradient.
  *
  * @param qkv Packed projections [B, T, 3C].
  * @param heads The number of heads; C must be divisible by it.
@@ -78,121 +206,39 @@ function inDtype(source: Float32Array, dtype: DtypeName): StorageArray {
  * ```
  */
 export function causalSelfAttention(qkv: Tensor, heads: number): Tensor {
-  checkTensor(qkv, "causalSelfAttention", "qkv");
+  const op = "causalSelfAttention";
+  checkTensor(qkv, op, "qkv");
   if (qkv.ndim !== 3 || qkv.shape[2]! % 3 !== 0) {
-    throw new TypeError(`causalSelfAttention: qkv ${shapeText(qkv.shape)} must be [B, T, 3C]`);
+    throw new TypeError(`${op}: qkv ${shapeText(qkv.shape)} must be [B, T, 3C]`);
   }
   const [batch, steps, width3] = qkv.shape as [number, number, number];
   const channels = width3 / 3;
   if (!Number.isInteger(heads) || heads < 1 || channels % heads !== 0) {
-    throw new RangeError(`causalSelfAttention: ${heads} heads do not divide ${channels} channels`);
+    throw new RangeError(`${op}: ${heads} heads do not divide ${channels} channels`);
   }
   const headDim = channels / heads;
-  const bh = batch * heads;
-  const dtype = autocastDtype("bmm", [qkv.dtype]);
+  checkHeadDim(headDim, op);
+  const dtype = autocastDtype("scaled_dot_product_attention", [qkv.dtype], qkv.device);
   const source = toDtype(qkv, dtype);
-  if (steps <= FUSED.stepsMax && headDim <= FUSED.headDimMax && steps * headDim <= FUSED.tileMax && batch > 0) {
-    return fusedAttention(source, batch, steps, heads, headDim);
-  }
-  const bits = source.data;
-  const make = () => allocateStorage(dtype, bh * steps * headDim);
-  const q = make();
-  const k = make();
-  const v = make();
-  for (let b = 0; b < batch; b++) {
-    for (let t = 0; t < steps; t++) {
-      const row = (b * steps + t) * width3;
-      for (let h = 0; h < heads; h++) {
-        const to = ((b * heads + h) * steps + t) * headDim;
-        const from = row + h * headDim;
-        for (let d = 0; d < headDim; d++) {
-          q[to + d] = bits[from + d]!;
-          k[to + d] = bits[from + channels + d]!;
-          v[to + d] = bits[from + 2 * channels + d]!;
-        }
-      }
-    }
-  }
-  const scale = 1 / Math.sqrt(headDim);
-  const probs = new Float32Array(bh * steps * steps);
-  matmulInto(q, dtype, k, dtype, probs, bh, steps, steps, headDim, MatmulFlag.transB);
-  for (let r = 0; r < bh * steps; r++) {
-    const t = r % steps;
-    const base = r * steps;
-    let max = -Infinity;
-    for (let j = 0; j <= t; j++) {
-      const v = probs[base + j]! * scale;
-      probs[base + j] = v;
-      if (v > max) max = v;
-    }
-    let total = 0;
-    for (let j = 0; j <= t; j++) {
-      const e = Math.exp(probs[base + j]! - max);
-      probs[base + j] = e;
-      total += e;
-    }
-    const inv = 1 / total;
-    for (let j = 0; j <= t; j++) probs[base + j]! *= inv;
-    probs.fill(0, base + t + 1, base + steps);
-  }
-  const probsC = inDtype(probs, dtype);
-  const headsOut = new Float32Array(bh * steps * headDim);
-  matmulInto(probsC, dtype, v, dtype, headsOut, bh, steps, headDim, steps, 0);
-  const result = output([batch, steps, channels], dtype, (out) => {
-    for (let b = 0; b < batch; b++) {
-      for (let h = 0; h < heads; h++) {
-        for (let t = 0; t < steps; t++) {
-          const from = ((b * heads + h) * steps + t) * headDim;
-          const to = (b * steps + t) * channels + h * headDim;
-          for (let d = 0; d < headDim; d++) out[to + d] = headsOut[from + d]!;
-        }
-      }
-    }
-  });
-  return record(result, [source], (g) => {
-    const gBits = g.data;
-    const dOut = make();
-    for (let b = 0; b < batch; b++) {
-      for (let h = 0; h < heads; h++) {
-        for (let t = 0; t < steps; t++) {
-          const to = ((b * heads + h) * steps + t) * headDim;
-          const from = (b * steps + t) * channels + h * headDim;
-          for (let d = 0; d < headDim; d++) dOut[to + d] = gBits[from + d]!;
-        }
-      }
-    }
-    const dProbs = new Float32Array(bh * steps * steps);
-    matmulInto(dOut, dtype, v, dtype, dProbs, bh, steps, steps, headDim, MatmulFlag.transB);
-    const dV = new Float32Array(bh * steps * headDim);
-    matmulInto(probsC, dtype, dOut, dtype, dV, bh, steps, headDim, steps, MatmulFlag.transA);
-    // dS = P * (dP - sum_j dP P) * scale (masked entries have P = 0).
-    for (let r = 0; r < bh * steps; r++) {
-      const base = r * steps;
-      let dot = 0;
-      for (let j = 0; j < steps; j++) dot += dProbs[base + j]! * probs[base + j]!;
-      for (let j = 0; j < steps; j++) dProbs[base + j] = probs[base + j]! * (dProbs[base + j]! - dot) * scale;
-    }
-    const dScores = inDtype(dProbs, dtype);
-    const dQ = new Float32Array(bh * steps * headDim);
-    matmulInto(dScores, dtype, k, dtype, dQ, bh, steps, headDim, steps, 0);
-    const dK = new Float32Array(bh * steps * headDim);
-    matmulInto(dScores, dtype, q, dtype, dK, bh, steps, headDim, steps, MatmulFlag.transA);
-    const grad = output(source.shape, dtype, (out) => {
-      for (let b = 0; b < batch; b++) {
-        for (let t = 0; t < steps; t++) {
-          const row = (b * steps + t) * width3;
-          for (let h = 0; h < heads; h++) {
-            const from = ((b * heads + h) * steps + t) * headDim;
-            const to = row + h * headDim;
-            for (let d = 0; d < headDim; d++) {
-              out[to + d] = dQ[from + d]!;
-              out[to + channels + d] = dK[from + d]!;
-              out[to + 2 * channels + d] = dV[from + d]!;
-            }
-          }
-        }
-      }
-    });
-    return [grad];
-  });
+  const problem: AttentionProblem = {
+    batch,
+    stepsQ: steps,
+    stepsKv: steps,
+    headsQ: heads,
+    headsKv: heads,
+    headDim,
+    causal: true,
+    scale: 1 / Math.sqrt(headDim),
+  };
+  return run(
+    problem,
+    [source],
+    ([packed]) => [
+      { tensor: packed!, offset: 0, stride: width3 },
+      { tensor: packed!, offset: channels, stride: width3 },
+      { tensor: packed!, offset: 2 * channels, stride: width3 },
+    ],
+    null,
+    [batch, steps, channels],
+  );
 }

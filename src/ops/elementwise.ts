@@ -1,109 +1,145 @@
 /**
- * Elementwise ops with NumPy broadcasting: add, sub, mul, div, scale and the activations relu,
- * gelu, silu, tanh, exp, log. Each computes in float32 with TypeScript loops over float32 views
- * (JIT-compiled; no FFI call per op) and rounds once to the dtype autocast picks. Only matmul is
- * native: it is where a small model's time goes.
+ * Elementwise ops with NumPy broadcasting: add, sub, mul, div (each also with a number for either
+ * operand), scale, the activations relu, gelu, silu, tanh, exp, log, erf, and the fused gated MLP
+ * swiglu. All are native (zig/src/ops/elementwise.zig through `backendOf(device)`): they compute
+ * in float32 registers and store in the dtype autocast picks, so a bfloat16 or float16 tensor is
+ * never widened to a float32 copy, and gradients (summed over broadcast dimensions in float64,
+ * deterministically) come back in the input's dtype.
  *
  * @module
  */
 
-import { ptr } from "bun:ffi";
-import { check, native } from "../_ffi.ts";
 import { record } from "../autodiff.ts";
-import type { Tensor } from "../tensor.ts";
+import { backendOf } from "../backend/backend.ts";
+import { Activation, type ActivationCode, MapOp, type MapOpCode } from "../backend/cpu/elementwise.ts";
+import type { DtypeName } from "../dtype.ts";
+import type { Device, Shape, Tensor } from "../tensor.ts";
 import { autocastDtype } from "./_autocast.ts";
-import {
-  type Broadcast,
-  broadcastPlan,
-  broadcastShapes,
-  checkTensor,
-  fromValues,
-  gather,
-  output,
-  reduceTo,
-  toDtype,
-  values,
-} from "./_util.ts";
+import { broadcastStrides, mapSpace, reducedDims } from "./_map.ts";
+import { broadcastShapes, checkTensor, empty, shapeText, toDtype } from "./_util.ts";
 
 type BinaryName = "add" | "sub" | "mul" | "div";
 
-function binary(op: BinaryName, a: Tensor, b: Tensor): Tensor {
-  checkTensor(a, op, "a");
-  checkTensor(b, op, "b");
-  const shape = broadcastShapes(a.shape, b.shape, op);
-  const dtype = autocastDtype(op, [a.dtype, b.dtype]);
-  const ac = toDtype(a, dtype);
-  const bc = toDtype(b, dtype);
-  const planA = broadcastPlan(ac.shape, shape);
-  const planB = broadcastPlan(bc.shape, shape);
-  const av = values(ac);
-  const bv = values(bc);
-  const result = output(shape, dtype, (out) => {
-    const n = out.length;
-    const x = gather(planA, av, n);
-    const y = planB.kind === "scalar" ? null : gather(planB, bv, n);
-    const s = bv[0] ?? 0;
-    if (op === "add") {
-      if (y === null) for (let i = 0; i < n; i++) out[i] = x[i]! + s;
-      else for (let i = 0; i < n; i++) out[i] = x[i]! + y[i]!;
-    } else if (op === "sub") {
-      if (y === null) for (let i = 0; i < n; i++) out[i] = x[i]! - s;
-      else for (let i = 0; i < n; i++) out[i] = x[i]! - y[i]!;
-    } else if (op === "mul") {
-      if (y === null) for (let i = 0; i < n; i++) out[i] = x[i]! * s;
-      else for (let i = 0; i < n; i++) out[i] = x[i]! * y[i]!;
-    } else {
-      if (y === null) for (let i = 0; i < n; i++) out[i] = x[i]! / s;
-      else for (let i = 0; i < n; i++) out[i] = x[i]! / y[i]!;
-    }
-  });
-  return record(result, [ac, bc], (g) => binaryBackward(op, g, ac, bc, planA, planB));
+/** A tensor, or a number read as a float32 constant of the op's dtype everywhere. */
+export type Operand = Tensor | number;
+
+const BINARY_OP: Record<BinaryName, MapOpCode> = { add: MapOp.add, sub: MapOp.sub, mul: MapOp.mul, div: MapOp.div };
+
+function checkOperand(value: unknown, op: string, name: string): Operand {
+  if (typeof value === "number") return value;
+  return checkTensor(value, op, name);
 }
 
-function binaryBackward(
-  op: BinaryName,
-  g: Tensor,
-  a: Tensor,
-  b: Tensor,
-  planA: Broadcast,
-  planB: Broadcast,
-): (Tensor | null)[] {
-  const gv = values(g);
-  const n = gv.length;
-  const dtype = g.dtype;
-  if (op === "add" || op === "sub") {
-    const ga = fromValues(reduceTo(planA, gv, a.size), a.shape, dtype);
-    let gb = reduceTo(planB, gv, b.size);
-    if (op === "sub") gb = gb === gv ? gv.map((v) => -v) : gb.map((v) => -v);
-    return [ga, fromValues(gb, b.shape, dtype)];
+function shapeOf(x: Operand): Shape {
+  return typeof x === "number" ? [] : x.shape;
+}
+
+/** Runs the map kernel into a new tensor of `shape` over `space`-shaped operands (no reduction). */
+function mapInto(
+  op: string,
+  code: MapOpCode,
+  shape: Shape,
+  dtype: DtypeName,
+  device: Device,
+  operands: readonly Operand[],
+  scale = 1,
+): Tensor {
+  const target = empty(shape, dtype, device);
+  const space = mapSpace(
+    op,
+    shape,
+    shape.map(() => false),
+    operands.map((x) => broadcastStrides(shapeOf(x), shape)),
+  );
+  backendOf(device).elementwiseMap(code, target, operands, space, scale);
+  return target;
+}
+
+/**
+ * A new tensor of `targetShape`: scale * f(operands) over the broadcast space `space`, summed over
+ * the dimensions the target broadcasts along (a gradient reduced to its input's shape).
+ */
+function reduceInto(
+  op: string,
+  code: MapOpCode,
+  targetShape: Shape,
+  space: readonly number[],
+  dtype: DtypeName,
+  device: Device,
+  operands: readonly Operand[],
+  scale: number,
+): Tensor {
+  const target = empty(targetShape, dtype, device);
+  const layout = mapSpace(
+    op,
+    space,
+    reducedDims(targetShape, space),
+    operands.map((x) => broadcastStrides(shapeOf(x), space)),
+  );
+  backendOf(device).elementwiseMap(code, target, operands, layout, scale);
+  return target;
+}
+
+function binary(op: BinaryName, a: Operand, b: Operand): Tensor {
+  checkOperand(a, op, "a");
+  checkOperand(b, op, "b");
+  if (typeof a === "number" && typeof b === "number") {
+    throw new TypeError(
+      `${op}: a and b are both numbers (${a}, ${b}): pass at least one Tensor, or use plain arithmetic`,
+    );
   }
-  const x = gather(planA, values(a), n);
-  const y = gather(planB, values(b), n);
-  const da = new Float32Array(n);
-  const db = new Float32Array(n);
-  if (op === "mul") {
-    for (let i = 0; i < n; i++) {
-      da[i] = gv[i]! * y[i]!;
-      db[i] = gv[i]! * x[i]!;
-    }
-  } else {
-    for (let i = 0; i < n; i++) {
-      const yi = y[i]!;
-      da[i] = gv[i]! / yi;
-      db[i] = (-gv[i]! * x[i]!) / (yi * yi);
-    }
+  const tensors = [a, b].filter((x): x is Tensor => typeof x !== "number");
+  const device = tensors[0]!.device;
+  if (tensors.some((t) => t.device !== device)) {
+    throw new TypeError(
+      `${op}: a is on ${(a as Tensor).device} and b on ${(b as Tensor).device}: move both to one device with .to()`,
+    );
   }
-  return [
-    fromValues(reduceTo(planA, da, a.size), a.shape, dtype),
-    fromValues(reduceTo(planB, db, b.size), b.shape, dtype),
-  ];
+  const shape = broadcastShapes(shapeOf(a), shapeOf(b), op);
+  const dtype = autocastDtype(
+    op,
+    tensors.map((t) => t.dtype),
+    device,
+  );
+  const ac = typeof a === "number" ? a : toDtype(a, dtype);
+  const bc = typeof b === "number" ? b : toDtype(b, dtype);
+  const result = mapInto(op, BINARY_OP[op], shape, dtype, device, [ac, bc]);
+  const inputs = [ac, bc].filter((x): x is Tensor => typeof x !== "number");
+  return record(result, inputs, (g) => {
+    const grads: Tensor[] = [];
+    if (typeof ac !== "number") grads.push(binaryGrad(op, 0, g, ac, bc, shape));
+    if (typeof bc !== "number") grads.push(binaryGrad(op, 1, g, ac, bc, shape));
+    return grads;
+  });
+}
+
+/** The gradient of operand `which` of `a op b`, summed to its shape, in g's dtype. */
+function binaryGrad(op: BinaryName, which: 0 | 1, g: Tensor, a: Operand, b: Operand, shape: Shape): Tensor {
+  const x = (which === 0 ? a : b) as Tensor;
+  const other = which === 0 ? b : a;
+  const into = (code: MapOpCode, operands: Operand[], scale: number) =>
+    reduceInto(`${op} backward`, code, x.shape, shape, g.dtype, g.device, operands, scale);
+  if (op === "add") return into(MapOp.copy, [g], 1);
+  if (op === "sub") return into(MapOp.copy, [g], which === 0 ? 1 : -1);
+  if (op === "mul") return into(MapOp.mul, [g, other], 1);
+  // d(a / b)/da = 1 / b; d(a / b)/db = -a / b^2.
+  if (which === 0) return into(MapOp.div, [g, b], 1);
+  return into(MapOp.divGrad, [g, a, b], -1);
+}
+
+/**
+ * `a + b` of two tensors of one shape and dtype, in that dtype, without autocast or recording: the
+ * gradient accumulation of autodiff.ts. @internal
+ */
+export function addSame(a: Tensor, b: Tensor): Tensor {
+  return mapInto("add", MapOp.add, a.shape, a.dtype, a.device, [a, b]);
 }
 
 /**
  * `a + b` with NumPy broadcasting, in autocast's "add" dtype (the widest input by default).
  *
- * @param a A tensor.
- * @param b A tensor whose shape broadcasts with a's.
+ * @param a A tensor, or a number.
+ * @param b A tensor whose shape broadcasts with a's, or a number.
  * @returns The sum.
  * @example
  * ```ts
@@ -115,15 +151,15 @@ function binaryBackward(
  * if (c.toArray().join() !== "11,22,13,24") throw new Error("broadcast add");
  * ```
  */
-export function add(a: Tensor, b: Tensor): Tensor {
+export function add(a: Operand, b: Operand): Tensor {
   return binary("add", a, b);
 }
 
 /**
  * `a - b` with broadcasting.
  *
- * @param a A tensor.
- * @param b A tensor broadcasting with a.
+ * @param a A tensor, or a number.
+ * @param b A tensor broadcasting with a, or a number (at least one of a and b is a tensor).
  * @returns The difference.
  * @example
  * ```ts
@@ -133,15 +169,15 @@ export function add(a: Tensor, b: Tensor): Tensor {
  * if (c.toArray().join() !== "3,5") throw new Error("broadcast sub");
  * ```
  */
-export function sub(a: Tensor, b: Tensor): Tensor {
+export function sub(a: Operand, b: Operand): Tensor {
   return binary("sub", a, b);
 }
 
 /**
  * `a * b` with broadcasting.
  *
- * @param a A tensor.
- * @param b A tensor broadcasting with a.
+ * @param a A tensor, or a number.
+ * @param b A tensor broadcasting with a, or a number (at least one of a and b is a tensor).
  * @returns The product.
  * @example
  * ```ts
@@ -151,15 +187,15 @@ export function sub(a: Tensor, b: Tensor): Tensor {
  * if (c.toArray().join() !== "8,15") throw new Error("mul");
  * ```
  */
-export function mul(a: Tensor, b: Tensor): Tensor {
+export function mul(a: Operand, b: Operand): Tensor {
   return binary("mul", a, b);
 }
 
 /**
  * `a / b` with broadcasting.
  *
- * @param a A tensor.
- * @param b A tensor broadcasting with a.
+ * @param a A tensor, or a number.
+ * @param b A tensor broadcasting with a, or a number (at least one of a and b is a tensor).
  * @returns The quotient.
  * @example
  * ```ts
@@ -169,7 +205,7 @@ export function mul(a: Tensor, b: Tensor): Tensor {
  * if (c.toArray().join() !== "0.5,0.75") throw new Error("div");
  * ```
  */
-export function div(a: Tensor, b: Tensor): Tensor {
+export function div(a: Operand, b: Operand): Tensor {
   return binary("div", a, b);
 }
 
@@ -193,36 +229,23 @@ export function scale(x: Tensor, factor: number): Tensor {
     throw new TypeError(`scale: factor must be a number, got ${String(factor)}`);
   }
   const f = Math.fround(factor);
-  const xv = values(x);
-  const result = output(x.shape, x.dtype, (out) => {
-    for (let i = 0; i < out.length; i++) out[i] = xv[i]! * f;
-  });
-  return record(result, [x], (g) => {
-    const gv = values(g);
-    const d = new Float32Array(gv.length);
-    for (let i = 0; i < d.length; i++) d[i] = gv[i]! * f;
-    return [fromValues(d, x.shape, g.dtype)];
-  });
+  const result = mapInto("scale", MapOp.mul, x.shape, x.dtype, x.device, [x, f]);
+  return record(result, [x], (g) => [mapInto("scale backward", MapOp.mul, x.shape, g.dtype, g.device, [g, f])]);
 }
 
-/** d(out)/d(in) per element from the input value x and the output value y. */
-type Derivative = (x: Float32Array, y: Float32Array, g: Float32Array, out: Float32Array) => void;
-
-function unary(
-  op: string,
-  x: Tensor,
-  forward: (x: Float32Array, out: Float32Array) => void,
-  derivative: Derivative,
-): Tensor {
+function unary(op: string, code: ActivationCode, x: Tensor): Tensor {
   checkTensor(x, op, "x");
-  const dtype = autocastDtype(op, [x.dtype]);
+  const dtype = autocastDtype(op, [x.dtype], x.device);
   const xc = toDtype(x, dtype);
-  const xv = values(xc);
-  const result = output(xc.shape, dtype, (out) => forward(xv, out));
+  const backend = backendOf(xc.device);
+  const result = empty(xc.shape, dtype, xc.device);
+  backend.activationForward(code, xc, result);
+  // tanh and exp differentiate from their output, the others from their input: keep only that.
+  const saved = code === Activation.tanh || code === Activation.exp ? result : xc;
   return record(result, [xc], (g) => {
-    const d = new Float32Array(g.size);
-    derivative(values(xc), values(result), values(g), d);
-    return [fromValues(d, xc.shape, dtype)];
+    const dx = empty(xc.shape, dtype, xc.device);
+    backendOf(dx.device).activationBackward(code, saved, g, dx);
+    return [dx];
   });
 }
 
@@ -240,16 +263,7 @@ function unary(
  * ```
  */
 export function relu(x: Tensor): Tensor {
-  return unary(
-    "relu",
-    x,
-    (v, out) => {
-      for (let i = 0; i < v.length; i++) out[i] = v[i]! <= 0 ? 0 : v[i]!; // NaN passes through
-    },
-    (v, _y, g, out) => {
-      for (let i = 0; i < v.length; i++) out[i] = v[i]! > 0 ? g[i]! : 0;
-    },
-  );
+  return unary("relu", Activation.relu, x);
 }
 
 /**
@@ -266,16 +280,7 @@ export function relu(x: Tensor): Tensor {
  * ```
  */
 export function tanh(x: Tensor): Tensor {
-  return unary(
-    "tanh",
-    x,
-    (v, out) => {
-      for (let i = 0; i < v.length; i++) out[i] = Math.tanh(v[i]!);
-    },
-    (_v, y, g, out) => {
-      for (let i = 0; i < y.length; i++) out[i] = g[i]! * (1 - y[i]! * y[i]!);
-    },
-  );
+  return unary("tanh", Activation.tanh, x);
 }
 
 /**
@@ -292,19 +297,7 @@ export function tanh(x: Tensor): Tensor {
  * ```
  */
 export function silu(x: Tensor): Tensor {
-  return unary(
-    "silu",
-    x,
-    (v, out) => {
-      for (let i = 0; i < v.length; i++) out[i] = v[i]! / (1 + Math.exp(-v[i]!));
-    },
-    (v, _y, g, out) => {
-      for (let i = 0; i < v.length; i++) {
-        const s = 1 / (1 + Math.exp(-v[i]!));
-        out[i] = g[i]! * s * (1 + v[i]! * (1 - s));
-      }
-    },
-  );
+  return unary("silu", Activation.silu, x);
 }
 
 /**
@@ -321,16 +314,7 @@ export function silu(x: Tensor): Tensor {
  * ```
  */
 export function exp(x: Tensor): Tensor {
-  return unary(
-    "exp",
-    x,
-    (v, out) => {
-      for (let i = 0; i < v.length; i++) out[i] = Math.exp(v[i]!);
-    },
-    (_v, y, g, out) => {
-      for (let i = 0; i < y.length; i++) out[i] = g[i]! * y[i]!;
-    },
-  );
+  return unary("exp", Activation.exp, x);
 }
 
 /**
@@ -347,35 +331,32 @@ export function exp(x: Tensor): Tensor {
  * ```
  */
 export function log(x: Tensor): Tensor {
-  return unary(
-    "log",
-    x,
-    (v, out) => {
-      for (let i = 0; i < v.length; i++) out[i] = Math.log(v[i]!);
-    },
-    (v, _y, g, out) => {
-      for (let i = 0; i < v.length; i++) out[i] = g[i]! / v[i]!;
-    },
-  );
+  return unary("log", Activation.log, x);
 }
 
 const SQRT_HALF = Math.SQRT1_2;
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
-const GELU_TANH_C = Math.sqrt(2 / Math.PI);
 
 /**
- * erf(x) to within 1.5e-7 absolute (Abramowitz and Stegun 7.1.26: one exp and a degree-5
- * polynomial), enough for float32 results.
+ * erf: of a number, to within 1.5e-7 absolute (Abramowitz and Stegun 7.1.26: one exp and a
+ * degree-5 polynomial; the reference the gelu tests use); of a tensor, elementwise and native
+ * (the Maclaurin series below |x| = 1, 7.1.26 beyond: within a few float32 ulp), differentiable.
  *
- * @param x A number.
- * @returns erf(x).
+ * @param x A number, or a tensor.
+ * @returns erf(x), a number or a tensor of x's dtype.
  * @example
  * ```ts
  * import { erf } from "./elementwise.ts";
+ * import { tensor } from "../tensor.ts";
  * if (Math.abs(erf(1) - 0.8427007929497149) > 2e-7) throw new Error("erf");
+ * using y = erf(tensor([0, 1]));
+ * if (y.toArray()[0] !== 0 || Math.abs(y.toArray()[1]! - 0.8427007929497149) > 2e-7) throw new Error("erf");
  * ```
  */
-export function erf(x: number): number {
+export function erf(x: number): number;
+export function erf(x: Tensor): Tensor;
+export function erf(x: number | Tensor): number | Tensor {
+  if (typeof x !== "number") return unary("erf", Activation.erf, x);
   const z = x < 0 ? -x : x;
   const t = 1 / (1 + 0.3275911 * z);
   const poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
@@ -424,45 +405,45 @@ export function gelu(x: Tensor, options: GeluOptions = {}): Tensor {
   if (approximate !== "none" && approximate !== "tanh") {
     throw new RangeError(`gelu: approximate must be "none" or "tanh", got ${JSON.stringify(approximate)}`);
   }
-  if (approximate === "tanh") {
-    return unary(
-      "gelu",
-      x,
-      (v, out) => {
-        for (let i = 0; i < v.length; i++) {
-          const u = v[i]!;
-          out[i] = 0.5 * u * (1 + Math.tanh(GELU_TANH_C * (u + 0.044715 * u * u * u)));
-        }
-      },
-      (v, _y, g, out) => {
-        for (let i = 0; i < v.length; i++) {
-          const u = v[i]!;
-          const th = Math.tanh(GELU_TANH_C * (u + 0.044715 * u * u * u));
-          const dinner = GELU_TANH_C * (1 + 3 * 0.044715 * u * u);
-          out[i] = g[i]! * (0.5 * (1 + th) + 0.5 * u * (1 - th * th) * dinner);
-        }
-      },
+  return unary("gelu", approximate === "tanh" ? Activation.geluTanh : Activation.gelu, x);
+}
+
+/**
+ * The gated MLP activation of LLaMA-style models, fused: `silu(a) * b` in one pass (and da, db in
+ * one backward pass), without materializing silu(a).
+ *
+ * @param a The gate projection.
+ * @param b The up projection, of a's shape.
+ * @returns silu(a) * b, in autocast's "swiglu" dtype (the wider input's by default).
+ * @example
+ * ```ts
+ * import { swiglu } from "./elementwise.ts";
+ * import { tensor } from "../tensor.ts";
+ * using y = swiglu(tensor([0, 10]), tensor([3, 2]));
+ * if (y.toArray()[0] !== 0 || Math.abs(y.toArray()[1]! - 20) > 1e-3) throw new Error("swiglu");
+ * ```
+ */
+export function swiglu(a: Tensor, b: Tensor): Tensor {
+  checkTensor(a, "swiglu", "a");
+  checkTensor(b, "swiglu", "b");
+  if (a.shape.length !== b.shape.length || a.shape.some((d, i) => d !== b.shape[i])) {
+    throw new TypeError(
+      `swiglu: a ${shapeText(a.shape)} and b ${shapeText(b.shape)} must have one shape: split the gate and up projections into equal halves`,
     );
   }
-  checkTensor(x, "gelu", "x");
-  const dtype = autocastDtype("gelu", [x.dtype]);
-  const xc = toDtype(x, dtype);
-  const xv = values(xc);
-  // The normal CDF of every element, kept for the backward pass (so erf runs once per element).
-  // Native SIMD (zig/src/cpu/activation.zig); geluReference below is the TypeScript reference.
-  const cdf = new Float32Array(xv.length);
-  const result = output(xc.shape, dtype, (out) => {
-    if (out.length > 0) check(native().mp_gelu(ptr(xv), ptr(out), ptr(cdf), out.length), "gelu");
-  });
-  return record(result, [xc], (g) => {
-    const gv = values(g);
-    const v = values(xc);
-    return [
-      output(xc.shape, dtype, (d) => {
-        if (d.length > 0)
-          check(native().mp_gelu_backward(ptr(v), ptr(cdf), ptr(gv), ptr(d), d.length), "gelu backward");
-      }),
-    ];
+  if (a.device !== b.device) {
+    throw new TypeError(`swiglu: a is on ${a.device} and b on ${b.device}: move both to one device with .to()`);
+  }
+  const dtype = autocastDtype("swiglu", [a.dtype, b.dtype], a.device);
+  const ac = toDtype(a, dtype);
+  const bc = toDtype(b, dtype);
+  const result = empty(ac.shape, dtype, ac.device);
+  backendOf(ac.device).swigluForward(ac, bc, result);
+  return record(result, [ac, bc], (g) => {
+    const da = empty(ac.shape, dtype, ac.device);
+    const db = empty(ac.shape, dtype, ac.device);
+    backendOf(ac.device).swigluBackward(ac, bc, g, da, db);
+    return [da, db];
   });
 }
 

@@ -1,21 +1,25 @@
 /**
- * Embedding lookup (a gather of table rows, gradient by scatter-add in float32) and seeded dropout.
+ * Embedding lookup, native (zig/src/ops/embedding.zig): a gather of table rows in the table's
+ * dtype, and a backward scatter-add that sums each table row's gradients in token order in float32
+ * and rounds once, so the result is the same bits on any thread count. Also seeded dropout (still
+ * a TypeScript loop).
  *
  * @module
  */
 
-import { record, track } from "../autodiff.ts";
+import { record } from "../autodiff.ts";
 import { squirrel5 } from "../_numerics.ts";
-import { Tensor } from "../tensor.ts";
-import { checkTensor, fromValues, output, shapeText, values } from "./_util.ts";
+import { backendOf } from "../backend/backend.ts";
+import type { Tensor } from "../tensor.ts";
+import { checkTensor, empty, fromValues, output, shapeText, values } from "./_util.ts";
 
 /** Token ids: a flat Int32Array or number[] (with an optional shape), in [0, vocabulary). */
 export type Ids = Int32Array | readonly number[];
 
 /**
  * Rows of `table` [V, D] picked by `ids`: the result has shape [...idsShape, D] and the table's
- * dtype (the rows' bits are copied). The backward pass adds each row's gradient into a float32
- * [V, D] buffer (repeated ids accumulate) and rounds once to the table's dtype.
+ * dtype (the rows' bits are copied). The backward pass sums each table row's gradients (repeated
+ * ids accumulate, in token order) in float32 and rounds once to the table's dtype.
  *
  * @param table The embedding table [V, D].
  * @param ids Indices in [0, V).
@@ -47,22 +51,20 @@ export function embedding(table: Tensor, ids: Ids, idsShape?: readonly number[])
       throw new RangeError(`embedding: id ${id} at position ${i} is outside [0, ${vocabulary})`);
     }
   }
-  const result = track(new Tensor(table.dtype, [...shape, dim], "cpu"));
-  const source = table.data;
-  const target = result.data;
-  for (let i = 0; i < ids.length; i++) {
-    const row = ids[i]! * dim;
-    target.set(source.subarray(row, row + dim), i * dim);
-  }
+  // A copy: the backward pass reads the ids later, whatever the caller does with its array.
+  const kept = Int32Array.from(ids);
+  const backend = backendOf(table.device);
+  const result = empty([...shape, dim], table.dtype, table.device);
+  backend.embeddingForward(table, kept, result);
   return record(result, [table], (g) => {
-    const gv = values(g);
-    const sums = new Float32Array(vocabulary * dim);
-    for (let i = 0; i < ids.length; i++) {
-      const row = ids[i]! * dim;
-      const from = i * dim;
-      for (let j = 0; j < dim; j++) sums[row + j]! += gv[from + j]!;
+    const gc = g.dtype === table.dtype ? g : g.to(table.dtype);
+    const gradTable = empty(table.shape, table.dtype, table.device);
+    try {
+      backend.embeddingBackward(kept, gc, gradTable);
+    } finally {
+      if (gc !== g) gc.dispose();
     }
-    return [fromValues(sums, table.shape, table.dtype)];
+    return [gradTable];
   });
 }
 

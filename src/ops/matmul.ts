@@ -7,9 +7,40 @@
  */
 
 import { record } from "../autodiff.ts";
-import type { Tensor } from "../tensor.ts";
+import { backendOf } from "../backend/backend.ts";
+import { MatmulFlag } from "../backend/cpu/layout.ts";
+import type { DtypeName } from "../dtype.ts";
+import { type Shape, Tensor, full } from "../tensor.ts";
 import { autocastDtype } from "./_autocast.ts";
-import { checkTensor, fromValues, MatmulFlag, matmulInto, output, shapeText, toDtype, values } from "./_util.ts";
+import { checkSameDevice, checkTensor, empty, shapeText, toDtype } from "./_util.ts";
+
+/**
+ * op(A) op(B) (+ bias) in `dtype`: the kernel accumulates in float32 and writes float32, so a
+ * float32 result is written in place and a 16-bit one goes through a float32 scratch tensor (freed
+ * at once) and the epilogue, which adds the bias and rounds once.
+ */
+function product(
+  a: Tensor,
+  b: Tensor,
+  bias: Tensor | null,
+  shape: Shape,
+  dtype: DtypeName,
+  dims: readonly [batch: number, m: number, n: number, k: number],
+  flags: number,
+): Tensor {
+  const backend = backendOf(a.device);
+  const out = empty(shape, dtype, a.device);
+  const [batch, m, n, k] = dims;
+  if (dtype === "float32") {
+    backend.matmul(a, b, out, batch, m, n, k, flags);
+    if (bias !== null) backend.matmulEpilogue(out, bias, out);
+    return out;
+  }
+  using scratch = new Tensor("float32", shape, a.device, false);
+  backend.matmul(a, b, scratch, batch, m, n, k, flags);
+  backend.matmulEpilogue(scratch, bias, out);
+  return out;
+}
 
 /**
  * Matrix product `a @ b`: a is [..., M, K]; b is [K, N] (shared by every batch element) or
@@ -48,22 +79,18 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
     );
   }
   const batch = a.size / Math.max(m * k, 1) || batchShape.reduce((x, y) => x * y, 1);
-  const dtype = autocastDtype("matmul", [a.dtype, b.dtype]);
+  checkSameDevice("matmul", a, b);
+  const dtype = autocastDtype("matmul", [a.dtype, b.dtype], a.device);
   const ac = toDtype(a, dtype);
   const bc = toDtype(b, dtype);
   const broadcast = shared ? MatmulFlag.broadcastB : 0;
-  const result = output([...batchShape, m, n], dtype, (c) => {
-    matmulInto(ac.data, dtype, bc.data, dtype, c, batch, m, n, k, broadcast);
-  });
+  const result = product(ac, bc, null, [...batchShape, m, n], dtype, [batch, m, n, k], broadcast);
   return record(result, [ac, bc], (g) => {
     // dA = g B^T (per batch element); dB = A^T g, summed over the batch when B is shared.
-    const gradA = output(ac.shape, dtype, (c) => {
-      matmulInto(g.data, dtype, bc.data, dtype, c, batch, m, k, n, MatmulFlag.transB | broadcast);
-    });
-    const gradB = output(bc.shape, dtype, (c) => {
-      if (shared) matmulInto(ac.data, dtype, g.data, dtype, c, 1, k, n, batch * m, MatmulFlag.transA);
-      else matmulInto(ac.data, dtype, g.data, dtype, c, batch, k, n, m, MatmulFlag.transA);
-    });
+    const gradA = product(g, bc, null, ac.shape, dtype, [batch, m, k, n], MatmulFlag.transB | broadcast);
+    const gradB = shared
+      ? product(ac, g, null, bc.shape, dtype, [1, k, n, batch * m], MatmulFlag.transA)
+      : product(ac, g, null, bc.shape, dtype, [batch, k, n, m], MatmulFlag.transA);
     return [gradA, gradB];
   });
 }
@@ -100,36 +127,21 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   if (bias != null && (bias.ndim !== 1 || bias.shape[0] !== outFeatures)) {
     throw new TypeError(`linear: bias ${shapeText(bias.shape)} must be [${outFeatures}]`);
   }
+  checkSameDevice("linear", x, weight, ...(bias != null ? [bias] : []));
   const rows = inFeatures === 0 ? x.size : x.size / inFeatures;
-  const dtype = autocastDtype("linear", bias != null ? [x.dtype, weight.dtype, bias.dtype] : [x.dtype, weight.dtype]);
+  const dtype = autocastDtype("linear", bias != null ? [x.dtype, weight.dtype, bias.dtype] : [x.dtype, weight.dtype], x.device);
   const xc = toDtype(x, dtype);
   const wc = toDtype(weight, dtype);
   const bc = bias != null ? toDtype(bias, dtype) : null;
-  const result = output([...x.shape.slice(0, -1), outFeatures], dtype, (c) => {
-    matmulInto(xc.data, dtype, wc.data, dtype, c, 1, rows, outFeatures, inFeatures, MatmulFlag.transB);
-    if (bc !== null) {
-      const bv = values(bc);
-      for (let r = 0; r < rows; r++) {
-        const base = r * outFeatures;
-        for (let j = 0; j < outFeatures; j++) c[base + j]! += bv[j]!;
-      }
-    }
-  });
+  const dims = [1, rows, outFeatures, inFeatures] as const;
+  const result = product(xc, wc, bc, [...x.shape.slice(0, -1), outFeatures], dtype, dims, MatmulFlag.transB);
   const inputs = bc !== null ? [xc, wc, bc] : [xc, wc];
   return record(result, inputs, (g) => {
-    const gradX = output(xc.shape, dtype, (c) => {
-      matmulInto(g.data, dtype, wc.data, dtype, c, 1, rows, inFeatures, outFeatures, 0);
-    });
-    const gradW = output(wc.shape, dtype, (c) => {
-      matmulInto(g.data, dtype, xc.data, dtype, c, 1, outFeatures, inFeatures, rows, MatmulFlag.transA);
-    });
+    const gradX = product(g, wc, null, xc.shape, dtype, [1, rows, inFeatures, outFeatures], 0);
+    const gradW = product(g, xc, null, wc.shape, dtype, [1, outFeatures, inFeatures, rows], MatmulFlag.transA);
     if (bc === null) return [gradX, gradW];
-    const gv = values(g);
-    const sums = new Float64Array(outFeatures);
-    for (let r = 0; r < rows; r++) {
-      const base = r * outFeatures;
-      for (let j = 0; j < outFeatures; j++) sums[j]! += gv[base + j]!;
-    }
-    return [gradX, gradW, fromValues(Float32Array.from(sums), bc.shape, dtype)];
+    // The bias gradient sums g over its rows: ones^T g through the same kernel (float32 sums).
+    using ones = full([rows], 1, { device: g.device });
+    return [gradX, gradW, product(ones, g, null, bc.shape, dtype, [1, 1, outFeatures, rows], MatmulFlag.transA)];
   });
 }

@@ -14,7 +14,7 @@
  * @module
  */
 
-export { causalSelfAttention } from "./attention.ts";
+export { ATTENTION_HEAD_DIM_MAX, type AttentionOptions, attention, causalSelfAttention } from "./attention.ts";
 export {
   add,
   div,
@@ -28,12 +28,14 @@ export {
   scale,
   silu,
   sub,
+  swiglu,
   tanh,
   toDtype,
 } from "./elementwise.ts";
 export { dropout, type DropoutOptions, embedding, type Ids } from "./embedding.ts";
 export { linear, matmul } from "./matmul.ts";
 export { layerNorm, rmsNorm } from "./norm.ts";
+export { ROPE_HEAD_DIM_MAX, type RopeOptions, rope, ropeInvFreq } from "./rope.ts";
 export { mean, type ReduceOptions, sum } from "./reduce.ts";
 export { concat, reshape, slice, transpose } from "./shape.ts";
-export { crossEntropy, type Labels, logSoftmax, softmax } from "./softmax.ts";
+export { type CrossEntropyOptions, crossEntropy, type Labels, logSoftmax, softmax } from "./softmax.ts";

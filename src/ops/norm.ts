@@ -1,14 +1,18 @@
 /**
- * Layer norm and RMS norm over the last axis, with statistics in float64 per row and the result
- * rounded once to autocast's "layer_norm" / "rms_norm" dtype.
+ * Layer norm and RMS norm over the last axis, native (zig/src/ops/norm.zig): per-row statistics in
+ * float32 registers, the result rounded once to autocast's "layer_norm" / "rms_norm" dtype. A
+ * bfloat16 or float16 input stays in its dtype: the forward keeps only the per-row mean and rstd
+ * (float32 [rows], and only when a gradient will be taken), and the backward computes the input,
+ * weight and bias gradients in one pass over the rows.
  *
  * @module
  */
 
-import { record } from "../autodiff.ts";
+import { record, requiresGrad } from "../autodiff.ts";
+import { backendOf } from "../backend/backend.ts";
 import type { Tensor } from "../tensor.ts";
 import { autocastDtype } from "./_autocast.ts";
-import { checkTensor, fromValues, output, shapeText, toDtype, values } from "./_util.ts";
+import { checkTensor, empty, shapeText, toDtype } from "./_util.ts";
 
 function checkAffine(x: Tensor, param: Tensor | null | undefined, op: string, name: string): void {
   if (param == null) return;
@@ -17,6 +21,27 @@ function checkAffine(x: Tensor, param: Tensor | null | undefined, op: string, na
   if (param.ndim !== 1 || param.shape[0] !== width) {
     throw new TypeError(`${op}: ${name} ${shapeText(param.shape)} must be [${width}] for x ${shapeText(x.shape)}`);
   }
+  if (param.device !== x.device) {
+    throw new TypeError(`${op}: ${name} is on ${param.device} but x is on ${x.device}: move both to one device`);
+  }
+}
+
+function checkEps(eps: unknown, op: string): number {
+  if (typeof eps !== "number" || !(eps >= 0) || !Number.isFinite(eps)) {
+    throw new RangeError(`${op}: eps must be a finite number >= 0 (e.g. 1e-5), got ${String(eps)}`);
+  }
+  return eps;
+}
+
+/** Row count of x [..., width]. */
+function rowCount(x: Tensor): number {
+  const width = x.shape[x.ndim - 1]!;
+  return width === 0 ? 0 : x.size / width;
+}
+
+/** The output gradient in the op's dtype (autodiff passes it in the output's dtype already). */
+function inDtype(g: Tensor, dtype: Tensor["dtype"]): Tensor {
+  return g.dtype === dtype ? g : g.to(dtype);
 }
 
 /**
@@ -40,70 +65,34 @@ export function layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | nul
   if (x.ndim < 1) throw new TypeError("layerNorm needs at least one dimension");
   checkAffine(x, weight, "layerNorm", "weight");
   checkAffine(x, bias, "layerNorm", "bias");
+  checkEps(eps, "layerNorm");
   const dtypes = [x.dtype, ...(weight != null ? [weight.dtype] : []), ...(bias != null ? [bias.dtype] : [])];
-  const dtype = autocastDtype("layer_norm", dtypes);
+  const dtype = autocastDtype("layer_norm", dtypes, x.device);
   const xc = toDtype(x, dtype);
   const wc = weight != null ? toDtype(weight, dtype) : null;
   const bc = bias != null ? toDtype(bias, dtype) : null;
-  const width = xc.shape[xc.ndim - 1]!;
-  const rows = width === 0 ? 0 : xc.size / width;
-  const xv = values(xc);
-  const wv = wc !== null ? values(wc) : null;
-  const bv = bc !== null ? values(bc) : null;
-  const normalized = new Float32Array(xc.size);
-  const rstd = new Float32Array(rows);
-  for (let r = 0; r < rows; r++) {
-    const base = r * width;
-    let mean = 0;
-    for (let j = 0; j < width; j++) mean += xv[base + j]!;
-    mean /= width;
-    let variance = 0;
-    for (let j = 0; j < width; j++) variance += (xv[base + j]! - mean) ** 2;
-    variance /= width;
-    const s = 1 / Math.sqrt(variance + eps);
-    rstd[r] = s;
-    for (let j = 0; j < width; j++) normalized[base + j] = (xv[base + j]! - mean) * s;
-  }
-  const result = output(xc.shape, dtype, (out) => {
-    for (let r = 0; r < rows; r++) {
-      const base = r * width;
-      for (let j = 0; j < width; j++) {
-        out[base + j] = normalized[base + j]! * (wv !== null ? wv[j]! : 1) + (bv !== null ? bv[j]! : 0);
-      }
-    }
-  });
   const inputs = [xc, ...(wc !== null ? [wc] : []), ...(bc !== null ? [bc] : [])];
+  const rows = rowCount(xc);
+  const backend = backendOf(xc.device);
+  // Statistics are kept only for a backward pass; inference writes none.
+  const keep = inputs.some(requiresGrad);
+  const mean = keep ? empty([rows], "float32", xc.device) : null;
+  const rstd = keep ? empty([rows], "float32", xc.device) : null;
+  const result = empty(xc.shape, dtype, xc.device);
+  backend.layerNormForward(xc, wc, bc, result, mean, rstd, eps);
   return record(result, inputs, (g) => {
-    const gv = values(g);
-    const w = wv ?? new Float32Array(width).fill(1);
-    // Weight and bias gradients accumulate in float64 in the same pass over the rows.
-    const dw = new Float64Array(width);
-    const db = new Float64Array(width);
-    const gradX = output(xc.shape, dtype, (d) => {
-      for (let r = 0; r < rows; r++) {
-        const base = r * width;
-        let meanD = 0;
-        let meanDX = 0;
-        for (let j = 0; j < width; j++) {
-          const gj = gv[base + j]!;
-          const nj = normalized[base + j]!;
-          const dn = gj * w[j]!;
-          meanD += dn;
-          meanDX += dn * nj;
-          dw[j]! += gj * nj;
-          db[j]! += gj;
-        }
-        meanD /= width;
-        meanDX /= width;
-        const s = rstd[r]!;
-        for (let j = 0; j < width; j++) {
-          d[base + j] = s * (gv[base + j]! * w[j]! - meanD - normalized[base + j]! * meanDX);
-        }
-      }
-    });
+    const gc = inDtype(g, dtype);
+    const gradX = empty(xc.shape, dtype, xc.device);
+    const gradW = wc !== null ? empty(wc.shape, dtype, xc.device) : null;
+    const gradB = bc !== null ? empty(bc.shape, dtype, xc.device) : null;
+    try {
+      backend.layerNormBackward(xc, wc, mean!, rstd!, gc, gradX, gradW, gradB);
+    } finally {
+      if (gc !== g) gc.dispose();
+    }
     const grads: Tensor[] = [gradX];
-    if (wc !== null) grads.push(fromValues(Float32Array.from(dw), wc.shape, dtype));
-    if (bc !== null) grads.push(fromValues(Float32Array.from(db), bc.shape, dtype));
+    if (gradW !== null) grads.push(gradW);
+    if (gradB !== null) grads.push(gradB);
     return grads;
   });
 }
@@ -128,47 +117,24 @@ export function rmsNorm(x: Tensor, weight?: Tensor | null, eps = 1e-6): Tensor {
   checkTensor(x, "rmsNorm", "x");
   if (x.ndim < 1) throw new TypeError("rmsNorm needs at least one dimension");
   checkAffine(x, weight, "rmsNorm", "weight");
-  const dtype = autocastDtype("rms_norm", weight != null ? [x.dtype, weight.dtype] : [x.dtype]);
+  checkEps(eps, "rmsNorm");
+  const dtype = autocastDtype("rms_norm", weight != null ? [x.dtype, weight.dtype] : [x.dtype], x.device);
   const xc = toDtype(x, dtype);
   const wc = weight != null ? toDtype(weight, dtype) : null;
-  const width = xc.shape[xc.ndim - 1]!;
-  const rows = width === 0 ? 0 : xc.size / width;
-  const xv = values(xc);
-  const wv = wc !== null ? values(wc) : null;
-  const normalized = new Float32Array(xc.size);
-  const rrms = new Float32Array(rows);
-  for (let r = 0; r < rows; r++) {
-    const base = r * width;
-    let square = 0;
-    for (let j = 0; j < width; j++) square += xv[base + j]! * xv[base + j]!;
-    const s = 1 / Math.sqrt(square / width + eps);
-    rrms[r] = s;
-    for (let j = 0; j < width; j++) normalized[base + j] = xv[base + j]! * s;
-  }
-  const result = output(xc.shape, dtype, (out) => {
-    for (let i = 0; i < out.length; i++) out[i] = normalized[i]! * (wv !== null ? wv[i % width]! : 1);
-  });
-  return record(result, wc !== null ? [xc, wc] : [xc], (g) => {
-    const gv = values(g);
-    const w = wv ?? new Float32Array(width).fill(1);
-    const dw = new Float64Array(width);
-    const gradX = output(xc.shape, dtype, (d) => {
-      for (let r = 0; r < rows; r++) {
-        const base = r * width;
-        let meanDX = 0;
-        for (let j = 0; j < width; j++) {
-          const gj = gv[base + j]!;
-          const nj = normalized[base + j]!;
-          meanDX += gj * w[j]! * nj;
-          dw[j]! += gj * nj;
-        }
-        meanDX /= width;
-        const s = rrms[r]!;
-        for (let j = 0; j < width; j++) d[base + j] = s * (gv[base + j]! * w[j]! - normalized[base + j]! * meanDX);
-      }
-    });
-    const grads: Tensor[] = [gradX];
-    if (wc !== null) grads.push(fromValues(Float32Array.from(dw), wc.shape, dtype));
-    return grads;
+  const inputs = wc !== null ? [xc, wc] : [xc];
+  const backend = backendOf(xc.device);
+  const rstd = inputs.some(requiresGrad) ? empty([rowCount(xc)], "float32", xc.device) : null;
+  const result = empty(xc.shape, dtype, xc.device);
+  backend.rmsNormForward(xc, wc, result, rstd, eps);
+  return record(result, inputs, (g) => {
+    const gc = inDtype(g, dtype);
+    const gradX = empty(xc.shape, dtype, xc.device);
+    const gradW = wc !== null ? empty(wc.shape, dtype, xc.device) : null;
+    try {
+      backend.rmsNormBackward(xc, wc, rstd!, gc, gradX, gradW);
+    } finally {
+      if (gc !== g) gc.dispose();
+    }
+    return gradW !== null ? [gradX, gradW] : [gradX];
   });
 }

@@ -1,14 +1,19 @@
 /**
- * Reductions: sum and mean over axes, accumulated in float64 and rounded once to autocast's
- * "sum" / "mean" dtype.
+ * Reductions: sum and mean over axes, native (zig/src/ops/elementwise.zig's map kernel): each
+ * output accumulates its terms in float64 in a fixed order (the same bits on any thread count)
+ * and is rounded once to autocast's "sum" / "mean" dtype. The backward pass is a native broadcast
+ * copy; bfloat16 and float16 tensors are never widened to float32 copies.
  *
  * @module
  */
 
 import { record } from "../autodiff.ts";
+import { backendOf } from "../backend/backend.ts";
+import { MapOp } from "../backend/cpu/elementwise.ts";
 import type { Tensor } from "../tensor.ts";
 import { autocastDtype } from "./_autocast.ts";
-import { checkTensor, fromValues, normalizeAxis, output, toDtype, values } from "./_util.ts";
+import { mapSpace } from "./_map.ts";
+import { checkTensor, empty, normalizeAxis, toDtype } from "./_util.ts";
 
 /** Options of {@linkcode sum} and {@linkcode mean}. */
 export interface ReduceOptions {
@@ -20,7 +25,7 @@ export interface ReduceOptions {
 
 interface Plan {
   readonly outShape: number[];
-  readonly map: Int32Array | null; // input index -> output index (null: everything -> 0)
+  readonly reduced: boolean[]; // per input dimension: summed over
   readonly count: number; // elements summed per output
 }
 
@@ -41,66 +46,54 @@ function plan(shape: readonly number[], options: ReduceOptions, op: string): Pla
       if (options.keepDims) outShape.push(1);
     } else outShape.push(shape[d]!);
   }
-  if (axes.size === ndim) return { outShape, map: null, count };
-  // Output strides over the kept axes, walked with an odometer over the input.
-  const strides = new Array<number>(ndim).fill(0);
+  return { outShape, reduced: shape.map((_, d) => axes.has(d)), count };
+}
+
+/** Row-major strides of `shape`, or of its kept dimensions only (0 on the reduced ones). */
+function stridesOf(shape: readonly number[], skip: readonly boolean[] | null): number[] {
+  const strides = new Array<number>(shape.length).fill(0);
   let stride = 1;
-  for (let d = ndim - 1; d >= 0; d--) {
-    if (!axes.has(d)) {
-      strides[d] = stride;
-      stride *= shape[d]!;
-    }
+  for (let d = shape.length - 1; d >= 0; d--) {
+    if (skip?.[d]) continue;
+    strides[d] = stride;
+    stride *= shape[d]!;
   }
-  const size = shape.reduce((x, y) => x * y, 1);
-  const map = new Int32Array(size);
-  const counter = new Array<number>(ndim).fill(0);
-  let index = 0;
-  for (let i = 0; i < size; i++) {
-    map[i] = index;
-    for (let d = ndim - 1; d >= 0; d--) {
-      counter[d]!++;
-      index += strides[d]!;
-      if (counter[d]! < shape[d]!) break;
-      index -= strides[d]! * counter[d]!;
-      counter[d] = 0;
-    }
-  }
-  return { outShape, map, count };
+  return strides;
 }
 
 function reduce(op: "sum" | "mean", x: Tensor, options: ReduceOptions): Tensor {
   checkTensor(x, op, "x");
   const p = plan(x.shape, options, op);
-  const dtype = autocastDtype(op, [x.dtype]);
+  const dtype = autocastDtype(op, [x.dtype], x.device);
   const xc = toDtype(x, dtype);
-  const factor = op === "mean" ? 1 / p.count : 1;
-  const xv = values(xc);
-  const result = output(p.outShape, dtype, (out) => {
-    const sums = new Float64Array(out.length);
-    if (p.map === null) {
-      let total = 0;
-      for (let i = 0; i < xv.length; i++) total += xv[i]!;
-      if (sums.length > 0) sums[0] = total;
-    } else {
-      const map = p.map;
-      for (let i = 0; i < xv.length; i++) sums[map[i]!]! += xv[i]!;
-    }
-    for (let i = 0; i < out.length; i++) out[i] = sums[i]! * factor;
-  });
+  const factor = op === "mean" ? Math.fround(1 / p.count) : 1;
+  const backend = backendOf(xc.device);
+  const result = empty(p.outShape, dtype, xc.device);
+  if (p.count === 0) {
+    // Nothing summed: sums are 0, means NaN (0 / 0), as NumPy.
+    const kept = p.outShape.filter((d) => d !== 1);
+    const space = { keptShape: kept, keptStrides: [[]], reducedShape: [], reducedStrides: [[]] };
+    if (result.size > 0) backend.elementwiseMap(MapOp.copy, result, [op === "sum" ? 0 : Number.NaN], space, 1);
+  } else {
+    const space = mapSpace(op, xc.shape, p.reduced, [stridesOf(xc.shape, null)]);
+    backend.elementwiseMap(MapOp.copy, result, [xc], space, factor);
+  }
   return record(result, [xc], (g) => {
-    const gv = values(g);
-    const d = new Float32Array(xc.size);
-    if (p.map === null) d.fill(gv[0]! * factor);
-    else {
-      const map = p.map;
-      for (let i = 0; i < d.length; i++) d[i] = gv[map[i]!]! * factor;
-    }
-    return [fromValues(d, xc.shape, dtype)];
+    // The broadcast copy: every input element receives its output's gradient times the factor.
+    const dx = empty(xc.shape, dtype, xc.device);
+    const space = mapSpace(
+      `${op} backward`,
+      xc.shape,
+      xc.shape.map(() => false),
+      [stridesOf(xc.shape, p.reduced)],
+    );
+    backendOf(dx.device).elementwiseMap(MapOp.copy, dx, [g], space, factor);
+    return [dx];
   });
 }
 
 /**
- * Sum over axes (all by default), accumulated in float64.
+ * Sum over axes (all by default), accumulated in float64 in a fixed order.
  *
  * @param x A tensor.
  * @param options axis, keepDims.

@@ -1,18 +1,37 @@
 /**
  * Shape ops: reshape, transpose, slice and concat. Tensors are contiguous, so each returns a copy
- * (bits copied unchanged, in the input's dtype); the backward pass moves gradients back the same way.
+ * made by one native strided copy (bits unchanged, in the input's dtype, on its device); the
+ * backward pass moves gradients back the same way.
  *
  * @module
  */
 
 import { record } from "../autodiff.ts";
-import type { StorageArray } from "../dtype.ts";
-import { type Shape, Tensor } from "../tensor.ts";
-import { track } from "../autodiff.ts";
-import { checkTensor, normalizeAxis, shapeText, sizeOf } from "./_util.ts";
+import { backendOf } from "../backend/backend.ts";
+import type { StridedView } from "../backend/cpu/layout.ts";
+import type { Shape, Tensor } from "../tensor.ts";
+import { checkTensor, empty, normalizeAxis, shapeText, sizeOf } from "./_util.ts";
 
-function blank(shape: Shape, like: Tensor): Tensor {
-  return track(new Tensor(like.dtype, shape, "cpu"));
+/** Row-major strides (in elements) of a contiguous shape. */
+function contiguousStrides(shape: Shape): number[] {
+  const strides = new Array<number>(shape.length);
+  let stride = 1;
+  for (let d = shape.length - 1; d >= 0; d--) {
+    strides[d] = stride;
+    stride *= shape[d]!;
+  }
+  return strides;
+}
+
+function contiguous(shape: Shape, offset = 0): StridedView {
+  return { offset, strides: contiguousStrides(shape) };
+}
+
+/** A new tensor (in the active scope) with x's bits walked through `from` over `shape`. */
+function gathered(x: Tensor, from: StridedView, shape: Shape): Tensor {
+  const result = empty(shape, x.dtype, x.device);
+  backendOf(x.device).stridedCopy(x, from, result, contiguous(shape), shape);
+  return result;
 }
 
 /**
@@ -40,34 +59,9 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   if (inferred.some((d) => !Number.isInteger(d) || d < 0) || sizeOf(inferred) !== x.size) {
     throw new RangeError(`reshape: cannot reshape ${shapeText(x.shape)} to ${shapeText(shape)}: sizes differ`);
   }
-  const result = blank(inferred, x);
-  result.data.set(x.data);
+  const result = empty(inferred, x.dtype, x.device);
+  backendOf(x.device).copy(x, result);
   return record(result, [x], (g) => [g.reshape(x.shape)]);
-}
-
-function permuteInto(source: StorageArray, target: StorageArray, shape: Shape, perm: readonly number[]): void {
-  const ndim = shape.length;
-  const inStrides = new Array<number>(ndim);
-  let stride = 1;
-  for (let d = ndim - 1; d >= 0; d--) {
-    inStrides[d] = stride;
-    stride *= shape[d]!;
-  }
-  const outShape = perm.map((p) => shape[p]!);
-  const walk = perm.map((p) => inStrides[p]!);
-  const size = target.length;
-  const counter = new Array<number>(ndim).fill(0);
-  let index = 0;
-  for (let i = 0; i < size; i++) {
-    target[i] = source[index]!;
-    for (let d = ndim - 1; d >= 0; d--) {
-      counter[d]!++;
-      index += walk[d]!;
-      if (counter[d]! < outShape[d]!) break;
-      index -= walk[d]! * counter[d]!;
-      counter[d] = 0;
-    }
-  }
 }
 
 /**
@@ -94,16 +88,15 @@ export function transpose(x: Tensor, perm?: readonly number[]): Tensor {
     throw new RangeError(`transpose: perm [${order.join(", ")}] is not a permutation of ${ndim} dimensions`);
   }
   const outShape = normalized.map((p) => x.shape[p]!);
-  const result = blank(outShape, x);
-  permuteInto(x.data, result.data, x.shape, normalized);
+  const inStrides = contiguousStrides(x.shape);
+  const result = gathered(x, { offset: 0, strides: normalized.map((p) => inStrides[p]!) }, outShape);
   const inverse = new Array<number>(ndim);
   normalized.forEach((p, i) => {
     inverse[p] = i;
   });
   return record(result, [x], (g) => {
-    const back = new Tensor(g.dtype, x.shape, "cpu");
-    permuteInto(g.data, back.data, outShape, inverse);
-    return [back];
+    const outStrides = contiguousStrides(outShape);
+    return [gathered(g, { offset: 0, strides: inverse.map((p) => outStrides[p]!) }, x.shape)];
   });
 }
 
@@ -138,32 +131,14 @@ export function slice(x: Tensor, starts: readonly number[], ends: readonly numbe
     }
   }
   const outShape = lo.map((l, d) => hi[d]! - l);
-  const result = blank(outShape, x);
-  const copy = (source: StorageArray, target: StorageArray, forward: boolean) => {
-    // Walk output rows (all dims but the last) and copy contiguous runs.
-    const inner = outShape[ndim - 1] ?? 1;
-    const rows = inner === 0 ? 0 : sizeOf(outShape) / inner;
-    const counter = new Array<number>(Math.max(ndim - 1, 0)).fill(0);
-    for (let r = 0; r < rows; r++) {
-      let inIndex = 0;
-      for (let d = 0; d < ndim - 1; d++) inIndex = (inIndex + counter[d]! + lo[d]!) * x.shape[d + 1]!;
-      inIndex += ndim > 0 ? lo[ndim - 1]! : 0;
-      const outIndex = r * inner;
-      if (forward) target.set(source.subarray(inIndex, inIndex + inner), outIndex);
-      else target.set(source.subarray(outIndex, outIndex + inner), inIndex);
-      for (let d = ndim - 2; d >= 0; d--) {
-        counter[d]!++;
-        if (counter[d]! < outShape[d]!) break;
-        counter[d] = 0;
-      }
-    }
-  };
-  if (ndim === 0) result.data.set(x.data);
-  else copy(x.data, result.data, true);
+  const inStrides = contiguousStrides(x.shape);
+  const window: StridedView = { offset: lo.reduce((p, l, d) => p + l * inStrides[d]!, 0), strides: inStrides };
+  const result = gathered(x, window, outShape);
   return record(result, [x], (g) => {
-    const back = new Tensor(g.dtype, x.shape, "cpu");
-    if (ndim === 0) back.data.set(g.data);
-    else copy(g.data, back.data, false);
+    const backend = backendOf(g.device);
+    const back = empty(x.shape, g.dtype, g.device);
+    backend.zero(back);
+    backend.stridedCopy(g, contiguous(outShape), back, window, outShape);
     return [back];
   });
 }
@@ -196,28 +171,28 @@ export function concat(xs: readonly Tensor[], axis = 0): Tensor {
       );
     }
   }
-  const outer = sizeOf(first.shape.slice(0, ax));
-  const inner = sizeOf(first.shape.slice(ax + 1));
-  const widths = xs.map((x) => x.shape[ax]! * inner);
-  const total = widths.reduce((p, w) => p + w, 0);
+  for (const x of xs) {
+    if (x.device !== first.device) {
+      throw new TypeError(`concat: ${x} is not on ${first.device} like ${first}: move it there first with .to()`);
+    }
+  }
   const outShape = [...first.shape];
   outShape[ax] = xs.reduce((p, x) => p + x.shape[ax]!, 0);
-  const result = blank(outShape, first);
-  for (let o = 0; o < outer; o++) {
-    let offset = o * total;
-    xs.forEach((x, i) => {
-      result.data.set(x.data.subarray(o * widths[i]!, (o + 1) * widths[i]!), offset);
-      offset += widths[i]!;
-    });
+  const outStrides = contiguousStrides(outShape);
+  const backend = backendOf(first.device);
+  const result = empty(outShape, first.dtype, first.device);
+  // Each input's region of the result: its offset along the axis, the result's strides.
+  const regions: StridedView[] = [];
+  let start = 0;
+  for (const x of xs) {
+    regions.push({ offset: start * outStrides[ax]!, strides: outStrides });
+    backend.stridedCopy(x, contiguous(x.shape), result, regions[regions.length - 1]!, x.shape);
+    start += x.shape[ax]!;
   }
   return record(result, [...xs], (g) =>
     xs.map((x, i) => {
-      const back = new Tensor(g.dtype, x.shape, "cpu");
-      const before = widths.slice(0, i).reduce((p, w) => p + w, 0);
-      for (let o = 0; o < outer; o++) {
-        const start = o * total + before;
-        back.data.set(g.data.subarray(start, start + widths[i]!), o * widths[i]!);
-      }
+      const back = empty(x.shape, g.dtype, g.device);
+      backendOf(g.device).stridedCopy(g, regions[i]!, back, contiguous(x.shape), x.shape);
       return back;
     }),
   );

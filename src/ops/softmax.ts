@@ -1,20 +1,29 @@
 /**
- * Softmax, log-softmax and fused softmax cross-entropy over the last axis. They run in autocast's
- * "softmax" / "log_softmax" / "cross_entropy" dtype (float32 under the mixed policies) and subtract
- * the row maximum first, so logits of +-1e4 give finite results.
+ * Softmax, log-softmax and fused softmax cross-entropy over the last axis, native
+ * (zig/src/ops/softmax.zig): one row per task, the row maximum subtracted first (so logits of
+ * +-1e4 give finite results), float32 arithmetic and one rounding into autocast's "softmax" /
+ * "log_softmax" / "cross_entropy" dtype (float32 under the mixed policies). A bfloat16 or float16
+ * input stays in its dtype; what the backward pass needs is the output (softmax, log-softmax) or
+ * the logits and a float32 per-row log-sum-exp (cross-entropy).
  *
  * @module
  */
 
-import { record } from "../autodiff.ts";
+import { record, requiresGrad } from "../autodiff.ts";
+import { backendOf } from "../backend/backend.ts";
 import type { Tensor } from "../tensor.ts";
 import { autocastDtype } from "./_autocast.ts";
-import { checkTensor, fromValues, output, shapeText, toDtype, values } from "./_util.ts";
+import { checkTensor, empty, shapeText, toDtype } from "./_util.ts";
 
 function rowsOf(x: Tensor, op: string): [rows: number, width: number] {
   if (x.ndim < 1) throw new TypeError(`${op} needs at least one dimension, got a scalar`);
   const width = x.shape[x.ndim - 1]!;
   return [width === 0 ? 0 : x.size / width, width];
+}
+
+/** The output gradient in the op's dtype (autodiff passes it in the output's dtype already). */
+function inDtype(g: Tensor, dtype: Tensor["dtype"]): Tensor {
+  return g.dtype === dtype ? g : g.to(dtype);
 }
 
 /**
@@ -32,36 +41,21 @@ function rowsOf(x: Tensor, op: string): [rows: number, width: number] {
  */
 export function softmax(x: Tensor): Tensor {
   checkTensor(x, "softmax", "x");
-  const dtype = autocastDtype("softmax", [x.dtype]);
+  rowsOf(x, "softmax");
+  const dtype = autocastDtype("softmax", [x.dtype], x.device);
   const xc = toDtype(x, dtype);
-  const [rows, width] = rowsOf(xc, "softmax");
-  const xv = values(xc);
-  const result = output(xc.shape, dtype, (out) => {
-    for (let r = 0; r < rows; r++) {
-      const base = r * width;
-      let max = -Infinity;
-      for (let j = 0; j < width; j++) max = Math.max(max, xv[base + j]!);
-      let total = 0;
-      for (let j = 0; j < width; j++) {
-        const e = Math.exp(xv[base + j]! - max);
-        out[base + j] = e;
-        total += e;
-      }
-      const inv = 1 / total;
-      for (let j = 0; j < width; j++) out[base + j]! *= inv;
-    }
-  });
+  const backend = backendOf(xc.device);
+  const result = empty(xc.shape, dtype, xc.device);
+  backend.softmaxForward(xc, result);
   return record(result, [xc], (g) => {
-    const gv = values(g);
-    const yv = values(result);
-    const d = new Float32Array(xc.size);
-    for (let r = 0; r < rows; r++) {
-      const base = r * width;
-      let dot = 0;
-      for (let j = 0; j < width; j++) dot += gv[base + j]! * yv[base + j]!;
-      for (let j = 0; j < width; j++) d[base + j] = yv[base + j]! * (gv[base + j]! - dot);
+    const gc = inDtype(g, dtype);
+    const gradX = empty(xc.shape, dtype, xc.device);
+    try {
+      backend.softmaxBackward(result, gc, gradX);
+    } finally {
+      if (gc !== g) gc.dispose();
     }
-    return [fromValues(d, xc.shape, dtype)];
+    return [gradX];
   });
 }
 
@@ -80,97 +74,106 @@ export function softmax(x: Tensor): Tensor {
  */
 export function logSoftmax(x: Tensor): Tensor {
   checkTensor(x, "logSoftmax", "x");
-  const dtype = autocastDtype("log_softmax", [x.dtype]);
+  rowsOf(x, "logSoftmax");
+  const dtype = autocastDtype("log_softmax", [x.dtype], x.device);
   const xc = toDtype(x, dtype);
-  const [rows, width] = rowsOf(xc, "logSoftmax");
-  const xv = values(xc);
-  const result = output(xc.shape, dtype, (out) => {
-    for (let r = 0; r < rows; r++) {
-      const base = r * width;
-      let max = -Infinity;
-      for (let j = 0; j < width; j++) max = Math.max(max, xv[base + j]!);
-      let total = 0;
-      for (let j = 0; j < width; j++) total += Math.exp(xv[base + j]! - max);
-      const lse = max + Math.log(total);
-      for (let j = 0; j < width; j++) out[base + j] = xv[base + j]! - lse;
-    }
-  });
+  const backend = backendOf(xc.device);
+  const result = empty(xc.shape, dtype, xc.device);
+  backend.logSoftmaxForward(xc, result);
   return record(result, [xc], (g) => {
-    const gv = values(g);
-    const yv = values(result);
-    const d = new Float32Array(xc.size);
-    for (let r = 0; r < rows; r++) {
-      const base = r * width;
-      let total = 0;
-      for (let j = 0; j < width; j++) total += gv[base + j]!;
-      for (let j = 0; j < width; j++) d[base + j] = gv[base + j]! - Math.exp(yv[base + j]!) * total;
+    const gc = inDtype(g, dtype);
+    const gradX = empty(xc.shape, dtype, xc.device);
+    try {
+      backend.logSoftmaxBackward(result, gc, gradX);
+    } finally {
+      if (gc !== g) gc.dispose();
     }
-    return [fromValues(d, xc.shape, dtype)];
+    return [gradX];
   });
 }
 
 /** Class indices: one per row of the logits. */
 export type Labels = Int32Array | readonly number[];
 
+/** Options of {@linkcode crossEntropy}. */
+export interface CrossEntropyOptions {
+  /**
+   * Rows whose label equals this contribute nothing, and the mean is over the other rows (default
+   * -100, as PyTorch). When every row is ignored the loss is NaN (0 / 0, as PyTorch's mean
+   * reduction) and the gradient is zero.
+   */
+  readonly ignoreIndex?: number;
+}
+
+function describeKind(value: unknown): string {
+  if (value === null) return "null";
+  if (typeof value !== "object") return typeof value;
+  return (value as object).constructor?.name ?? "an object";
+}
+
 /**
- * Mean softmax cross-entropy of logits [..., C] against integer labels (one per row), fused: the
- * forward keeps the softmax for the backward pass, whose gradient is (softmax - onehot) / rows.
- * Computed in float64 per row and returned as a float32 scalar (autocast "cross_entropy").
+ * Mean softmax cross-entropy of logits [..., C] against integer labels (one per row), fused with
+ * its log-softmax: the forward keeps each row's log-sum-exp (float32), and the backward writes
+ * (softmax - onehot) * g / kept straight into the gradient, in the logits' dtype. Rows labelled
+ * `ignoreIndex` (default -100) are skipped and the mean is over the kept rows (NaN when none is
+ * kept, as PyTorch). Returned as a float32 scalar (autocast "cross_entropy").
  *
  * @param logits Logits [..., C].
- * @param labels One class index in [0, C) per row.
+ * @param labels One class index in [0, C) per row, or ignoreIndex (Int32Array or number[]).
+ * @param options ignoreIndex.
  * @returns The mean loss, shape [].
  * @example
  * ```ts
  * import { crossEntropy } from "./softmax.ts";
  * import { tensor } from "../tensor.ts";
- * using loss = crossEntropy(tensor([[0, 0]]), [1]);
- * if (Math.abs(loss.toArray()[0]! - Math.LN2) > 1e-7) throw new Error("log 2");
+ * using loss = crossEntropy(tensor([[0, 0], [5, 1]]), [1, -100]);
+ * if (Math.abs(loss.toArray()[0]! - Math.LN2) > 1e-7) throw new Error("log 2, the second row ignored");
  * ```
  */
-export function crossEntropy(logits: Tensor, labels: Labels): Tensor {
+export function crossEntropy(logits: Tensor, labels: Labels, options: CrossEntropyOptions = {}): Tensor {
   checkTensor(logits, "crossEntropy", "logits");
-  const dtype = autocastDtype("cross_entropy", [logits.dtype]);
-  const xc = toDtype(logits, dtype);
-  const [rows, width] = rowsOf(xc, "crossEntropy");
-  if ((!Array.isArray(labels) && !(labels instanceof Int32Array)) || labels.length !== rows) {
+  const [rows, width] = rowsOf(logits, "crossEntropy");
+  const ignoreIndex = options?.ignoreIndex ?? -100;
+  if (!Number.isInteger(ignoreIndex) || ignoreIndex < -(2 ** 31) || ignoreIndex >= 2 ** 31) {
+    throw new RangeError(`crossEntropy: ignoreIndex must be a 32-bit integer (default -100), got ${ignoreIndex}`);
+  }
+  if (!Array.isArray(labels) && !(labels instanceof Int32Array)) {
+    const kind = describeKind(labels);
+    const fix = ArrayBuffer.isView(labels) ? ": convert it with Int32Array.from(labels)" : "";
     throw new TypeError(
-      `crossEntropy: logits ${shapeText(logits.shape)} have ${rows} rows, so pass ${rows} labels (Int32Array or number[]), got ${labels?.length ?? typeof labels}`,
+      `crossEntropy: labels must be an Int32Array or an array of integers (one class index per row), got ${kind}${fix}`,
     );
   }
+  if (labels.length !== rows) {
+    throw new TypeError(
+      `crossEntropy: logits ${shapeText(logits.shape)} have ${rows} rows, so pass ${rows} labels (one per row), got ${labels.length}`,
+    );
+  }
+  // A copy: the backward pass reads the labels later, whatever the caller does with its array.
+  const kept = new Int32Array(rows);
   for (let r = 0; r < rows; r++) {
     const label = labels[r]!;
-    if (!Number.isInteger(label) || label < 0 || label >= width) {
-      throw new RangeError(`crossEntropy: label ${label} at row ${r} is not a class index in [0, ${width})`);
+    if (!Number.isInteger(label) || (label !== ignoreIndex && (label < 0 || label >= width))) {
+      throw new RangeError(
+        `crossEntropy: label ${label} at row ${r} is not a class index in [0, ${width}) nor the ignoreIndex ${ignoreIndex}`,
+      );
     }
+    kept[r] = label;
   }
-  const xv = values(xc);
-  const probs = new Float32Array(xc.size);
-  let total = 0;
-  for (let r = 0; r < rows; r++) {
-    const base = r * width;
-    let max = -Infinity;
-    for (let j = 0; j < width; j++) max = Math.max(max, xv[base + j]!);
-    let sum = 0;
-    for (let j = 0; j < width; j++) {
-      const e = Math.exp(xv[base + j]! - max);
-      probs[base + j] = e;
-      sum += e;
-    }
-    const inv = 1 / sum;
-    for (let j = 0; j < width; j++) probs[base + j]! *= inv;
-    total += max + Math.log(sum) - xv[base + labels[r]!]!;
-  }
-  const loss = rows === 0 ? Number.NaN : total / rows;
-  const result = fromValues(new Float32Array([loss]), [], "float32");
+  const dtype = autocastDtype("cross_entropy", [logits.dtype], logits.device);
+  const xc = toDtype(logits, dtype);
+  const backend = backendOf(xc.device);
+  const lse = requiresGrad(xc) ? empty([rows], "float32", xc.device) : null;
+  const result = empty([], "float32", xc.device);
+  backend.crossEntropyForward(xc, kept, ignoreIndex, lse, result);
   return record(result, [xc], (g) => {
-    const factor = values(g)[0]! / rows;
-    const d = new Float32Array(xc.size);
-    for (let r = 0; r < rows; r++) {
-      const base = r * width;
-      for (let j = 0; j < width; j++) d[base + j] = probs[base + j]! * factor;
-      d[base + labels[r]!]! -= factor;
+    const gc = inDtype(g, "float32");
+    const gradX = empty(xc.shape, dtype, xc.device);
+    try {
+      backend.crossEntropyBackward(xc, kept, ignoreIndex, lse!, gc, gradX);
+    } finally {
+      if (gc !== g) gc.dispose();
     }
-    return [fromValues(d, xc.shape, dtype)];
+    return [gradX];
   });
 }

@@ -9,7 +9,7 @@ import type { AdamWOptions } from "./adamw.ts";
 import { chain, type ChainState } from "./chain.ts";
 import { scaleByAdam } from "./scale_by_adam.ts";
 import { scaleByLearningRate } from "./scale_by_learning_rate.ts";
-import { checkNumber, type GradientTransformation } from "./transformation.ts";
+import { checkHyperparameters, checkNumber, type GradientTransformation } from "./transformation.ts";
 
 /**
  * Adam as torch.optim.Adam defines it (defaults lr 1e-3, betas (0.9, 0.999), eps 1e-8,
@@ -29,6 +29,7 @@ import { checkNumber, type GradientTransformation } from "./transformation.ts";
  * ```
  */
 export function adam(options: AdamWOptions = {}): GradientTransformation<ChainState> {
+  checkHyperparameters("adam", options);
   const lr = options.lr ?? 1e-3;
   const [b1, b2] = options.betas ?? [0.9, 0.999];
   const weightDecay = checkNumber(options.weightDecay ?? 0, "weightDecay", { min: 0 });

@@ -9,7 +9,7 @@ import { chain, type ChainState } from "./chain.ts";
 import { decoupledWeightDecay } from "./decoupled_weight_decay.ts";
 import { scaleByAdam } from "./scale_by_adam.ts";
 import { scaleByLearningRate } from "./scale_by_learning_rate.ts";
-import { checkNumber, type GradientTransformation, type Schedule } from "./transformation.ts";
+import { checkHyperparameters, checkNumber, type GradientTransformation, type Schedule } from "./transformation.ts";
 
 /** Options of {@linkcode adamw} (PyTorch's names and defaults). */
 export interface AdamWOptions {
@@ -52,6 +52,7 @@ export interface AdamWOptions {
  * ```
  */
 export function adamw(options: AdamWOptions = {}): GradientTransformation<ChainState> {
+  checkHyperparameters("adamw", options);
   const lr = options.lr ?? 1e-3;
   const [b1, b2] = options.betas ?? [0.9, 0.999];
   const weightDecay = checkNumber(options.weightDecay ?? 1e-2, "weightDecay", { min: 0 });

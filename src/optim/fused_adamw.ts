@@ -10,12 +10,22 @@ import type { ScalerOptimizer } from "../grad_scaler.ts";
 import { type LossScale, noLossScale, type StepResult } from "../loss_scale.ts";
 import type { Tensor } from "../tensor.ts";
 import { zeros } from "../tensor.ts";
+import type { Policy } from "../policy.ts";
+import {
+  checkFusedStateDict,
+  checkLoadedParams,
+  checkPolicyParams,
+  FUSED_STATE_VERSION,
+  type FusedStateDict,
+  policyParamDtype,
+} from "./_fused_state.ts";
 import { checkStateDtype, rowSeed } from "./_ops.ts";
 import { type AdamRowTensors, fusedAdamWStep, sumSquares } from "./_native.ts";
 import { clipCoefficient } from "./clip_by_global_norm.ts";
 import { decayFactor } from "./decoupled_weight_decay.ts";
 import { adamConstants } from "./scale_by_adam.ts";
 import {
+  checkHyperparameters,
   checkLeavesMatch,
   checkNumber,
   type Params,
@@ -43,6 +53,8 @@ export interface FusedAdamWOptions {
   readonly seed?: number;
   /** Dtype of m and v (default "float32"; "bfloat16" allowed). */
   readonly stateDtype?: DtypeName;
+  /** The precision policy (or its string): every param must be stored in its `param` dtype. */
+  readonly policy?: Policy | string;
 }
 
 /** Options of one fused step: the AMP inputs, so no separate unscale pass is needed. */
@@ -97,12 +109,28 @@ export interface FusedOptimizer<S> {
   readonly state: S | null;
   /** PyTorch's flag: step() takes the loss scale and found-inf itself (GradScaler skips unscale). */
   readonly stepSupportsAmpScaling: true;
+  /**
+   * PyTorch's `state_dict()`: the step count, the stochastic-rounding seed, the options the state
+   * depends on and, per parameter, the float32 master and the moments / momentum buffer. The
+   * tensors are the optimizer's own (as PyTorch's are): save them (saveTrainState's `optState`)
+   * before the next step changes them.
+   */
+  stateDict(): FusedStateDict;
+  /**
+   * PyTorch's `load_state_dict()`: copies a state dict (saved by any optimizer of this kind with
+   * the same options, e.g. restored by loadTrainState) into this one, so the run continues bit for
+   * bit. A wrong kind, option, key, dtype or shape throws an error naming the entry, and nothing
+   * is written; the params of the next step are checked against the loaded shapes.
+   */
+  loadStateDict(state: FusedStateDict): void;
   /** Frees the state's tensors. */
   dispose(): void;
 }
 
 interface Mutable {
   count: number;
+  /** The shapes of a loaded state, checked against the params of the next step; null otherwise. */
+  loaded: (readonly number[])[] | null;
   master: (Tensor | null)[];
   mu: Tensor[];
   nu: Tensor[];
@@ -140,6 +168,7 @@ interface Mutable {
  * ```
  */
 export function fusedAdamW(options: FusedAdamWOptions = {}): FusedOptimizer<FusedAdamWState> {
+  checkHyperparameters("fusedAdamW", options);
   const lr = options.lr ?? 1e-3;
   if (typeof lr !== "function") checkNumber(lr, "lr");
   const [b1, b2] = options.betas ?? [0.9, 0.999];
@@ -155,10 +184,18 @@ export function fusedAdamW(options: FusedAdamWOptions = {}): FusedOptimizer<Fuse
   const stochastic = checkRounding(options.rounding);
   const seed = checkSeed(options.seed ?? 0);
   const stateDtype = checkStateDtype(options.stateDtype ?? "float32", "stateDtype");
+  const policy = policyParamDtype(options.policy);
+  const dictOptions = Object.freeze({
+    amsgrad,
+    masterWeights,
+    rounding: stochastic ? "stochastic" : "nearest",
+    stateDtype,
+  });
   let state: Mutable | null = null;
 
   const init = (params: readonly Tensor[]): Mutable => ({
     count: 0,
+    loaded: null,
     master: params.map((p) => (masterWeights && p.dtype !== "float32" ? p.to("float32") : null)),
     mu: params.map((p) => zeros(p.shape, { dtype: stateDtype, device: p.device })),
     nu: params.map((p) => zeros(p.shape, { dtype: stateDtype, device: p.device })),
@@ -184,8 +221,13 @@ export function fusedAdamW(options: FusedAdamWOptions = {}): FusedOptimizer<Fuse
     step(params: Params, grads: Updates, stepOptions: FusedStepOptions = {}): FusedStepResult {
       const p = tensorLeaves(params, "fusedAdamW params");
       const g = tensorLeaves(grads, "fusedAdamW grads");
+      checkPolicyParams("fusedAdamW", p, policy);
       checkLeavesMatch(p, g, "fusedAdamW: grads do not match params", "pass one gradient per parameter");
       state ??= init(p);
+      if (state.loaded !== null) {
+        checkLoadedParams("fusedAdamW", p, state.master, state.loaded, masterWeights);
+        state.loaded = null;
+      }
       checkLeavesMatch(
         p,
         state.mu,
@@ -223,6 +265,50 @@ export function fusedAdamW(options: FusedAdamWOptions = {}): FusedOptimizer<Fuse
       if (!applied) return (s.lastStep = skipped(pre.gradNorm));
       s.count = t;
       return (s.lastStep = Object.freeze({ applied: true, reason: "applied" as const, gradNorm: pre.gradNorm }));
+    },
+    stateDict(): FusedStateDict {
+      const s = state;
+      return {
+        kind: "fusedAdamW",
+        version: FUSED_STATE_VERSION,
+        step: s?.count ?? 0,
+        seed,
+        options: dictOptions,
+        state:
+          s === null
+            ? []
+            : s.mu.map((m, i) => ({
+                master: s.master[i]!,
+                exp_avg: m,
+                exp_avg_sq: s.nu[i]!,
+                max_exp_avg_sq: s.nuMax === null ? null : s.nuMax[i]!,
+              })),
+      };
+    },
+    loadStateDict(dict: FusedStateDict): void {
+      const { step, entries } = checkFusedStateDict(dict, "fusedAdamW", seed, dictOptions, [
+        { name: "master", dtype: "float32", absent: masterWeights ? "either" : true },
+        { name: "exp_avg", dtype: stateDtype, absent: false },
+        { name: "exp_avg_sq", dtype: stateDtype, absent: false },
+        { name: "max_exp_avg_sq", dtype: stateDtype, absent: !amsgrad },
+      ]);
+      const copy = (t: Tensor | null) => (t === null ? null : t.clone());
+      const next: Mutable | null =
+        entries.length === 0
+          ? null
+          : {
+              count: step,
+              loaded: entries.map((e) => e[1]!.shape),
+              master: entries.map((e) => copy(e[0]!)),
+              mu: entries.map((e) => e[1]!.clone()),
+              nu: entries.map((e) => e[2]!.clone()),
+              nuMax: amsgrad ? entries.map((e) => e[3]!.clone()) : null,
+              lastStep: null,
+            };
+      if (state !== null) {
+        for (const t of [...state.master, ...state.mu, ...state.nu, ...(state.nuMax ?? [])]) t?.dispose();
+      }
+      state = next;
     },
     dispose(): void {
       if (state === null) return;
@@ -293,6 +379,8 @@ export function withScalerMethods<S>(
     {
       step: core.step,
       dispose: core.dispose,
+      stateDict: core.stateDict,
+      loadStateDict: core.loadStateDict,
       stepSupportsAmpScaling: true as const,
       stepWithLossScale(params: Params, grads: Updates, lossScale: LossScale) {
         const before = lossScale.value;

@@ -7,6 +7,15 @@
 import type { DtypeName } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
 import { zeros } from "../tensor.ts";
+import type { Policy } from "../policy.ts";
+import {
+  checkFusedStateDict,
+  checkLoadedParams,
+  checkPolicyParams,
+  FUSED_STATE_VERSION,
+  type FusedStateDict,
+  policyParamDtype,
+} from "./_fused_state.ts";
 import { checkStateDtype, fround, rowSeed } from "./_ops.ts";
 import { fusedSgdStep } from "./_native.ts";
 import {
@@ -20,6 +29,7 @@ import {
   withScalerMethods,
 } from "./fused_adamw.ts";
 import {
+  checkHyperparameters,
   checkLeavesMatch,
   checkNumber,
   type Params,
@@ -41,6 +51,8 @@ export interface FusedSgdOptions {
   readonly rounding?: "nearest" | "stochastic";
   readonly seed?: number;
   readonly stateDtype?: DtypeName;
+  /** The precision policy (or its string): every param must be stored in its `param` dtype. */
+  readonly policy?: Policy | string;
 }
 
 /** The fused SGD state (read-only view). */
@@ -74,6 +86,7 @@ export interface FusedSgdState {
  * ```
  */
 export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgdState> {
+  checkHyperparameters("fusedSgd", options);
   const lr = options.lr ?? 1e-3;
   if (typeof lr !== "function") checkNumber(lr, "lr");
   const momentum = checkNumber(options.momentum ?? 0, "momentum", { min: 0 });
@@ -91,8 +104,18 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
   const stochastic = checkRounding(options.rounding);
   const seed = checkSeed(options.seed ?? 0);
   const stateDtype = checkStateDtype(options.stateDtype ?? "float32", "stateDtype");
+  const policy = policyParamDtype(options.policy);
+  const dictOptions = Object.freeze({
+    momentum,
+    dampening,
+    nesterov,
+    masterWeights,
+    rounding: stochastic ? "stochastic" : "nearest",
+    stateDtype,
+  });
   let state: {
     count: number;
+    loaded: (readonly number[] | null)[] | null;
     master: (Tensor | null)[];
     buffer: Tensor[] | null;
     lastStep: FusedStepResult | null;
@@ -112,9 +135,11 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
     step(params: Params, grads: Updates, stepOptions: FusedStepOptions = {}): FusedStepResult {
       const p = tensorLeaves(params, "fusedSgd params");
       const g = tensorLeaves(grads, "fusedSgd grads");
+      checkPolicyParams("fusedSgd", p, policy);
       checkLeavesMatch(p, g, "fusedSgd: grads do not match params", "pass one gradient per parameter");
       state ??= {
         count: 0,
+        loaded: null,
         master: p.map((x) => (masterWeights && x.dtype !== "float32" ? x.to("float32") : null)),
         buffer: momentum === 0 ? null : p.map((x) => zeros(x.shape, { dtype: stateDtype, device: x.device })),
         lastStep: null,
@@ -124,6 +149,10 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
         throw new TypeError(
           `fusedSgd: ${p.length} params against ${s.master.length} at the first step: use one optimizer per parameter set`,
         );
+      }
+      if (s.loaded !== null) {
+        checkLoadedParams("fusedSgd", p, s.master, s.loaded, masterWeights);
+        s.loaded = null;
       }
       const pre = preCheck(g, stepOptions, maxGradNorm);
       if (pre.skip) return (s.lastStep = skipped(pre.gradNorm));
@@ -153,6 +182,41 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
       if (!applied) return (s.lastStep = skipped(pre.gradNorm));
       s.count += 1;
       return (s.lastStep = Object.freeze({ applied: true, reason: "applied" as const, gradNorm: pre.gradNorm }));
+    },
+    stateDict(): FusedStateDict {
+      const s = state;
+      return {
+        kind: "fusedSgd",
+        version: FUSED_STATE_VERSION,
+        step: s?.count ?? 0,
+        seed,
+        options: dictOptions,
+        state:
+          s === null
+            ? []
+            : s.master.map((master, i) => ({
+                master,
+                momentum_buffer: s.buffer === null ? null : s.buffer[i]!,
+              })),
+      };
+    },
+    loadStateDict(dict: FusedStateDict): void {
+      const { step, entries } = checkFusedStateDict(dict, "fusedSgd", seed, dictOptions, [
+        { name: "master", dtype: "float32", absent: masterWeights ? "either" : true },
+        { name: "momentum_buffer", dtype: stateDtype, absent: momentum === 0 },
+      ]);
+      const next =
+        entries.length === 0
+          ? null
+          : {
+              count: step,
+              loaded: entries.map((e) => (e[0] ?? e[1])?.shape ?? null),
+              master: entries.map((e) => (e[0] === null ? null : e[0]!.clone())),
+              buffer: momentum === 0 ? null : entries.map((e) => e[1]!.clone()),
+              lastStep: null,
+            };
+      if (state !== null) for (const t of [...state.master, ...(state.buffer ?? [])]) t?.dispose();
+      state = next;
     },
     dispose(): void {
       if (state === null) return;

@@ -13,6 +13,7 @@ import { decoupledWeightDecay } from "./decoupled_weight_decay.ts";
 import { scaleByLearningRate } from "./scale_by_learning_rate.ts";
 import {
   checkLeavesMatch,
+  checkHyperparameters,
   checkNumber,
   checkState,
   freezeState,
@@ -109,6 +110,7 @@ export interface LionOptions {
  * ```
  */
 export function lion(options: LionOptions = {}): GradientTransformation<ChainState> {
+  checkHyperparameters("lion", options);
   const lr = options.lr ?? 1e-4;
   const [b1, b2] = options.betas ?? [0.9, 0.99];
   return chain(

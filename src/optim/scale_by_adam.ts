@@ -7,7 +7,7 @@
 import { zeros } from "../tensor.ts";
 import type { DtypeName } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
-import { checkStateDtype, fround, storeState, valuesOf } from "./_ops.ts";
+import { checkStateDtype, fmaf, fround, storeState, valuesOf } from "./_ops.ts";
 import {
   checkLeavesMatch,
   checkNumber,
@@ -70,7 +70,8 @@ export function adamConstants(b1: number, b2: number, eps: number, t: number) {
 
 /**
  * Rescales updates by Adam's rule (PyTorch's moments, in float32):
- * `m = m + (1 - b1)(g - m)`, `v = b2 v + ((1 - b2) g) g`, and the output
+ * `m = fma(1 - b1, g - m, m)` (torch's vectorised lerp; `fma(-b1, g - m, g)` when b1 <= 0.5),
+ * `v = fma((1 - b2) g, g, b2 v)` (addcmul contracted), exactly torch 2.13's CPU bits, and the output
  * `(m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps)` (eps after bias correction), computed as
  * `(stepScale * m) / (sqrt(v) + epsHat)` with the bias corrections folded into two float64
  * scalars (see `adamConstants`): equal in real arithmetic, as many roundings as PyTorch's form,
@@ -128,6 +129,8 @@ export function scaleByAdam(options: ScaleByAdamOptions = {}): GradientTransform
       );
       const t = state.count + 1;
       const c = adamConstants(b1, b2, eps, t);
+      const smallWeight = c.oneMinusBeta1 < 0.5;
+      const weightMinusOne = fround(c.oneMinusBeta1 - 1);
       let leaf = 0;
       const out = treeMap((g: Tensor) => {
         const i = leaf++;
@@ -138,8 +141,10 @@ export function scaleByAdam(options: ScaleByAdamOptions = {}): GradientTransform
         const v = valuesOf(nu[i]!).slice();
         for (let k = 0; k < gv.length; k++) {
           const gk = gv[k]!;
-          m[k] = fround(m[k]! + fround(c.oneMinusBeta1 * fround(gk - m[k]!)));
-          v[k] = fround(fround(c.beta2 * v[k]!) + fround(fround(c.oneMinusBeta2 * gk) * gk));
+          // torch 2.13's CPU rounding (lerp and addcmul contracted to fma), as the fused kernels.
+          const diff = fround(gk - m[k]!);
+          m[k] = smallWeight ? fmaf(c.oneMinusBeta1, diff, m[k]!) : fmaf(weightMinusOne, diff, gk);
+          v[k] = fmaf(fround(c.oneMinusBeta2 * gk), gk, fround(c.beta2 * v[k]!));
         }
         const ms = storeState(mu[i]!, m);
         let vs = storeState(nu[i]!, v);

@@ -9,7 +9,7 @@ import { addDecayedWeights } from "./add_decayed_weights.ts";
 import { chain, type ChainState } from "./chain.ts";
 import { scaleByLearningRate } from "./scale_by_learning_rate.ts";
 import { trace } from "./trace.ts";
-import { checkNumber, type GradientTransformation, type Schedule } from "./transformation.ts";
+import { checkHyperparameters, checkNumber, type GradientTransformation, type Schedule } from "./transformation.ts";
 
 /** Options of {@linkcode sgd} (PyTorch's names and defaults). */
 export interface SgdOptions {
@@ -45,6 +45,7 @@ export interface SgdOptions {
  * ```
  */
 export function sgd(options: SgdOptions = {}): GradientTransformation<ChainState> {
+  checkHyperparameters("sgd", options);
   const momentum = checkNumber(options.momentum ?? 0, "momentum", { min: 0 });
   const weightDecay = checkNumber(options.weightDecay ?? 0, "weightDecay", { min: 0 });
   if ((options.nesterov ?? false) && momentum === 0) {

@@ -143,6 +143,48 @@ export function checkNumber(value: unknown, name: string, { min = -Infinity, min
   return value;
 }
 
+/** Hyperparameters an optimizer factory checks with {@linkcode checkHyperparameters}. */
+export interface Hyperparameters {
+  readonly lr?: number | Schedule;
+  readonly betas?: readonly number[];
+  readonly eps?: number;
+  readonly weightDecay?: number;
+  readonly momentum?: number;
+}
+
+/**
+ * Refuses out-of-range optimizer hyperparameters before anything is built, as torch.optim does
+ * ("Invalid learning rate: -1"): lr >= 0 (a schedule is checked when it is called), every beta in
+ * [0, 1), eps > 0, weightDecay >= 0, momentum >= 0. The message names the optimizer, the option and
+ * the value.
+ * @internal
+ */
+export function checkHyperparameters(optimizer: string, h: Hyperparameters): void {
+  const fail = (option: string, value: unknown, rule: string): never => {
+    const kind = typeof value === "number" ? RangeError : TypeError;
+    throw new kind(`${optimizer}: ${option} must be ${rule}, got ${String(value)}`);
+  };
+  const isNumber = (v: unknown): v is number => typeof v === "number" && !Number.isNaN(v);
+  if (h.lr !== undefined && typeof h.lr !== "function" && !(isNumber(h.lr) && h.lr >= 0 && h.lr < Infinity)) {
+    fail("lr", h.lr, "a finite number >= 0 (or a schedule)");
+  }
+  if (h.betas !== undefined) {
+    if (!Array.isArray(h.betas) || h.betas.length !== 2) fail("betas", h.betas, "a pair [b1, b2]");
+    h.betas.forEach((b, i) => {
+      if (!(isNumber(b) && b >= 0 && b < 1)) fail(`betas[${i}]`, b, "in [0, 1)");
+    });
+  }
+  if (h.eps !== undefined && !(isNumber(h.eps) && h.eps > 0 && h.eps < Infinity)) {
+    fail("eps", h.eps, "a finite number > 0");
+  }
+  if (h.weightDecay !== undefined && !(isNumber(h.weightDecay) && h.weightDecay >= 0 && h.weightDecay < Infinity)) {
+    fail("weightDecay", h.weightDecay, "a finite number >= 0");
+  }
+  if (h.momentum !== undefined && !(isNumber(h.momentum) && h.momentum >= 0 && h.momentum < Infinity)) {
+    fail("momentum", h.momentum, "a finite number >= 0");
+  }
+}
+
 /**
  * Resolves a number-or-schedule hyperparameter at `count`.
  * @internal

@@ -1,8 +1,11 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
+import { valueAndGrad } from "../../src/autodiff.ts";
+import { cast } from "../../src/cast.ts";
+import { type DtypeName, dtypeInfo } from "../../src/dtype.ts";
 import { mean, sum } from "../../src/ops/mod.ts";
-import { tensor } from "../../src/tensor.ts";
-import { gradCheck } from "../_gradcheck.ts";
+import { type Tensor, tensor } from "../../src/tensor.ts";
+import { gradCheck, randomInputs } from "../_gradcheck.ts";
 
 /** float64 reduction of a [d0, d1, d2] array over a set of axes (output in row-major kept order). */
 function reduce64(x: Float64Array, shape: number[], axes: number[], average: boolean): Float64Array {
@@ -64,4 +67,53 @@ describe("reduce", () => {
     using x = tensor([1, 2]);
     expect(() => sum(x, { axis: 1 })).toThrow(RangeError);
   });
+
+  for (const dtype of ["float32", "float16", "bfloat16"] as DtypeName[]) {
+    test(`sum() and mean() of ${dtype} tensors match float64 within (eps / 2 + 2 eps32) of the summed magnitudes, and their gradient is the broadcast seed`, () => {
+      const eps = dtypeInfo(dtype).eps;
+      const eps32 = dtypeInfo("float32").eps;
+      fc.assert(
+        fc.property(
+          fc.array(fc.integer({ min: 1, max: 6 }), { minLength: 1, maxLength: 3 }),
+          fc.nat(7),
+          fc.boolean(),
+          fc.nat(1000),
+          (shape, mask, average, seed) => {
+            const axes = shape.map((_, i) => i).filter((i) => mask & (1 << i));
+            const all = axes.length === 0 ? shape.map((_, i) => i) : axes;
+            const raw = randomInputs([shape], seed)[0]!;
+            const x = dtype === "float32" ? raw : (cast(cast(raw, "float32", dtype), dtype, "float32") as Float32Array);
+            using xt = tensor(x, { shape, dtype });
+            const op = average ? mean : sum;
+            const [[, y], grads] = valueAndGrad(
+              (p: { x: Tensor }) => {
+                const out = op(p.x, { axis: axes.length === 0 ? undefined : axes });
+                return [sum(out), out];
+              },
+              { hasAux: true },
+            )({ x: xt });
+            const want = reduce64(Float64Array.from(x), shape, all, average);
+            const magnitude = reduce64(Float64Array.from(x, Math.abs), shape, all, average);
+            const got = y.toArray();
+            got.forEach((v, i) => {
+              const bound = (eps / 2 + 2 * eps32) * magnitude[i]! + 1e-30;
+              if (!(Math.abs(v - want[i]!) <= bound)) throw new Error(`${dtype} ${op.name}[${i}]: ${v} vs ${want[i]}`);
+            });
+            // d/dx of a sum of sums is 1 per element, of means 1 / count (float32, then the dtype).
+            const count = all.reduce((p, a) => p * shape[a]!, 1);
+            const seedGrad = average ? Math.fround(1 / count) : 1;
+            const expected =
+              dtype === "float32"
+                ? seedGrad
+                : cast(cast(Float32Array.of(seedGrad), "float32", dtype), dtype, "float32")[0];
+            expect(grads.x.dtype).toBe(dtype);
+            expect(Array.from(grads.x.toArray()).every((v) => v === expected)).toBe(true);
+            y.dispose();
+            grads.x.dispose();
+          },
+        ),
+        { numRuns: 25 },
+      );
+    });
+  }
 });

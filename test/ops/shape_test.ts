@@ -1,7 +1,8 @@
 import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { concat, reshape, slice, transpose } from "../../src/ops/mod.ts";
-import { tensor } from "../../src/tensor.ts";
+import { setThreads } from "../../src/mod.ts";
+import { randn, tensor } from "../../src/tensor.ts";
 import { gradCheck } from "../_gradcheck.ts";
 
 const shape3 = fc.array(fc.integer({ min: 1, max: 4 }), { minLength: 3, maxLength: 3 });
@@ -101,3 +102,66 @@ describe("shape", () => {
     expect(() => concat([x, tensor([[1, 2]])])).toThrow(TypeError);
   });
 });
+
+describe("shape ops move bits natively", () => {
+  // Reference: the element at output multi-index i of transpose(x, perm) is x at i permuted back.
+  function transposeReference(bits: Uint16Array, shape: number[], perm: number[]): Uint16Array {
+    const outShape = perm.map((p) => shape[p]!);
+    const inStrides = shape.map((_, d) => shape.slice(d + 1).reduce((p, q) => p * q, 1));
+    const out = new Uint16Array(bits.length);
+    const index = new Array<number>(shape.length).fill(0);
+    for (let o = 0; o < out.length; o++) {
+      let source = 0;
+      for (let d = 0; d < perm.length; d++) source += index[d]! * inStrides[perm[d]!]!;
+      out[o] = bits[source]!;
+      for (let d = outShape.length - 1; d >= 0; d--) {
+        if (++index[d]! < outShape[d]!) break;
+        index[d] = 0;
+      }
+    }
+    return out;
+  }
+
+  test("transpose() of bfloat16 tensors equals an index walk for every permutation of up to 4 dimensions", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 1, max: 5 }), { minLength: 1, maxLength: 4 }),
+        fc.integer({ min: 0, max: 23 }),
+        (shape, which) => {
+          const perms = permutations(shape.length);
+          const perm = perms[which % perms.length]!;
+          const size = shape.reduce((p, q) => p * q, 1);
+          const bits = Uint16Array.from({ length: size }, (_, i) => (i * 7919) & 0xffff);
+          using x = tensor(bits, { dtype: "bf16", shape });
+          using y = transpose(x, perm);
+          expect(Array.from(y.bits() as Uint16Array)).toEqual(Array.from(transposeReference(bits, shape, perm)));
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  test("transpose(), slice() and concat() give the same bits on 1 and 2 threads for 2^18 elements", () => {
+    const run = () => {
+      using x = randn([64, 32, 128], { seed: 4, dtype: "f16" });
+      using t = transpose(x, [2, 0, 1]);
+      using s = slice(x, [3, 1, 5], [60, 31, 120]);
+      using c = concat([x, x], 1);
+      return [t.bits(), s.bits(), c.bits()];
+    };
+    setThreads(1);
+    const one = run();
+    setThreads(2);
+    const two = run();
+    setThreads(0);
+    for (let i = 0; i < one.length; i++)
+      expect(Buffer.from(two[i]!.buffer).equals(Buffer.from(one[i]!.buffer))).toBe(true);
+  });
+});
+
+function permutations(n: number): number[][] {
+  if (n === 0) return [[]];
+  return permutations(n - 1).flatMap((p) =>
+    Array.from({ length: n }, (_, i) => [...p.slice(0, i), n - 1, ...p.slice(i)]),
+  );
+}

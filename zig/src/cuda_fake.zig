@@ -208,7 +208,7 @@ fn launch_unscale(params: [*]?*anyopaque) void {
 fn launch_update_scale(params: [*]?*anyopaque) void {
     const state: *step_math.ScaleState = @ptrFromInt(param(u64, params, 0));
     const found = @as(*const u32, @ptrFromInt(param(u64, params, 1))).* != 0;
-    state.* = step_math.update_scale(state.*, found, param(f32, params, 2), param(f32, params, 3), param(i32, params, 4));
+    state.* = step_math.update_scale(state.*, found, param(f64, params, 2), param(f64, params, 3), param(i32, params, 4));
 }
 
 /// The kernel's exact summation order: every thread sums its grid-stride elements in order, then

@@ -12,13 +12,14 @@ const sum_squares = @import("cpu/sum_squares.zig");
 const adamw = @import("cpu/adamw.zig");
 const sgd = @import("cpu/sgd.zig");
 const matmul = @import("cpu/matmul.zig");
-const activation = @import("cpu/activation.zig");
-const attention = @import("cpu/attention.zig");
+const dispatch = @import("cpu/dispatch.zig");
 const convert = @import("cpu/convert.zig");
 const storage = @import("ops/storage.zig");
+const host_memory = @import("cpu/host_memory.zig");
+const layout = @import("ops/layout.zig");
 
 /// Bumped whenever an export's signature or meaning changes; src/_ffi.ts refuses a mismatch.
-pub const abi_version: u32 = 1;
+pub const abi_version: u32 = 2;
 
 /// Status codes, mirrored by `Status` in src/_ffi.ts.
 pub const Status = enum(i32) {
@@ -42,22 +43,52 @@ export fn mp_abi_version() u32 {
     return abi_version;
 }
 
-/// CPU features the kernels were built for: bit 0 AVX2, bit 1 AVX512F, bit 2 AVX512-BF16,
-/// bit 3 F16C; bits 8..15 the thread count a call uses.
+/// The running CPU and the kernels chosen for it (zig/src/cpu/dispatch.zig), mirrored by
+/// cpuDevice() in src/device.ts. Bits 0..5: features of the running CPU that its OS enables
+/// (cpuid and XCR0): 0 AVX2, 1 AVX512F, 2 AVX512-BF16, 3 F16C, 4 FMA, 5 BMI2. Bit 6: the
+/// kernels convert float16 with F16C (the library's baseline CPU has it). Bit 7: the running CPU
+/// lacks a feature the library's baseline was built for (calls may fault: rebuild with -Dcpu).
+/// Bits 8..15: the thread count a call uses. Bits 16..19: the kernel path (1 baseline, 2 avx512,
+/// 3 avx512bf16), after MIXPREC_CPU's cap.
 export fn mp_cpu_info(out_flags: ?*u32) i32 {
     const out = out_flags orelse return status(.null_pointer);
+    out.* = cpu_flags(dispatch.detect(), dispatch.path(), pool.thread_count());
+    return status(.ok);
+}
+
+fn cpu_flags(features: dispatch.Features, path: dispatch.Path, threads: u32) u32 {
+    std.debug.assert(threads <= 0xff);
     var flags: u32 = 0;
+    if (features.avx2) flags |= 1 << 0;
+    if (features.avx512f) flags |= 1 << 1;
+    if (features.avx512bf16) flags |= 1 << 2;
+    if (features.f16c) flags |= 1 << 3;
+    if (features.fma) flags |= 1 << 4;
+    if (features.bmi2) flags |= 1 << 5;
     if (builtin.cpu.arch == .x86_64) {
         const has = std.Target.x86.featureSetHas;
-        const features = builtin.cpu.features;
-        if (has(features, .avx2)) flags |= 1;
-        if (has(features, .avx512f)) flags |= 2;
-        if (has(features, .avx512bf16)) flags |= 4;
-        if (has(features, .f16c)) flags |= 8;
+        const built = builtin.cpu.features;
+        if (has(built, .f16c)) flags |= 1 << 6;
+        const lacking = (has(built, .avx2) and !features.avx2) or (has(built, .fma) and !features.fma) or
+            (has(built, .f16c) and !features.f16c) or (has(built, .bmi2) and !features.bmi2) or
+            (has(built, .avx512f) and !features.avx512f);
+        if (lacking) flags |= 1 << 7;
     }
-    flags |= pool.thread_count() << 8;
-    out.* = flags;
-    return status(.ok);
+    flags |= threads << 8;
+    flags |= @as(u32, @backingInt(path)) << 16;
+    return flags;
+}
+
+test "mp_cpu_info reports the running CPU and the chosen path" {
+    var flags: u32 = 0;
+    try std.testing.expectEqual(status(.ok), mp_cpu_info(&flags));
+    const path: dispatch.Path = @fromBackingInt(@intCast((flags >> 16) & 0xf));
+    try std.testing.expectEqual(dispatch.path(), path);
+    // The tests run on the machine that built them, so the baseline is never missing here.
+    try std.testing.expect(flags & (1 << 7) == 0);
+    if (path == .avx512bf16) try std.testing.expect(flags & (1 << 2) != 0);
+    if (path != .baseline) try std.testing.expect(flags & (1 << 1) != 0);
+    try std.testing.expectEqual(pool.thread_count(), (flags >> 8) & 0xff);
 }
 
 /// Sets the number of CPU threads kernels use (0: one per CPU).
@@ -81,6 +112,35 @@ export fn mp_free(address: u64, size_bytes: u64) i32 {
     if (address == 0) return status(.null_pointer);
     const memory: [*]align(64) u8 = @ptrFromInt(address);
     std.heap.c_allocator.free(memory[0..@max(size_bytes, 1)]);
+    return status(.ok);
+}
+
+/// Tensor storage (cpu/host_memory.zig): out receives (address, cell).
+export fn mp_host_alloc(size_bytes: u64, out: ?*[2]u64) i32 {
+    const target = out orelse return status(.null_pointer);
+    const cell = host_memory.alloc(size_bytes) orelse return status(.out_of_memory);
+    target.* = .{ cell.address, @intFromPtr(cell) };
+    return status(.ok);
+}
+
+/// Frees a tensor's block now (dispose() with no view outside the tensor); idempotent.
+export fn mp_host_free(cell: u64) i32 {
+    if (cell == 0) return status(.null_pointer);
+    host_memory.free_now(@ptrFromInt(cell));
+    return status(.ok);
+}
+
+/// The deallocator an ArrayBuffer owning a tensor's block calls (context: the cell).
+export fn mp_host_release_callback(out_address: ?*u64) i32 {
+    const out = out_address orelse return status(.null_pointer);
+    out.* = @intFromPtr(&host_memory.release);
+    return status(.ok);
+}
+
+/// Live tensor blocks and their bytes.
+export fn mp_host_stats(out: ?*[2]u64) i32 {
+    const target = out orelse return status(.null_pointer);
+    target.* = host_memory.stats();
     return status(.ok);
 }
 
@@ -216,6 +276,54 @@ test "the fused AdamW device kernel is a PTX entry taking (table, rows, total, h
     comptime std.debug.assert(@sizeOf(adamw.AdamRow) == 72 and @sizeOf(adamw.AdamHyper) == 48);
 }
 
+// --- Layout ops (zig/src/ops/layout.zig): strided copies and the matmul epilogue ---
+
+/// Copies a strided view: `ndim` (0..8) dimensions of `shape`, strides in elements for both sides
+/// (the arrays hold 8 entries; the first `ndim` count), elements of 1, 2 or 4 bytes.
+export fn mp_layout_copy(source: u64, target: u64, element_bytes: u64, ndim: u32, shape: ?*const [8]u64, source_strides: ?*const [8]u64, target_strides: ?*const [8]u64) i32 {
+    if (element_bytes != 1 and element_bytes != 2 and element_bytes != 4) return status(.invalid_argument);
+    if (ndim > layout.dims_max) return status(.invalid_argument);
+    const dims = shape orelse return status(.null_pointer);
+    const from = source_strides orelse return status(.null_pointer);
+    const to = target_strides orelse return status(.null_pointer);
+    var count: u64 = 1;
+    for (dims[0..ndim]) |dim| count *= dim;
+    if (count == 0) return status(.ok);
+    if (source == 0 or target == 0) return status(.null_pointer);
+    var copy = layout.StridedCopy{
+        .source = @ptrFromInt(source),
+        .target = @ptrFromInt(target),
+        .element_bytes = element_bytes,
+        .ndim = ndim,
+        .shape = dims.*,
+        .source_strides = from.*,
+        .target_strides = to.*,
+    };
+    layout.simplify(&copy);
+    layout.strided_copy(&copy);
+    return status(.ok);
+}
+
+/// out (rows x cols, `dtype`) = float32 product + bias (a `dtype` row of cols, or 0 for none),
+/// rounded once to nearest even.
+export fn mp_matmul_epilogue(product: u64, bias: u64, out: u64, rows: u64, cols: u64, dtype: u32) i32 {
+    const op_dtype = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (rows * cols == 0) return status(.ok);
+    if (product == 0 or out == 0) return status(.null_pointer);
+    layout.epilogue(op_dtype, &.{
+        .product = @ptrFromInt(product),
+        .bias = if (bias == 0) null else @ptrFromInt(bias),
+        .out = @ptrFromInt(out),
+        .rows = rows,
+        .cols = cols,
+    });
+    return status(.ok);
+}
+
+test {
+    _ = layout;
+}
+
 // --- Autodiff helper: matmul and peak FLOP/s (zig/src/cpu/matmul.zig) ---
 
 /// Batched C = op(A) op(B) with float32 accumulation into a float32 C (row-major m x n per batch
@@ -252,60 +360,6 @@ export fn mp_matmul(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, 
     return status(.ok);
 }
 
-/// GELU forward on `count` float32 values: out = x * Phi(x), cdf = Phi(x) (for the backward pass).
-export fn mp_gelu(x: ?[*]const f32, out: ?[*]f32, cdf: ?[*]f32, count: u64) i32 {
-    if (count == 0) return status(.ok);
-    const source = (x orelse return status(.null_pointer))[0..count];
-    const target = (out orelse return status(.null_pointer))[0..count];
-    const saved = (cdf orelse return status(.null_pointer))[0..count];
-    activation.gelu(source, target, saved);
-    return status(.ok);
-}
-
-fn attention_args(qkv: ?*const anyopaque, dtype: u32, batch: u64, steps: u64, heads: u64, head_dim: u64) ?struct { [*]const u8, numerics.Dtype, attention.Shape } {
-    const source: [*]const u8 = @ptrCast(qkv orelse return null);
-    const d = numerics.Dtype.from_int(dtype) orelse return null;
-    if (d != .float32 and d != .float16 and d != .bfloat16) return null;
-    const shape = attention.Shape{ .batch = batch, .steps = steps, .heads = heads, .head_dim = head_dim };
-    if (batch == 0 or heads == 0 or !shape.fits()) return null;
-    return .{ source, d, shape };
-}
-
-/// Fused causal self-attention forward from packed qkv [B, T, 3 * H * D] of `dtype` (float32,
-/// float16 or bfloat16): out [B, T, H * D] and probs [B * H, T, T], both float32. Returns
-/// invalid_argument for shapes outside the fused path's limits (T <= 64, D <= 128, T * D <= 4096).
-export fn mp_attention_forward(qkv: ?*const anyopaque, dtype: u32, batch: u64, steps: u64, heads: u64, head_dim: u64, out: ?[*]f32, probs: ?[*]f32) i32 {
-    const args = attention_args(qkv, dtype, batch, steps, heads, head_dim) orelse return status(.invalid_argument);
-    attention.forward(args[0], args[1], args[2], out orelse return status(.null_pointer), probs orelse return status(.null_pointer));
-    return status(.ok);
-}
-
-/// The backward pass: grad_qkv [B, T, 3 * H * D] (float32) from qkv, the forward's probs and
-/// grad_out [B, T, H * D] (float32).
-export fn mp_attention_backward(qkv: ?*const anyopaque, dtype: u32, batch: u64, steps: u64, heads: u64, head_dim: u64, probs: ?[*]const f32, grad_out: ?[*]const f32, grad_qkv: ?[*]f32) i32 {
-    const args = attention_args(qkv, dtype, batch, steps, heads, head_dim) orelse return status(.invalid_argument);
-    attention.backward(
-        args[0],
-        args[1],
-        args[2],
-        probs orelse return status(.null_pointer),
-        grad_out orelse return status(.null_pointer),
-        grad_qkv orelse return status(.null_pointer),
-    );
-    return status(.ok);
-}
-
-/// GELU backward on `count` float32 values: d = g * (cdf + x * phi(x)).
-export fn mp_gelu_backward(x: ?[*]const f32, cdf: ?[*]const f32, g: ?[*]const f32, d: ?[*]f32, count: u64) i32 {
-    if (count == 0) return status(.ok);
-    const source = (x orelse return status(.null_pointer))[0..count];
-    const saved = (cdf orelse return status(.null_pointer))[0..count];
-    const grad = (g orelse return status(.null_pointer))[0..count];
-    const target = (d orelse return status(.null_pointer))[0..count];
-    activation.gelu_backward(source, saved, grad, target);
-    return status(.ok);
-}
-
 /// Runs independent float32 FMA chains on `threads` threads for `iterations` steps (the machine's
 /// peak FLOP/s, timed by the caller). `out_flops` receives the FLOPs done, `out_checksum` a value
 /// that depends on every chain.
@@ -314,7 +368,7 @@ export fn mp_peak_fma(iterations: u64, threads: u32, out_flops: ?*f64, out_check
     const checksum = out_checksum orelse return status(.null_pointer);
     if (threads == 0 or threads > pool.thread_count_max) return status(.invalid_argument);
     checksum.* = matmul.peak_fma(iterations, threads);
-    flops.* = @floatFromInt(iterations * threads * matmul.peak_flops_per_iteration);
+    flops.* = @floatFromInt(iterations * threads * matmul.peak_flops_per_iteration());
     return status(.ok);
 }
 
@@ -341,9 +395,9 @@ export fn mp_convert_stats(source: ?*const anyopaque, target: ?*anyopaque, count
 test {
     _ = @import("cpu/rows.zig");
     _ = storage;
-    _ = attention;
+    _ = host_memory;
     _ = matmul;
-    _ = activation;
+    _ = @import("ops/elementwise.zig");
     _ = numerics;
     _ = pool;
     _ = cast;
@@ -351,6 +405,436 @@ test {
     _ = convert;
     _ = driver;
     _ = step_math;
+}
+
+// ---- Elementwise family (zig/src/ops/elementwise.zig): broadcast arithmetic, sums over axes,
+// activations and swiglu on float32 / float16 / bfloat16 storage. Tensors cross as u64 addresses
+// and element counts; every operand of one call has the call's dtype.
+
+const elementwise = @import("ops/elementwise.zig");
+
+/// The broadcast map-reduce engine: target[j] = scale * sum over r of f(x0, x1, x2) at (j, r),
+/// with the iteration space and every operand's strides in `layout` (an elementwise.Layout).
+/// `op` picks f (elementwise.MapOp: copy, add, sub, mul, div, div_grad); flags bit i makes operand
+/// i read `scalar` everywhere (its address is then ignored). Binary forward and backward ops, sum,
+/// mean and the broadcast copy all run here.
+export fn mp_elementwise_map(op: u32, dtype: u32, target: u64, x0: u64, x1: u64, x2: u64, layout_address: u64, scalar: f32, scale: f32, flags: u32) i32 {
+    const map_op = std.enums.fromInt(elementwise.MapOp, op) orelse return status(.invalid_argument);
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (flags >> elementwise.operands_max != 0) return status(.invalid_argument);
+    if (layout_address == 0 or target == 0) return status(.null_pointer);
+    if (layout_address % @alignOf(elementwise.Layout) != 0) return status(.invalid_argument);
+    const map_layout: *const elementwise.Layout = @ptrFromInt(layout_address);
+    const arity = map_op.arity();
+    const addresses = [_]u64{ x0, x1, x2 };
+    var reads: [elementwise.operands_max]bool = undefined;
+    var map = elementwise.Map{
+        .layout = map_layout,
+        .target = @ptrFromInt(target),
+        .operands = undefined,
+        .constant = undefined,
+        .scalar = scalar,
+        .scale = scale,
+    };
+    for (0..elementwise.operands_max) |i| {
+        map.constant[i] = flags & (@as(u32, 1) << @intCast(i)) != 0;
+        const used = i < arity and !map.constant[i];
+        if (used and addresses[i] == 0) return status(.null_pointer);
+        map.operands[i] = @ptrFromInt(if (used) addresses[i] else target);
+        reads[i] = used;
+    }
+    if (!map_layout.valid(reads)) return status(.invalid_argument);
+    switch (map_op) {
+        inline else => |o| switch (d) {
+            inline .float32, .float16, .bfloat16 => |t| elementwise.map_run(o, t, &map),
+            else => unreachable,
+        },
+    }
+    return status(.ok);
+}
+
+/// Activation forward (`op`: elementwise.Activation) on `count` contiguous elements: out = f(x).
+export fn mp_elementwise_forward(op: u32, dtype: u32, x: u64, out: u64, count: u64) i32 {
+    const activation = std.enums.fromInt(elementwise.Activation, op) orelse return status(.invalid_argument);
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (x == 0 or out == 0) return status(.null_pointer);
+    const args = elementwise.Unary{ .source = @ptrFromInt(x), .second = @ptrFromInt(x), .target = @ptrFromInt(out), .count = count };
+    switch (activation) {
+        inline else => |a| switch (d) {
+            inline .float32, .float16, .bfloat16 => |t| elementwise.activation_forward_run(a, t, &args),
+            else => unreachable,
+        },
+    }
+    return status(.ok);
+}
+
+/// Activation backward: dx = g f'(saved), where saved is the output y for tanh and exp and the
+/// input x otherwise (elementwise.Activation.saves_output).
+export fn mp_elementwise_backward(op: u32, dtype: u32, saved: u64, g: u64, dx: u64, count: u64) i32 {
+    const activation = std.enums.fromInt(elementwise.Activation, op) orelse return status(.invalid_argument);
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (saved == 0 or g == 0 or dx == 0) return status(.null_pointer);
+    const args = elementwise.Unary{ .source = @ptrFromInt(saved), .second = @ptrFromInt(g), .target = @ptrFromInt(dx), .count = count };
+    switch (activation) {
+        inline else => |a| switch (d) {
+            inline .float32, .float16, .bfloat16 => |t| elementwise.activation_backward_run(a, t, &args),
+            else => unreachable,
+        },
+    }
+    return status(.ok);
+}
+
+/// swiglu forward on `count` elements: out = silu(a) * b.
+export fn mp_elementwise_swiglu_forward(dtype: u32, a: u64, b: u64, out: u64, count: u64) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (a == 0 or b == 0 or out == 0) return status(.null_pointer);
+    const args = elementwise.Swiglu{ .a = @ptrFromInt(a), .b = @ptrFromInt(b), .g = @ptrFromInt(a), .out = @ptrFromInt(out), .out_b = @ptrFromInt(out), .count = count };
+    switch (d) {
+        inline .float32, .float16, .bfloat16 => |t| elementwise.swiglu_forward_run(t, &args),
+        else => unreachable,
+    }
+    return status(.ok);
+}
+
+/// swiglu backward in one pass: da = g b silu'(a), db = g silu(a).
+export fn mp_elementwise_swiglu_backward(dtype: u32, a: u64, b: u64, g: u64, da: u64, db: u64, count: u64) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (a == 0 or b == 0 or g == 0 or da == 0 or db == 0) return status(.null_pointer);
+    if (da == db) return status(.overlap);
+    const args = elementwise.Swiglu{ .a = @ptrFromInt(a), .b = @ptrFromInt(b), .g = @ptrFromInt(g), .out = @ptrFromInt(da), .out_b = @ptrFromInt(db), .count = count };
+    switch (d) {
+        inline .float32, .float16, .bfloat16 => |t| elementwise.swiglu_backward_run(t, &args),
+        else => unreachable,
+    }
+    return status(.ok);
+}
+
+// ---- Normalization, softmax / cross-entropy and embedding (zig/src/ops/norm.zig, softmax.zig,
+// embedding.zig). Tensors cross as u64 addresses (0: absent), counts as u64, dtypes as u32 codes.
+
+const norm_ops = @import("ops/norm.zig");
+
+fn optional_bytes(address: u64) ?[*]u8 {
+    return if (address == 0) null else @ptrFromInt(address);
+}
+
+fn optional_floats(address: u64) ?[*]f32 {
+    if (address == 0 or address % @alignOf(f32) != 0) return null;
+    return @ptrFromInt(address);
+}
+
+/// Layer norm (op 0) or RMS norm (op 1) over the last axis of x [rows, width]: out = normalized x
+/// * weight + bias, rounded once into `dtype` (x, weight, bias and out share it). weight and bias
+/// may be 0 (absent; RMS norm takes no bias). mean and rstd (float32 [rows]) receive the row
+/// statistics when non-zero (RMS norm writes no mean).
+export fn mp_norm_forward(op: u32, x: u64, weight: u64, bias: u64, out: u64, mean: u64, rstd: u64, rows: u64, width: u64, dtype: u32, eps: f32) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(norm_ops.Kind, op) orelse return status(.invalid_argument);
+    if (kind == .rms and bias != 0) return status(.invalid_argument);
+    if (!(eps >= 0) or std.math.isInf(eps)) return status(.invalid_argument);
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (x == 0 or out == 0) return status(.null_pointer);
+    if ((mean != 0 and optional_floats(mean) == null) or (rstd != 0 and optional_floats(rstd) == null)) return status(.invalid_argument);
+    norm_ops.forward(d, &.{
+        .kind = kind,
+        .x = @ptrFromInt(x),
+        .weight = optional_bytes(weight),
+        .bias = optional_bytes(bias),
+        .out = @ptrFromInt(out),
+        .mean = optional_floats(mean),
+        .rstd = optional_floats(rstd),
+        .rows = rows,
+        .width = width,
+        .eps = eps,
+    });
+    return status(.ok);
+}
+
+/// The norms' backward pass: grad_x from x, weight (0: absent), the forward's mean and rstd and
+/// grad_out; grad_weight and grad_bias (0: not wanted) in the same pass over the rows, through
+/// `workspace` (float32, `workspace_count` elements, at least mp_norm_workspace_count's answer).
+export fn mp_norm_backward(op: u32, x: u64, weight: u64, mean: u64, rstd: u64, grad_out: u64, grad_x: u64, grad_weight: u64, grad_bias: u64, workspace: u64, workspace_count: u64, rows: u64, width: u64, dtype: u32) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(norm_ops.Kind, op) orelse return status(.invalid_argument);
+    if (kind == .rms and grad_bias != 0) return status(.invalid_argument);
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (x == 0 or grad_out == 0 or grad_x == 0 or rstd == 0) return status(.null_pointer);
+    if (kind == .layer and mean == 0) return status(.null_pointer);
+    if ((mean != 0 and optional_floats(mean) == null) or optional_floats(rstd) == null) return status(.invalid_argument);
+    if (grad_weight != 0 or grad_bias != 0) {
+        if (workspace == 0) return status(.null_pointer);
+        if (optional_floats(workspace) == null or workspace_count < norm_ops.workspace_count(rows, width)) return status(.invalid_argument);
+    }
+    norm_ops.backward(d, &.{
+        .kind = kind,
+        .x = @ptrFromInt(x),
+        .weight = optional_bytes(weight),
+        .mean = optional_floats(mean),
+        .rstd = optional_floats(rstd).?,
+        .grad_out = @ptrFromInt(grad_out),
+        .grad_x = @ptrFromInt(grad_x),
+        .grad_weight = optional_bytes(grad_weight),
+        .grad_bias = optional_bytes(grad_bias),
+        .workspace = if (grad_weight != 0 or grad_bias != 0) optional_floats(workspace) else null,
+        .rows = rows,
+        .width = width,
+    });
+    return status(.ok);
+}
+
+/// The float32 workspace elements mp_norm_backward needs for `rows` x `width` with weight or bias
+/// gradients.
+export fn mp_norm_workspace_count(rows: u64, width: u64, out_count: ?*u64) i32 {
+    const out = out_count orelse return status(.null_pointer);
+    out.* = norm_ops.workspace_count(rows, width);
+    return status(.ok);
+}
+
+const softmax_ops = @import("ops/softmax.zig");
+
+/// The labels of a cross-entropy call, checked: every one a class index in [0, width) or
+/// ignore_index (and 4-byte aligned).
+fn cross_entropy_labels(labels: u64, rows: u64, width: u64, ignore_index: i32) ?[*]const i32 {
+    if (labels == 0 or labels % @alignOf(i32) != 0) return null;
+    const typed: [*]const i32 = @ptrFromInt(labels);
+    _ = softmax_ops.check_labels(typed[0..rows], width, ignore_index) orelse return null;
+    return typed;
+}
+
+/// Over the last axis of x [rows, width] (`dtype`): softmax (op 0) or log-softmax (op 1) into out
+/// (same dtype and shape); or cross-entropy (op 2) against `labels` (int32 [rows], each in
+/// [0, width) or equal to ignore_index): out receives the float32 per-row losses (0 where ignored),
+/// lse the float32 per-row log-sum-exp (0: not kept) and mean the float32 mean over kept rows
+/// (NaN when none is kept). labels, ignore_index, lse and mean are unused by ops 0 and 1.
+export fn mp_softmax_forward(op: u32, x: u64, out: u64, rows: u64, width: u64, dtype: u32, labels: u64, ignore_index: i32, lse: u64, mean: u64) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(softmax_ops.Op, op) orelse return status(.invalid_argument);
+    if (kind == .cross_entropy) {
+        const mean_out = optional_floats(mean) orelse return status(if (mean == 0) .null_pointer else .invalid_argument);
+        if (rows == 0) {
+            mean_out[0] = std.math.nan(f32);
+            return status(.ok);
+        }
+        if (width == 0) return status(.invalid_argument);
+        if (x == 0 or out == 0) return status(.null_pointer);
+        if (optional_floats(out) == null or (lse != 0 and optional_floats(lse) == null)) return status(.invalid_argument);
+        const checked = cross_entropy_labels(labels, rows, width, ignore_index) orelse
+            return status(if (labels == 0) .null_pointer else .invalid_argument);
+        softmax_ops.forward(d, &.{ .op = kind, .x = @ptrFromInt(x), .out = @ptrFromInt(out), .rows = rows, .width = width, .labels = checked, .ignore_index = ignore_index, .lse = optional_floats(lse), .mean = &mean_out[0] });
+        return status(.ok);
+    }
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (x == 0 or out == 0) return status(.null_pointer);
+    softmax_ops.forward(d, &.{ .op = kind, .x = @ptrFromInt(x), .out = @ptrFromInt(out), .rows = rows, .width = width });
+    return status(.ok);
+}
+
+/// The backward passes: softmax / log-softmax (ops 0, 1) from the forward's output `saved` and
+/// grad_out (both `dtype` [rows, width]); cross-entropy (op 2) from the logits `saved`, the labels,
+/// the forward's lse and grad_out, the float32 gradient of the mean loss. grad_x is `dtype`
+/// [rows, width].
+export fn mp_softmax_backward(op: u32, saved: u64, grad_out: u64, grad_x: u64, rows: u64, width: u64, dtype: u32, labels: u64, ignore_index: i32, lse: u64) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(softmax_ops.Op, op) orelse return status(.invalid_argument);
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (saved == 0 or grad_out == 0 or grad_x == 0) return status(.null_pointer);
+    if (kind == .cross_entropy) {
+        if (lse == 0) return status(.null_pointer);
+        if (optional_floats(lse) == null or optional_floats(grad_out) == null) return status(.invalid_argument);
+        const checked = cross_entropy_labels(labels, rows, width, ignore_index) orelse
+            return status(if (labels == 0) .null_pointer else .invalid_argument);
+        softmax_ops.backward(d, &.{ .op = kind, .saved = @ptrFromInt(saved), .grad_out = @ptrFromInt(grad_out), .grad_x = @ptrFromInt(grad_x), .rows = rows, .width = width, .labels = checked, .ignore_index = ignore_index, .lse = optional_floats(lse) });
+        return status(.ok);
+    }
+    softmax_ops.backward(d, &.{ .op = kind, .saved = @ptrFromInt(saved), .grad_out = @ptrFromInt(grad_out), .grad_x = @ptrFromInt(grad_x), .rows = rows, .width = width });
+    return status(.ok);
+}
+
+const embedding_ops = @import("ops/embedding.zig");
+
+/// Checked ids: `count` int32 values at `ids`, each in [0, vocabulary), 4-byte aligned.
+fn embedding_ids(ids: u64, count: u64, vocabulary: u64) ?[*]const i32 {
+    if (ids == 0 or ids % @alignOf(i32) != 0) return null;
+    const typed: [*]const i32 = @ptrFromInt(ids);
+    return if (embedding_ops.check_ids(typed[0..count], vocabulary)) typed else null;
+}
+
+/// Embedding gather: out [count, dim] = rows ids[i] of table [vocabulary, dim], all of `dtype`
+/// (any dtype: the bits are copied); ids are int32 in [0, vocabulary).
+export fn mp_embedding_forward(table: u64, ids: u64, out: u64, vocabulary: u64, dim: u64, count: u64, dtype: u32) i32 {
+    const d = numerics.Dtype.from_int(dtype) orelse return status(.invalid_dtype);
+    if (count == 0 or dim == 0) return status(.ok);
+    if (table == 0 or out == 0) return status(.null_pointer);
+    const checked = embedding_ids(ids, count, vocabulary) orelse return status(if (ids == 0) .null_pointer else .invalid_argument);
+    embedding_ops.forward(d, &.{ .table = @ptrFromInt(table), .ids = checked, .out = @ptrFromInt(out), .vocabulary = vocabulary, .dim = dim, .count = count });
+    return status(.ok);
+}
+
+/// Embedding backward: grad_table [vocabulary, dim] (`dtype`) = the sum, in token order and in
+/// float32, of the grad_out [count, dim] rows of each id (zeros for ids no token has), through
+/// `workspace` (u32, vocabulary + count values).
+export fn mp_embedding_backward(ids: u64, grad_out: u64, grad_table: u64, workspace: u64, workspace_count: u64, vocabulary: u64, dim: u64, count: u64, dtype: u32) i32 {
+    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (vocabulary == 0 or dim == 0) return status(.ok);
+    if (grad_table == 0 or workspace == 0) return status(.null_pointer);
+    if (count != 0 and grad_out == 0) return status(.null_pointer);
+    if (count >= std.math.maxInt(u32) or workspace % @alignOf(u32) != 0) return status(.invalid_argument);
+    if (workspace_count < embedding_ops.workspace_count(vocabulary, count)) return status(.invalid_argument);
+    const checked: [*]const i32 = if (count == 0) @ptrFromInt(@alignOf(i32)) else embedding_ids(ids, count, vocabulary) orelse
+        return status(if (ids == 0) .null_pointer else .invalid_argument);
+    embedding_ops.backward(d, &.{
+        .ids = checked,
+        .grad_out = if (count == 0) @ptrFromInt(@alignOf(f32)) else @ptrFromInt(grad_out),
+        .grad_table = @ptrFromInt(grad_table),
+        .workspace = @ptrFromInt(workspace),
+        .vocabulary = vocabulary,
+        .dim = dim,
+        .count = count,
+    });
+    return status(.ok);
+}
+
+test {
+    _ = @import("ops/norm.zig");
+    _ = @import("ops/softmax.zig");
+    _ = @import("ops/embedding.zig");
+}
+
+// ---- Attention and rotary position embedding (zig/src/ops/attention.zig, zig/src/ops/rope.zig) ----
+
+const attention = @import("ops/attention.zig");
+
+/// Op codes of mp_attention_forward / mp_attention_backward.
+const attention_op_sdpa: u32 = 0;
+
+fn attention_mask(mask: u64, mask_dtype: u32) error{Invalid}!?attention.Mask {
+    if (mask == 0) return null;
+    const dtype = storage.op_dtype(mask_dtype) orelse return error.Invalid;
+    return .{ .values = @ptrFromInt(mask), .dtype = dtype };
+}
+
+/// Scaled dot-product attention forward (op 0), tiled with an online softmax. `problem` holds 11
+/// u64 values (attention.Problem: batch, steps_q, steps_kv, heads_q, heads_kv, head_dim, the row
+/// strides of q, k, v and out in elements, flags: bit 0 causal). q, k, v and out are `dtype`
+/// storage (float32, float16 or bfloat16); `mask` is 0 or a [B, S] tensor of `mask_dtype` (a key
+/// is kept where it is not 0); `lse` receives float32 [B, Hq, T] log-sum-exps for the backward.
+export fn mp_attention_forward(op: u32, dtype: u32, problem: ?*const attention.Problem, scale: f32, q: u64, k: u64, v: u64, mask: u64, mask_dtype: u32, out: u64, lse: u64) i32 {
+    if (op != attention_op_sdpa) return status(.invalid_argument);
+    const storage_dtype = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const p = (problem orelse return status(.null_pointer)).*;
+    if (!p.valid() or std.math.isNan(scale) or std.math.isInf(scale)) return status(.invalid_argument);
+    const keep = attention_mask(mask, mask_dtype) catch return status(.invalid_dtype);
+    if (p.batch == 0 or p.steps_q == 0) return status(.ok);
+    if (out == 0 or lse == 0 or q == 0) return status(.null_pointer);
+    if (p.steps_kv != 0 and (k == 0 or v == 0)) return status(.null_pointer);
+    const f = attention.Forward{
+        .problem = p,
+        .scale = scale,
+        .q = @ptrFromInt(q),
+        .k = @ptrFromInt(if (k == 0) 64 else k),
+        .v = @ptrFromInt(if (v == 0) 64 else v),
+        .mask = keep,
+        .out = @ptrFromInt(out),
+        .lse = @ptrFromInt(lse),
+    };
+    switch (storage_dtype) {
+        inline .float32, .float16, .bfloat16 => |d| attention.forward(d, &f),
+        else => unreachable,
+    }
+    return status(.ok);
+}
+
+/// The backward pass of mp_attention_forward (op 0): dq, dk, dv (the layouts and dtype of q, k and
+/// v; every element written) from q, k, v, the mask, the forward's out and lse, and d_out (out's
+/// layout and dtype). Bit-identical on any thread count.
+export fn mp_attention_backward(op: u32, dtype: u32, problem: ?*const attention.Problem, scale: f32, q: u64, k: u64, v: u64, mask: u64, mask_dtype: u32, out: u64, lse: u64, d_out: u64, dq: u64, dk: u64, dv: u64) i32 {
+    if (op != attention_op_sdpa) return status(.invalid_argument);
+    const storage_dtype = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const p = (problem orelse return status(.null_pointer)).*;
+    if (!p.valid() or std.math.isNan(scale) or std.math.isInf(scale)) return status(.invalid_argument);
+    const keep = attention_mask(mask, mask_dtype) catch return status(.invalid_dtype);
+    if (p.batch == 0) return status(.ok);
+    const has_q = p.steps_q != 0;
+    const has_kv = p.steps_kv != 0;
+    if (has_q and (q == 0 or out == 0 or lse == 0 or d_out == 0 or dq == 0)) return status(.null_pointer);
+    if (has_kv and (k == 0 or v == 0 or dk == 0 or dv == 0)) return status(.null_pointer);
+    const placeholder: u64 = 64; // Never read: the matching extent is 0.
+    const g = attention.Backward{
+        .problem = p,
+        .scale = scale,
+        .q = @ptrFromInt(if (has_q) q else placeholder),
+        .k = @ptrFromInt(if (has_kv) k else placeholder),
+        .v = @ptrFromInt(if (has_kv) v else placeholder),
+        .mask = keep,
+        .out = @ptrFromInt(if (has_q) out else placeholder),
+        .lse = @ptrFromInt(if (has_q) lse else placeholder),
+        .d_out = @ptrFromInt(if (has_q) d_out else placeholder),
+        .dq = @ptrFromInt(if (has_q) dq else placeholder),
+        .dk = @ptrFromInt(if (has_kv) dk else placeholder),
+        .dv = @ptrFromInt(if (has_kv) dv else placeholder),
+    };
+    switch (storage_dtype) {
+        inline .float32, .float16, .bfloat16 => |d| attention.backward(d, &g),
+        else => unreachable,
+    }
+    return status(.ok);
+}
+
+const rope = @import("ops/rope.zig");
+
+/// Op codes of mp_rope_forward / mp_rope_backward: the rotate-half form (Hugging Face LLaMA).
+const rope_op_rotate_half: u32 = 0;
+
+fn rope_call(op: u32, dtype: u32, problem: ?*const rope.Problem, source: u64, target: u64, inv_freq: u64, positions: u64, inverse: bool) i32 {
+    if (op != rope_op_rotate_half) return status(.invalid_argument);
+    const storage_dtype = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const p = (problem orelse return status(.null_pointer)).*;
+    if (!p.valid()) return status(.invalid_argument);
+    const explicit = p.flags & rope.flag_positions != 0;
+    if (p.batch * p.steps * p.heads == 0) return status(.ok);
+    if (source == 0 or target == 0 or inv_freq == 0) return status(.null_pointer);
+    if (explicit and positions == 0) return status(.null_pointer);
+    const bytes = p.batch * p.steps * p.heads * p.head_dim * storage_dtype.size_bytes();
+    if (source < target + bytes and target < source + bytes and source != target) return status(.overlap);
+    const call = rope.Call{
+        .problem = p,
+        .source = @ptrFromInt(source),
+        .target = @ptrFromInt(target),
+        .inv_freq = @ptrFromInt(inv_freq),
+        .positions = if (explicit) @ptrFromInt(positions) else null,
+        .inverse = inverse,
+    };
+    switch (storage_dtype) {
+        inline .float32, .float16, .bfloat16 => |d| rope.apply(d, &call),
+        else => unreachable,
+    }
+    return status(.ok);
+}
+
+/// Rotary position embedding forward (op 0: rotate-half) of x [B, T, H, D] (`dtype` storage) into
+/// out (same shape and dtype; may be x itself). `problem` holds 6 x 64 bits (rope.Problem: batch,
+/// steps, heads, head_dim, offset as i64, flags: bit 0 explicit positions, bit 1 per batch).
+/// `inv_freq` is D / 2 float32 values; `positions` is 0 or int32 [T] (or [B, T] with bit 1).
+export fn mp_rope_forward(op: u32, dtype: u32, problem: ?*const rope.Problem, x: u64, out: u64, inv_freq: u64, positions: u64) i32 {
+    return rope_call(op, dtype, problem, x, out, inv_freq, positions, false);
+}
+
+/// The backward pass of mp_rope_forward: dx = d_out rotated by -angle (same arguments).
+export fn mp_rope_backward(op: u32, dtype: u32, problem: ?*const rope.Problem, d_out: u64, dx: u64, inv_freq: u64, positions: u64) i32 {
+    return rope_call(op, dtype, problem, d_out, dx, inv_freq, positions, true);
+}
+
+test {
+    _ = attention;
+    _ = rope;
 }
 
 // ---- CUDA backend (zig/src/cuda/driver.zig). Device memory crosses as u64 addresses; every call
@@ -515,7 +999,7 @@ export fn mp_cuda_launch_unscale_check(ordinal: u32, table: u64, row_count: u64,
 
 /// PyTorch's _amp_update_scale_ on the device: `state` holds { scale: f32, tracker: i32 } and
 /// `found_inf` the u32 flag from the unscale. No sync.
-export fn mp_cuda_launch_update_scale(ordinal: u32, state: u64, found_inf: u64, growth_factor: f32, backoff_factor: f32, growth_interval: i32) i32 {
+export fn mp_cuda_launch_update_scale(ordinal: u32, state: u64, found_inf: u64, growth_factor: f64, backoff_factor: f64, growth_interval: i32) i32 {
     if (state == 0 or found_inf == 0) return status(.null_pointer);
     if (growth_interval <= 0) return status(.invalid_argument);
     const device = cuda_device(ordinal) catch |err| return cuda_status(err);
@@ -672,6 +1156,7 @@ test "every kernel of the driver's table is a PTX entry with exactly the paramet
                 u64 => ".param .u64 ",
                 u32, i32 => ".param .u32 ",
                 f32 => ".param .f32 ",
+                f64 => ".param .f64 ",
                 else => @compileError("unsupported parameter type"),
             };
             try std.testing.expect(std.mem.startsWith(u8, std.mem.trim(u8, line, " \t"), expected));

@@ -1,38 +1,83 @@
 /**
- * Storage kernels of the CPU backend: 64-byte aligned host memory from the native allocator, and
- * copies, fills and casts between tensors of one device.
+ * Storage kernels of the CPU backend: tensor blocks from the native allocator
+ * (zig/src/cpu/host_memory.zig), each owned from birth by an ArrayBuffer whose deallocator frees
+ * it when the buffer is collected, plus copies, fills and casts between tensors of one device.
  *
  * @module
  */
 
-import { ptr } from "bun:ffi";
+import { ptr, toArrayBuffer } from "bun:ffi";
 import { check, native } from "../../_ffi.ts";
 import { dtypeInfo } from "../../dtype.ts";
 import type { Tensor } from "../../tensor.ts";
 
+/** A block of tensor storage. */
+export interface Storage {
+  /** The address kernels use (host memory on the CPU, device memory on CUDA). */
+  readonly address: number;
+  readonly sizeBytes: number;
+  /**
+   * On the CPU, the ArrayBuffer that owns the block: views of it keep the memory alive after the
+   * tensor is gone. null for device memory.
+   */
+  readonly buffer: ArrayBuffer | null;
+  /** The backend's handle for freeing (the host block's cell; 0 on devices). */
+  readonly handle: number;
+}
+
 /** Storage kernels every backend has. Tensors passed in live on the backend's device. */
 export interface StorageKernels {
-  /** Allocates `sizeBytes` on device `ordinal` (-1: the CPU) and returns the address. */
-  allocate(ordinal: number, sizeBytes: number): number;
-  /** Frees what `allocate` returned. */
-  free(ordinal: number, address: number, sizeBytes: number): void;
+  /** Allocates `sizeBytes` on device `ordinal` (-1: the CPU). Not zeroed. */
+  allocate(ordinal: number, sizeBytes: number): Storage;
+  /** Frees a block now. The caller guarantees nothing will read it again. */
+  free(ordinal: number, storage: Storage): void;
   /** Sets every byte of `target`'s storage to zero. */
   zero(target: Tensor): void;
   /** Copies `source`'s bytes into `target` (same dtype and size, same device). */
   copy(source: Tensor, target: Tensor): void;
   /** Casts `source` into `target` (same size, same device): nearest even, or stochastic/saturating by flags. */
   cast(source: Tensor, target: Tensor, flags: number, seed: number): void;
+  /** Copies host bytes (`source.byteLength` of them) into `target`'s storage. */
+  write(target: Tensor, source: ArrayBufferView): void;
+  /** Copies `source`'s bytes into a host view (`target.byteLength` of them), after all queued work. */
+  read(source: Tensor, target: ArrayBufferView): void;
 }
 
-const ADDRESS_OUT = new BigUint64Array(1);
+const PAIR_OUT = new BigUint64Array(2);
+let releaseCallback: number | undefined;
+
+function release(): number {
+  if (releaseCallback === undefined) {
+    check(native().mp_host_release_callback(ptr(PAIR_OUT)), "mp_host_release_callback");
+    releaseCallback = Number(PAIR_OUT[0]);
+  }
+  return releaseCallback;
+}
+
+/**
+ * Live host tensor blocks and their bytes as the native allocator counts them: blocks leave when
+ * disposed, or when the garbage collector frees a tensor (or a view of its data) nobody disposed.
+ */
+export function hostMemoryStats(): { blocks: number; bytes: number } {
+  check(native().mp_host_stats(ptr(PAIR_OUT)), "mp_host_stats");
+  return { blocks: Number(PAIR_OUT[0]), bytes: Number(PAIR_OUT[1]) };
+}
+
+function bytesOf(view: ArrayBufferView): Uint8Array {
+  return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+}
 
 export const storageCpu: StorageKernels = {
   allocate(_ordinal, sizeBytes) {
-    check(native().mp_alloc(sizeBytes, ptr(ADDRESS_OUT)), `allocating ${sizeBytes} bytes`);
-    return Number(ADDRESS_OUT[0]);
+    check(native().mp_host_alloc(sizeBytes, ptr(PAIR_OUT)), `allocating ${sizeBytes} bytes`);
+    const address = Number(PAIR_OUT[0]);
+    const handle = Number(PAIR_OUT[1]);
+    // The buffer owns the block from now on: its deallocator frees it (once) when collected.
+    const buffer = toArrayBuffer(address, 0, Math.max(sizeBytes, 1), handle, release());
+    return { address, sizeBytes, buffer, handle };
   },
-  free(_ordinal, address, sizeBytes) {
-    check(native().mp_free(address, sizeBytes), "freeing a tensor");
+  free(_ordinal, storage) {
+    check(native().mp_host_free(storage.handle), "freeing a tensor");
   },
   zero(target) {
     if (target.sizeBytes > 0) check(native().mp_zero(target.address, target.sizeBytes), "zeroing a tensor");
@@ -50,5 +95,13 @@ export const storageCpu: StorageKernels = {
       native().mp_cast(source.address, target.address, source.size, from, to, flags, seed),
       `casting ${source.dtype} to ${target.dtype}`,
     );
+  },
+  write(target, source) {
+    if (source.byteLength === 0) return;
+    new Uint8Array(toArrayBuffer(target.address, 0, source.byteLength)).set(bytesOf(source));
+  },
+  read(source, target) {
+    if (target.byteLength === 0) return;
+    bytesOf(target).set(new Uint8Array(toArrayBuffer(source.address, 0, target.byteLength)));
   },
 };

@@ -6,7 +6,8 @@
 //! are exactly those of the composed TypeScript chain (src/optim/), so both give the same bits:
 //!
 //!   g = g * inv_scale; g = g * clip
-//!   m = m + (1 - b1) * (g - m);  v = b2 * v + ((1 - b2) * g) * g;  (amsgrad: v_max = max(v_max, v))
+//!   m = fma(1 - b1, g - m, m);  v = fma((1 - b2) * g, g, b2 * v);  (amsgrad: v_max = max(v_max, v))
+//!     (torch 2.13's CPU rounding of lerp and addcmul, bit for bit: step_math.adam_moments)
 //!   r = (c * m) / (sqrt(v) + eps_hat), c = sqrt(1 - b2^t) / (1 - b1^t), eps_hat = eps * sqrt(1 - b2^t)
 //!     (PyTorch's (m / (1 - b1^t)) / (sqrt(v) / sqrt(1 - b2^t) + eps) with the bias corrections
 //!     folded into two scalars computed in float64: exactly equal in real arithmetic, eps still
@@ -19,6 +20,7 @@
 const std = @import("std");
 const numerics = @import("../numerics.zig");
 const rows_loop = @import("rows.zig");
+const dispatch = @import("dispatch.zig");
 const cast = @import("cast.zig");
 
 const Dtype = numerics.Dtype;
@@ -76,8 +78,9 @@ inline fn step_lanes(
     if (h.clip != 1.0) g = g * @as(F, @splat(h.clip));
     var m = load_f32(w, state_dtype, row.m, index);
     var v = load_f32(w, state_dtype, row.v, index);
-    m = m + @as(F, @splat(h.one_minus_beta1)) * (g - m);
-    v = @as(F, @splat(h.beta2)) * v + (@as(F, @splat(h.one_minus_beta2)) * g) * g;
+    const moments = step_math.adam_moments(F, m, v, g, h.one_minus_beta1, h.beta2, h.one_minus_beta2);
+    m = moments[0];
+    v = moments[1];
     m = store_state(w, state_dtype, row.m, index, m);
     v = store_state(w, state_dtype, row.v, index, v);
     if (h.flags & flag_amsgrad != 0) {
@@ -102,7 +105,7 @@ inline fn step_lanes(
     cast.store(w, param_dtype, @ptrFromInt(row.param), index, numerics.from_f32(w, param_dtype, @bitCast(p), threshold, false));
 }
 
-const Steps = rows_loop.MultiTensorStep(AdamRow, AdamHyper, step_lanes);
+pub const Steps = rows_loop.MultiTensorStep(AdamRow, AdamHyper, step_lanes, "adamw");
 
 /// One AdamW step over every row, split across the thread pool.
 pub fn step(rows: []const AdamRow, hyper: *const AdamHyper) void {
@@ -148,4 +151,57 @@ test "one AdamW step from zero state moves every parameter by lr against the gra
     try std.testing.expectApproxEqAbs(@as(f32, 0.75), master[19], 1e-6);
     try std.testing.expectEqual(@as(u16, 0x3f40), param[0]); // bf16 0.75
     try std.testing.expectEqual(@as(u16, 0x3fa0), param[1]); // bf16 1.25
+}
+
+test "AdamW steps give the same bits on every path this machine has" {
+    const count = 2 * cast.lanes * 40 + 9;
+    const Buffers = struct { grad: [count]u16, param: [count]u16, master: [count]f32, m: [count]f32, v: [count]f32 };
+    const allocator = std.testing.allocator;
+    const first = try allocator.create(Buffers);
+    defer allocator.destroy(first);
+    const other = try allocator.create(Buffers);
+    defer allocator.destroy(other);
+    var prng = std.Random.DefaultPrng.init(3);
+    for (0..count) |i| {
+        first.grad[i] = @truncate(prng.random().int(u16) & 0xbfff); // finite bfloat16
+        first.master[i] = prng.random().float(f32) - 0.5;
+        first.param[i] = @truncate(@as(u32, @bitCast(first.master[i])) >> 16);
+        first.m[i] = 0;
+        first.v[i] = 0;
+    }
+    const hyper = AdamHyper{
+        .inv_scale = 0.5,
+        .clip = 1,
+        .one_minus_beta1 = 0.1,
+        .beta2 = 0.999,
+        .one_minus_beta2 = 0.001,
+        .step_scale = @sqrt(@as(f32, 0.001)) / 0.1,
+        .eps_hat = 1e-8 * @sqrt(@as(f32, 0.001)),
+        .neg_lr = -0.01,
+        .decay = 0.999,
+        .flags = flag_stochastic,
+        .reserved = .{ 0, 0 },
+    };
+    const start = first.*;
+    defer dispatch.set_path_for_test(null);
+    for (dispatch.paths_available(), 0..) |path, index| {
+        dispatch.set_path_for_test(path);
+        const b = if (index == 0) first else other;
+        b.* = start;
+        const rows = [_]AdamRow{.{
+            .grad = @intFromPtr(&b.grad),
+            .param = @intFromPtr(&b.param),
+            .master = @intFromPtr(&b.master),
+            .m = @intFromPtr(&b.m),
+            .v = @intFromPtr(&b.v),
+            .v_max = 0,
+            .count = count,
+            .grad_dtype = 2,
+            .param_dtype = 2,
+            .state_dtype = 0,
+            .seed = 17,
+        }};
+        for (0..3) |_| step(&rows, &hyper);
+        if (index > 0) try std.testing.expectEqualSlices(u8, std.mem.asBytes(first), std.mem.asBytes(other));
+    }
 }

@@ -9,11 +9,20 @@
 //! micro-kernel uses `vdpbf16ps` (pairs of bfloat16 products summed into float32 lanes). Work is
 //! split over threads by batch, then by rows (or columns when C is wide and short), each thread
 //! packing into its own static buffers, so no allocation happens inside a call.
+//!
+//! This file is compiled three times on x86_64: into the library for its baseline CPU
+//! (x86-64-v3: 8-lane ymm tiles), and as the wide objects for x86-64-v4 (16-lane zmm tiles) and
+//! x86-64-v4 + AVX512-BF16 (zig/src/wide.zig exports their entry points under names of their
+//! own). `matmul` and `peak_fma` ask zig/src/cpu/dispatch.zig which compilation to run, once.
+//! Every path computes each float32 C element as the same sequence of FMAs (the same depth order,
+//! the same K slabs), so float32 and float16 inputs give identical bits on every path; bfloat16 x
+//! bfloat16 on the AVX512-BF16 path sums pairs with `vdpbf16ps` and differs in the last bits.
 
 const std = @import("std");
 const builtin = @import("builtin");
 const numerics = @import("../numerics.zig");
 const pool = @import("pool.zig");
+const dispatch = @import("dispatch.zig");
 
 const Dtype = numerics.Dtype;
 
@@ -24,6 +33,8 @@ fn x86_has(comptime feature: std.Target.x86.Feature) bool {
 const has_avx512 = x86_has(.avx512f);
 /// Whether bfloat16 x bfloat16 products use the AVX512-BF16 dot-product instruction.
 pub const has_bf16_dot = has_avx512 and x86_has(.avx512bf16);
+/// This compilation's name in the wide objects' symbols (and dispatch's paths).
+pub const isa_name = if (has_bf16_dot) "avx512bf16" else if (has_avx512) "avx512" else "baseline";
 
 /// float32 lanes per vector register.
 const lanes = if (has_avx512) 16 else 8;
@@ -53,7 +64,7 @@ comptime {
 /// One matmul call as the kernels see it. Element (i, p) of op(A) is `a[i * k + p]`, or
 /// `a[p * m + i]` when `trans_a`; element (p, j) of op(B) is `b[p * n + j]`, or `b[j * k + p]` when
 /// `trans_b`. C is row-major m x n float32.
-pub const Request = struct {
+pub const Request = extern struct {
     a: [*]const u8,
     b: [*]const u8,
     c: [*]f32,
@@ -437,7 +448,7 @@ fn gemm_block(
 }
 
 /// How a call's work is shared among workers.
-const Mode = enum {
+const Mode = enum(u32) {
     /// Workers take whole batch elements from a shared counter (each packs privately).
     batches,
     /// Workers take MC-row blocks of C from a shared counter per column panel; each packs the
@@ -452,7 +463,7 @@ const Mode = enum {
 /// Column panels per call in rows mode (one counter each).
 const stage_count_max = 64;
 
-const Task = struct {
+pub const Task = extern struct {
     request: *const Request,
     mode: Mode,
     workers: u32,
@@ -588,7 +599,7 @@ fn run_task(comptime a_dtype: Dtype, comptime b_dtype: Dtype, task: *Task, worke
     }
 }
 
-fn run_worker(task: *Task, worker: u32) void {
+pub fn run_worker(task: *Task, worker: u32) void {
     switch (task.request.a_dtype) {
         inline .float32, .float16, .bfloat16 => |a_dtype| switch (task.request.b_dtype) {
             inline .float32, .float16, .bfloat16 => |b_dtype| run_task(a_dtype, b_dtype, task, worker),
@@ -608,7 +619,7 @@ pub fn input_dtype(dtype: Dtype) bool {
 }
 
 /// Chooses how `workers` threads share a request.
-fn plan(request: *const Request, workers: u32) Task {
+pub fn plan(request: *const Request, workers: u32) Task {
     if (workers == 1) return .{ .request = request, .mode = .static, .workers = 1 };
     if (request.batch >= workers) return .{ .request = request, .mode = .batches, .workers = workers };
     // Rows mode packs all of K x NC of B per worker: NC shrinks as K grows (to fit the buffer). A
@@ -637,23 +648,69 @@ fn plan(request: *const Request, workers: u32) Task {
     return .{ .request = request, .mode = .static, .workers = used, .parts = parts, .by_columns = by_columns };
 }
 
-/// Runs the request on up to `pool.thread_count()` threads.
+/// The entry points of one compilation of this file, as C functions (so the wide objects'
+/// can stand in for these).
+pub const Entry = struct {
+    plan: *const fn (request: *const Request, workers: u32, task: *Task) callconv(.c) void,
+    run_worker: *const fn (task: *Task, worker: u32) callconv(.c) void,
+    peak_chains: *const fn (iterations: u64, seed: f32) callconv(.c) f32,
+    /// float32 lanes per vector register.
+    lanes: u32,
+};
+
+pub fn plan_c(request: *const Request, workers: u32, task: *Task) callconv(.c) void {
+    task.* = plan(request, workers);
+}
+
+pub fn run_worker_c(task: *Task, worker: u32) callconv(.c) void {
+    run_worker(task, worker);
+}
+
+pub fn peak_chains_c(iterations: u64, seed: f32) callconv(.c) f32 {
+    return peak_chains(iterations, seed);
+}
+
+/// The compilation dispatch chose (this one where no wide objects are linked).
+fn entry() Entry {
+    return .{
+        .plan = dispatch.pick(@FieldType(Entry, "plan"), "matmul_plan", plan_c),
+        .run_worker = dispatch.pick(@FieldType(Entry, "run_worker"), "matmul_run_worker", run_worker_c),
+        .peak_chains = dispatch.pick(@FieldType(Entry, "peak_chains"), "matmul_peak_chains", peak_chains_c),
+        .lanes = if (dispatch.wide_linked and dispatch.path() != .baseline) 16 else lanes,
+    };
+}
+
+const Call = struct {
+    task: *Task,
+    run_worker: @FieldType(Entry, "run_worker"),
+
+    fn run(call: *const Call, worker: u32) void {
+        call.run_worker(call.task, worker);
+    }
+};
+
+/// Runs the request on up to `pool.thread_count()` threads, with the kernels of the path dispatch
+/// chose for this CPU.
 pub fn matmul(request: *const Request) void {
     std.debug.assert(input_dtype(request.a_dtype));
     std.debug.assert(input_dtype(request.b_dtype));
     if (request.batch == 0 or request.m == 0 or request.n == 0) return;
     const macs = request.batch * request.m * request.n * request.k;
     const workers: u32 = if (macs < parallel_macs_min) 1 else @min(pool.thread_count(), @as(u32, @intCast(@min(request.batch * request.m * request.n, pool.thread_count_max))));
-    var task = plan(request, workers);
+    const kernels = entry();
+    var task: Task = undefined;
+    kernels.plan(request, workers, &task);
+    std.debug.assert(task.workers >= 1 and task.workers <= workers);
+    const call = Call{ .task = &task, .run_worker = kernels.run_worker };
     while (busy.cmpxchgWeak(0, 1, .acquire, .monotonic) != null) std.atomic.spinLoopHint();
     defer busy.store(0, .release);
-    pool.run_workers(task.workers, &task, run_worker);
+    pool.run_workers(task.workers, &call, Call.run);
 }
 
 /// Runs `chains` independent FMA chains of vectors for `iterations` steps on the calling thread and
 /// returns a value that depends on every lane (so nothing is optimized away). Each step is
 /// 12 * lanes FMAs.
-fn peak_chains(iterations: u64, seed: f32) f32 {
+pub fn peak_chains(iterations: u64, seed: f32) f32 {
     const chains = 12;
     var acc: [chains]Vf = undefined;
     inline for (0..chains) |i| acc[i] = @splat(seed + @as(f32, @floatFromInt(i)));
@@ -670,20 +727,24 @@ fn peak_chains(iterations: u64, seed: f32) f32 {
 
 const PeakContext = struct {
     iterations: u64,
+    peak_chains: @FieldType(Entry, "peak_chains"),
     results: [pool.thread_count_max]f32 = @splat(0),
 };
 
 fn peak_worker(context: *PeakContext, worker: u32) void {
-    context.results[worker] = peak_chains(context.iterations, @floatFromInt(worker));
+    context.results[worker] = context.peak_chains(context.iterations, @floatFromInt(worker));
 }
 
-/// FLOPs one peak step does on one thread (12 chains of `lanes` FMAs, 2 FLOPs each).
-pub const peak_flops_per_iteration: u64 = 12 * lanes * 2;
+/// FLOPs one peak step does on one thread on the dispatched path (12 chains of `lanes` FMAs,
+/// 2 FLOPs each).
+pub fn peak_flops_per_iteration() u64 {
+    return 12 * @as(u64, entry().lanes) * 2;
+}
 
-/// Runs the FMA chains on `threads` threads; returns the sum of their results.
+/// Runs the FMA chains of the dispatched path on `threads` threads; returns the sum of their results.
 pub fn peak_fma(iterations: u64, threads: u32) f32 {
     std.debug.assert(threads >= 1 and threads <= pool.thread_count_max);
-    var context = PeakContext{ .iterations = iterations };
+    var context = PeakContext{ .iterations = iterations, .peak_chains = entry().peak_chains };
     pool.run_workers(threads, &context, peak_worker);
     var total: f32 = 0;
     for (context.results[0..threads]) |r| total += r;
@@ -777,33 +838,92 @@ fn check_case(comptime a_dtype: Dtype, comptime b_dtype: Dtype, batch: u64, m: u
     }
 }
 
-test "matmul matches a float64 reference across tile edges, transposes and batches" {
+test "matmul matches a float64 reference across tile edges, transposes and batches, on every path" {
     const shapes = [_][4]u64{
         .{ 1, 1, 1, 1 },    .{ 1, 13, 37, 5 }, .{ 2, 25, 33, 300 }, .{ 1, 97, 65, 257 },
         .{ 3, 7, 70, 513 }, .{ 1, 0, 4, 4 },   .{ 1, 4, 4, 0 },     .{ 1, 200, 20, 9 },
     };
-    for (shapes) |s| {
-        for (0..8) |f| {
-            const flags: u32 = @intCast(f);
-            try check_case(.float32, .float32, s[0], s[1], s[2], s[3], flags, 2);
-            try check_case(.bfloat16, .bfloat16, s[0], s[1], s[2], s[3], flags, 2);
-            try check_case(.bfloat16, .bfloat16, s[0], s[1], s[2], s[3], flags | flag_no_bf16_dot, 1);
-            try check_case(.float16, .float32, s[0], s[1], s[2], s[3], flags | flag_broadcast_b, 3);
+    defer dispatch.set_path_for_test(null);
+    for (dispatch.paths_available()) |path| {
+        dispatch.set_path_for_test(path);
+        for (shapes) |s| {
+            for (0..8) |f| {
+                const flags: u32 = @intCast(f);
+                try check_case(.float32, .float32, s[0], s[1], s[2], s[3], flags, 2);
+                try check_case(.bfloat16, .bfloat16, s[0], s[1], s[2], s[3], flags, 2);
+                try check_case(.bfloat16, .bfloat16, s[0], s[1], s[2], s[3], flags | flag_no_bf16_dot, 1);
+                try check_case(.float16, .float32, s[0], s[1], s[2], s[3], flags | flag_broadcast_b, 3);
+            }
         }
     }
 }
 
-test "rows mode, batches mode and the static split agree with the reference" {
+/// Twice the widest path's MC (12-row tiles, 8 per block) plus a partial block: rows mode on
+/// every path.
+const rows_mode_m = 2 * 12 * 8 + 5;
+
+test "rows mode, batches mode and the static split agree with the reference, on every path" {
+    comptime std.debug.assert(rows_mode_m >= 2 * mc_max + 5);
     comptime std.debug.assert(2 * mc_max * 300 * 300 >= parallel_macs_min);
     comptime std.debug.assert(20 * 3000 * 300 >= parallel_macs_min);
     // m >= 2 * mc_max and batch 1 takes rows mode; batch >= threads takes batches mode; a small m
     // with a wide n takes the static column split.
     // Sizes are above parallel_macs_min so the threads really split the work.
-    try check_case(.float32, .float32, 1, 2 * mc_max + 5, 300, 600, 0, 2);
-    try check_case(.bfloat16, .bfloat16, 1, 2 * mc_max + 5, 301, 601, flag_trans_a | flag_trans_b, 3);
-    try check_case(.float32, .float32, 1, 2 * mc_max + 5, 333, 300, flag_accumulate, 2);
-    try check_case(.bfloat16, .float16, 40, 60, 70, 130, flag_trans_b, 2);
-    try check_case(.float32, .float32, 1, 20, 3000, 300, 0, 2);
+    defer dispatch.set_path_for_test(null);
+    for (dispatch.paths_available()) |path| {
+        dispatch.set_path_for_test(path);
+        try check_case(.float32, .float32, 1, rows_mode_m, 300, 600, 0, 2);
+        try check_case(.bfloat16, .bfloat16, 1, rows_mode_m, 301, 601, flag_trans_a | flag_trans_b, 3);
+        try check_case(.float32, .float32, 1, rows_mode_m, 333, 300, flag_accumulate, 2);
+        try check_case(.bfloat16, .float16, 40, 60, 70, 130, flag_trans_b, 2);
+        try check_case(.float32, .float32, 1, 20, 3000, 300, 0, 2);
+    }
+}
+
+/// Runs one case on every path this machine has and requires the bits of the baseline path.
+fn check_same_bits(comptime a_dtype: Dtype, comptime b_dtype: Dtype, batch: u64, m: u64, n: u64, k: u64, flags: u32) !void {
+    const allocator = std.testing.allocator;
+    const a = try allocator.alloc(u8, batch * m * k * a_dtype.size_bytes());
+    defer allocator.free(a);
+    const b = try allocator.alloc(u8, batch * k * n * b_dtype.size_bytes());
+    defer allocator.free(b);
+    const want = try allocator.alloc(f32, batch * m * n);
+    defer allocator.free(want);
+    const got = try allocator.alloc(f32, batch * m * n);
+    defer allocator.free(got);
+    fill_inputs(a_dtype, a, m * 7 + k);
+    fill_inputs(b_dtype, b, n * 5 + k);
+    defer dispatch.set_path_for_test(null);
+    for (dispatch.paths_available(), 0..) |path, index| {
+        dispatch.set_path_for_test(path);
+        const c = if (index == 0) want else got;
+        for (c, 0..) |*x, i| x.* = @floatFromInt(i % 5);
+        matmul(&.{
+            .a = a.ptr,
+            .b = b.ptr,
+            .c = c.ptr,
+            .batch = batch,
+            .m = m,
+            .n = n,
+            .k = k,
+            .a_dtype = a_dtype,
+            .b_dtype = b_dtype,
+            .trans_a = flags & flag_trans_a != 0,
+            .trans_b = flags & flag_trans_b != 0,
+            .accumulate = flags & flag_accumulate != 0,
+            .broadcast_b = false,
+            .bf16_dot = flags & flag_no_bf16_dot == 0,
+        });
+        if (index > 0) try std.testing.expectEqualSlices(u32, @ptrCast(want), @ptrCast(got));
+    }
+}
+
+test "float32 and float16 inputs (and bfloat16 without dot products) give the same bits on every path" {
+    // Each C element is the same chain of FMAs over the same K slabs whatever the tile shape.
+    try check_same_bits(.float32, .float32, 1, rows_mode_m, 301, 700, 0);
+    try check_same_bits(.float32, .float32, 3, 37, 45, 513, flag_trans_a | flag_accumulate);
+    try check_same_bits(.float16, .float32, 1, 29, 1000, 260, flag_trans_b);
+    try check_same_bits(.bfloat16, .bfloat16, 2, 50, 70, 600, flag_no_bf16_dot);
 }
 
 test "peak_fma runs on several threads" {

@@ -78,7 +78,7 @@ inline fn step_lanes(
     cast.store(w, param_dtype, @ptrFromInt(row.param), index, numerics.from_f32(w, param_dtype, @bitCast(p), threshold, false));
 }
 
-const Steps = rows_loop.MultiTensorStep(SgdRow, SgdHyper, step_lanes);
+pub const Steps = rows_loop.MultiTensorStep(SgdRow, SgdHyper, step_lanes, "sgd");
 
 /// One SGD step over every row, split across the thread pool.
 pub fn step(rows: []const SgdRow, hyper: *const SgdHyper) void {

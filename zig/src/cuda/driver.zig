@@ -109,7 +109,7 @@ pub const Kernel = enum(u32) {
         return switch (kernel) {
             .cast => &.{ u64, u64, u64, u32, u32, u32, u32 },
             .unscale_check => &.{ u64, u64, u64, f32, u64, u64 },
-            .update_scale => &.{ u64, u64, f32, f32, i32 },
+            .update_scale => &.{ u64, u64, f64, f64, i32 },
             .sum_squares => &.{ u64, u64, u64, u64 },
             .global_norm_finish => &.{ u64, u32, u64 },
             .scale => &.{ u64, u64, u64, f32, u64 },
@@ -775,11 +775,11 @@ test "copies through staging round-trip any length, and only reading back synchr
 test "launch passes every argument by address in the PTX parameter order" {
     const target = fake.install();
     defer fake.uninstall(target);
-    try launch(target, .update_scale, 1, 32, .{ @as(u64, 0xabc), @as(u64, 0xdef), @as(f32, 2.0), @as(f32, 0.5), @as(i32, 2000) });
+    try launch(target, .update_scale, 1, 32, .{ @as(u64, 0xabc), @as(u64, 0xdef), @as(f64, 2.0), @as(f64, 0.5), @as(i32, 2000) });
     try std.testing.expectEqual(target.functions[@backingInt(Kernel.update_scale)], fake.launched);
     try std.testing.expectEqual(@as(u64, 0xabc), fake.launched_params[0]);
     try std.testing.expectEqual(@as(u64, 0xdef), fake.launched_params[1]);
-    try std.testing.expectEqual(@as(u32, @bitCast(@as(f32, 2.0))), @as(u32, @truncate(fake.launched_params[2])));
+    try std.testing.expectEqual(@as(u64, @bitCast(@as(f64, 2.0))), fake.launched_params[2]);
     try std.testing.expectEqual(@as(u32, 2000), @as(u32, @truncate(fake.launched_params[4])));
 }
 

@@ -123,7 +123,7 @@ export fn mp_unscale_check_kernel(table: u64, row_count: u64, total_count: u64, 
 /// PyTorch's `_amp_update_scale_` on the device-resident (scale, tracker) pair, reading the
 /// device-resident found_inf flag (u32) the unscale kernel set. One thread; launch <<<1, 1>>>.
 /// Keeping all three on the device is what makes a step free of host synchronisation.
-export fn mp_update_scale_kernel(state: u64, found_inf: u64, growth_factor: f32, backoff_factor: f32, growth_interval: i32) callconv(.kernel) void {
+export fn mp_update_scale_kernel(state: u64, found_inf: u64, growth_factor: f64, backoff_factor: f64, growth_interval: i32) callconv(.kernel) void {
     if (@workGroupId(0) != 0 or @workItemId(0) != 0) return;
     const scale_state: *step_math.ScaleState = @ptrFromInt(state);
     const found = @as(*const u32, @ptrFromInt(found_inf)).* != 0;
@@ -269,8 +269,9 @@ inline fn adam_element(row: *const AdamRow, h: *const AdamHyper, index: u64) voi
     if (h.clip != 1.0) g = g * h.clip;
     var m = load_value(state_dtype, row.m, index);
     var v = load_value(state_dtype, row.v, index);
-    m = m + h.one_minus_beta1 * (g - m);
-    v = h.beta2 * v + (h.one_minus_beta2 * g) * g;
+    const moments = step_math.adam_moments(f32, m, v, g, h.one_minus_beta1, h.beta2, h.one_minus_beta2);
+    m = moments[0];
+    v = moments[1];
     m = store_value(state_dtype, row.m, index, m);
     v = store_value(state_dtype, row.v, index, v);
     if (h.flags & step_math.adam_flag_amsgrad != 0) {

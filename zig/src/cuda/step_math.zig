@@ -21,14 +21,28 @@ fn is_finite(value: f32) bool {
 }
 
 /// PyTorch's `_amp_update_scale_`: back off on an overflow, grow on the `growth_interval`-th
-/// consecutive clean step unless growing would give inf (the tracker still resets).
-pub fn update_scale(state: ScaleState, found_inf: bool, growth_factor: f32, backoff_factor: f32, growth_interval: i32) ScaleState {
+/// consecutive clean step unless growing would give inf (the tracker still resets). The factors
+/// are float64, as PyTorch's kernels take them: the float32 scale times the float64 factor is
+/// rounded once to float32 (a factor such as 1.7 rounded to float32 first would move 1 ulp).
+pub fn update_scale(state: ScaleState, found_inf: bool, growth_factor: f64, backoff_factor: f64, growth_interval: i32) ScaleState {
     std.debug.assert(growth_interval > 0);
-    if (found_inf) return .{ .scale = state.scale * backoff_factor, .tracker = 0 };
+    if (found_inf) return .{ .scale = scale_times(state.scale, backoff_factor), .tracker = 0 };
     const successful = state.tracker +% 1;
     if (successful != growth_interval) return .{ .scale = state.scale, .tracker = successful };
-    const grown = state.scale * growth_factor;
+    const grown = scale_times(state.scale, growth_factor);
     return .{ .scale = if (is_finite(grown)) grown else state.scale, .tracker = 0 };
+}
+
+fn scale_times(scale: f32, factor: f64) f32 {
+    return @floatCast(@as(f64, scale) * factor);
+}
+
+test "update_scale multiplies by the float64 factor and rounds once, as PyTorch" {
+    // 1.7 rounded to float32 first gives 1.70000005; the float64 product rounds differently here.
+    const state = update_scale(.{ .scale = 3, .tracker = 0 }, false, 1.7, 0.3, 1);
+    try std.testing.expectEqual(@as(f32, @floatCast(@as(f64, 3) * 1.7)), state.scale);
+    const backed = update_scale(.{ .scale = 65536, .tracker = 0 }, true, 1.7, 0.3, 7);
+    try std.testing.expectEqual(@as(f32, @floatCast(@as(f64, 65536) * 0.3)), backed.scale);
 }
 
 test "update_scale grows on the interval-th clean step and resets the tracker" {
@@ -109,6 +123,34 @@ pub const AdamHyper = extern struct {
     flags: u32,
     reserved: [2]u32,
 };
+
+/// AdamW's moments exactly as torch 2.13 rounds them on the CPU (fused, foreach and for-loop
+/// paths alike, measured bit for bit): m is `lerp(m, g, 1 - b1)` with ATen's vectorised lerp,
+/// `fma(w, g - m, m)` for a weight w = 1 - b1 below 0.5 and `fma(w - 1, g - m, g)` otherwise; v is
+/// `addcmul(b2 * v, g, g, value = 1 - b2)` contracted to `fma((1 - b2) * g, g, b2 * v)`. Works on
+/// scalars and vectors of f32, so the CPU and GPU kernels share it.
+pub inline fn adam_moments(comptime T: type, m: T, v: T, g: T, one_minus_beta1: f32, beta2: f32, one_minus_beta2: f32) [2]T {
+    const diff = g - m;
+    const m_next = if (one_minus_beta1 < 0.5)
+        @mulAdd(T, splat(T, one_minus_beta1), diff, m)
+    else
+        @mulAdd(T, splat(T, one_minus_beta1 - 1.0), diff, g);
+    const v_next = @mulAdd(T, splat(T, one_minus_beta2) * g, g, splat(T, beta2) * v);
+    return .{ m_next, v_next };
+}
+
+inline fn splat(comptime T: type, x: f32) T {
+    return if (@typeInfo(T) == .vector) @splat(x) else x;
+}
+
+test "adam_moments rounds once where torch fuses (lerp and addcmul as fma)" {
+    // m + w (g - m) with one rounding: 0.1f * 3 rounds differently when multiplied and added apart.
+    const r = adam_moments(f32, 1.0, 2.0, 4.0, 0.1, 0.999, 0.001);
+    try std.testing.expectEqual(@mulAdd(f32, 0.1, 3.0, 1.0), r[0]);
+    try std.testing.expectEqual(@mulAdd(f32, @as(f32, 0.001) * 4.0, 4.0, @as(f32, 0.999) * 2.0), r[1]);
+    const big = adam_moments(f32, 1.0, 0.0, 4.0, 0.7, 0.5, 0.5);
+    try std.testing.expectEqual(@mulAdd(f32, @as(f32, 0.7) - 1.0, 3.0, 4.0), big[0]);
+}
 
 pub const adam_flag_amsgrad: u32 = 1;
 pub const adam_flag_stochastic: u32 = 2;

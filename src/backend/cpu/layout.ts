@@ -1,0 +1,102 @@
+/**
+ * Layout and matmul kernels of the CPU backend: strided copies (zig/src/ops/layout.zig), the
+ * batched matmul with float32 accumulation (zig/src/cpu/matmul.zig) and its epilogue (bias add
+ * and one rounding into the op's dtype).
+ *
+ * @module
+ */
+
+import { ptr } from "bun:ffi";
+import { check, native } from "../../_ffi.ts";
+import { dtypeInfo } from "../../dtype.ts";
+import type { Tensor } from "../../tensor.ts";
+
+/** Flags of the matmul kernel (mp_matmul). */
+export const MatmulFlag = Object.freeze({
+  transA: 1,
+  transB: 2,
+  accumulate: 4,
+  noBf16Dot: 8,
+  broadcastB: 16,
+} as const);
+
+/** A strided walk over a tensor's storage: element offset and per-dimension strides (elements). */
+export interface StridedView {
+  readonly offset: number;
+  readonly strides: readonly number[];
+}
+
+export interface LayoutKernels {
+  /**
+   * Copies `shape` elements from `source` (read through `from`) to `target` (written through
+   * `to`); same dtype. Bits move unchanged.
+   */
+  stridedCopy(source: Tensor, from: StridedView, target: Tensor, to: StridedView, shape: readonly number[]): void;
+  /**
+   * C (float32) = op(A) op(B) per batch element, float32 accumulation; A and B float32, float16
+   * or bfloat16 (see MatmulFlag for transposes, accumulation and a shared B).
+   */
+  matmul(a: Tensor, b: Tensor, c: Tensor, batch: number, m: number, n: number, k: number, flags: number): void;
+  /** out = product (float32) + bias (a row in out's dtype, or null), rounded once into out's dtype. */
+  matmulEpilogue(product: Tensor, bias: Tensor | null, out: Tensor): void;
+}
+
+const SHAPE = new BigUint64Array(8);
+const FROM = new BigUint64Array(8);
+const TO = new BigUint64Array(8);
+
+export const layoutCpu: LayoutKernels = {
+  stridedCopy(source, from, target, to, shape) {
+    const ndim = shape.length;
+    if (ndim > 8) throw new RangeError(`stridedCopy: ${ndim} dimensions, at most 8 are supported`);
+    for (let d = 0; d < 8; d++) {
+      SHAPE[d] = BigInt(shape[d] ?? 0);
+      FROM[d] = BigInt(from.strides[d] ?? 0);
+      TO[d] = BigInt(to.strides[d] ?? 0);
+    }
+    const bytes = dtypeInfo(source.dtype).bits / 8;
+    if (shape.some((d) => d === 0)) return;
+    check(
+      native().mp_layout_copy(
+        source.address + from.offset * bytes,
+        target.address + to.offset * bytes,
+        bytes,
+        ndim,
+        ptr(SHAPE),
+        ptr(FROM),
+        ptr(TO),
+      ),
+      `copying ${source} into ${target}`,
+    );
+  },
+  matmul(a, b, c, batch, m, n, k, flags) {
+    const status = native().mp_matmul(
+      a.size === 0 ? 0 : a.address,
+      b.size === 0 ? 0 : b.address,
+      c.size === 0 ? 0 : c.address,
+      batch,
+      m,
+      n,
+      k,
+      dtypeInfo(a.dtype).code,
+      dtypeInfo(b.dtype).code,
+      flags,
+    );
+    check(status, `mp_matmul(${a.dtype} x ${b.dtype}, ${batch} x ${m} x ${n} x ${k})`);
+  },
+  matmulEpilogue(product, bias, out) {
+    const cols = out.shape[out.ndim - 1] ?? 1;
+    const rows = cols === 0 ? 0 : out.size / cols;
+    check(
+      native().mp_matmul_epilogue(
+        product.size === 0 ? 0 : product.address,
+        bias === null || bias.size === 0 ? 0 : bias.address,
+        out.size === 0 ? 0 : out.address,
+        rows,
+        cols,
+        dtypeInfo(out.dtype).code,
+      ),
+      `the matmul epilogue into ${out}`,
+    );
+  },
+};

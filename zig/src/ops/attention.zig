@@ -1,0 +1,737 @@
+//! Scaled dot-product attention, forward and backward, tiled with an online softmax
+//! (FlashAttention-2): no T x S matrix is ever formed. Memory per query row is O(head_dim) plus one
+//! key/value tile, all in per-thread stack tiles; nothing is allocated.
+//!
+//! Layout: q [B, T, Hq, D], k and v [B, S, Hkv, D], out [B, T, Hq, D], each with its own row
+//! stride (elements from position t to t + 1; the batch stride is steps * row stride), so q, k and
+//! v may be views into one packed [B, T, 3 * H * D] projection. Hkv divides Hq: query head h reads
+//! key/value head h / (Hq / Hkv) (grouped-query attention). Scores are q . k * scale in float32.
+//!
+//! Visibility of key j to query row i: `causal` keeps j <= i + S - T (bottom-right alignment, as
+//! FlashAttention 2.1+: the last query sees every key; with S = T this is the usual lower
+//! triangle), and the optional padding mask [B, S] keeps keys whose mask value is not 0. A row that
+//! sees no key gets output 0 and log-sum-exp -inf (never NaN); its gradients are 0.
+//!
+//! Forward, per (batch, query head, tile of `block_q` rows): for each tile of `block_kv` keys,
+//!   s = q k^T * scale, m' = max(m, rowmax s), p = exp(s - m'),
+//!   l = l * exp(m - m') + rowsum p, acc = acc * exp(m - m') + p v,
+//! then out = acc / l and lse = m + log l (float32 [B, Hq, T], saved for the backward pass).
+//!
+//! Backward, recomputing p = exp(s - lse) tile by tile, with delta_i = dO_i . O_i:
+//!   dv_j = sum_i p_ij dO_i, dk_j = sum_i ds_ij q_i, dq_i = sum_j ds_ij k_j,
+//!   ds_ij = p_ij (dO_i . v_j - delta_i) * scale.
+//! Two passes keep every sum in a fixed order: one task per (batch, kv head, key tile) gives dk and
+//! dv, summed over the group's query heads in head order and over query rows in row order; one
+//! task per (batch, query head, query tile) gives dq. No task's result depends on which thread ran
+//! it, so outputs are bit-identical on any thread count.
+//!
+//! Storage is float32, float16 or bfloat16 (storage.zig), loaded into float32 tiles; every output
+//! is rounded once on store. Row functions are generic over the lane count n (the CPU runs
+//! n = storage.lanes and a tail with n = 1).
+
+const std = @import("std");
+const storage = @import("storage.zig");
+const pool = @import("../cpu/pool.zig");
+
+const Dtype = storage.Dtype;
+const F = storage.F;
+const lanes = storage.lanes;
+
+/// The largest head dimension the stack tiles hold.
+pub const head_dim_max: u64 = 256;
+/// Query rows per tile.
+pub const block_q: u64 = 16;
+/// Key rows per tile.
+pub const block_kv: u64 = 32;
+
+/// Problem flags.
+pub const flag_causal: u64 = 1;
+pub const flags_all: u64 = flag_causal;
+
+/// Shapes and strides of one call, as the FFI passes them (11 u64 values).
+pub const Problem = extern struct {
+    batch: u64,
+    steps_q: u64,
+    steps_kv: u64,
+    heads_q: u64,
+    heads_kv: u64,
+    head_dim: u64,
+    /// Elements from one position to the next in q (and dq), k (and dk), v (and dv), out (and dO).
+    q_stride: u64,
+    k_stride: u64,
+    v_stride: u64,
+    o_stride: u64,
+    flags: u64,
+
+    /// Whether every field is in range (the export returns invalid_argument otherwise).
+    pub fn valid(p: Problem) bool {
+        const limit: u64 = 1 << 31;
+        if (p.head_dim == 0 or p.head_dim > head_dim_max) return false;
+        if (p.heads_q == 0 or p.heads_kv == 0 or p.heads_q % p.heads_kv != 0) return false;
+        if (p.batch > limit or p.steps_q > limit or p.steps_kv > limit or p.heads_q > 1 << 16) return false;
+        if (p.flags & ~flags_all != 0) return false;
+        if (p.q_stride < p.heads_q * p.head_dim or p.o_stride < p.heads_q * p.head_dim) return false;
+        if (p.k_stride < p.heads_kv * p.head_dim or p.v_stride < p.heads_kv * p.head_dim) return false;
+        return p.q_stride <= limit and p.k_stride <= limit and p.v_stride <= limit and p.o_stride <= limit;
+    }
+
+    fn causal(p: *const Problem) bool {
+        return p.flags & flag_causal != 0;
+    }
+
+    fn group(p: *const Problem) u64 {
+        return p.heads_q / p.heads_kv;
+    }
+
+    /// Keys [0, keys_end) are visible to query row i by causality (all keys when not causal).
+    fn keys_end(p: *const Problem, row: u64) u64 {
+        if (!p.causal()) return p.steps_kv;
+        // Bottom-right alignment: row i is at position i + S - T among the keys.
+        if (row + p.steps_kv + 1 <= p.steps_q) return 0;
+        return @min(p.steps_kv, row + p.steps_kv + 1 - p.steps_q);
+    }
+
+    /// The first query row that sees key j by causality.
+    fn rows_begin(p: *const Problem, key: u64) u64 {
+        if (!p.causal()) return 0;
+        if (key + p.steps_q <= p.steps_kv) return 0;
+        return key + p.steps_q - p.steps_kv;
+    }
+
+    fn q_index(p: *const Problem, b: u64, t: u64, h: u64) u64 {
+        return (b * p.steps_q + t) * p.q_stride + h * p.head_dim;
+    }
+
+    fn o_index(p: *const Problem, b: u64, t: u64, h: u64) u64 {
+        return (b * p.steps_q + t) * p.o_stride + h * p.head_dim;
+    }
+
+    fn k_index(p: *const Problem, b: u64, s: u64, h: u64) u64 {
+        return (b * p.steps_kv + s) * p.k_stride + h * p.head_dim;
+    }
+
+    fn v_index(p: *const Problem, b: u64, s: u64, h: u64) u64 {
+        return (b * p.steps_kv + s) * p.v_stride + h * p.head_dim;
+    }
+
+    fn lse_index(p: *const Problem, b: u64, h: u64, t: u64) u64 {
+        return (b * p.heads_q + h) * p.steps_q + t;
+    }
+
+    fn work(p: *const Problem) u64 {
+        return p.batch * p.heads_q * p.steps_q * @max(p.steps_kv, 1) * p.head_dim;
+    }
+};
+
+/// The padding mask: [B, S] values of `dtype`, a key is kept where its value is not 0.
+pub const Mask = struct {
+    values: [*]const u8,
+    dtype: Dtype,
+
+    fn keep(mask: Mask, index: u64) bool {
+        return switch (mask.dtype) {
+            inline .float32, .float16, .bfloat16 => |dtype| storage.load_one(dtype, mask.values, index) != 0,
+            else => unreachable, // The export accepts op dtypes only.
+        };
+    }
+};
+
+pub const Forward = struct {
+    problem: Problem,
+    scale: f32,
+    q: [*]const u8,
+    k: [*]const u8,
+    v: [*]const u8,
+    mask: ?Mask,
+    out: [*]u8,
+    lse: [*]f32,
+};
+
+pub const Backward = struct {
+    problem: Problem,
+    scale: f32,
+    q: [*]const u8,
+    k: [*]const u8,
+    v: [*]const u8,
+    mask: ?Mask,
+    out: [*]const u8,
+    lse: [*]const f32,
+    d_out: [*]const u8,
+    dq: [*]u8,
+    dk: [*]u8,
+    dv: [*]u8,
+};
+
+// ---- Row functions, generic over the lane count n ----
+
+/// exp(x) in float32: x = k ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-6 Taylor polynomial
+/// (relative error below 3e-7), scaled by 2^k through the exponent bits. x < -87 gives 0 (so
+/// -inf gives 0: masked scores vanish), x > 88.7 gives inf. The same code for every n, so a lane
+/// of a vector gives the bits of a scalar call.
+pub inline fn exp(comptime n: comptime_int, x: F(n)) F(n) {
+    const V = F(n);
+    const clamped = @min(@max(x, @as(V, @splat(-87.0))), @as(V, @splat(88.7)));
+    const k = @round(clamped * @as(V, @splat(1.4426950408889634)));
+    const r = clamped - k * @as(V, @splat(0.693145751953125)) - k * @as(V, @splat(1.4286068203094172e-6));
+    var p: V = @splat(1.0 / 720.0);
+    p = p * r + @as(V, @splat(1.0 / 120.0));
+    p = p * r + @as(V, @splat(1.0 / 24.0));
+    p = p * r + @as(V, @splat(1.0 / 6.0));
+    p = p * r + @as(V, @splat(0.5));
+    p = p * r + @as(V, @splat(1.0));
+    p = p * r + @as(V, @splat(1.0));
+    const exponent: @Vector(n, i32) = @intFromFloat(k);
+    const power: V = @bitCast((exponent + @as(@Vector(n, i32), @splat(127))) << @splat(23));
+    const result = p * power;
+    const low = x < @as(V, @splat(-87.0));
+    const high = x > @as(V, @splat(88.7));
+    return @select(f32, high, @as(V, @splat(std.math.inf(f32))), @select(f32, low, @as(V, @splat(0)), result));
+}
+
+/// sum a[i] * b[i]: n-lane partial sums over whole vectors, then a scalar tail, in a fixed order.
+inline fn dot(a: []const f32, b: []const f32) f32 {
+    std.debug.assert(a.len == b.len);
+    var sums: F(lanes) = @splat(0);
+    var i: usize = 0;
+    while (i + lanes <= a.len) : (i += lanes) {
+        sums += @as(F(lanes), a[i..][0..lanes].*) * @as(F(lanes), b[i..][0..lanes].*);
+    }
+    var total = @reduce(.Add, sums);
+    while (i < a.len) : (i += 1) total += a[i] * b[i];
+    return total;
+}
+
+/// target[j..j + n] = target[j..j + n] * factor + sum over i in `list` (in list order) of
+/// weights[i * weight_stride] * tile[i * dim + j ..][0..n]: a weighted sum of tile rows, kept in
+/// registers across the whole list (the P V, dS K, P^T dO and dS^T Q products of a tile).
+pub inline fn gather_add(comptime n: comptime_int, target: []f32, factor: f32, weights: []const f32, weight_stride: usize, list: []const u8, tile: []const f32, dim: usize, j: usize) void {
+    var total: F(n) = @as(F(n), target[j..][0..n].*) * @as(F(n), @splat(factor));
+    for (list) |i| total += @as(F(n), @splat(weights[i * weight_stride])) * @as(F(n), tile[i * dim + j ..][0..n].*);
+    target[j..][0..n].* = total;
+}
+
+/// gather_add over a whole row of `dim` = target.len elements (vector body, scalar tail).
+fn gather_add_row(target: []f32, factor: f32, weights: []const f32, weight_stride: usize, list: []const u8, tile: []const f32) void {
+    const dim = target.len;
+    var j: usize = 0;
+    while (j + lanes <= dim) : (j += lanes) gather_add(lanes, target, factor, weights, weight_stride, list, tile, dim, j);
+    while (j < dim) : (j += 1) gather_add(1, target, factor, weights, weight_stride, list, tile, dim, j);
+}
+
+/// Loads `target.len` elements of `dtype` from `base` at `index` into float32.
+fn load_row(comptime dtype: Dtype, base: [*]const u8, index: u64, target: []f32) void {
+    var i: usize = 0;
+    while (i + lanes <= target.len) : (i += lanes) target[i..][0..lanes].* = storage.load(lanes, dtype, base, index + i);
+    while (i < target.len) : (i += 1) target[i] = storage.load_one(dtype, base, index + i);
+}
+
+/// Stores `source * factor` rounded once into `dtype` at `base[index..]`.
+fn store_row(comptime dtype: Dtype, base: [*]u8, index: u64, source: []const f32, factor: f32) void {
+    var i: usize = 0;
+    while (i + lanes <= source.len) : (i += lanes) {
+        const value: F(lanes) = source[i..][0..lanes].*;
+        storage.store(lanes, dtype, base, index + i, value * @as(F(lanes), @splat(factor)));
+    }
+    while (i < source.len) : (i += 1) storage.store_one(dtype, base, index + i, source[i] * factor);
+}
+
+/// exp over a row of scores in place (vector body, scalar tail: the same bits per element).
+fn exp_row(row: []f32) void {
+    var i: usize = 0;
+    while (i + lanes <= row.len) : (i += lanes) row[i..][0..lanes].* = exp(lanes, row[i..][0..lanes].*);
+    while (i < row.len) : (i += 1) row[i] = exp(1, @splat(row[i]))[0];
+}
+
+// ---- Tiles ----
+
+const QTile = [block_q * head_dim_max]f32;
+const KTile = [block_kv * head_dim_max]f32;
+
+fn row_of(tile: []f32, r: u64, dim: u64) []f32 {
+    return tile[r * dim ..][0..dim];
+}
+
+fn row_const(tile: []const f32, r: u64, dim: u64) []const f32 {
+    return tile[r * dim ..][0..dim];
+}
+
+/// Key tile [k0, k0 + cols) of (batch b, kv head h): keys and values row by row (for the
+/// per-key updates) and transposed, [d][block_kv] (so a query row's products with every key of
+/// the tile are vectors over keys, with no horizontal sums), and which keys the mask keeps.
+/// Transposed columns past `cols` are 0, so whole vectors can be computed and ignored.
+const Keys = struct {
+    k: KTile,
+    v: KTile,
+    k_t: KTile,
+    v_t: KTile,
+    keep: [block_kv]bool,
+
+    fn load(keys: *Keys, comptime dtype: Dtype, p: *const Problem, kp: [*]const u8, vp: [*]const u8, mask: ?Mask, b: u64, h: u64, k0: u64, cols: u64) void {
+        std.debug.assert(cols >= 1 and cols <= block_kv);
+        const dim = p.head_dim;
+        for (0..cols) |c| {
+            load_row(dtype, kp, p.k_index(b, k0 + c, h), row_of(&keys.k, c, dim));
+            load_row(dtype, vp, p.v_index(b, k0 + c, h), row_of(&keys.v, c, dim));
+            keys.keep[c] = if (mask) |m| m.keep(b * p.steps_kv + k0 + c) else true;
+        }
+        for (0..dim) |d| {
+            for (0..cols) |c| {
+                keys.k_t[d * block_kv + c] = keys.k[c * dim + d];
+                keys.v_t[d * block_kv + c] = keys.v[c * dim + d];
+            }
+            @memset(keys.k_t[d * block_kv + cols ..][0 .. block_kv - cols], 0);
+            @memset(keys.v_t[d * block_kv + cols ..][0 .. block_kv - cols], 0);
+        }
+    }
+};
+
+/// The products of one row `a` (length D) with n columns of a transposed tile [D][block_kv]
+/// starting at `col`: sum over d of a[d] * tile[d][col + i], summed in order of d.
+pub inline fn products(comptime n: comptime_int, a: []const f32, tile: []const f32, col: usize) F(n) {
+    var total: F(n) = @splat(0);
+    for (a, 0..) |x, d| total += @as(F(n), @splat(x)) * @as(F(n), tile[d * block_kv + col ..][0..n].*);
+    return total;
+}
+
+/// The products of row `a` with every column of a transposed tile, into out[0..block_kv].
+fn products_row(a: []const f32, tile: []const f32, out: *[block_kv]f32) void {
+    comptime std.debug.assert(block_kv % lanes == 0);
+    var col: usize = 0;
+    while (col < block_kv) : (col += lanes) out[col..][0..lanes].* = products(lanes, a, tile, col);
+}
+
+/// Scores of query row `q_row` (position `position`) against the key tile, times scale, minus
+/// `shift`; keys the row cannot see get -inf. Returns the row's maximum before the shift (-inf:
+/// none seen).
+fn scores(p: *const Problem, keys: *const Keys, q_row: []const f32, position: u64, k0: u64, cols: u64, scale: f32, shift: f32, out: *[block_kv]f32) f32 {
+    const limit = p.keys_end(position);
+    products_row(q_row, &keys.k_t, out);
+    var max: f32 = -std.math.inf(f32);
+    for (0..cols) |c| {
+        if (k0 + c < limit and keys.keep[c]) {
+            const s = out[c] * scale;
+            max = @max(max, s);
+            out[c] = s - shift;
+        } else {
+            out[c] = -std.math.inf(f32);
+        }
+    }
+    return max;
+}
+
+fn q_tiles(p: *const Problem) u64 {
+    return (p.steps_q + block_q - 1) / block_q;
+}
+
+fn kv_tiles(p: *const Problem) u64 {
+    return (p.steps_kv + block_kv - 1) / block_kv;
+}
+
+// ---- Forward ----
+
+fn Kernels(comptime dtype: Dtype) type {
+    return struct {
+        const ForwardTiles = struct { q: QTile, acc: QTile, keys: Keys, scores: [block_kv]f32 };
+
+        fn forward_item(f: *const Forward, item: u64) void {
+            const p = &f.problem;
+            const dim = p.head_dim;
+            var tiles: ForwardTiles = undefined;
+            const tile = item % q_tiles(p);
+            const h = (item / q_tiles(p)) % p.heads_q;
+            const b = item / q_tiles(p) / p.heads_q;
+            const h_kv = h / p.group();
+            const q0 = tile * block_q;
+            const rows = @min(block_q, p.steps_q - q0);
+            var m: [block_q]f32 = @splat(-std.math.inf(f32));
+            var l: [block_q]f32 = @splat(0);
+            for (0..rows) |r| {
+                load_row(dtype, f.q, p.q_index(b, q0 + r, h), row_of(&tiles.q, r, dim));
+                @memset(row_of(&tiles.acc, r, dim), 0);
+            }
+            const kv_end = p.keys_end(q0 + rows - 1);
+            var k0: u64 = 0;
+            while (k0 < kv_end) : (k0 += block_kv) {
+                const cols = @min(block_kv, kv_end - k0);
+                tiles.keys.load(dtype, p, f.k, f.v, f.mask, b, h_kv, k0, cols);
+                for (0..rows) |r| {
+                    const tile_max = scores(p, &tiles.keys, row_of(&tiles.q, r, dim), q0 + r, k0, cols, f.scale, 0, &tiles.scores);
+                    if (tile_max == -std.math.inf(f32)) continue; // Nothing visible here.
+                    const m_new = @max(m[r], tile_max);
+                    // exp(-inf) = 0 on a row's first visible tile: the empty accumulators stay 0.
+                    const alpha = exp(1, @splat(m[r] - m_new))[0];
+                    const s = tiles.scores[0..cols];
+                    for (s) |*x| x.* -= m_new;
+                    exp_row(s);
+                    var total: f32 = 0;
+                    var list: [block_kv]u8 = undefined;
+                    var listed: usize = 0;
+                    for (s, 0..) |x, c| {
+                        total += x;
+                        list[listed] = @intCast(c);
+                        listed += @intFromBool(x != 0);
+                    }
+                    l[r] = l[r] * alpha + total;
+                    m[r] = m_new;
+                    gather_add_row(row_of(&tiles.acc, r, dim), alpha, s, 1, list[0..listed], &tiles.keys.v);
+                }
+            }
+            for (0..rows) |r| {
+                const seen = l[r] > 0;
+                // A row that sees no key: output 0 (its accumulators are 0) and lse -inf.
+                store_row(dtype, f.out, p.o_index(b, q0 + r, h), row_of(&tiles.acc, r, dim), if (seen) 1 / l[r] else 0);
+                f.lse[p.lse_index(b, h, q0 + r)] = if (seen) m[r] + @log(l[r]) else -std.math.inf(f32);
+            }
+        }
+
+        /// Loads the query rows [q0, q0 + rows) of head h with their output gradients, delta_i =
+        /// dO_i . O_i and lse_i.
+        fn load_queries(g: *const Backward, b: u64, h: u64, q0: u64, rows: u64, q: *QTile, d_out: *QTile, delta: *[block_q]f32, lse: *[block_q]f32) void {
+            const p = &g.problem;
+            const dim = p.head_dim;
+            var o: [head_dim_max]f32 = undefined;
+            for (0..rows) |r| {
+                load_row(dtype, g.q, p.q_index(b, q0 + r, h), row_of(q, r, dim));
+                load_row(dtype, g.d_out, p.o_index(b, q0 + r, h), row_of(d_out, r, dim));
+                load_row(dtype, g.out, p.o_index(b, q0 + r, h), o[0..dim]);
+                delta[r] = dot(row_const(d_out, r, dim), o[0..dim]);
+                lse[r] = g.lse[p.lse_index(b, h, q0 + r)];
+            }
+        }
+
+        /// For query row r against the key tile: probs = exp(s - lse) and d_scores = probs *
+        /// (dO . v - delta) * scale (0 where probs is 0).
+        fn row_gradients(g: *const Backward, keys: *const Keys, q_row: []const f32, d_out: []const f32, position: u64, k0: u64, cols: u64, lse: f32, delta: f32, probs: *[block_kv]f32, d_scores: *[block_kv]f32) void {
+            const p = &g.problem;
+            if (lse == -std.math.inf(f32)) {
+                // The row sees no key: no gradient flows through it.
+                @memset(probs, 0);
+                @memset(d_scores, 0);
+                return;
+            }
+            _ = scores(p, keys, q_row, position, k0, cols, g.scale, lse, probs);
+            exp_row(probs[0..cols]);
+            products_row(d_out, &keys.v_t, d_scores);
+            for (0..cols) |c| d_scores[c] = if (probs[c] == 0) 0 else probs[c] * (d_scores[c] - delta) * g.scale;
+        }
+
+        const KeyTiles = struct {
+            q: QTile,
+            d_out: QTile,
+            keys: Keys,
+            dk: KTile,
+            dv: KTile,
+            probs: [block_q][block_kv]f32,
+            d_scores: [block_q][block_kv]f32,
+        };
+
+        /// dk and dv of one key tile: over the group's query heads in order, then query tiles in
+        /// order, then rows in order.
+        fn backward_keys_item(g: *const Backward, item: u64) void {
+            const p = &g.problem;
+            const dim = p.head_dim;
+            var tiles: KeyTiles = undefined;
+            const tile = item % kv_tiles(p);
+            const h_kv = (item / kv_tiles(p)) % p.heads_kv;
+            const b = item / kv_tiles(p) / p.heads_kv;
+            const k0 = tile * block_kv;
+            const cols = @min(block_kv, p.steps_kv - k0);
+            tiles.keys.load(dtype, p, g.k, g.v, g.mask, b, h_kv, k0, cols);
+            @memset(tiles.dk[0 .. cols * dim], 0);
+            @memset(tiles.dv[0 .. cols * dim], 0);
+            const first_row = p.rows_begin(k0);
+            var delta: [block_q]f32 = undefined;
+            var lse: [block_q]f32 = undefined;
+            for (0..p.group()) |member| {
+                const h = h_kv * p.group() + member;
+                var q0 = first_row / block_q * block_q;
+                while (q0 < p.steps_q) : (q0 += block_q) {
+                    const rows = @min(block_q, p.steps_q - q0);
+                    load_queries(g, b, h, q0, rows, &tiles.q, &tiles.d_out, &delta, &lse);
+                    for (0..rows) |r| {
+                        row_gradients(g, &tiles.keys, row_of(&tiles.q, r, dim), row_of(&tiles.d_out, r, dim), q0 + r, k0, cols, lse[r], delta[r], &tiles.probs[r], &tiles.d_scores[r]);
+                    }
+                    const probs: []const f32 = @ptrCast(&tiles.probs);
+                    const d_scores: []const f32 = @ptrCast(&tiles.d_scores);
+                    for (0..cols) |c| {
+                        var list: [block_q]u8 = undefined;
+                        var listed: usize = 0;
+                        for (0..rows) |r| {
+                            list[listed] = @intCast(r);
+                            listed += @intFromBool(tiles.probs[r][c] != 0);
+                        }
+                        if (listed == 0) continue;
+                        gather_add_row(row_of(&tiles.dv, c, dim), 1, probs[c..], block_kv, list[0..listed], &tiles.d_out);
+                        gather_add_row(row_of(&tiles.dk, c, dim), 1, d_scores[c..], block_kv, list[0..listed], &tiles.q);
+                    }
+                }
+            }
+            for (0..cols) |c| {
+                store_row(dtype, g.dk, p.k_index(b, k0 + c, h_kv), row_of(&tiles.dk, c, dim), 1);
+                store_row(dtype, g.dv, p.v_index(b, k0 + c, h_kv), row_of(&tiles.dv, c, dim), 1);
+            }
+        }
+
+        const QueryTiles = struct { q: QTile, d_out: QTile, dq: QTile, keys: Keys, probs: [block_kv]f32, d_scores: [block_kv]f32 };
+
+        /// dq of one query tile: over key tiles in order.
+        fn backward_queries_item(g: *const Backward, item: u64) void {
+            const p = &g.problem;
+            const dim = p.head_dim;
+            var tiles: QueryTiles = undefined;
+            const tile = item % q_tiles(p);
+            const h = (item / q_tiles(p)) % p.heads_q;
+            const b = item / q_tiles(p) / p.heads_q;
+            const h_kv = h / p.group();
+            const q0 = tile * block_q;
+            const rows = @min(block_q, p.steps_q - q0);
+            var lse: [block_q]f32 = undefined;
+            var delta: [block_q]f32 = undefined;
+            load_queries(g, b, h, q0, rows, &tiles.q, &tiles.d_out, &delta, &lse);
+            @memset(tiles.dq[0 .. rows * dim], 0);
+            const kv_end = p.keys_end(q0 + rows - 1);
+            var k0: u64 = 0;
+            while (k0 < kv_end) : (k0 += block_kv) {
+                const cols = @min(block_kv, kv_end - k0);
+                tiles.keys.load(dtype, p, g.k, g.v, g.mask, b, h_kv, k0, cols);
+                for (0..rows) |r| {
+                    if (lse[r] == -std.math.inf(f32)) continue;
+                    row_gradients(g, &tiles.keys, row_of(&tiles.q, r, dim), row_of(&tiles.d_out, r, dim), q0 + r, k0, cols, lse[r], delta[r], &tiles.probs, &tiles.d_scores);
+                    var list: [block_kv]u8 = undefined;
+                    var listed: usize = 0;
+                    for (0..cols) |c| {
+                        list[listed] = @intCast(c);
+                        listed += @intFromBool(tiles.probs[c] != 0);
+                    }
+                    gather_add_row(row_of(&tiles.dq, r, dim), 1, &tiles.d_scores, 1, list[0..listed], &tiles.keys.k);
+                }
+            }
+            for (0..rows) |r| store_row(dtype, g.dq, p.q_index(b, q0 + r, h), row_of(&tiles.dq, r, dim), 1);
+        }
+    };
+}
+
+// ---- Scheduling ----
+
+/// Independent work items handed out from an atomic counter: which thread runs an item never
+/// changes its result.
+fn Items(comptime Args: type, comptime item_fn: fn (*const Args, u64) void) type {
+    return struct {
+        args: *const Args,
+        count: u64,
+        next: std.atomic.Value(u64) = .init(0),
+
+        fn run(self: *@This(), worker: u32) void {
+            _ = worker;
+            while (true) {
+                const item = self.next.fetchAdd(1, .monotonic);
+                if (item >= self.count) break;
+                item_fn(self.args, item);
+            }
+        }
+
+        fn go(args: *const Args, count: u64, work: u64) void {
+            if (count == 0) return;
+            var items = @This(){ .args = args, .count = count };
+            // Below ~64K multiply-adds one thread is faster than waking workers.
+            const workers: u32 = if (work < pool.parallel_threshold) 1 else @intCast(@min(pool.thread_count(), count));
+            pool.run_workers(workers, &items, run);
+        }
+    };
+}
+
+/// out [B, T, Hq, D] in the storage dtype and lse [B, Hq, T] float32.
+pub fn forward(comptime dtype: Dtype, f: *const Forward) void {
+    const p = &f.problem;
+    std.debug.assert(p.valid());
+    std.debug.assert(f.scale == f.scale); // Not NaN.
+    const K = Kernels(dtype);
+    Items(Forward, K.forward_item).go(f, p.batch * p.heads_q * q_tiles(p), p.work());
+}
+
+/// dq, dk, dv (each in its operand's layout and the storage dtype) from the forward's out and lse.
+pub fn backward(comptime dtype: Dtype, g: *const Backward) void {
+    const p = &g.problem;
+    std.debug.assert(p.valid());
+    const K = Kernels(dtype);
+    Items(Backward, K.backward_keys_item).go(g, p.batch * p.heads_kv * kv_tiles(p), p.work());
+    Items(Backward, K.backward_queries_item).go(g, p.batch * p.heads_q * q_tiles(p), p.work());
+}
+
+// ---- Tests ----
+
+const testing = std.testing;
+
+test "exp gives the same bits in a vector lane and in a scalar call, and 0 for -inf" {
+    var x: [lanes]f32 = undefined;
+    for (&x, 0..) |*v, i| v.* = @as(f32, @floatFromInt(i)) * 1.37 - 11.1;
+    const vector: [lanes]f32 = exp(lanes, x);
+    for (x, vector) |v, e| {
+        try testing.expectEqual(@as(u32, @bitCast(exp(1, @splat(v))[0])), @as(u32, @bitCast(e)));
+        try testing.expect(@abs(e - @exp(v)) <= 3e-7 * @exp(v));
+    }
+    try testing.expectEqual(@as(f32, 0), exp(1, @splat(-std.math.inf(f32)))[0]);
+}
+
+test "gather_add gives the same bits in a vector lane and in the scalar tail" {
+    var tile: [3 * lanes]f32 = undefined;
+    for (&tile, 0..) |*x, i| x.* = @sin(@as(f32, @floatFromInt(i)) * 0.91) * 3;
+    const weights = [_]f32{ 0.37, -1.25, 2.5 };
+    const list = [_]u8{ 2, 0, 1 };
+    var vector: [lanes]f32 = @splat(0.5);
+    var scalar: [lanes]f32 = @splat(0.5);
+    gather_add(lanes, &vector, 0.75, &weights, 1, &list, &tile, lanes, 0);
+    for (0..lanes) |j| gather_add(1, &scalar, 0.75, &weights, 1, &list, &tile, lanes, j);
+    for (vector, scalar) |a, b| try testing.expectEqual(@as(u32, @bitCast(b)), @as(u32, @bitCast(a)));
+}
+
+/// Naive float64 attention of one problem with contiguous f32 operands (for the tests).
+fn reference(p: Problem, scale: f64, q: []const f32, k: []const f32, v: []const f32, mask: ?[]const f32, out: []f64) void {
+    for (0..p.batch) |b| for (0..p.heads_q) |h| for (0..p.steps_q) |i| reference_row(p, scale, q, k, v, mask, out, b, h, i);
+}
+
+fn reference_row(p: Problem, scale: f64, q: []const f32, k: []const f32, v: []const f32, mask: ?[]const f32, out: []f64, b: u64, h: u64, i: u64) void {
+    const dim = p.head_dim;
+    {
+        const h_kv = h / p.group();
+        var max: f64 = -std.math.inf(f64);
+        for (0..p.keys_end(i)) |j| {
+            if (mask) |m| if (m[b * p.steps_kv + j] == 0) continue;
+            var s: f64 = 0;
+            for (0..dim) |d| s += @as(f64, q[p.q_index(b, i, h) + d]) * k[p.k_index(b, j, h_kv) + d];
+            max = @max(max, s * scale);
+        }
+        var total: f64 = 0;
+        const o = out[p.o_index(b, i, h)..][0..dim];
+        @memset(o, 0);
+        for (0..p.keys_end(i)) |j| {
+            if (mask) |m| if (m[b * p.steps_kv + j] == 0) continue;
+            var s: f64 = 0;
+            for (0..dim) |d| s += @as(f64, q[p.q_index(b, i, h) + d]) * k[p.k_index(b, j, h_kv) + d];
+            const e = @exp(s * scale - max);
+            total += e;
+            for (0..dim) |d| o[d] += e * v[p.v_index(b, j, h_kv) + d];
+        }
+        if (total > 0) {
+            for (o) |*x| x.* /= total;
+        }
+    }
+}
+
+fn fill(values: []f32, seed: u32) void {
+    for (values, 0..) |*x, i| x.* = @sin(@as(f32, @floatFromInt(i * 7 + seed)) * 0.731) * 1.3;
+}
+
+test "the tiled forward matches float64 attention for causal GQA with a padding mask, and a fully padded row gives 0" {
+    const p = Problem{
+        .batch = 2,
+        .steps_q = 37,
+        .steps_kv = 41,
+        .heads_q = 4,
+        .heads_kv = 2,
+        .head_dim = 19,
+        .q_stride = 4 * 19,
+        .k_stride = 2 * 19,
+        .v_stride = 2 * 19,
+        .o_stride = 4 * 19,
+        .flags = flag_causal,
+    };
+    var q: [2 * 37 * 4 * 19]f32 = undefined;
+    var k: [2 * 41 * 2 * 19]f32 = undefined;
+    var v: [2 * 41 * 2 * 19]f32 = undefined;
+    fill(&q, 1);
+    fill(&k, 2);
+    fill(&v, 3);
+    // Batch 1 keeps only keys 30..40, so its rows 0..25 (positions 4..29) see nothing.
+    var mask: [2 * 41]f32 = @splat(1);
+    for (41..71) |j| mask[j] = 0;
+    mask[3] = 0;
+    var out: [q.len]f32 = undefined;
+    var lse: [2 * 4 * 37]f32 = undefined;
+    const scale: f32 = 1.0 / @sqrt(19.0);
+    const f = Forward{
+        .problem = p,
+        .scale = scale,
+        .q = @ptrCast(&q),
+        .k = @ptrCast(&k),
+        .v = @ptrCast(&v),
+        .mask = .{ .values = @ptrCast(&mask), .dtype = .float32 },
+        .out = @ptrCast(&out),
+        .lse = &lse,
+    };
+    forward(.float32, &f);
+    var expected: [q.len]f64 = undefined;
+    reference(p, scale, &q, &k, &v, &mask, &expected);
+    for (out, expected) |got, want| try testing.expect(@abs(got - want) <= 2e-6 * (1 + @abs(want)));
+    for (0..19) |d| try testing.expectEqual(@as(f32, 0), out[p.o_index(1, 0, 0) + d]);
+    try testing.expect(lse[p.lse_index(1, 0, 0)] == -std.math.inf(f32));
+}
+
+test "the backward pass matches finite differences of float64 attention, with GQA, causality and a mask" {
+    inline for (.{ 0, flag_causal }) |flags| {
+        const p = Problem{
+            .batch = 2,
+            .steps_q = 5,
+            .steps_kv = 7,
+            .heads_q = 2,
+            .heads_kv = 1,
+            .head_dim = 3,
+            .q_stride = 6,
+            .k_stride = 3,
+            .v_stride = 3,
+            .o_stride = 6,
+            .flags = flags,
+        };
+        var q: [2 * 5 * 6]f32 = undefined;
+        var k: [2 * 7 * 3]f32 = undefined;
+        var v: [2 * 7 * 3]f32 = undefined;
+        var weights: [q.len]f32 = undefined;
+        fill(&q, 4);
+        fill(&k, 5);
+        fill(&v, 6);
+        fill(&weights, 7);
+        var mask: [2 * 7]f32 = @splat(1);
+        mask[1] = 0;
+        mask[7 + 6] = 0;
+        const scale: f32 = 0.61;
+        var out: [q.len]f32 = undefined;
+        var lse: [2 * 2 * 5]f32 = undefined;
+        const m = Mask{ .values = @ptrCast(&mask), .dtype = .float32 };
+        forward(.float32, &.{ .problem = p, .scale = scale, .q = @ptrCast(&q), .k = @ptrCast(&k), .v = @ptrCast(&v), .mask = m, .out = @ptrCast(&out), .lse = &lse });
+        var dq: [q.len]f32 = undefined;
+        var dk: [k.len]f32 = undefined;
+        var dv: [v.len]f32 = undefined;
+        backward(.float32, &.{
+            .problem = p,
+            .scale = scale,
+            .q = @ptrCast(&q),
+            .k = @ptrCast(&k),
+            .v = @ptrCast(&v),
+            .mask = m,
+            .out = @ptrCast(&out),
+            .lse = &lse,
+            .d_out = @ptrCast(&weights),
+            .dq = @ptrCast(&dq),
+            .dk = @ptrCast(&dk),
+            .dv = @ptrCast(&dv),
+        });
+        const operands = [_][]f32{ &q, &k, &v };
+        const grads = [_][]const f32{ &dq, &dk, &dv };
+        for (operands, grads) |operand, grad| {
+            for (operand, grad) |*x, analytic| {
+                const saved = x.*;
+                var loss: [2]f64 = undefined;
+                for (0..2) |side| {
+                    x.* = saved + (if (side == 0) @as(f32, 1e-2) else -1e-2);
+                    var result: [q.len]f64 = undefined;
+                    reference(p, scale, &q, &k, &v, &mask, &result);
+                    loss[side] = 0;
+                    for (result, weights) |o, w| loss[side] += o * w;
+                }
+                x.* = saved;
+                const numeric = (loss[0] - loss[1]) / (@as(f64, saved + 1e-2) - @as(f64, saved - 1e-2));
+                try testing.expect(@abs(analytic - numeric) <= 2e-4 * (1 + @abs(numeric)));
+            }
+        }
+    }
+}

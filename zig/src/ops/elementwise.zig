@@ -1,0 +1,818 @@
+//! Elementwise ops: binary arithmetic with NumPy broadcasting, sums over axes, the activations and
+//! the fused gated MLP (swiglu), on float32, float16 and bfloat16 storage computed in float32
+//! registers and rounded once on store (storage.zig).
+//!
+//! Broadcasting and reductions share one engine, `map`: target[j] = scale * sum over r of
+//! f(x0, x1, x2) at (j, r), where j walks the kept dimensions of an iteration space (row-major,
+//! the target is contiguous over them) and r walks the reduced dimensions. Every operand reads the
+//! space through its own strides (0 where it broadcasts), so one kernel serves
+//! - the binary forward ops (no reduced dimensions; f = x0 op x1),
+//! - the binary backward ops (the gradient summed over an input's broadcast dimensions),
+//! - sum and mean over axes, and the broadcast copy that is their backward.
+//! Sums accumulate in float64, each target's terms in ascending r, so results are the same bits
+//! on any thread count: threads split targets (or, for a handful of targets, fixed chunks of r
+//! whose count depends only on the size and whose partials are combined in chunk order).
+//!
+//! Element functions are generic over the lane count `n`: the CPU runs `n = storage.lanes` and a
+//! tail with `n = 1` through the same code (the same bits); a GPU kernel can call them with n = 1.
+
+const std = @import("std");
+const storage = @import("storage.zig");
+const pool = @import("../cpu/pool.zig");
+
+const assert = std.debug.assert;
+const Dtype = storage.Dtype;
+const F = storage.F;
+const lanes = storage.lanes;
+
+pub const dims_max = 8;
+pub const operands_max = 3;
+
+/// Targets one tile accumulates at once (a float64 accumulator per target on the stack).
+const tile_len: u32 = 256;
+/// Reduced-space chunks when few targets sum many terms; a function of the size only.
+const chunks_max: u32 = 16;
+const chunk_len_min: u64 = pool.parallel_threshold;
+
+// ---- Math shared by the activations (float32 lanes, a few ulp). ----
+
+fn splat(comptime n: comptime_int, value: f32) F(n) {
+    return @splat(value);
+}
+
+/// NaN inputs give NaN (the clamps below would otherwise turn NaN into a finite value).
+inline fn keep_nan(comptime n: comptime_int, x: F(n), result: F(n)) F(n) {
+    return @select(f32, x != x, x, result);
+}
+
+/// exp(x): x = k ln2 + r, |r| <= ln2 / 2, a degree-7 Taylor polynomial for exp(r) (relative error
+/// below 1e-8 on that range) scaled by 2^k through the exponent bits. Below -87 gives 0, above
+/// 88.7 gives inf.
+pub inline fn exp(comptime n: comptime_int, x: F(n)) F(n) {
+    const clamped = @min(@max(x, splat(n, -87.0)), splat(n, 88.7));
+    const k = @round(clamped * splat(n, 1.4426950408889634));
+    const r = clamped - k * splat(n, 0.693145751953125) - k * splat(n, 1.4286068203094172e-6);
+    var p = splat(n, 1.0 / 5040.0);
+    p = p * r + splat(n, 1.0 / 720.0);
+    p = p * r + splat(n, 1.0 / 120.0);
+    p = p * r + splat(n, 1.0 / 24.0);
+    p = p * r + splat(n, 1.0 / 6.0);
+    p = p * r + splat(n, 0.5);
+    p = p * r + splat(n, 1.0);
+    p = p * r + splat(n, 1.0);
+    const exponent: @Vector(n, i32) = @intFromFloat(k);
+    const power: F(n) = @bitCast((exponent + @as(@Vector(n, i32), @splat(127))) << @splat(23));
+    const result = p * power;
+    const low = x < splat(n, -87.0);
+    const high = x > splat(n, 88.7);
+    const bounded = @select(f32, high, splat(n, std.math.inf(f32)), @select(f32, low, splat(n, 0), result));
+    return keep_nan(n, x, bounded);
+}
+
+/// exp(x) - 1 for x in [0, 18], accurate relative to the result near 0 (for tanh).
+inline fn expm1_nonnegative(comptime n: comptime_int, x: F(n)) F(n) {
+    const k = @round(x * splat(n, 1.4426950408889634));
+    const r = x - k * splat(n, 0.693145751953125) - k * splat(n, 1.4286068203094172e-6);
+    var p = splat(n, 1.0 / 5040.0);
+    p = p * r + splat(n, 1.0 / 720.0);
+    p = p * r + splat(n, 1.0 / 120.0);
+    p = p * r + splat(n, 1.0 / 24.0);
+    p = p * r + splat(n, 1.0 / 6.0);
+    p = p * r + splat(n, 0.5);
+    const q = r + r * r * p; // exp(r) - 1 without the cancellation of subtracting 1.
+    const exponent: @Vector(n, i32) = @intFromFloat(k);
+    const power: F(n) = @bitCast((exponent + @as(@Vector(n, i32), @splat(127))) << @splat(23));
+    return power * q + (power - splat(n, 1.0));
+}
+
+/// tanh(x) = sign(x) e / (e + 2) with e = expm1(2 |x|); |x| >= 9 gives +-1 (exact in float32).
+pub inline fn tanh(comptime n: comptime_int, x: F(n)) F(n) {
+    const magnitude = @min(@abs(x), splat(n, 9.0));
+    const e = expm1_nonnegative(n, magnitude + magnitude);
+    const t = e / (e + splat(n, 2.0));
+    return keep_nan(n, x, @select(f32, x < splat(n, 0), -t, t));
+}
+
+/// Natural log: x = m 2^e with m in [sqrt(1/2), sqrt(2)), log(m) = 2 atanh(s), s = (m-1)/(m+1),
+/// by its series to s^9 (|s| <= 0.172). log(0) = -inf, log(x < 0) = NaN, log(inf) = inf.
+pub inline fn log(comptime n: comptime_int, x: F(n)) F(n) {
+    const U = @Vector(n, u32);
+    const I = @Vector(n, i32);
+    const subnormal = x < splat(n, std.math.floatMin(f32));
+    const scaled = @select(f32, subnormal, x * splat(n, 8388608.0), x); // 2^23
+    const bits: U = @bitCast(scaled);
+    var e: I = @as(I, @intCast(bits >> @splat(23))) - @as(I, @splat(127));
+    e -= @select(i32, subnormal, @as(I, @splat(23)), @as(I, @splat(0)));
+    var m: F(n) = @bitCast((bits & @as(U, @splat(0x007f_ffff))) | @as(U, @splat(0x3f80_0000)));
+    const high = m > splat(n, std.math.sqrt2);
+    m = @select(f32, high, m * splat(n, 0.5), m);
+    e += @select(i32, high, @as(I, @splat(1)), @as(I, @splat(0)));
+    const f = m - splat(n, 1.0);
+    const s = f / (f + splat(n, 2.0));
+    const z = s * s;
+    var p = splat(n, 1.0 / 9.0);
+    p = p * z + splat(n, 1.0 / 7.0);
+    p = p * z + splat(n, 1.0 / 5.0);
+    p = p * z + splat(n, 1.0 / 3.0);
+    const log_m = (s + s) + (s + s) * z * p;
+    const ef: F(n) = @floatFromInt(e);
+    var result = ef * splat(n, 0.693145751953125) + (log_m + ef * splat(n, 1.4286068203094172e-6));
+    result = @select(f32, x == splat(n, 0), splat(n, -std.math.inf(f32)), result);
+    result = @select(f32, x < splat(n, 0), splat(n, std.math.nan(f32)), result);
+    result = @select(f32, x == splat(n, std.math.inf(f32)), x, result);
+    return keep_nan(n, x, result);
+}
+
+/// erf(x): the Maclaurin series to x^21 for |x| < 1 (relative error below 1e-8 there), and
+/// Abramowitz-Stegun 7.1.26 (absolute error below 1.5e-7, erf >= 0.84) beyond.
+pub inline fn erf(comptime n: comptime_int, x: F(n)) F(n) {
+    const z = @abs(x);
+    const t2 = z * z;
+    const coefficients = [_]f32{
+        1.0 / 76204800.0, -1.0 / 6894720.0, 1.0 / 685440.0, -1.0 / 75600.0, 1.0 / 9360.0,
+        -1.0 / 1320.0,    1.0 / 216.0,      -1.0 / 42.0,    1.0 / 10.0,     -1.0 / 3.0,
+        1.0,
+    };
+    var series = splat(n, coefficients[0]);
+    inline for (coefficients[1..]) |c| series = series * t2 + splat(n, c);
+    const small = splat(n, 1.1283791670955126) * z * series;
+    const t = splat(n, 1.0) / (splat(n, 1.0) + splat(n, 0.3275911) * z);
+    var poly = splat(n, 1.061405429);
+    poly = poly * t + splat(n, -1.453152027);
+    poly = poly * t + splat(n, 1.421413741);
+    poly = poly * t + splat(n, -0.284496736);
+    poly = poly * t + splat(n, 0.254829592);
+    const large = splat(n, 1.0) - poly * t * exp(n, -t2);
+    const magnitude = @select(f32, z < splat(n, 1.0), small, large);
+    return keep_nan(n, x, @select(f32, x < splat(n, 0), -magnitude, magnitude));
+}
+
+/// Unary ops. `saves_output` says whether the backward reads the output (y) or the input (x).
+pub const Activation = enum(u32) {
+    relu = 0,
+    tanh = 1,
+    silu = 2,
+    exp = 3,
+    log = 4,
+    gelu = 5,
+    gelu_tanh = 6,
+    erf = 7,
+
+    pub fn saves_output(self: Activation) bool {
+        return self == .tanh or self == .exp;
+    }
+};
+
+const sqrt_half: f32 = 0.7071067811865476;
+const inv_sqrt_2pi: f32 = 0.3989422804014327;
+const two_over_sqrt_pi: f32 = 1.1283791670955126;
+const gelu_tanh_c: f32 = 0.7978845608028654; // sqrt(2 / pi)
+const gelu_tanh_cubic: f32 = 0.044715;
+
+inline fn sigmoid(comptime n: comptime_int, x: F(n)) F(n) {
+    return splat(n, 1.0) / (splat(n, 1.0) + exp(n, -x));
+}
+
+pub inline fn activation_forward(comptime op: Activation, comptime n: comptime_int, x: F(n)) F(n) {
+    return switch (op) {
+        // x <= 0 is false for NaN, so NaN passes through (loss scaling must see it).
+        .relu => @select(f32, x <= splat(n, 0), splat(n, 0), x),
+        .tanh => tanh(n, x),
+        .silu => x / (splat(n, 1.0) + exp(n, -x)),
+        .exp => exp(n, x),
+        .log => log(n, x),
+        .gelu => x * (splat(n, 0.5) * (splat(n, 1.0) + erf(n, x * splat(n, sqrt_half)))),
+        .gelu_tanh => blk: {
+            const inner = splat(n, gelu_tanh_c) * (x + splat(n, gelu_tanh_cubic) * x * x * x);
+            break :blk splat(n, 0.5) * x * (splat(n, 1.0) + tanh(n, inner));
+        },
+        .erf => erf(n, x),
+    };
+}
+
+/// dx = g * f'(x), from `saved` (y for ops that save their output, else x).
+pub inline fn activation_backward(comptime op: Activation, comptime n: comptime_int, saved: F(n), g: F(n)) F(n) {
+    const one = splat(n, 1.0);
+    return switch (op) {
+        .relu => @select(f32, saved > splat(n, 0), g, splat(n, 0)),
+        .tanh => g * (one - saved * saved),
+        .silu => blk: {
+            const s = sigmoid(n, saved);
+            break :blk g * s * (one + saved * (one - s));
+        },
+        .exp => g * saved,
+        .log => g / saved,
+        .gelu => blk: {
+            const cdf = splat(n, 0.5) * (one + erf(n, saved * splat(n, sqrt_half)));
+            const density = splat(n, inv_sqrt_2pi) * exp(n, splat(n, -0.5) * saved * saved);
+            break :blk g * (cdf + saved * density);
+        },
+        .gelu_tanh => blk: {
+            const u = saved;
+            const t = tanh(n, splat(n, gelu_tanh_c) * (u + splat(n, gelu_tanh_cubic) * u * u * u));
+            const inner_grad = splat(n, gelu_tanh_c) * (one + splat(n, 3.0 * gelu_tanh_cubic) * u * u);
+            break :blk g * (splat(n, 0.5) * (one + t) + splat(n, 0.5) * u * (one - t * t) * inner_grad);
+        },
+        .erf => g * splat(n, two_over_sqrt_pi) * exp(n, -(saved * saved)),
+    };
+}
+
+/// swiglu(a, b) = silu(a) * b.
+pub inline fn swiglu_forward(comptime n: comptime_int, a: F(n), b: F(n)) F(n) {
+    return a / (splat(n, 1.0) + exp(n, -a)) * b;
+}
+
+/// da = g b silu'(a), db = g silu(a).
+pub inline fn swiglu_backward(comptime n: comptime_int, a: F(n), b: F(n), g: F(n)) [2]F(n) {
+    const one = splat(n, 1.0);
+    const s = sigmoid(n, a);
+    return .{ g * b * (s * (one + a * (one - s))), g * (a * s) };
+}
+
+// ---- Contiguous unary and swiglu kernels. ----
+
+pub const Unary = struct {
+    source: [*]const u8,
+    second: [*]const u8, // The gradient for backward passes; unused in forward.
+    target: [*]u8,
+    count: u64,
+};
+
+/// out[i] = f(x[i]) over `count` contiguous elements.
+pub fn activation_forward_run(comptime op: Activation, comptime dtype: Dtype, args: *const Unary) void {
+    assert(args.count > 0);
+    const Body = struct {
+        fn range(a: *const Unary, begin: u64, end: u64) void {
+            var i = begin;
+            while (i + lanes <= end) : (i += lanes) {
+                storage.store(lanes, dtype, a.target, i, activation_forward(op, lanes, storage.load(lanes, dtype, a.source, i)));
+            }
+            while (i < end) : (i += 1) {
+                storage.store(1, dtype, a.target, i, activation_forward(op, 1, storage.load(1, dtype, a.source, i)));
+            }
+        }
+    };
+    pool.parallel_for(args.count, args, Body.range);
+}
+
+/// dx[i] = g[i] f'(saved[i]) over `count` contiguous elements (source: saved, second: g).
+pub fn activation_backward_run(comptime op: Activation, comptime dtype: Dtype, args: *const Unary) void {
+    assert(args.count > 0);
+    const Body = struct {
+        inline fn step(comptime n: comptime_int, a: *const Unary, i: u64) void {
+            const saved = storage.load(n, dtype, a.source, i);
+            const g = storage.load(n, dtype, a.second, i);
+            storage.store(n, dtype, a.target, i, activation_backward(op, n, saved, g));
+        }
+        fn range(a: *const Unary, begin: u64, end: u64) void {
+            var i = begin;
+            while (i + lanes <= end) : (i += lanes) step(lanes, a, i);
+            while (i < end) : (i += 1) step(1, a, i);
+        }
+    };
+    pool.parallel_for(args.count, args, Body.range);
+}
+
+pub const Swiglu = struct {
+    a: [*]const u8,
+    b: [*]const u8,
+    g: [*]const u8, // Backward only.
+    out: [*]u8, // Forward: the output; backward: da.
+    out_b: [*]u8, // Backward only: db.
+    count: u64,
+};
+
+pub fn swiglu_forward_run(comptime dtype: Dtype, args: *const Swiglu) void {
+    assert(args.count > 0);
+    const Body = struct {
+        inline fn step(comptime n: comptime_int, s: *const Swiglu, i: u64) void {
+            const y = swiglu_forward(n, storage.load(n, dtype, s.a, i), storage.load(n, dtype, s.b, i));
+            storage.store(n, dtype, s.out, i, y);
+        }
+        fn range(s: *const Swiglu, begin: u64, end: u64) void {
+            var i = begin;
+            while (i + lanes <= end) : (i += lanes) step(lanes, s, i);
+            while (i < end) : (i += 1) step(1, s, i);
+        }
+    };
+    pool.parallel_for(args.count, args, Body.range);
+}
+
+pub fn swiglu_backward_run(comptime dtype: Dtype, args: *const Swiglu) void {
+    assert(args.count > 0);
+    assert(args.out != args.out_b);
+    const Body = struct {
+        inline fn step(comptime n: comptime_int, s: *const Swiglu, i: u64) void {
+            const a = storage.load(n, dtype, s.a, i);
+            const b = storage.load(n, dtype, s.b, i);
+            const grads = swiglu_backward(n, a, b, storage.load(n, dtype, s.g, i));
+            storage.store(n, dtype, s.out, i, grads[0]);
+            storage.store(n, dtype, s.out_b, i, grads[1]);
+        }
+        fn range(s: *const Swiglu, begin: u64, end: u64) void {
+            var i = begin;
+            while (i + lanes <= end) : (i += lanes) step(lanes, s, i);
+            while (i < end) : (i += 1) step(1, s, i);
+        }
+    };
+    pool.parallel_for(args.count, args, Body.range);
+}
+
+// ---- The broadcast map-reduce engine. ----
+
+/// f(x0, x1, x2) of the engine. `div_grad` is the divisor's gradient of a quotient before its sign:
+/// (g a) / (b b) (the caller passes scale -1).
+pub const MapOp = enum(u32) {
+    copy = 0,
+    add = 1,
+    sub = 2,
+    mul = 3,
+    div = 4,
+    div_grad = 5,
+
+    pub fn arity(self: MapOp) u32 {
+        return switch (self) {
+            .copy => 1,
+            .div_grad => 3,
+            else => 2,
+        };
+    }
+};
+
+pub inline fn map_apply(comptime op: MapOp, comptime n: comptime_int, x0: F(n), x1: F(n), x2: F(n)) F(n) {
+    return switch (op) {
+        .copy => x0,
+        .add => x0 + x1,
+        .sub => x0 - x1,
+        .mul => x0 * x1,
+        .div => x0 / x1,
+        .div_grad => (x0 * x1) / (x2 * x2),
+    };
+}
+
+/// The iteration space as it crosses the FFI (66 + 3 u64): dimension counts, the kept and the
+/// reduced dimensions' extents, each operand's strides in elements over them (0 where it
+/// broadcasts), and each operand's element count (to check that every read is in bounds).
+pub const Layout = extern struct {
+    kept_ndim: u64,
+    reduced_ndim: u64,
+    kept_shape: [dims_max]u64,
+    reduced_shape: [dims_max]u64,
+    kept_strides: [operands_max][dims_max]u64,
+    reduced_strides: [operands_max][dims_max]u64,
+    operand_counts: [operands_max]u64,
+
+    pub fn kept_count(self: *const Layout) u64 {
+        var count: u64 = 1;
+        for (self.kept_shape[0..self.kept_ndim]) |d| count *= d;
+        return count;
+    }
+
+    pub fn reduced_count(self: *const Layout) u64 {
+        var count: u64 = 1;
+        for (self.reduced_shape[0..self.reduced_ndim]) |d| count *= d;
+        return count;
+    }
+
+    /// Whether the dimensions fit and every operand `i` with `reads[i]` is read only inside its
+    /// storage (constant operands read no memory).
+    pub fn valid(self: *const Layout, reads: [operands_max]bool) bool {
+        if (self.kept_ndim < 1 or self.kept_ndim > dims_max or self.reduced_ndim > dims_max) return false;
+        var total: u64 = 1;
+        for (self.kept_shape[0..self.kept_ndim]) |d| {
+            if (d == 0 or d > 1 << 40) return false;
+            total = std.math.mul(u64, total, d) catch return false;
+        }
+        for (self.reduced_shape[0..self.reduced_ndim]) |d| {
+            if (d == 0 or d > 1 << 40) return false;
+            total = std.math.mul(u64, total, d) catch return false;
+        }
+        if (total > 1 << 48) return false;
+        for (0..operands_max) |i| {
+            if (!reads[i]) continue;
+            var last: u64 = 0;
+            for (0..self.kept_ndim) |d| {
+                last = std.math.add(u64, last, std.math.mul(u64, self.kept_shape[d] - 1, self.kept_strides[i][d]) catch return false) catch return false;
+            }
+            for (0..self.reduced_ndim) |d| {
+                last = std.math.add(u64, last, std.math.mul(u64, self.reduced_shape[d] - 1, self.reduced_strides[i][d]) catch return false) catch return false;
+            }
+            if (last >= self.operand_counts[i]) return false;
+        }
+        return true;
+    }
+};
+
+comptime {
+    // src/backend/cpu/elementwise.ts packs exactly this many u64 values.
+    assert(@sizeOf(Layout) == (2 + 2 * dims_max + 2 * operands_max * dims_max + operands_max) * 8);
+}
+
+pub const Map = struct {
+    layout: *const Layout,
+    target: [*]u8,
+    operands: [operands_max][*]const u8,
+    /// Operand i reads `scalar` everywhere instead of memory (a number operand: add(x, 2)).
+    constant: [operands_max]bool,
+    scalar: f32,
+    scale: f32,
+};
+
+/// Operand offsets of kept index `kept` (row-major over the kept dimensions) or reduced index.
+fn offsets_of(shape: []const u64, strides: *const [operands_max][dims_max]u64, index: u64) [operands_max]u64 {
+    var result: [operands_max]u64 = @splat(0);
+    var rest = index;
+    var d = shape.len;
+    while (d > 0) {
+        d -= 1;
+        const coordinate = rest % shape[d];
+        rest /= shape[d];
+        for (0..operands_max) |i| result[i] += coordinate * strides[i][d];
+    }
+    assert(rest == 0);
+    return result;
+}
+
+fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
+    return struct {
+        const Self = @This();
+        const arity = op.arity();
+
+        map: *const Map,
+        reduced_count: u64,
+        inner_len: u64,
+        tiles_per_row: u64,
+        tile_count: u64,
+        chunk_count: u32,
+        /// Per chunk and tile element: the float64 partials of a chunked (single-tile) reduction.
+        partials: *[chunks_max][tile_len]f64,
+
+        inline fn operand(self: *const Self, comptime n: comptime_int, comptime i: usize, index: u64, stride: u64) F(n) {
+            if (i >= arity) return splat(n, 0);
+            if (self.map.constant[i]) return splat(n, self.map.scalar);
+            if (n == 1 or stride == 0) return @splat(storage.load_one(dtype, self.map.operands[i], index));
+            return storage.load(n, dtype, self.map.operands[i], index);
+        }
+
+        inline fn term(self: *const Self, comptime n: comptime_int, base: [operands_max]u64, k: u64, inner: [operands_max]u64) F(n) {
+            return map_apply(
+                op,
+                n,
+                self.operand(n, 0, base[0] + k * inner[0], inner[0]),
+                self.operand(n, 1, base[1] + k * inner[1], inner[1]),
+                self.operand(n, 2, base[2] + k * inner[2], inner[2]),
+            );
+        }
+
+        /// Sums terms r in [r_begin, r_end) for `len` targets starting at kept index `first`
+        /// (within one run of the innermost kept dimension) into `sums`.
+        fn accumulate(self: *const Self, first: u64, len: u32, r_begin: u64, r_end: u64, sums: *[tile_len]f64) void {
+            assert(len >= 1 and len <= tile_len and r_begin < r_end);
+            const layout = self.map.layout;
+            const kept_ndim = layout.kept_ndim;
+            const kept_base = offsets_of(layout.kept_shape[0..kept_ndim], &layout.kept_strides, first);
+            var inner: [operands_max]u64 = undefined;
+            var vector = true;
+            for (0..operands_max) |i| {
+                inner[i] = layout.kept_strides[i][kept_ndim - 1];
+                if (i < arity and !self.map.constant[i] and inner[i] > 1) vector = false;
+            }
+            const reduced_shape = layout.reduced_shape[0..layout.reduced_ndim];
+            var reduced = offsets_of(reduced_shape, &layout.reduced_strides, r_begin);
+            var counter: [dims_max]u64 = undefined;
+            {
+                var rest = r_begin;
+                var d = reduced_shape.len;
+                while (d > 0) {
+                    d -= 1;
+                    counter[d] = rest % reduced_shape[d];
+                    rest /= reduced_shape[d];
+                }
+            }
+            var r = r_begin;
+            while (r < r_end) : (r += 1) {
+                var base: [operands_max]u64 = undefined;
+                for (0..operands_max) |i| base[i] = kept_base[i] + reduced[i];
+                var k: u32 = 0;
+                if (vector) {
+                    while (k + lanes <= len) : (k += lanes) {
+                        const wide: @Vector(lanes, f64) = self.term(lanes, base, k, inner);
+                        const slot: *[lanes]f64 = sums[k..][0..lanes];
+                        slot.* = if (r == r_begin) wide else @as(@Vector(lanes, f64), slot.*) + wide;
+                    }
+                }
+                while (k < len) : (k += 1) {
+                    const wide: f64 = self.term(1, base, k, inner)[0];
+                    sums[k] = if (r == r_begin) wide else sums[k] + wide;
+                }
+                // Step the odometer over the reduced dimensions.
+                var d = reduced_shape.len;
+                while (d > 0) {
+                    d -= 1;
+                    counter[d] += 1;
+                    for (0..operands_max) |i| reduced[i] += layout.reduced_strides[i][d];
+                    if (counter[d] < reduced_shape[d]) break;
+                    for (0..operands_max) |i| reduced[i] -= counter[d] * layout.reduced_strides[i][d];
+                    counter[d] = 0;
+                }
+            }
+        }
+
+        /// Without reduced dimensions: target = scale * f, vector by vector, no accumulator.
+        fn elementwise(self: *const Self, first: u64, len: u32) void {
+            const layout = self.map.layout;
+            const kept_ndim = layout.kept_ndim;
+            const base = offsets_of(layout.kept_shape[0..kept_ndim], &layout.kept_strides, first);
+            var inner: [operands_max]u64 = undefined;
+            var vector = true;
+            for (0..operands_max) |i| {
+                inner[i] = layout.kept_strides[i][kept_ndim - 1];
+                if (i < arity and !self.map.constant[i] and inner[i] > 1) vector = false;
+            }
+            const scale = self.map.scale;
+            var k: u32 = 0;
+            if (vector) {
+                while (k + lanes <= len) : (k += lanes) {
+                    var value = self.term(lanes, base, k, inner);
+                    if (scale != 1) value *= splat(lanes, scale);
+                    storage.store(lanes, dtype, self.map.target, first + k, value);
+                }
+            }
+            while (k < len) : (k += 1) {
+                var value = self.term(1, base, k, inner);
+                if (scale != 1) value *= splat(1, scale);
+                storage.store(1, dtype, self.map.target, first + k, value);
+            }
+        }
+
+        fn finish(self: *const Self, first: u64, len: u32, sums: *const [tile_len]f64) void {
+            // A float32 scale times a float32-rounded sum is exact in float64 before the one
+            // rounding to float32, so this equals a float32 multiply when nothing was summed.
+            const scale: f64 = self.map.scale;
+            var k: u32 = 0;
+            while (k + lanes <= len) : (k += lanes) {
+                const wide: @Vector(lanes, f64) = sums[k..][0..lanes].*;
+                const value: F(lanes) = @floatCast(wide * @as(@Vector(lanes, f64), @splat(scale)));
+                storage.store(lanes, dtype, self.map.target, first + k, value);
+            }
+            while (k < len) : (k += 1) {
+                storage.store_one(dtype, self.map.target, first + k, @floatCast(sums[k] * scale));
+            }
+        }
+
+        fn tile_bounds(self: *const Self, tile: u64) struct { u64, u32 } {
+            const row = tile / self.tiles_per_row;
+            const column = (tile % self.tiles_per_row) * tile_len;
+            const len: u32 = @intCast(@min(tile_len, self.inner_len - column));
+            return .{ row * self.inner_len + column, len };
+        }
+
+        fn run_tile(self: *const Self, tile: u64) void {
+            const first, const len = self.tile_bounds(tile);
+            if (self.reduced_count == 1 and self.map.layout.reduced_ndim == 0) {
+                self.elementwise(first, len);
+                return;
+            }
+            var sums: [tile_len]f64 = undefined;
+            self.accumulate(first, len, 0, self.reduced_count, &sums);
+            self.finish(first, len, &sums);
+        }
+
+        fn run_chunk(self: *const Self, chunk: u32) void {
+            assert(self.tile_count == 1);
+            assert(chunk < self.chunk_count);
+            const first, const len = self.tile_bounds(0);
+            const begin = self.reduced_count * chunk / self.chunk_count;
+            const end = self.reduced_count * (chunk + 1) / self.chunk_count;
+            self.accumulate(first, len, begin, end, &self.partials[chunk]);
+        }
+
+        /// Worker `worker` of `workers` takes a contiguous share of the units (tiles or chunks).
+        fn body(self: *const Self, worker: u32, workers: u32) void {
+            const units: u64 = if (self.chunk_count > 1) self.chunk_count else self.tile_count;
+            const begin = units * worker / workers;
+            const end = units * (worker + 1) / workers;
+            var unit = begin;
+            while (unit < end) : (unit += 1) {
+                if (self.chunk_count > 1) self.run_chunk(@intCast(unit)) else self.run_tile(unit);
+            }
+        }
+    };
+}
+
+/// Runs the engine: target[j] = scale * sum_r f(operands at (j, r)).
+pub fn map_run(comptime op: MapOp, comptime dtype: Dtype, map: *const Map) void {
+    const layout = map.layout;
+    var reads: [operands_max]bool = undefined;
+    for (0..operands_max) |i| reads[i] = i < op.arity() and !map.constant[i];
+    assert(layout.valid(reads));
+    const E = Engine(op, dtype);
+    const kept_count = layout.kept_count();
+    const reduced_count = layout.reduced_count();
+    const inner_len = layout.kept_shape[layout.kept_ndim - 1];
+    assert(kept_count >= 1 and reduced_count >= 1);
+    assert(kept_count % inner_len == 0);
+    const tiles_per_row = (inner_len + tile_len - 1) / tile_len;
+    const tile_count = kept_count / inner_len * tiles_per_row;
+    // Few targets with many terms each: split the terms into chunks fixed by the size alone.
+    const chunk_count: u32 = if (tile_count == 1 and reduced_count >= 2 * chunk_len_min)
+        @intCast(@min(chunks_max, reduced_count / chunk_len_min))
+    else
+        1;
+    var partials: [chunks_max][tile_len]f64 = undefined;
+    const engine = E{
+        .map = map,
+        .reduced_count = reduced_count,
+        .inner_len = inner_len,
+        .tiles_per_row = tiles_per_row,
+        .tile_count = tile_count,
+        .chunk_count = chunk_count,
+        .partials = &partials,
+    };
+    const units: u64 = if (chunk_count > 1) chunk_count else tile_count;
+    const work = kept_count * reduced_count;
+    const wanted = @max(1, work / pool.parallel_threshold);
+    const workers: u32 = @intCast(@min(@min(pool.thread_count(), units), wanted));
+    assert(workers >= 1 and workers <= pool.thread_count_max);
+    const Split = struct {
+        engine: *const E,
+        workers: u32,
+        fn call(self: *const @This(), worker: u32) void {
+            self.engine.body(worker, self.workers);
+        }
+    };
+    const split = Split{ .engine = &engine, .workers = workers };
+    pool.run_workers(workers, &split, Split.call);
+    if (chunk_count > 1) {
+        const first, const len = engine.tile_bounds(0);
+        var sums = partials[0];
+        for (partials[1..chunk_count]) |*partial| {
+            for (sums[0..len], partial[0..len]) |*total, extra| total.* += extra;
+        }
+        engine.finish(first, len, &sums);
+    }
+}
+
+// ---- Tests. ----
+
+const testing = std.testing;
+
+fn erf64(x: f64) f64 {
+    const z = @abs(x);
+    var result: f64 = undefined;
+    if (z < 3) {
+        var term_value = z;
+        var total = z;
+        var k: f64 = 1;
+        while (k < 80) : (k += 1) {
+            term_value *= -z * z / k;
+            total += term_value / (2 * k + 1);
+        }
+        result = 2.0 / @sqrt(@as(f64, std.math.pi)) * total;
+    } else {
+        var f = z;
+        var k: f64 = 60;
+        while (k >= 1) : (k -= 1) f = z + k / 2 / f;
+        result = 1 - @exp(-z * z) / @sqrt(@as(f64, std.math.pi)) / f;
+    }
+    return if (x < 0) -result else result;
+}
+
+test "exp, tanh, log and erf are within a few float32 ulp of float64 across their ranges" {
+    const eps: f64 = std.math.floatEps(f32);
+    var x: f32 = -20;
+    while (x < 20) : (x += 0.00731) {
+        const xd: f64 = x;
+        try testing.expect(@abs(exp(1, @splat(x))[0] - @exp(xd)) <= 2 * eps * @exp(xd));
+        try testing.expect(@abs(tanh(1, @splat(x))[0] - std.math.tanh(xd)) <= 3 * eps * @abs(std.math.tanh(xd)));
+        const e = erf64(xd);
+        try testing.expect(@abs(erf(1, @splat(x))[0] - e) <= 3 * eps * @abs(e) + 1.5e-7);
+        if (x > 0) try testing.expect(@abs(log(1, @splat(x))[0] - @log(xd)) <= 3 * eps * @abs(@log(xd)) + 1e-12);
+    }
+    try testing.expect(@abs(erf(1, @splat(1e-4))[0] - erf64(1e-4)) <= 2 * eps * erf64(1e-4));
+    try testing.expectEqual(@as(f32, 0), log(1, @splat(1))[0]);
+    try testing.expect(@abs(log(1, @splat(1e-40))[0] - @log(@as(f64, 1e-40))) < 1e-4);
+}
+
+test "the special values: NaN stays NaN, log(0) = -inf, log(-1) = NaN, tanh(+-inf) = +-1" {
+    const nan = std.math.nan(f32);
+    const inf = std.math.inf(f32);
+    try testing.expect(std.math.isNan(exp(1, @splat(nan))[0]));
+    try testing.expect(std.math.isNan(tanh(1, @splat(nan))[0]));
+    try testing.expect(std.math.isNan(log(1, @splat(nan))[0]));
+    try testing.expect(std.math.isNan(erf(1, @splat(nan))[0]));
+    try testing.expect(std.math.isNan(log(1, @splat(-1))[0]));
+    try testing.expectEqual(-inf, log(1, @splat(0))[0]);
+    try testing.expectEqual(inf, log(1, @splat(inf))[0]);
+    try testing.expectEqual(@as(f32, 1), tanh(1, @splat(inf))[0]);
+    try testing.expectEqual(@as(f32, -1), tanh(1, @splat(-inf))[0]);
+    try testing.expect(std.math.isNan(activation_forward(.relu, 1, @splat(nan))[0]));
+}
+
+test "the vector path and the scalar tail give the same bits for every activation" {
+    @setEvalBranchQuota(100_000);
+    var source: [lanes]f32 = undefined;
+    for (&source, 0..) |*v, i| v.* = (@as(f32, @floatFromInt(i)) - 7.5) * 0.731;
+    inline for (comptime std.enums.values(Activation)) |op| {
+        const vector: [lanes]f32 = activation_forward(op, lanes, source);
+        const grad: [lanes]f32 = activation_backward(op, lanes, source, @splat(0.37));
+        for (0..lanes) |i| {
+            try testing.expectEqual(@as(u32, @bitCast(vector[i])), @as(u32, @bitCast(activation_forward(op, 1, @splat(source[i]))[0])));
+            try testing.expectEqual(@as(u32, @bitCast(grad[i])), @as(u32, @bitCast(activation_backward(op, 1, @splat(source[i]), @splat(0.37))[0])));
+        }
+    }
+}
+
+fn test_layout() Layout {
+    return std.mem.zeroes(Layout);
+}
+
+test "map adds a broadcast row to a matrix and sums the matrix back over its rows" {
+    // x [3, 20] + b [20] -> y; then sum y over axis 0 -> [20].
+    var x: [60]f32 = undefined;
+    var b: [20]f32 = undefined;
+    for (&x, 0..) |*v, i| v.* = @floatFromInt(i);
+    for (&b, 0..) |*v, i| v.* = @as(f32, @floatFromInt(i)) * 0.5;
+    var y: [60]f32 = undefined;
+    var layout = test_layout();
+    layout.kept_ndim = 2;
+    layout.kept_shape[0..2].* = .{ 3, 20 };
+    layout.kept_strides[0][0..2].* = .{ 20, 1 };
+    layout.kept_strides[1][0..2].* = .{ 0, 1 };
+    layout.operand_counts[0..2].* = .{ 60, 20 };
+    var map = Map{ .layout = &layout, .target = @ptrCast(&y), .operands = .{ @ptrCast(&x), @ptrCast(&b), @ptrCast(&x) }, .constant = @splat(false), .scalar = 0, .scale = 1 };
+    map_run(.add, .float32, &map);
+    for (y, 0..) |v, i| try testing.expectEqual(x[i] + b[i % 20], v);
+    var column: [20]f32 = undefined;
+    var reduce = test_layout();
+    reduce.kept_ndim = 1;
+    reduce.kept_shape[0] = 20;
+    reduce.kept_strides[0][0] = 1;
+    reduce.reduced_ndim = 1;
+    reduce.reduced_shape[0] = 3;
+    reduce.reduced_strides[0][0] = 20;
+    reduce.operand_counts[0] = 60;
+    map = Map{ .layout = &reduce, .target = @ptrCast(&column), .operands = .{ @ptrCast(&y), @ptrCast(&y), @ptrCast(&y) }, .constant = @splat(false), .scalar = 0, .scale = 1 };
+    map_run(.copy, .float32, &map);
+    for (column, 0..) |v, i| try testing.expectEqual(y[i] + y[i + 20] + y[i + 40], v);
+}
+
+test "a chunked full reduction gives the same bits on one and on four threads" {
+    const count = 5 * chunk_len_min + 3;
+    const x = try testing.allocator.alloc(u16, count);
+    defer testing.allocator.free(x);
+    for (x, 0..) |*v, i| v.* = @truncate((i * 2654435761) >> 7 & 0x3fff | 0x3c00);
+    var layout = test_layout();
+    layout.kept_ndim = 1;
+    layout.kept_shape[0] = 1;
+    layout.reduced_ndim = 1;
+    layout.reduced_shape[0] = count;
+    layout.reduced_strides[0][0] = 1;
+    layout.operand_counts[0] = count;
+    var totals: [2]u16 = undefined;
+    for (&totals, [_]u32{ 1, 4 }) |*total, threads| {
+        pool.set_thread_count(threads);
+        const map = Map{ .layout = &layout, .target = @ptrCast(total), .operands = @splat(@ptrCast(x.ptr)), .constant = @splat(false), .scalar = 0, .scale = 0.5 };
+        map_run(.copy, .bfloat16, &map);
+    }
+    pool.set_thread_count(0);
+    try testing.expectEqual(totals[0], totals[1]);
+}
+
+test "a layout that would read past an operand, or has a zero or too many dimensions, is refused" {
+    var layout = test_layout();
+    layout.kept_ndim = 2;
+    layout.kept_shape[0..2].* = .{ 3, 4 };
+    layout.kept_strides[0][0..2].* = .{ 4, 1 };
+    layout.operand_counts[0] = 12;
+    try testing.expect(layout.valid(.{ true, false, false }));
+    layout.operand_counts[0] = 11;
+    try testing.expect(!layout.valid(.{ true, false, false }));
+    try testing.expect(layout.valid(.{ false, false, false })); // A constant reads nothing.
+    layout.operand_counts[0] = 12;
+    layout.kept_shape[1] = 0;
+    try testing.expect(!layout.valid(.{ true, false, false }));
+    layout.kept_shape[1] = 4;
+    layout.reduced_ndim = dims_max + 1;
+    try testing.expect(!layout.valid(.{ true, false, false }));
+    layout.reduced_ndim = 0;
+    layout.kept_ndim = 0;
+    try testing.expect(!layout.valid(.{ true, false, false }));
+}
+
+test "swiglu's vector path and scalar tail give the same bits, and its gradients match silu's" {
+    var a: [lanes]f32 = undefined;
+    var b: [lanes]f32 = undefined;
+    for (&a, &b, 0..) |*x, *y, i| {
+        x.* = (@as(f32, @floatFromInt(i)) - 8) * 0.61;
+        y.* = @as(f32, @floatFromInt(i)) * 0.17 - 1;
+    }
+    const forward: [lanes]f32 = swiglu_forward(lanes, a, b);
+    const grads = swiglu_backward(lanes, a, b, @splat(1.0));
+    const da: [lanes]f32 = grads[0];
+    for (0..lanes) |i| {
+        try testing.expectEqual(@as(u32, @bitCast(forward[i])), @as(u32, @bitCast(swiglu_forward(1, @splat(a[i]), @splat(b[i]))[0])));
+        const silu_grad = activation_backward(.silu, 1, @splat(a[i]), @splat(b[i]))[0];
+        try testing.expect(@abs(da[i] - silu_grad) <= 4 * std.math.floatEps(f32) * (@abs(silu_grad) + 1e-6));
+    }
+}

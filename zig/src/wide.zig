@@ -1,0 +1,35 @@
+//! Root of the wide objects that build.zig compiles for x86-64-v4 and for x86-64-v4 + AVX512-BF16
+//! and links into libmixprec beside the baseline code: the matmul kernels (cpu/matmul.zig, whose tile
+//! sizes and `vdpbf16ps` path follow the target's features) under symbol names of their own,
+//! hidden from the library's users. zig/src/cpu/dispatch.zig decides at run time whether the CPU
+//! may run them; nothing here runs unless it said so.
+//!
+//! Besides the matmul, the element loops of casts, unscale and the fused AdamW / SGD steps live
+//! here: they are memory-bound on large tensors, but on cache-resident ones (most tensors of a
+//! small model) zmm registers make them 1.2 to 1.7 times as fast, bit for bit the same. Only loops live here: the thread
+//! pool and the dispatch decision stay in the baseline code, so there is one of each.
+
+const std = @import("std");
+const matmul = @import("cpu/matmul.zig");
+const cast = @import("cpu/cast.zig");
+const unscale = @import("cpu/unscale.zig");
+const adamw = @import("cpu/adamw.zig");
+const sgd = @import("cpu/sgd.zig");
+const dispatch = @import("cpu/dispatch.zig");
+
+comptime {
+    // A wide object built for the baseline would export a path dispatch can never pick safely.
+    std.debug.assert(!std.mem.eql(u8, matmul.isa_name, "baseline"));
+    const options = struct {
+        fn of(comptime function: []const u8) std.lang.ExportOptions {
+            return .{ .name = dispatch.symbol(matmul.isa_name, function), .visibility = .hidden };
+        }
+    };
+    @export(&matmul.plan_c, options.of("matmul_plan"));
+    @export(&matmul.run_worker_c, options.of("matmul_run_worker"));
+    @export(&matmul.peak_chains_c, options.of("matmul_peak_chains"));
+    @export(&cast.cast_range_c, options.of("cast_range"));
+    @export(&unscale.unscale_range_c, options.of("unscale_range"));
+    @export(&adamw.Steps.range_c, options.of(adamw.Steps.symbol));
+    @export(&sgd.Steps.range_c, options.of(sgd.Steps.symbol));
+}
