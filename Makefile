@@ -118,6 +118,7 @@ bench: deps build
 	$(BUN) bench/matmul_bench.ts --threads 1
 	$(BUN) bench/matmul_bench.ts
 	$(BUN) bench/compare.ts
+	$(BUN) bench/step_bench.ts --json out/step_bench.json
 	$(BUN) bench/train.ts --batch-sizes 8,32,128 --svg out/train_batch_sizes.svg --json out/train_batch_sizes.json
 
 fmt: deps

@@ -65,7 +65,7 @@ export interface Progress {
 }
 
 /** Model size: small enough for 2 CPU cores, big enough that accuracy means something. */
-const CONFIG = { context: 32, width: 64, heads: 4, layers: 2, hidden: 256 } as const;
+export const CONFIG = { context: 32, width: 64, heads: 4, layers: 2, hidden: 256 } as const;
 const LORA = { rank: 8, alpha: 16 } as const;
 /**
  * LayerScale's initial value (Touvron et al., "Going deeper with image transformers": 1e-6 for their
@@ -85,7 +85,7 @@ const GROWTH_INTERVAL = 100;
 const EVAL_WINDOWS = 64;
 
 type Linear = nn.GptLinear;
-type Model = nn.GptParams;
+export type Model = nn.GptParams;
 
 /** The demo's model, from the library (src/nn/gpt.ts), with LayerScale. */
 const GPT = nn.gpt({ vocab: VOCAB.length, ...CONFIG, layerScale: LAYER_SCALE_INIT });
@@ -108,6 +108,14 @@ function forwardLogits(model: Model, inputs: Int32Array, batch: number, linear: 
 /** The training loss: mean next-character cross-entropy of a batch. */
 function forward(model: Model, inputs: Int32Array, targets: Int32Array, batch: number, linear: LinearFn): Tensor {
   return ops.crossEntropy(forwardLogits(model, inputs, batch, linear), targets);
+}
+
+/**
+ * The demo model's training loss with plain (non-LoRA) linear layers, as the fp32 and mixed_bf16
+ * recipes compute it: bench/step_bench.ts times one step of exactly this.
+ */
+export function demoLoss(model: Model, inputs: Int32Array, targets: Int32Array, batch: number): Tensor {
+  return forward(model, inputs, targets, batch, plainLinear);
 }
 
 /** Eval loss and next-character accuracy on held-out text (no tape; tidy frees every temporary). */
