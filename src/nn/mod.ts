@@ -43,3 +43,18 @@ export {
 } from "./lora.ts";
 export { combine, partition } from "./partition.ts";
 export { transformerBlock, type TransformerBlockOptions, type TransformerBlockParams } from "./transformer.ts";
+export { ropeInvFreq, llama, type LlamaConfig, type Model } from "./llama.ts";
+export { bert, type BertApplyOptions, type BertConfig, meanPool } from "./bert.ts";
+export { type InjectedLora, injectLora, type InjectLoraOptions, mergeLora } from "./inject_lora.ts";
+export { lmLoss, type LmLossOptions } from "./lm_loss.ts";
+export type { ApplyOptions, LoraAdapters, LoraConfig, ModelParams } from "./_model.ts";
+export {
+  type GptApplyOptions,
+  type GptBlock,
+  type GptConfig,
+  gpt,
+  type GptLinear,
+  type GptLinearFn,
+  type GptNorm,
+  type GptParams,
+} from "./gpt.ts";
