@@ -134,7 +134,11 @@ export function optionalParam(ctx: Context, name: string): Tensor | null {
  */
 export function project(ctx: Context, module: string, x: Tensor): Tensor {
   const a = ctx.adapters?.[`${module}.lora_A.weight`];
-  const base = () => ops.linear(x, param(ctx, `${module}.weight`), optionalParam(ctx, `${module}.bias`));
+  // A float32 base compute widens a low-precision input too (autocast at float32 only stops lowering).
+  const base = () => {
+    const input = ctx.baseCompute === "float32" && x.dtype !== "float32" ? ops.toDtype(x, "float32") : x;
+    return ops.linear(input, param(ctx, `${module}.weight`), optionalParam(ctx, `${module}.bias`));
+  };
   if (a === undefined) return base();
   const b = ctx.adapters![`${module}.lora_B.weight`];
   if (!isTensor(b)) throw new TypeError(`LoRA adapter ${module} has lora_A but no lora_B`);
