@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { type DtypeName, dtypeInfo } from "../../src/dtype.ts";
 import { linear, matmul } from "../../src/ops/mod.ts";
-import { MatmulFlag, matmulInto } from "../../src/ops/_util.ts";
+import { MatmulFlag, matmulInto } from "../../src/backend/cpu/layout.ts";
 import { tensor } from "../../src/tensor.ts";
 import { gradCheck, randomInputs, refMatmul } from "../_gradcheck.ts";
 
