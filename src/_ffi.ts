@@ -11,7 +11,7 @@ import { dlopen, FFIType, ptr, suffix } from "bun:ffi";
 import { MixprecError } from "./errors.ts";
 
 /** Must equal `abi_version` in zig/src/ffi.zig; a mismatch means the library is out of date. */
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 /** Status codes returned by every export, mirrored from `Status` in zig/src/ffi.zig. */
 export const Status = Object.freeze({

@@ -16,7 +16,8 @@ export const MatmulFlag = Object.freeze({
   transA: 1,
   transB: 2,
   accumulate: 4,
-  noBf16Dot: 8,
+  /** bfloat16 x bfloat16 through AVX512-BF16 dot products (opt-in; default widens to float32). */
+  bf16Dot: 8,
   broadcastB: 16,
 } as const);
 
