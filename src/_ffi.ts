@@ -39,6 +39,7 @@ const SYMBOLS = {
   mp_host_free: { args: [FFIType.u64], returns: FFIType.i32 },
   mp_host_release_callback: { args: [FFIType.ptr], returns: FFIType.i32 },
   mp_host_stats: { args: [FFIType.ptr], returns: FFIType.i32 },
+  mp_host_empty_cache: { args: [FFIType.ptr], returns: FFIType.i32 },
   mp_ptx: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   mp_cast: {
     args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.u32, FFIType.u32, FFIType.u32, FFIType.u32],

@@ -137,10 +137,18 @@ export fn mp_host_release_callback(out_address: ?*u64) i32 {
     return status(.ok);
 }
 
-/// Live tensor blocks and their bytes.
-export fn mp_host_stats(out: ?*[2]u64) i32 {
+/// Live tensor blocks and their bytes, and the bytes of freed blocks kept for reuse.
+export fn mp_host_stats(out: ?*[3]u64) i32 {
     const target = out orelse return status(.null_pointer);
-    target.* = host_memory.stats();
+    const live = host_memory.stats();
+    target.* = .{ live[0], live[1], host_memory.cached() };
+    return status(.ok);
+}
+
+/// Frees the blocks kept for reuse; out receives the bytes released.
+export fn mp_host_empty_cache(out: ?*u64) i32 {
+    const target = out orelse return status(.null_pointer);
+    target.* = host_memory.empty_cache();
     return status(.ok);
 }
 
