@@ -1,8 +1,9 @@
 /**
  * Embedding lookup, native (zig/src/ops/embedding.zig): a gather of table rows in the table's
  * dtype, and a backward scatter-add that sums each table row's gradients in token order in float32
- * and rounds once, so the result is the same bits on any thread count. Also seeded dropout (still
- * a TypeScript loop).
+ * and rounds once, so the result is the same bits on any thread count. Also seeded dropout: a
+ * counter-based mask (the same seed drops the same elements) multiplied in x's dtype by the native
+ * mul, as torch rounds `input * noise`.
  *
  * @module
  */
