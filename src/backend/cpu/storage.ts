@@ -21,8 +21,29 @@ export interface Storage {
    * tensor is gone. null for device memory.
    */
   readonly buffer: ArrayBuffer | null;
-  /** The backend's handle for freeing (the host block's cell; 0 on devices). */
+  /** The backend's handle for freeing (the host block's cell; 0 on devices and for mapped bytes). */
   readonly handle: number;
+  /** Where the tensor starts in `buffer` (0 except for {@linkcode mappedStorage}). */
+  readonly byteOffset?: number;
+  /** Memory the tensor does not own (a mapped file): dispose() drops it, never frees it. */
+  readonly external?: boolean;
+}
+
+/**
+ * Storage over bytes the tensor does not own: a private (copy-on-write) mapping of a checkpoint,
+ * so loading a weight whose dtype already matches copies nothing. The bytes' buffer stays alive as
+ * long as the tensor or a view of it does; writes (an optimizer step) touch private pages only.
+ * The caller checks alignment to the element size.
+ */
+export function mappedStorage(bytes: Uint8Array): Storage {
+  return {
+    address: bytes.byteLength === 0 ? 0 : ptr(bytes),
+    sizeBytes: bytes.byteLength,
+    buffer: bytes.buffer as ArrayBuffer,
+    handle: 0,
+    byteOffset: bytes.byteOffset,
+    external: true,
+  };
 }
 
 /** Storage kernels every backend has. Tensors passed in live on the backend's device. */
