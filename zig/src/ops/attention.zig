@@ -27,7 +27,9 @@
 //!
 //! Storage is float32, float16 or bfloat16 (storage.zig), loaded into float32 tiles; every output
 //! is rounded once on store. Row functions are generic over the lane count n (the CPU runs
-//! n = storage.lanes and a tail with n = 1).
+//! n = storage.lanes and a tail with n = 1). Every product-sum (q . k, dO . v, p v, ds k, p^T dO,
+//! ds^T q) accumulates with fused multiply-adds in a fixed order over d or over the listed rows,
+//! so a vector lane gives the bits of a scalar call (and a device kernel that keeps the order).
 
 const std = @import("std");
 const storage = @import("storage.zig");
@@ -206,7 +208,7 @@ inline fn dot(a: []const f32, b: []const f32) f32 {
 /// registers across the whole list (the P V, dS K, P^T dO and dS^T Q products of a tile).
 pub inline fn gather_add(comptime n: comptime_int, target: []f32, factor: f32, weights: []const f32, weight_stride: usize, list: []const u8, tile: []const f32, dim: usize, j: usize) void {
     var total: F(n) = @as(F(n), target[j..][0..n].*) * @as(F(n), @splat(factor));
-    for (list) |i| total += @as(F(n), @splat(weights[i * weight_stride])) * @as(F(n), tile[i * dim + j ..][0..n].*);
+    for (list) |i| total = @mulAdd(F(n), @splat(weights[i * weight_stride]), tile[i * dim + j ..][0..n].*, total);
     target[j..][0..n].* = total;
 }
 
@@ -219,8 +221,8 @@ inline fn gather_add_two(target: []f32, factor: f32, weights: []const f32, weigh
     var second: V = @as(V, target[j + lanes ..][0..lanes].*) * @as(V, @splat(factor));
     for (list) |i| {
         const w: V = @splat(weights[i * weight_stride]);
-        first += w * @as(V, tile[i * dim + j ..][0..lanes].*);
-        second += w * @as(V, tile[i * dim + j + lanes ..][0..lanes].*);
+        first = @mulAdd(V, w, tile[i * dim + j ..][0..lanes].*, first);
+        second = @mulAdd(V, w, tile[i * dim + j + lanes ..][0..lanes].*, second);
     }
     target[j..][0..lanes].* = first;
     target[j + lanes ..][0..lanes].* = second;
@@ -313,7 +315,7 @@ const Keys = struct {
 /// starting at `col`: sum over d of a[d] * tile[d][col + i], summed in order of d.
 pub inline fn products(comptime n: comptime_int, a: []const f32, tile: []const f32, col: usize) F(n) {
     var total: F(n) = @splat(0);
-    for (a, 0..) |x, d| total += @as(F(n), @splat(x)) * @as(F(n), tile[d * block_kv + col ..][0..n].*);
+    for (a, 0..) |x, d| total = @mulAdd(F(n), @splat(x), tile[d * block_kv + col ..][0..n].*, total);
     return total;
 }
 
@@ -337,10 +339,10 @@ fn products_pair(a0: []const f32, tile0: []const f32, out0: *[block_kv]f32, a1: 
     for (0..a0.len) |d| {
         const s0: V = @splat(a0[d]);
         const s1: V = @splat(a1[d]);
-        x0 += s0 * @as(V, tile0[d * block_kv ..][0..lanes].*);
-        y0 += s0 * @as(V, tile0[d * block_kv + lanes ..][0..lanes].*);
-        x1 += s1 * @as(V, tile1[d * block_kv ..][0..lanes].*);
-        y1 += s1 * @as(V, tile1[d * block_kv + lanes ..][0..lanes].*);
+        x0 = @mulAdd(V, s0, tile0[d * block_kv ..][0..lanes].*, x0);
+        y0 = @mulAdd(V, s0, tile0[d * block_kv + lanes ..][0..lanes].*, y0);
+        x1 = @mulAdd(V, s1, tile1[d * block_kv ..][0..lanes].*, x1);
+        y1 = @mulAdd(V, s1, tile1[d * block_kv + lanes ..][0..lanes].*, y1);
     }
     out0[0..lanes].* = x0;
     out0[lanes..][0..lanes].* = y0;
