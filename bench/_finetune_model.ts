@@ -19,6 +19,7 @@ import {
   getPolicy,
   injectLora,
   lmLoss,
+  preflight,
   type LoraConfig,
   meanPool,
   nn,
@@ -527,6 +528,7 @@ export function runFinetune(
   const probe = Math.min(options.probeSize, data.eval.count);
   let skipped = 0;
   let totalMs = 0;
+  let preflightNote = "";
   for (let i = 0; i < steps; i++) {
     const start = (i * batchSize) % data.train.count;
     const count = Math.min(batchSize, data.train.count - start);
@@ -537,6 +539,12 @@ export function runFinetune(
       number,
       Record<string, Record<string, Tensor>>,
     ];
+    if (i === 0 && recipe === "fp32") {
+      // What float16 would do to these (float32) gradients: the case for or against loss scaling.
+      const report = preflight(grads as unknown as Tree<Tensor>, { bf16Supported: false });
+      const pct = (x: number) => `${(100 * x).toFixed(2)}%`;
+      preflightNote = `; preflight on its step-1 gradients: in float16 ${pct(report.f16UnderflowShare)} of the non-zero values would underflow to zero and ${pct(report.f16SubnormalShare)} become subnormal (largest ${report.amax.toExponential(2)}); a loss scale of ${report.initialScale} cuts underflow to ${pct(report.f16UnderflowShareScaled)}`;
+    }
     let applied = true;
     for (const [group, optimizer] of Object.entries(setup.optimizers)) {
       const params = (setup.trainable as Record<string, Record<string, Tensor>>)[group]!;
@@ -607,7 +615,7 @@ export function runFinetune(
     lossCurve,
     scaleCurve,
     evalCurve,
-    note: setup.note,
+    note: setup.note + preflightNote,
     adapterDir,
   };
   for (const o of Object.values(setup.optimizers)) o.dispose();
