@@ -78,14 +78,7 @@ test: deps build test-zig test-fmt test-types test-ptx test-bun test-cuda-fake
 test-zig: $(ZIG)
 	cd zig && ../$(ZIG) build test --summary all 2>&1 | grep -E "Build Summary|run test|error|fail"
 
-test-# The npm tarballs (scripts/pack.ts): @mixprec/<platform> with libmixprec built for the platform's
-# baseline (glibc 2.28 on Linux) and mixprec itself, which lists the platform packages as
-# optionalDependencies. PACK_TARGETS=all cross-compiles every platform package.
-PACK_TARGETS ?= host
-pack: deps $(ZIG)
-	$(BUN) scripts/pack.ts --targets $(PACK_TARGETS) --out out/pack
-
-fmt: deps
+test-fmt: deps
 	$(ZIG) fmt --check zig
 	$(BIOME) format src test bench scripts biome.json package.json tsconfig.json
 
