@@ -128,6 +128,7 @@ bench: deps build
 	$(BUN) bench/matmul_bench.ts
 	$(BUN) bench/compare.ts
 	$(BUN) bench/step_bench.ts --json out/step_bench.json
+	$(BUN) bench/soak_bench.ts --json out/soak_bench.json
 	$(BUN) bench/train.ts --batch-sizes 8,32,128 --svg out/train_batch_sizes.svg --json out/train_batch_sizes.json
 
 # The npm tarballs (scripts/pack.ts): @mixprec/<platform> with libmixprec built for the platform's
