@@ -2,6 +2,7 @@
 #   make demo   the main job: fine-tune a pretrained model in every precision recipe (CPU by default)
 #   make test   Zig tests, format checks, bun test, ptxas over the PTX
 #   make bench  every benchmark
+#   make pack   the npm tarballs (out/pack): mixprec and this machine's @mixprec/<platform> package
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := test
@@ -11,13 +12,14 @@ TOOLS := .tools
 ZIG := $(TOOLS)/zig-$(ZIG_VERSION)/ziglang/zig
 BUN := node_modules/.bin/bun
 BIOME := node_modules/.bin/biome
+TSC := node_modules/.bin/tsc
 NODE_STAMP := node_modules/.installed
 LIB := zig/zig-out/lib/libmixprec.so
 PTX := zig/zig-out/ptx/mixprec.ptx
 ZIG_SOURCES := $(shell find zig/src -name '*.zig') zig/build.zig zig/build.zig.zon
 PTXAS := $(shell command -v ptxas 2>/dev/null)
 
-.PHONY: models-py deps build test test-zig test-fmt test-bun test-ptx test-cuda test-cuda-fake demo bench fmt clean
+.PHONY: models-py deps build test test-zig test-fmt test-types test-bun test-ptx test-cuda test-cuda-fake demo bench pack fmt clean
 
 deps: $(NODE_STAMP) $(ZIG)
 
@@ -71,14 +73,21 @@ $(LIB) $(PTX) &: $(ZIG) $(ZIG_SOURCES)
 	cd zig && ../$(ZIG) build
 	touch $(LIB) $(PTX)
 
-test: deps build test-zig test-fmt test-ptx test-bun test-cuda-fake
+test: deps build test-zig test-fmt test-types test-ptx test-bun test-cuda-fake
 
 test-zig: $(ZIG)
 	cd zig && ../$(ZIG) build test --summary all 2>&1 | grep -E "Build Summary|run test|error|fail"
 
 test-fmt: deps
 	$(ZIG) fmt --check zig
-	$(BIOME) format src test bench biome.json package.json
+	$(BIOME) format src test bench scripts biome.json package.json tsconfig.json
+
+# Strict tsc (tsconfig.json) over src/, test/, bench/, scripts/ and every README ts block, which
+# test/_readme_blocks.ts writes to .readme-examples/ (the blocks test/readme_test.ts runs).
+test-types: deps
+	$(BUN) test/_readme_blocks.ts
+	$(TSC) --noEmit -p tsconfig.json
+	@echo "tsc: no type errors"
 
 test-ptx: $(PTX)
 ifeq ($(PTXAS),)
@@ -121,13 +130,21 @@ bench: deps build $(MINILM_STAMP)
 	$(BUN) bench/matmul_bench.ts
 	$(BUN) bench/compare.ts
 	$(BUN) bench/step_bench.ts --json out/step_bench.json
+	$(BUN) bench/soak_bench.ts --json out/soak_bench.json
 	$(BUN) bench/train.ts --batch-sizes 8,32,128 --svg out/train_batch_sizes.svg --json out/train_batch_sizes.json
 	$(BUN) bench/finetune.ts --batch-sizes 8,32,128 --steps 50 --out out/finetune_batch_sizes \
 		--svg out/finetune_batch_sizes.svg --json out/finetune_batch_sizes.json
 
+# The npm tarballs (scripts/pack.ts): @mixprec/<platform> with libmixprec built for the platform's
+# baseline (glibc 2.28 on Linux) and mixprec itself, which lists the platform packages as
+# optionalDependencies. PACK_TARGETS=all cross-compiles every platform package.
+PACK_TARGETS ?= host
+pack: deps $(ZIG)
+	$(BUN) scripts/pack.ts --targets $(PACK_TARGETS) --out out/pack
+
 fmt: deps
 	$(ZIG) fmt zig
-	$(BIOME) format --write src test bench biome.json package.json
+	$(BIOME) format --write src test bench scripts biome.json package.json tsconfig.json
 
 clean:
 	rm -rf zig/zig-out zig/.zig-cache .test.log

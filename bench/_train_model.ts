@@ -348,7 +348,7 @@ export async function runRecipe(
 ): Promise<RecipeResult> {
   if (options.device !== "cpu") {
     const available = devices().map((d) => d.name);
-    if (!available.includes(options.device)) {
+    if (!available.some((name) => name === options.device)) {
       throw new Error(`Device ${options.device} is not available (found ${available.join(", ")}): use --device cpu`);
     }
   }

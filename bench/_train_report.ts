@@ -1,13 +1,14 @@
 /**
  * The training demo's outputs: the results table, the JSON file and the SVG plot of loss curves and
- * loss-scale history, drawn by vega-lite (compiled to vega, rendered headless to SVG).
+ * loss-scale history, drawn by vega-lite (compiled to vega, rendered headless to SVG). vega and
+ * vega-lite are devDependencies, imported when the plot is drawn (bench/_optional.ts).
  *
  * @module
  */
 
-import * as vega from "vega";
-import * as vegaLite from "vega-lite";
+import type * as VegaLite from "vega-lite";
 import { formatTable } from "./_harness.ts";
+import { importOptional } from "./_optional.ts";
 
 /** What one recipe run at one batch size measured. */
 export interface RecipeResult {
@@ -116,8 +117,18 @@ export function resultsJson(results: readonly RecipeResult[], options: Record<st
   );
 }
 
-/** Renders loss curves (log scale) and loss-scale history per recipe as one SVG document. */
-export async function resultsSvg(results: readonly RecipeResult[]): Promise<string> {
+/**
+ * Renders loss curves (log scale) and loss-scale history per recipe as one SVG document; null (with
+ * a message saying what to install) when vega or vega-lite is missing.
+ */
+export async function resultsSvg(results: readonly RecipeResult[]): Promise<string | null> {
+  const modules = await importOptional(
+    async () => ({ vega: await import("vega"), vegaLite: await import("vega-lite") }),
+    ["vega", "vega-lite"],
+    "The demo's plot",
+  );
+  if (modules === null) return null;
+  const { vega, vegaLite } = modules;
   const lossRows: { step: number; loss: number; recipe: string }[] = [];
   const scaleRows: { step: number; scale: number; recipe: string }[] = [];
   const zeroRows: { step: number; share: number; recipe: string }[] = [];
@@ -139,7 +150,7 @@ export async function resultsSvg(results: readonly RecipeResult[]): Promise<stri
       });
     }
   }
-  const spec: vegaLite.TopLevelSpec = {
+  const spec: VegaLite.TopLevelSpec = {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",
     config: { legend: { labelLimit: 400 } },
     vconcat: [

@@ -12,9 +12,9 @@
  * @module
  */
 
-import { SingleBar } from "cli-progress";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
+import { importOptional } from "./_optional.ts";
 import { type RecipeResult, resultsJson, resultsSvg, resultsTable } from "./_train_report.ts";
 import { RECIPES, type RecipeName, runRecipe, type TrainOptions } from "./_train_model.ts";
 
@@ -68,6 +68,39 @@ function parseOptions(argv: readonly string[]): Options {
   };
 }
 
+/** What the demo's progress display needs: cli-progress's SingleBar, or plain lines without it. */
+interface Bar {
+  update(step: number, payload: { loss: string; scale: string; ms: string }): void;
+  stop(): void;
+}
+
+let progressModule: Promise<typeof import("cli-progress") | null> | undefined;
+
+/** A progress bar from cli-progress (a devDependency), or a line every tenth of the run without it. */
+async function progressBar(label: string, total: number): Promise<Bar> {
+  progressModule ??= importOptional(() => import("cli-progress"), ["cli-progress"], "The demo's progress bar");
+  const cliProgress = await progressModule;
+  if (cliProgress === null) {
+    const every = Math.max(1, Math.floor(total / 10));
+    return {
+      update: (step, p) => {
+        if (step % every === 0 || step === total)
+          console.error(`${label} ${step}/${total} loss ${p.loss} scale ${p.scale} ${p.ms} ms/step`);
+      },
+      stop: () => {},
+    };
+  }
+  const bar = new cliProgress.SingleBar({
+    format: `${label} |{bar}| {value}/{total} loss {loss} scale {scale} {ms} ms/step`,
+    barsize: 24,
+    hideCursor: true,
+    noTTYOutput: true,
+    notTTYSchedule: 5000,
+  });
+  bar.start(total, 0, { loss: "-", scale: "-", ms: "-" });
+  return bar;
+}
+
 /** Runs one recipe in a child process, showing its progress; returns its result. */
 async function runChild(
   name: RecipeName,
@@ -92,14 +125,7 @@ async function runChild(
     baseCheckpoint,
   ];
   const child = Bun.spawn(args, { stdout: "pipe", stderr: "inherit" });
-  const bar = new SingleBar({
-    format: `${name.padEnd(15)} b${String(batchSize).padEnd(4)} |{bar}| {value}/{total} loss {loss} scale {scale} {ms} ms/step`,
-    barsize: 24,
-    hideCursor: true,
-    noTTYOutput: true,
-    notTTYSchedule: 5000,
-  });
-  bar.start(options.steps, 0, { loss: "-", scale: "-", ms: "-" });
+  const bar = await progressBar(`${name.padEnd(15)} b${String(batchSize).padEnd(4)}`, options.steps);
   let result: RecipeResult | undefined;
   const decoder = new TextDecoder();
   let pending = "";
@@ -175,9 +201,12 @@ async function main(): Promise<void> {
   );
   console.log(resultsTable(results));
   for (const r of results) if (r.note) console.log(`- ${r.name}: ${r.note}`);
-  mkdirSync(dirname(options.svg), { recursive: true });
-  await Bun.write(options.svg, await resultsSvg(results));
-  console.log(`\nPlot: ${options.svg}`);
+  const svg = await resultsSvg(results);
+  if (svg !== null) {
+    mkdirSync(dirname(options.svg), { recursive: true });
+    await Bun.write(options.svg, svg);
+    console.log(`\nPlot: ${options.svg}`);
+  }
   if (options.json) {
     await Bun.write(options.json, resultsJson(results, { ...options }));
     console.log(`JSON: ${options.json}`);

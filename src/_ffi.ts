@@ -1,14 +1,16 @@
 /**
  * The one dlopen table of the native library (zig/src/ffi.zig) and its status codes. The library
  * is opened on first use, so code that needs no kernel (policies, loss-scale arithmetic) runs
- * without it. `MIXPREC_LIB` overrides the library's path; `MIXPREC_CPU` (baseline, avx512, avx512bf16
+ * without it. `MIXPREC_LIB` overrides the library's path (src/_library_path.ts: then the platform package,
+ * then the local build); `MIXPREC_CPU` (baseline, avx512, avx512bf16
  * or auto) caps the kernels the library chooses for the running CPU.
  *
  * @module
  */
 
-import { dlopen, FFIType, ptr, suffix } from "bun:ffi";
+import { dlopen, FFIType, ptr } from "bun:ffi";
 import { MixprecError } from "./errors.ts";
+import { localBuildPath, locateLibrary, platformPackageName } from "./_library_path.ts";
 
 /** Must equal `abi_version` in zig/src/ffi.zig; a mismatch means the library is out of date. */
 export const ABI_VERSION = 3;
@@ -306,9 +308,7 @@ type Library = ReturnType<typeof dlopen<typeof SYMBOLS>>;
 let library: Library | undefined;
 
 /** The default library path: zig/zig-out/lib/libmixprec.<suffix> in this checkout. */
-export function defaultLibraryPath(): string {
-  return new URL(`../zig/zig-out/lib/libmixprec.${suffix}`, import.meta.url).pathname;
-}
+export const defaultLibraryPath = localBuildPath;
 
 /** The values of MIXPREC_CPU (zig/src/cpu/dispatch.zig): a cap on the kernels chosen at run time. */
 const CPU_CAPS: readonly string[] = ["", "auto", "baseline", "avx512", "avx512bf16"];
@@ -323,15 +323,20 @@ function open(): Library {
       `MIXPREC_CPU must be one of "baseline", "avx512", "avx512bf16" or "auto", got "${cap}": unset it to let the library choose`,
     );
   }
-  const path = process.env.MIXPREC_LIB || defaultLibraryPath();
+  // MIXPREC_LIB, else the platform package (@mixprec/<platform>), else the local build.
+  const { path, source } = locateLibrary();
   let opened: Library;
   try {
     opened = dlopen(path, SYMBOLS);
   } catch (cause) {
     const reason = cause instanceof Error ? cause.message : String(cause);
+    const fix =
+      source === "platform package"
+        ? `reinstall mixprec and ${platformPackageName()} at the same version, or set MIXPREC_LIB to a library built with \`make build\` in a mixprec checkout`
+        : "run `make build` in the mixprec checkout, or set MIXPREC_LIB to the library's path";
     throw new MixprecError(
       "library_missing",
-      `Cannot load the native library at ${path} (${reason}): run \`make build\` in the mixprec checkout, or set MIXPREC_LIB to the library's path`,
+      `Cannot load the native library at ${path} (${source}; ${reason}): ${fix}`,
     );
   }
   const version = opened.symbols.mp_abi_version();

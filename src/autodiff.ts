@@ -20,7 +20,7 @@
 
 import { addSame } from "./ops/elementwise.ts";
 import { type Tensor, tensor } from "./tensor.ts";
-import { type Tree, treeLeaves, treeMap } from "./tree.ts";
+import { type Tree, type TreeOf, treeLeaves, treeMap } from "./tree.ts";
 import { isTensor } from "./tensor.ts";
 
 /** Computes input gradients from the output gradient (same dtype as the output). */
@@ -206,9 +206,8 @@ export interface ValueAndGradOptions {
   readonly onForward?: (report: TapeReport) => void;
 }
 
-function checkParams(params: Tree<Tensor>): Tensor[] {
-  const leaves = treeLeaves(params);
-  leaves.forEach((leaf, i) => {
+function checkParams(params: unknown): Tensor[] {
+  return treeLeaves(params as Tree<unknown>).map((leaf, i) => {
     if (!isTensor(leaf)) {
       throw new TypeError(
         `Parameter leaf ${i} is ${typeof leaf === "object" ? "a non-tensor object" : typeof leaf}: differentiate with respect to tensors only, and pass frozen values as a later argument (nn.partition splits a tree)`,
@@ -218,8 +217,8 @@ function checkParams(params: Tree<Tensor>): Tensor[] {
     if (leaf.dtype !== "float32" && leaf.dtype !== "float16" && leaf.dtype !== "bfloat16") {
       throw new TypeError(`Parameter leaf ${i} has dtype ${leaf.dtype}: parameters are float32, float16 or bfloat16`);
     }
+    return leaf;
   });
-  return leaves;
 }
 
 function lossValue(loss: unknown): Tensor {
@@ -255,15 +254,15 @@ export type ValueAndGrad<P> = [value: number, grads: P];
  * grads.x.dispose();
  * ```
  */
-export function valueAndGrad<P extends Tree<Tensor>, A extends unknown[], X>(
+export function valueAndGrad<P extends Tensor | TreeOf<P, Tensor>, A extends unknown[], X>(
   fn: (params: P, ...args: A) => [Tensor, X],
   options: ValueAndGradOptions & { readonly hasAux: true },
 ): (params: P, ...args: A) => [[value: number, aux: X], P];
-export function valueAndGrad<P extends Tree<Tensor>, A extends unknown[]>(
+export function valueAndGrad<P extends Tensor | TreeOf<P, Tensor>, A extends unknown[]>(
   fn: (params: P, ...args: A) => Tensor,
   options?: ValueAndGradOptions,
 ): (params: P, ...args: A) => ValueAndGrad<P>;
-export function valueAndGrad<P extends Tree<Tensor>, A extends unknown[]>(
+export function valueAndGrad<P extends Tensor | TreeOf<P, Tensor>, A extends unknown[]>(
   fn: (params: P, ...args: A) => unknown,
   options: ValueAndGradOptions = {},
 ): (params: P, ...args: A) => [unknown, P] {
@@ -314,11 +313,14 @@ export function valueAndGrad<P extends Tree<Tensor>, A extends unknown[]>(
       for (const t of frame.created) if (!keep.has(t)) t.dispose();
     }
     let index = 0;
-    const gradTree = treeMap((leaf: Tensor) => {
-      const grad = grads[index++];
-      // A parameter the loss does not depend on gets zeros, so the tree is always complete.
-      return grad ?? tensor(new Float32Array(leaf.size), { dtype: leaf.dtype, shape: leaf.shape });
-    }, params) as P;
+    const gradTree = treeMap(
+      (leaf: Tensor) => {
+        const grad = grads[index++];
+        // A parameter the loss does not depend on gets zeros, so the tree is always complete.
+        return grad ?? tensor(new Float32Array(leaf.size), { dtype: leaf.dtype, shape: leaf.shape });
+      },
+      params as Tree<Tensor>,
+    ) as P; // The same structure as params, leaf for leaf.
     return [options.hasAux ? [value, aux] : value, gradTree];
   };
 }
@@ -340,13 +342,13 @@ export function valueAndGrad<P extends Tree<Tensor>, A extends unknown[]>(
  * g.x.dispose();
  * ```
  */
-export function grad<P extends Tree<Tensor>, A extends unknown[]>(
+export function grad<P extends Tensor | TreeOf<P, Tensor>, A extends unknown[]>(
   fn: (params: P, ...args: A) => unknown,
   options: ValueAndGradOptions = {},
 ): (params: P, ...args: A) => P {
   const inner = valueAndGrad(fn as (params: P, ...args: A) => Tensor, options);
   return (params: P, ...args: A) => {
-    const [value, grads] = inner(params, ...args);
+    const [value, grads]: [unknown, P] = inner(params, ...args);
     if (options.hasAux) {
       for (const leaf of treeLeaves((value as [number, Tree<Tensor>])[1])) if (isTensor(leaf)) leaf.dispose();
     }

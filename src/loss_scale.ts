@@ -101,6 +101,8 @@ export interface DynamicLossScale extends LossScale {
   readonly growthTracker: number;
   /** Overflows still absorbed before the scale backs off (DeepSpeed's `cur_hysteresis`). */
   readonly hysteresisLeft: number;
+  /** The next dynamic loss scale (a dynamic scale stays dynamic). */
+  adjust(finite: boolean): DynamicLossScale;
 }
 
 /** The checkpoint form of a loss scale. */

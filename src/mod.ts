@@ -37,7 +37,15 @@ export {
   type TensorOptions,
   zeros,
 } from "./tensor.ts";
-export { type Tree, treeLeaves, treeMap, type TreeStructure, treeStructure, treeUnflatten } from "./tree.ts";
+export {
+  type Tree,
+  treeLeaves,
+  treeMap,
+  type TreeOf,
+  type TreeStructure,
+  treeStructure,
+  treeUnflatten,
+} from "./tree.ts";
 export { type GradientRow, unscaleAndCheck } from "./unscale.ts";
 
 // ---- Optimizers (src/optim/): optax-style gradient transformations, fused mixed-precision steps ----

@@ -8,6 +8,19 @@
 /** A pytree of leaves of type L. */
 export type Tree<L> = L | null | undefined | readonly Tree<L>[] | { readonly [key: string]: Tree<L> };
 
+/**
+ * `T` checked as a tree of `L` leaves, for generic parameters: `P extends TreeOf<P, Tensor>`.
+ * Records declared as interfaces pass (they have no index signature, so `Tree<L>` refuses them), and
+ * so do tuples and optional members. Each member must be a leaf, null, undefined or an object: a
+ * nested tree, or another leaf such as a frozen weight (types cannot tell a class instance from a
+ * record, so deeper levels are checked at run time); a primitive member (a number among the
+ * tensors) is refused.
+ */
+export type TreeOf<T, L> = { [K in keyof T]: TreeMember<T[K], L> };
+
+/** One member of a {@linkcode TreeOf}. */
+type TreeMember<V, L> = V extends L | null | undefined ? V : V extends object ? V : never;
+
 /** The shape of a tree without its leaves: "*" marks a leaf. */
 export type TreeStructure = "*" | null | readonly TreeStructure[] | { readonly [key: string]: TreeStructure };
 

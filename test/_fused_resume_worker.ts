@@ -63,7 +63,7 @@ if (from === undefined) {
     b: randn([33], { seed: 2, dtype: "float16" }),
   };
 } else {
-  const loaded = loadTrainState<Params, FusedStateDict>(from, { lossScaleReviver: (x) => x });
+  const loaded = loadTrainState<Params, FusedStateDict, unknown>(from, { lossScaleReviver: (x) => x });
   params = loaded.params;
   step = loaded.step;
   optimizer.loadStateDict(loaded.optState);

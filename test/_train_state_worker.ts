@@ -19,7 +19,6 @@ import {
   dynamicLossScale,
   type LossScale,
   loadTrainState,
-  type OptState,
   randn,
   saveTrainState,
   type Tensor,
@@ -42,8 +41,10 @@ function flag(name: string): string | undefined {
 /** The optimizer (the optimizer helper's, from src/optim/): AdamW on float32 masters of bf16 params,
  * written back with stochastic rounding, whose seeds mix in the step count kept in the state. */
 const optimizer = withMasterWeights(adamw({ lr: 0.05, weightDecay: 0.01 }), { rounding: "stochastic", seed: 3 });
+/** The optimizer's state record. */
+type State = ReturnType<typeof optimizer.init>;
 
-function initial(): { params: Params; optState: OptState; lossScale: LossScale; rng: Rng } {
+function initial(): { params: Params; optState: State; lossScale: LossScale; rng: Rng } {
   const params: Params = {
     layers: [0, 1].map((i) => ({
       w: randn([4, 16], { seed: 10 + i, std: 0.5, dtype: "bfloat16" }),
@@ -61,10 +62,10 @@ function initial(): { params: Params; optState: OptState; lossScale: LossScale; 
 /** One training step; params and the optimizer state's tensors are updated in place. */
 function step(
   params: Params,
-  optState: OptState,
+  optState: State,
   lossScale: LossScale,
   rng: Rng,
-): { optState: OptState; lossScale: LossScale; rng: Rng } {
+): { optState: State; lossScale: LossScale; rng: Rng } {
   const f = Math.fround;
   const paramLeaves = treeLeaves(params) as Tensor[];
   // Scaled bf16 gradients of 0.5 * |param - target|^2, with a target drawn from the RNG.
@@ -97,13 +98,13 @@ if (mode === "train") {
   const from = flag("from");
   let state: {
     params: Params;
-    optState: OptState;
+    optState: State;
     lossScale: LossScale;
     rng: { seed: number; counter: number };
     step: number;
   };
   if (from !== undefined) {
-    const loaded = loadTrainState<Params, OptState>(from);
+    const loaded = loadTrainState<Params, State>(from);
     state = { ...loaded, lossScale: loaded.lossScale!, rng: loaded.rng as { seed: number; counter: number } };
   } else {
     state = { ...initial(), step: 0 };

@@ -9,6 +9,7 @@ import {
   autocastTensors,
   currentDeviceType,
   currentPolicy,
+  type DtypeName,
   getPolicy,
   promoteDtypes,
   tensor,
@@ -20,7 +21,7 @@ const F16 = "float16";
 const BF16 = "bfloat16";
 
 /** [op, input dtypes, outside autocast, under mixed_bf16, under mixed_f16, under fp32] */
-const DISPATCH: readonly [string, string[], string, string, string, string][] = [
+const DISPATCH: readonly [string, DtypeName[], DtypeName, DtypeName, DtypeName, DtypeName][] = [
   ["matmul", [F32, F32], F32, BF16, F16, F32],
   ["linear", [F32, F32, F32], F32, BF16, F16, F32],
   ["bmm", [BF16, BF16], BF16, BF16, F16, BF16],

@@ -1,6 +1,14 @@
 import { describe, expect, spyOn, test } from "bun:test";
 import fc from "fast-check";
-import { dynamicLossScale, GradScaler, type LossScale, MixprecError, type Tensor, tensor } from "../src/mod.ts";
+import {
+  type DynamicLossScale,
+  dynamicLossScale,
+  GradScaler,
+  type LossScale,
+  MixprecError,
+  type Tensor,
+  tensor,
+} from "../src/mod.ts";
 
 /** A minimal optimizer: one gradient tensor per parameter and a step counter. */
 function fakeOptimizer(grads: Tensor[]) {
@@ -68,7 +76,7 @@ describe("GradScaler", () => {
             if (result.applied) applied++;
             scaler.update();
             expect(scaler.getScale()).toBe(reference.value);
-            expect(scaler.stateDict()._growth_tracker).toBe((reference as { growthTracker: number }).growthTracker);
+            expect(scaler.stateDict()._growth_tracker).toBe((reference as DynamicLossScale).growthTracker);
           }
           expect(optimizer.steps).toBe(applied);
         },

@@ -1,11 +1,12 @@
 import { describe, expect, test } from "bun:test";
 import { mkdirSync, rmSync } from "node:fs";
+import { EXAMPLES_DIR, examplePath, readmeBlocks } from "./_readme_blocks.ts";
 
 // Every ```ts block in README.md runs as a Bun script (importing "mixprec" resolves to this package
 // by its own name) and must exit 0; blocks fenced as ```ts sketch are fragments and are not run.
+// `make test-types` type-checks the same blocks (test/_readme_blocks.ts).
 const root = new URL("..", import.meta.url).pathname;
-const readme = await Bun.file(`${root}README.md`).text();
-const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((match) => match[1]!);
+const blocks = readmeBlocks();
 
 describe("README.md", () => {
   test("has runnable examples", () => {
@@ -15,9 +16,8 @@ describe("README.md", () => {
   blocks.forEach((code, index) => {
     const firstLine = code.split("\n").find((line) => line.startsWith("//")) ?? `block ${index + 1}`;
     test(`example ${index + 1} runs (${firstLine.replace(/^\/\/\s*/, "").slice(0, 60)})`, async () => {
-      const dir = `${root}.readme-examples`;
-      mkdirSync(dir, { recursive: true });
-      const path = `${dir}/example_${index + 1}.ts`;
+      mkdirSync(EXAMPLES_DIR, { recursive: true });
+      const path = examplePath(index);
       await Bun.write(path, code);
       const child = Bun.spawn([process.execPath, path], { cwd: root, stdout: "pipe", stderr: "pipe" });
       const [code_, stderr] = await Promise.all([child.exited, new Response(child.stderr).text()]);

@@ -11,6 +11,7 @@ import {
   type ScaleByAdamState,
   type Tensor,
   tensor,
+  type DynamicLossScale,
 } from "../src/mod.ts";
 import { fmaf } from "../src/optim/_ops.ts";
 import fixture from "./fixtures/torch_parity.json";
@@ -40,10 +41,7 @@ describe("PyTorch parity", () => {
       let differences = 0;
       for (let i = 0; i < c.foundInf.length; i++) {
         s = s.adjust(!c.foundInf[i]);
-        if (
-          f32Bits(s.value) !== c.scaleBits[i] ||
-          (s as { growthTracker: number }).growthTracker !== c.growthTracker[i]
-        )
+        if (f32Bits(s.value) !== c.scaleBits[i] || (s as DynamicLossScale).growthTracker !== c.growthTracker[i])
           differences++;
       }
       expect(differences).toBe(0);

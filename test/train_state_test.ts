@@ -15,6 +15,7 @@ import {
   tensor,
   TRAIN_STATE_VERSION,
   treeLeaves,
+  type Tree,
 } from "../src/mod.ts";
 
 const directory = mkdtempSync(join(tmpdir(), "mixprec-train-state-"));
@@ -24,7 +25,7 @@ let dirCount = 0;
 const fresh = () => join(directory, `run-${dirCount++}`);
 
 function disposeAll(value: unknown): void {
-  for (const leaf of treeLeaves(value as never)) if (leaf instanceof Tensor && !leaf.disposed) leaf.dispose();
+  for (const leaf of treeLeaves(value as Tree<unknown>)) if (leaf instanceof Tensor && !leaf.disposed) leaf.dispose();
 }
 
 /** Deep equality that tells -0 from 0, NaN from NaN-less, frozen from not, and compares tensor bits. */

@@ -252,6 +252,11 @@ export function cudaMemoryStats(ordinal: number): { liveBytes: number; cachedByt
   return { liveBytes: Number(U64_OUT[0]), cachedBytes: Number(U64_OUT[1]) };
 }
 
+/** The bytes of any view (bun:ffi's ptr takes typed arrays, not DataView or ArrayBufferView). */
+function bytesOfView(view: ArrayBufferView): Uint8Array {
+  return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+}
+
 /**
  * Copies a host view's bytes to device memory through pinned staging. Returns before the device has
  * them (no wait); `source` may be reused at once, and later work on the stream sees the bytes.
@@ -263,7 +268,7 @@ export function cudaMemoryStats(ordinal: number): { liveBytes: number; cachedByt
 export function cudaCopyToDevice(ordinal: number, address: number, source: ArrayBufferView): void {
   if (source.byteLength === 0) return;
   checkCuda(
-    native().mp_cuda_memcpy_h2d(ordinal, address, ptr(source), source.byteLength),
+    native().mp_cuda_memcpy_h2d(ordinal, address, ptr(bytesOfView(source)), source.byteLength),
     `Copying to cuda:${ordinal}`,
   );
 }
@@ -278,7 +283,7 @@ export function cudaCopyToDevice(ordinal: number, address: number, source: Array
 export function cudaCopyToHost(ordinal: number, target: ArrayBufferView, address: number): void {
   if (target.byteLength === 0) return;
   checkCuda(
-    native().mp_cuda_memcpy_d2h(ordinal, ptr(target), address, target.byteLength),
+    native().mp_cuda_memcpy_d2h(ordinal, ptr(bytesOfView(target)), address, target.byteLength),
     `Copying from cuda:${ordinal}`,
   );
 }

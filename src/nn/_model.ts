@@ -12,7 +12,7 @@ import { getPolicy } from "../policy.ts";
 import { validatePrecisionConfig } from "../precision_config.ts";
 import type { DtypeName } from "../dtype.ts";
 import * as ops from "../ops/mod.ts";
-import { isTensor, type Tensor, tensor } from "../tensor.ts";
+import { type Device, isTensor, type Tensor, tensor } from "../tensor.ts";
 import { FrozenWeight } from "./lora.ts";
 
 /** A model's parameters: Hugging Face tensor names -> tensors (or frozen weights after injectLora). */
@@ -64,7 +64,7 @@ export function maskTensor(
   mask: Int32Array | readonly number[] | undefined,
   batch: number,
   steps: number,
-  device: string,
+  device: Device,
 ): Tensor | null {
   if (mask === undefined) return null;
   if (mask.length !== batch * steps) {

@@ -164,7 +164,9 @@ export function concat(xs: readonly Tensor[], axis = 0): Tensor {
   const ax = normalizeAxis(axis, first.ndim, "concat");
   for (const x of xs) {
     const same =
-      x.dtype === first.dtype && x.ndim === first.ndim && x.shape.every((d, i) => i === ax || d === first.shape[i]);
+      x.dtype === first.dtype &&
+      x.ndim === first.ndim &&
+      x.shape.every((d: number, i: number) => i === ax || d === first.shape[i]);
     if (!same) {
       throw new TypeError(
         `concat: ${x} does not fit ${first} along axis ${ax}: same dtype, rank and other dimensions needed (cast with ops.toDtype)`,

@@ -4,6 +4,7 @@
  * @module
  */
 
+import { noteOptimizerStep } from "../_leak_check.ts";
 import { castInto } from "../cast.ts";
 import type { Tensor } from "../tensor.ts";
 import { valuesOf } from "./_ops.ts";
@@ -37,6 +38,7 @@ export interface ApplyUpdatesOptions {
  * ```
  */
 export function applyUpdates(params: Params, updates: Updates, options: ApplyUpdatesOptions = {}): Params {
+  noteOptimizerStep();
   const p = tensorLeaves(params, "applyUpdates params");
   const u = tensorLeaves(updates, "applyUpdates updates");
   checkLeavesMatch(p, u, "applyUpdates: the updates do not match the params", "pass the updates made for these params");

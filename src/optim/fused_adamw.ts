@@ -5,6 +5,7 @@
  * @module
  */
 
+import { noteOptimizerStep } from "../_leak_check.ts";
 import type { DtypeName } from "../dtype.ts";
 import type { ScalerOptimizer } from "../grad_scaler.ts";
 import { type LossScale, noLossScale, type StepResult } from "../loss_scale.ts";
@@ -219,6 +220,7 @@ export function fusedAdamW(options: FusedAdamWOptions = {}): FusedOptimizer<Fuse
       });
     },
     step(params: Params, grads: Updates, stepOptions: FusedStepOptions = {}): FusedStepResult {
+      noteOptimizerStep();
       const p = tensorLeaves(params, "fusedAdamW params");
       const g = tensorLeaves(grads, "fusedAdamW grads");
       checkPolicyParams("fusedAdamW", p, policy);

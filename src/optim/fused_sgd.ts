@@ -4,6 +4,7 @@
  * @module
  */
 
+import { noteOptimizerStep } from "../_leak_check.ts";
 import type { DtypeName } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
 import { zeros } from "../tensor.ts";
@@ -133,6 +134,7 @@ export function fusedSgd(options: FusedSgdOptions = {}): FusedOptimizer<FusedSgd
       });
     },
     step(params: Params, grads: Updates, stepOptions: FusedStepOptions = {}): FusedStepResult {
+      noteOptimizerStep();
       const p = tensorLeaves(params, "fusedSgd params");
       const g = tensorLeaves(grads, "fusedSgd grads");
       checkPolicyParams("fusedSgd", p, policy);

@@ -13,7 +13,7 @@ import { gradCheck } from "../_gradcheck.ts";
  */
 function rope64(
   x: ArrayLike<number>,
-  [batch, steps, heads, dim]: readonly number[],
+  [batch, steps, heads, dim]: readonly [number, number, number, number],
   invFreq: Float32Array,
   positions: (b: number, t: number) => number,
 ): Float64Array {
@@ -60,7 +60,7 @@ describe("rope", () => {
       // a sum (under 2 eps; 4 allowed); a 16-bit result adds one rounding of half its eps.
       const eps = dtypeInfo(dtype).eps;
       const bound = dtype === "float32" ? 4 * eps : eps;
-      const shape = [2, 37, 3, 34];
+      const shape: [number, number, number, number] = [2, 37, 3, 34];
       using x = random(shape, 1, dtype);
       const values = x.toArray();
       const explicit = Int32Array.from({ length: 2 * 37 }, (_, i) => (i * 7919) % 4096);
@@ -99,7 +99,7 @@ describe("rope", () => {
         fc.integer({ min: -20, max: 20 }),
         fc.nat(1000),
         (batch, steps, heads, half, offset, seed) => {
-          const shape = [batch, steps, heads, 2 * half];
+          const shape: [number, number, number, number] = [batch, steps, heads, 2 * half];
           const invFreq = ropeInvFreq(2 * half, 100);
           gradCheck(
             ([x]) => rope(x!, { offset, theta: 100 }),

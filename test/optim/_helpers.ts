@@ -1,6 +1,6 @@
 /** Shared helpers of the optimizer tests: float32 ulp distances and tensor fixtures. */
 
-import { type DtypeName, randn, Tensor, tensor, treeLeaves } from "../../src/mod.ts";
+import { type DtypeName, randn, Tensor, type Tree, tensor, treeLeaves } from "../../src/mod.ts";
 
 const F = new Float32Array(1);
 const U = new Int32Array(F.buffer);
@@ -49,7 +49,7 @@ export function valuesOfTree(tree: unknown): number[] {
 
 /** Raw bits of every tensor leaf (other leaves, e.g. a state's counters, as themselves), concatenated. */
 export function bitsOfTree(tree: unknown): unknown[] {
-  return treeLeaves(tree as never).flatMap((t) => {
+  return treeLeaves(tree as Tree<unknown>).flatMap((t) => {
     if (!(t instanceof Tensor)) return [t];
     const data = t.data;
     return data instanceof Float32Array ? [...new Uint32Array(data.buffer, data.byteOffset, data.length)] : [...data];
@@ -58,7 +58,7 @@ export function bitsOfTree(tree: unknown): unknown[] {
 
 /** Disposes every tensor in the arguments (trees). */
 export function disposeAll(...trees: unknown[]): void {
-  for (const tree of trees) for (const t of treeLeaves(tree as never)) if (t instanceof Tensor) t.dispose();
+  for (const tree of trees) for (const t of treeLeaves(tree as Tree<unknown>)) if (t instanceof Tensor) t.dispose();
 }
 
 export { tensor };

@@ -18,6 +18,7 @@ import {
   tensor,
   unscaleAndCheck,
   withMasterWeights,
+  type LossScale,
 } from "../../src/mod.ts";
 import { bitsOfTree, maxUlp, randomTree, sameBytes, ulp16 } from "./_helpers.ts";
 
@@ -246,7 +247,7 @@ describe("fusedAdamW()", () => {
     using good = tensor([1024, -2048], { dtype: "f16" });
     using bad = tensor([Number.POSITIVE_INFINITY, 1], { dtype: "f16" });
     const opt = fusedAdamW({ lr: 0.1, weightDecay: 0 });
-    let scale = dynamicLossScale({ initialScale: 1024, growthInterval: 1 });
+    let scale: LossScale = dynamicLossScale({ initialScale: 1024, growthInterval: 1 });
     const first = opt.stepWithLossScale([p], [good], scale);
     expect(first.step).toEqual({ applied: true, reason: "applied", scaleBefore: 1024, scaleAfter: 2048 });
     expect(p.toArray()[0]).toBeCloseTo(0.9, 6);
@@ -264,7 +265,7 @@ describe("fusedAdamW()", () => {
     const optA = fusedAdamW({ lr: 0.01 });
     const optB = fusedAdamW({ lr: 0.01 });
     const scaler = new GradScaler({ initScale: 256 });
-    let lossScale = dynamicLossScale({ initialScale: 256 });
+    let lossScale: LossScale = dynamicLossScale({ initialScale: 256 });
     for (let step = 0; step < 3; step++) {
       using gA = tensor([256 * step, 128, -64], { dtype: "f16" });
       using gB = tensor([256 * step, 128, -64], { dtype: "f16" });

@@ -5,7 +5,7 @@ import { bitsOfTree } from "./_helpers.ts";
 /** Per-example gradients of a least-squares loss: integers, so every mean below is exact. */
 function exampleGrads(examples: readonly number[]): Float32Array {
   const g = new Float32Array(3);
-  for (const x of examples) for (let k = 0; k < 3; k++) g[k] += ((x * (k + 1)) % 7) - 3;
+  for (const x of examples) for (let k = 0; k < 3; k++) g[k] = g[k]! + ((x * (k + 1)) % 7) - 3;
   return g.map((v) => v / examples.length);
 }
 

@@ -13,8 +13,8 @@ export { CastFlag };
 
 /** Casts `count` elements between host arrays by dtype code (see mp_cast for flags). */
 export function castArrays(
-  source: ArrayBufferView,
-  target: ArrayBufferView,
+  source: NodeJS.TypedArray,
+  target: NodeJS.TypedArray,
   count: number,
   fromCode: number,
   toCode: number,

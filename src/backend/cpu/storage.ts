@@ -6,7 +6,7 @@
  * @module
  */
 
-import { ptr, toArrayBuffer } from "bun:ffi";
+import { type Pointer, ptr, toArrayBuffer } from "bun:ffi";
 import { check, native } from "../../_ffi.ts";
 import { dtypeInfo } from "../../dtype.ts";
 import type { Tensor } from "../../tensor.ts";
@@ -127,14 +127,17 @@ export const storageCpu: StorageKernels = {
   copy(source, target) {
     if (source.size === 0) return;
     const code = dtypeInfo(source.dtype).code;
-    check(native().mp_cast(source.address, target.address, source.size, code, code, 0, 0), "copying a tensor");
+    check(
+      native().mp_cast(source.address as Pointer, target.address as Pointer, source.size, code, code, 0, 0),
+      "copying a tensor",
+    );
   },
   cast(source, target, flags, seed) {
     if (source.size === 0) return;
     const from = dtypeInfo(source.dtype).code;
     const to = dtypeInfo(target.dtype).code;
     check(
-      native().mp_cast(source.address, target.address, source.size, from, to, flags, seed),
+      native().mp_cast(source.address as Pointer, target.address as Pointer, source.size, from, to, flags, seed),
       `casting ${source.dtype} to ${target.dtype}`,
     );
   },
