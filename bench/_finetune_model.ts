@@ -381,7 +381,12 @@ interface Setup {
   readonly note: string;
 }
 
-function newHead(task: "classify" | "causal", width: number, seed: number, dtype: "float32" | "bfloat16" | "float16") {
+function newHead(
+  task: "classify" | "causal",
+  width: number,
+  seed: number,
+  dtype: "float32" | "bfloat16" | "float16",
+): Record<string, Tensor> {
   if (task === "causal") return {};
   return {
     weight: randn([SUPERSENSES.length, width], { seed: seed * 7919 + 17, std: 0.02, dtype }),
@@ -514,7 +519,11 @@ export function runFinetune(
     options.seqLen,
   );
   const { batchSize, steps } = options;
-  let batch = { ids: new Int32Array(0), mask: new Int32Array(0), labels: new Int32Array(0) };
+  let batch: { ids: Int32Array; mask: Int32Array; labels: Int32Array } = {
+    ids: new Int32Array(0),
+    mask: new Int32Array(0),
+    labels: new Int32Array(0),
+  };
   const lossOf = (trainable: Trainable) => {
     const model: Model = { ...setup.model, ...trainable };
     const loss = taskOf.loss(model, batch.ids, batch.mask, batch.labels);
