@@ -1187,3 +1187,10 @@ test "the CUDA exports report cuda_unavailable with a reason when libcuda.so.1 c
     try std.testing.expectEqual(status(.ok), mp_last_error(&message, message.len, &length));
     try std.testing.expect(std.mem.indexOf(u8, message[0..@min(length, message.len)], "libcuda.so.1") != null);
 }
+
+// ---- CUDA row-op families (zig/src/cuda/ops_rows.zig, host side in zig/src/cuda_rows.zig) ----
+
+test {
+    _ = @import("ops/mathf.zig");
+    _ = @import("row_ops.zig");
+}

@@ -33,6 +33,7 @@
 
 const std = @import("std");
 const storage = @import("storage.zig");
+const mathf = @import("mathf.zig");
 const pool = @import("../cpu/pool.zig");
 
 const Dtype = storage.Dtype;
@@ -77,16 +78,16 @@ pub const Problem = extern struct {
         return p.q_stride <= limit and p.k_stride <= limit and p.v_stride <= limit and p.o_stride <= limit;
     }
 
-    fn causal(p: *const Problem) bool {
+    pub fn causal(p: *const Problem) bool {
         return p.flags & flag_causal != 0;
     }
 
-    fn group(p: *const Problem) u64 {
+    pub fn group(p: *const Problem) u64 {
         return p.heads_q / p.heads_kv;
     }
 
     /// Keys [0, keys_end) are visible to query row i by causality (all keys when not causal).
-    fn keys_end(p: *const Problem, row: u64) u64 {
+    pub fn keys_end(p: *const Problem, row: u64) u64 {
         if (!p.causal()) return p.steps_kv;
         // Bottom-right alignment: row i is at position i + S - T among the keys.
         if (row + p.steps_kv + 1 <= p.steps_q) return 0;
@@ -94,29 +95,29 @@ pub const Problem = extern struct {
     }
 
     /// The first query row that sees key j by causality.
-    fn rows_begin(p: *const Problem, key: u64) u64 {
+    pub fn rows_begin(p: *const Problem, key: u64) u64 {
         if (!p.causal()) return 0;
         if (key + p.steps_q <= p.steps_kv) return 0;
         return key + p.steps_q - p.steps_kv;
     }
 
-    fn q_index(p: *const Problem, b: u64, t: u64, h: u64) u64 {
+    pub fn q_index(p: *const Problem, b: u64, t: u64, h: u64) u64 {
         return (b * p.steps_q + t) * p.q_stride + h * p.head_dim;
     }
 
-    fn o_index(p: *const Problem, b: u64, t: u64, h: u64) u64 {
+    pub fn o_index(p: *const Problem, b: u64, t: u64, h: u64) u64 {
         return (b * p.steps_q + t) * p.o_stride + h * p.head_dim;
     }
 
-    fn k_index(p: *const Problem, b: u64, s: u64, h: u64) u64 {
+    pub fn k_index(p: *const Problem, b: u64, s: u64, h: u64) u64 {
         return (b * p.steps_kv + s) * p.k_stride + h * p.head_dim;
     }
 
-    fn v_index(p: *const Problem, b: u64, s: u64, h: u64) u64 {
+    pub fn v_index(p: *const Problem, b: u64, s: u64, h: u64) u64 {
         return (b * p.steps_kv + s) * p.v_stride + h * p.head_dim;
     }
 
-    fn lse_index(p: *const Problem, b: u64, h: u64, t: u64) u64 {
+    pub fn lse_index(p: *const Problem, b: u64, h: u64, t: u64) u64 {
         return (b * p.heads_q + h) * p.steps_q + t;
     }
 
@@ -130,7 +131,7 @@ pub const Mask = struct {
     values: [*]const u8,
     dtype: Dtype,
 
-    fn keep(mask: Mask, index: u64) bool {
+    pub fn keep(mask: Mask, index: u64) bool {
         return switch (mask.dtype) {
             inline .float32, .float16, .bfloat16 => |dtype| storage.load_one(dtype, mask.values, index) != 0,
             else => unreachable, // The export accepts op dtypes only.
@@ -382,11 +383,11 @@ fn finish_scores(p: *const Problem, keys: *const Keys, position: u64, k0: u64, c
     return @reduce(.Max, max);
 }
 
-fn q_tiles(p: *const Problem) u64 {
+pub fn q_tiles(p: *const Problem) u64 {
     return (p.steps_q + block_q - 1) / block_q;
 }
 
-fn kv_tiles(p: *const Problem) u64 {
+pub fn kv_tiles(p: *const Problem) u64 {
     return (p.steps_kv + block_kv - 1) / block_kv;
 }
 
@@ -449,7 +450,7 @@ fn Kernels(comptime dtype: Dtype) type {
                 const seen = l[r] > 0;
                 // A row that sees no key: output 0 (its accumulators are 0) and lse -inf.
                 store_row(dtype, f.out, p.o_index(b, q0 + r, h), row_of(&tiles.acc, r, dim), if (seen) 1 / l[r] else 0);
-                f.lse[p.lse_index(b, h, q0 + r)] = if (seen) m[r] + @log(l[r]) else -std.math.inf(f32);
+                f.lse[p.lse_index(b, h, q0 + r)] = if (seen) m[r] + mathf.log(l[r]) else -std.math.inf(f32);
             }
         }
 
@@ -616,6 +617,19 @@ pub fn forward(comptime dtype: Dtype, f: *const Forward) void {
     std.debug.assert(f.scale == f.scale); // Not NaN.
     const K = Kernels(dtype);
     Items(Forward, K.forward_item).go(f, p.batch * p.heads_q * q_tiles(p), p.work());
+}
+
+/// The backward pass's first half alone: dk and dv (the CUDA fake driver emulates the device's
+/// key-tile kernel with it).
+pub fn backward_keys(comptime dtype: Dtype, g: *const Backward) void {
+    const p = &g.problem;
+    Items(Backward, Kernels(dtype).backward_keys_item).go(g, p.batch * p.heads_kv * kv_tiles(p), p.work());
+}
+
+/// The backward pass's second half alone: dq.
+pub fn backward_queries(comptime dtype: Dtype, g: *const Backward) void {
+    const p = &g.problem;
+    Items(Backward, Kernels(dtype).backward_queries_item).go(g, p.batch * p.heads_q * q_tiles(p), p.work());
 }
 
 /// dq, dk, dv (each in its operand's layout and the storage dtype) from the forward's out and lse.

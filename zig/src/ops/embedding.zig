@@ -91,7 +91,7 @@ fn scatter_row(comptime dtype: Dtype, args: *const Backward, row: u64, positions
 
 /// A stable counting sort of the token positions by id: afterwards, id v's positions are
 /// order[ends[v - 1] .. ends[v]] (from 0 for v = 0), in increasing token order.
-fn sort_positions(args: *const Backward) void {
+pub fn sort_positions(args: *const Backward) void {
     const ends = args.workspace[0..args.vocabulary];
     const order = args.workspace[args.vocabulary..][0..args.count];
     @memset(ends, 0);
@@ -143,6 +143,16 @@ pub fn forward(dtype: Dtype, args: *const Forward) void {
     };
     const context = Context{ .args = args, .size_bytes = dtype.size_bytes() };
     norm.parallel_items(args.count, args.dim, &context, Context.body);
+}
+
+/// The backward pass after sort_positions filled the workspace: each table row summed from its
+/// sorted positions (the CUDA fake driver emulates the device's scatter kernel with it).
+pub fn scatter_sorted(dtype: Dtype, args: *const Backward) void {
+    assert(storage.is_op_dtype(dtype));
+    switch (dtype) {
+        inline .float32, .float16, .bfloat16 => |d| norm.parallel_items(args.vocabulary, args.dim, args, Kernels(d).scatter_rows),
+        else => unreachable,
+    }
 }
 
 /// grad_table[v] = sum of grad_out[i] over the tokens i with ids[i] = v, in token order, rounded

@@ -261,6 +261,26 @@ pub fn forward(dtype: Dtype, args: *const Forward) void {
     }
 }
 
+/// The backward pass's row-block step alone: grad_x, and each block's weight and bias partial
+/// rows left in the workspace (the CUDA fake driver emulates the device's partials kernel with it).
+pub fn backward_partials(dtype: Dtype, args: *const Backward) void {
+    assert(storage.is_op_dtype(dtype));
+    switch (dtype) {
+        inline .float32, .float16, .bfloat16 => |d| parallel_items(block_count(args.rows), block_rows(args.rows) * args.width, args, Kernels(d).backward_blocks),
+        else => unreachable,
+    }
+}
+
+/// The backward pass's last step alone: the blocks' partial rows at `offset` (0: weight, width:
+/// bias) added in block order and rounded once into `target`.
+pub fn combine_partials(dtype: Dtype, args: *const Backward, offset: u64, target: [*]u8) void {
+    assert(storage.is_op_dtype(dtype));
+    switch (dtype) {
+        inline .float32, .float16, .bfloat16 => |d| Kernels(d).combine(args, offset, target),
+        else => unreachable,
+    }
+}
+
 /// Runs the backward pass. The arguments were validated by the caller (ffi.zig).
 pub fn backward(dtype: Dtype, args: *const Backward) void {
     assert(storage.is_op_dtype(dtype));

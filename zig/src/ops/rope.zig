@@ -13,6 +13,7 @@
 
 const std = @import("std");
 const storage = @import("storage.zig");
+const mathf = @import("mathf.zig");
 const pool = @import("../cpu/pool.zig");
 
 const Dtype = storage.Dtype;
@@ -105,8 +106,9 @@ fn Kernel(comptime dtype: Dtype, comptime inverse: bool) type {
             const at = position(call, r / p.steps, r % p.steps);
             for (0..half) |i| {
                 const angle = at * call.inv_freq[i];
-                cos[i] = @cos(angle);
-                sin[i] = @sin(angle);
+                const sin_cos = mathf.sincos(angle);
+                sin[i] = sin_cos[0];
+                cos[i] = sin_cos[1];
             }
             for (0..p.heads) |h| {
                 const base = r * p.row_size() + h * p.head_dim;

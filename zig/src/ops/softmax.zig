@@ -18,6 +18,7 @@ const std = @import("std");
 const assert = std.debug.assert;
 const storage = @import("storage.zig");
 const norm = @import("norm.zig");
+const mathf = @import("mathf.zig");
 
 const Dtype = storage.Dtype;
 const F = storage.F;
@@ -120,7 +121,20 @@ fn row_sum_exp(comptime dtype: Dtype, x: [*]const u8, base: u64, width: u64, max
 pub fn row_lse(comptime dtype: Dtype, x: [*]const u8, base: u64, width: u64) f32 {
     assert(width > 0);
     const max = row_max(dtype, x, base, width);
-    return max + @log(row_sum_exp(dtype, x, base, width, max));
+    return max + mathf.log(row_sum_exp(dtype, x, base, width, max));
+}
+
+/// The mean of the per-row losses over the rows whose label is kept, summed in row order in
+/// float64 and rounded once (NaN when none is kept, as PyTorch). One thread on every device.
+pub fn mean_over_kept(losses: [*]const f32, labels: [*]const i32, rows: u64, ignore_index: i32) f32 {
+    var total: f64 = 0;
+    var kept: u64 = 0;
+    for (0..rows) |row| {
+        if (labels[row] == ignore_index) continue;
+        total += losses[row];
+        kept += 1;
+    }
+    return @floatCast(total / @as(f64, @floatFromInt(kept)));
 }
 
 fn forward_row(comptime dtype: Dtype, args: *const Forward, row: u64) void {
@@ -139,7 +153,7 @@ fn forward_row(comptime dtype: Dtype, args: *const Forward, row: u64) void {
             }
         },
         .log_softmax => {
-            const lse = max + @log(total);
+            const lse = max + mathf.log(total);
             var j: u64 = 0;
             inline for (.{ lanes, 1 }) |n| {
                 while (j + n <= args.width) : (j += n) {
@@ -148,7 +162,7 @@ fn forward_row(comptime dtype: Dtype, args: *const Forward, row: u64) void {
             }
         },
         .cross_entropy => {
-            const lse = max + @log(total);
+            const lse = max + mathf.log(total);
             if (args.lse) |target| target[row] = lse;
             const label = args.labels.?[row];
             const losses: [*]f32 = @ptrCast(@alignCast(args.out));
@@ -229,16 +243,7 @@ fn Kernels(comptime dtype: Dtype) type {
         fn forward(args: *const Forward) void {
             norm.parallel_items(args.rows, args.width, args, forward_rows);
             if (args.op != .cross_entropy) return;
-            // The mean over kept rows, summed in row order (float64, one rounding) on one thread.
-            const losses: [*]const f32 = @ptrCast(@alignCast(args.out));
-            var total: f64 = 0;
-            var kept: u64 = 0;
-            for (0..args.rows) |row| {
-                if (args.labels.?[row] == args.ignore_index) continue;
-                total += losses[row];
-                kept += 1;
-            }
-            args.mean.?.* = @floatCast(total / @as(f64, @floatFromInt(kept)));
+            args.mean.?.* = mean_over_kept(@ptrCast(@alignCast(args.out)), args.labels.?, args.rows, args.ignore_index);
         }
 
         fn backward(args: *const Backward) void {
