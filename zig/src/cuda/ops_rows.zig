@@ -523,3 +523,357 @@ export fn mp_rope_kernel(dtype: u32, inverse: u32, problem: u64, source: u64, ta
         else => {},
     }
 }
+
+// ---- Attention (zig/src/ops/attention.zig) ----
+//
+// One block per work item of the CPU (a query tile of attention.block_q rows, or a key tile of
+// attention.block_kv keys), the CPU's tile boundaries and its order in every sum:
+// - a score is q . k summed over d in order, then * scale (- lse in the backward pass);
+// - the online softmax runs per row over the key tiles in order (one thread per row);
+// - an output element (acc, dq, dk, dv) is one thread's running sum over the tile's keys (or
+//   rows) in order, skipping the zero probabilities as the CPU's lists do;
+// - delta = dO . O in the CPU's 16-lane order (attention.zig's dot).
+// q, k, v and dO are read from global memory (through L1) each time they are needed; only the
+// scores and per-row statistics live in shared memory (4.3 KiB), so any head_dim up to
+// attention.head_dim_max fits.
+
+const block_q = attention.block_q;
+const block_kv = attention.block_kv;
+const head_dim_max = attention.head_dim_max;
+/// Output elements a thread keeps in registers: a query row's head_dim spread over 16 threads,
+/// a key row's over 8.
+const row_threads = 256 / block_q;
+const key_threads = 256 / block_kv;
+const row_slots = head_dim_max / row_threads;
+const key_slots = head_dim_max / key_threads;
+
+comptime {
+    if (block_q * row_threads != 256 or block_kv * key_threads != 256) @compileError("attention tiles assume 256 threads");
+    if (block_q * block_kv != 2 * 256) @compileError("attention scores assume two (row, key) pairs per thread");
+}
+
+var shared_tile_scores: [block_q][block_kv]f32 addrspace(.shared) = undefined;
+var shared_tile_d_scores: [block_q][block_kv]f32 addrspace(.shared) = undefined;
+var shared_row_m: [block_q]f32 addrspace(.shared) = undefined;
+var shared_row_l: [block_q]f32 addrspace(.shared) = undefined;
+var shared_row_alpha: [block_q]f32 addrspace(.shared) = undefined;
+var shared_row_lse: [block_q]f32 addrspace(.shared) = undefined;
+var shared_row_delta: [block_q]f32 addrspace(.shared) = undefined;
+
+inline fn attention_exp(x: f32) f32 {
+    return attention.exp(1, @splat(x))[0];
+}
+
+/// Whether the padding mask keeps key `index` (b * S + s); every key without a mask.
+inline fn keeps(mask: u64, mask_dtype: u32, index: u64) bool {
+    if (mask == 0) return true;
+    return switch (op_dtype(mask_dtype)) {
+        inline .float32, .float16, .bfloat16 => |d| load(d, mask, index) != 0,
+        else => true,
+    };
+}
+
+fn Attention(comptime dtype: Dtype) type {
+    return struct {
+        const Operands = struct {
+            p: attention.Problem,
+            scale: f32,
+            q: u64,
+            k: u64,
+            v: u64,
+            mask: u64,
+            mask_dtype: u32,
+            out: u64,
+            lse: u64,
+            d_out: u64 = 0,
+        };
+
+        /// sum over d of a[d] * b[d], in order.
+        inline fn row_dot(a: u64, a_index: u64, b: u64, b_index: u64, dim: u64) f32 {
+            var total: f32 = 0;
+            var d: u64 = 0;
+            while (d < dim) : (d += 1) total += load(dtype, a, a_index + d) * load(dtype, b, b_index + d);
+            return total;
+        }
+
+        /// attention.zig's dot of a dO row and an O row: 16 lane partials over whole vectors,
+        /// added in lane order, then the tail.
+        fn lanes_dot(o: *const Operands, index: u64) f32 {
+            const dim = o.p.head_dim;
+            var partial: [lanes]f32 = @splat(0);
+            var i: u64 = 0;
+            while (i + lanes <= dim) : (i += lanes) {
+                inline for (0..lanes) |k| partial[k] += load(dtype, o.d_out, index + i + k) * load(dtype, o.out, index + i + k);
+            }
+            var total: f32 = -0.0;
+            inline for (0..lanes) |k| total += partial[k];
+            while (i < dim) : (i += 1) total += load(dtype, o.d_out, index + i) * load(dtype, o.out, index + i);
+            return total;
+        }
+
+        /// Score of query row `row` against key `key` times scale minus `shift`, or -inf where the
+        /// row may not see the key (attention.zig's scores()).
+        inline fn score(o: *const Operands, b: u64, h: u64, row: u64, key: u64, shift: f32) f32 {
+            const p = &o.p;
+            if (!(key < p.keys_end(row) and keeps(o.mask, o.mask_dtype, b * p.steps_kv + key))) return -inf;
+            const s = row_dot(o.q, p.q_index(b, row, h), o.k, p.k_index(b, key, h / p.group()), p.head_dim) * o.scale;
+            return s - shift;
+        }
+
+        fn forward_item(o: *const Operands, item: u64) void {
+            const p = &o.p;
+            const dim = p.head_dim;
+            const tiles = attention.q_tiles(p);
+            const tile = item % tiles;
+            const h = (item / tiles) % p.heads_q;
+            const b = item / tiles / p.heads_q;
+            const h_kv = h / p.group();
+            const q0 = tile * block_q;
+            const rows = @min(block_q, p.steps_q - q0);
+            const t = thread_id();
+            const my_row = t / row_threads;
+            const my_lane = t % row_threads;
+            var acc: [row_slots]f32 = @splat(0);
+            if (t < block_q) {
+                shared_row_m[t] = -inf;
+                shared_row_l[t] = 0;
+            }
+            const kv_end = p.keys_end(q0 + rows - 1);
+            var k0: u64 = 0;
+            while (k0 < kv_end) : (k0 += block_kv) {
+                const cols = @min(block_kv, kv_end - k0);
+                inline for (0..2) |half| {
+                    const pair = t + half * 256;
+                    const r = pair / block_kv;
+                    const c = pair % block_kv;
+                    if (r < rows and c < cols) shared_tile_scores[r][c] = score(o, b, h, q0 + r, k0 + c, 0);
+                }
+                sync_threads();
+                if (t < rows) {
+                    var tile_max: f32 = -inf;
+                    for (0..cols) |c| tile_max = @max(tile_max, shared_tile_scores[t][c]);
+                    if (tile_max == -inf) {
+                        shared_row_alpha[t] = -inf; // Nothing visible here: the row skips this tile.
+                    } else {
+                        const m_new = @max(shared_row_m[t], tile_max);
+                        const alpha = attention_exp(shared_row_m[t] - m_new);
+                        var total: f32 = 0;
+                        for (0..cols) |c| {
+                            const e = attention_exp(shared_tile_scores[t][c] - m_new);
+                            shared_tile_scores[t][c] = e;
+                            total += e;
+                        }
+                        shared_row_l[t] = shared_row_l[t] * alpha + total;
+                        shared_row_m[t] = m_new;
+                        shared_row_alpha[t] = alpha;
+                    }
+                }
+                sync_threads();
+                if (my_row < rows and shared_row_alpha[my_row] != -inf) {
+                    const alpha = shared_row_alpha[my_row];
+                    inline for (0..row_slots) |i| {
+                        const j = my_lane + i * row_threads;
+                        if (j < dim) {
+                            var total = acc[i] * alpha;
+                            for (0..cols) |c| {
+                                const weight = shared_tile_scores[my_row][c];
+                                if (weight != 0) total += weight * load(dtype, o.v, p.v_index(b, k0 + c, h_kv) + j);
+                            }
+                            acc[i] = total;
+                        }
+                    }
+                }
+                sync_threads();
+            }
+            if (my_row < rows) {
+                const l = shared_row_l[my_row];
+                const seen = l > 0;
+                const factor: f32 = if (seen) 1 / l else 0;
+                const index = p.o_index(b, q0 + my_row, h);
+                inline for (0..row_slots) |i| {
+                    const j = my_lane + i * row_threads;
+                    if (j < dim) store(dtype, o.out, index + j, acc[i] * factor);
+                }
+                if (my_lane == 0) floats(o.lse)[p.lse_index(b, h, q0 + my_row)] = if (seen) shared_row_m[my_row] + mathf.log(l) else -inf;
+            }
+            sync_threads();
+        }
+
+        /// Loads delta and lse of the rows [q0, q0 + rows) of head h into shared memory.
+        fn load_row_statistics(o: *const Operands, b: u64, h: u64, q0: u64, rows: u64) void {
+            const t = thread_id();
+            if (t < rows) {
+                shared_row_delta[t] = lanes_dot(o, o.p.o_index(b, q0 + t, h));
+                shared_row_lse[t] = floats(o.lse)[o.p.lse_index(b, h, q0 + t)];
+            }
+        }
+
+        /// probs and d_scores of the (row, key) pairs of a tile (attention.zig's row_gradients).
+        fn pair_gradients(o: *const Operands, b: u64, h: u64, q0: u64, rows: u64, k0: u64, cols: u64) void {
+            const p = &o.p;
+            const t = thread_id();
+            inline for (0..2) |half| {
+                const pair = t + half * 256;
+                const r = pair / block_kv;
+                const c = pair % block_kv;
+                if (r < rows and c < cols) {
+                    var prob: f32 = 0;
+                    var d_score: f32 = 0;
+                    const lse = shared_row_lse[r];
+                    if (lse != -inf) {
+                        prob = attention_exp(score(o, b, h, q0 + r, k0 + c, lse));
+                        const dp = row_dot(o.d_out, p.o_index(b, q0 + r, h), o.v, p.v_index(b, k0 + c, h / p.group()), p.head_dim);
+                        d_score = if (prob == 0) 0 else prob * (dp - shared_row_delta[r]) * o.scale;
+                    }
+                    shared_tile_scores[r][c] = prob;
+                    shared_tile_d_scores[r][c] = d_score;
+                }
+            }
+        }
+
+        fn keys_item(o: *const Operands, item: u64, dk: u64, dv: u64) void {
+            const p = &o.p;
+            const dim = p.head_dim;
+            const tiles = attention.kv_tiles(p);
+            const tile = item % tiles;
+            const h_kv = (item / tiles) % p.heads_kv;
+            const b = item / tiles / p.heads_kv;
+            const k0 = tile * block_kv;
+            const cols = @min(block_kv, p.steps_kv - k0);
+            const t = thread_id();
+            const my_col = t / key_threads;
+            const my_lane = t % key_threads;
+            var acc_k: [key_slots]f32 = @splat(0);
+            var acc_v: [key_slots]f32 = @splat(0);
+            const first_row = p.rows_begin(k0);
+            for (0..p.group()) |member| {
+                const h = h_kv * p.group() + member;
+                var q0 = first_row / block_q * block_q;
+                while (q0 < p.steps_q) : (q0 += block_q) {
+                    const rows = @min(block_q, p.steps_q - q0);
+                    load_row_statistics(o, b, h, q0, rows);
+                    sync_threads();
+                    pair_gradients(o, b, h, q0, rows, k0, cols);
+                    sync_threads();
+                    if (my_col < cols) {
+                        inline for (0..key_slots) |i| {
+                            const j = my_lane + i * key_threads;
+                            if (j < dim) {
+                                var total_v = acc_v[i];
+                                var total_k = acc_k[i];
+                                for (0..rows) |r| {
+                                    const prob = shared_tile_scores[r][my_col];
+                                    if (prob == 0) continue;
+                                    total_v += prob * load(dtype, o.d_out, p.o_index(b, q0 + r, h) + j);
+                                    total_k += shared_tile_d_scores[r][my_col] * load(dtype, o.q, p.q_index(b, q0 + r, h) + j);
+                                }
+                                acc_v[i] = total_v;
+                                acc_k[i] = total_k;
+                            }
+                        }
+                    }
+                    sync_threads();
+                }
+            }
+            if (my_col < cols) {
+                inline for (0..key_slots) |i| {
+                    const j = my_lane + i * key_threads;
+                    if (j < dim) {
+                        store(dtype, dk, p.k_index(b, k0 + my_col, h_kv) + j, acc_k[i]);
+                        store(dtype, dv, p.v_index(b, k0 + my_col, h_kv) + j, acc_v[i]);
+                    }
+                }
+            }
+        }
+
+        fn queries_item(o: *const Operands, item: u64, dq: u64) void {
+            const p = &o.p;
+            const dim = p.head_dim;
+            const tiles = attention.q_tiles(p);
+            const tile = item % tiles;
+            const h = (item / tiles) % p.heads_q;
+            const b = item / tiles / p.heads_q;
+            const h_kv = h / p.group();
+            const q0 = tile * block_q;
+            const rows = @min(block_q, p.steps_q - q0);
+            const t = thread_id();
+            const my_row = t / row_threads;
+            const my_lane = t % row_threads;
+            var acc: [row_slots]f32 = @splat(0);
+            load_row_statistics(o, b, h, q0, rows);
+            sync_threads();
+            const kv_end = p.keys_end(q0 + rows - 1);
+            var k0: u64 = 0;
+            while (k0 < kv_end) : (k0 += block_kv) {
+                const cols = @min(block_kv, kv_end - k0);
+                pair_gradients(o, b, h, q0, rows, k0, cols);
+                sync_threads();
+                if (my_row < rows and shared_row_lse[my_row] != -inf) {
+                    inline for (0..row_slots) |i| {
+                        const j = my_lane + i * row_threads;
+                        if (j < dim) {
+                            var total = acc[i];
+                            for (0..cols) |c| {
+                                if (shared_tile_scores[my_row][c] == 0) continue;
+                                total += shared_tile_d_scores[my_row][c] * load(dtype, o.k, p.k_index(b, k0 + c, h_kv) + j);
+                            }
+                            acc[i] = total;
+                        }
+                    }
+                }
+                sync_threads();
+            }
+            if (my_row < rows) {
+                const index = p.q_index(b, q0 + my_row, h);
+                inline for (0..row_slots) |i| {
+                    const j = my_lane + i * row_threads;
+                    if (j < dim) store(dtype, dq, index + j, acc[i]);
+                }
+            }
+            sync_threads();
+        }
+    };
+}
+
+/// Attention forward: one block per (batch, query head, query tile), grid-stride over the CPU's
+/// work items. `problem` is the device address of an attention.Problem; lse is float32 [B, Hq, T].
+export fn mp_attention_forward_kernel(dtype: u32, problem: u64, scale: f32, q: u64, k: u64, v: u64, mask: u64, mask_dtype: u32, out: u64, lse: u64) callconv(.kernel) void {
+    const p = @as(*const attention.Problem, @ptrFromInt(problem)).*;
+    const count = p.batch * p.heads_q * attention.q_tiles(&p);
+    switch (op_dtype(dtype)) {
+        inline .float32, .float16, .bfloat16 => |d| {
+            const o = Attention(d).Operands{ .p = p, .scale = scale, .q = q, .k = k, .v = v, .mask = mask, .mask_dtype = mask_dtype, .out = out, .lse = lse };
+            var item: u64 = @workGroupId(0);
+            while (item < count) : (item += grid_size()) Attention(d).forward_item(&o, item);
+        },
+        else => {},
+    }
+}
+
+/// Attention backward, first pass: dk and dv, one block per (batch, kv head, key tile).
+export fn mp_attention_backward_keys_kernel(dtype: u32, problem: u64, scale: f32, q: u64, k: u64, v: u64, mask: u64, mask_dtype: u32, out: u64, lse: u64, d_out: u64, dk: u64, dv: u64) callconv(.kernel) void {
+    const p = @as(*const attention.Problem, @ptrFromInt(problem)).*;
+    const count = p.batch * p.heads_kv * attention.kv_tiles(&p);
+    switch (op_dtype(dtype)) {
+        inline .float32, .float16, .bfloat16 => |d| {
+            const o = Attention(d).Operands{ .p = p, .scale = scale, .q = q, .k = k, .v = v, .mask = mask, .mask_dtype = mask_dtype, .out = out, .lse = lse, .d_out = d_out };
+            var item: u64 = @workGroupId(0);
+            while (item < count) : (item += grid_size()) Attention(d).keys_item(&o, item, dk, dv);
+        },
+        else => {},
+    }
+}
+
+/// Attention backward, second pass: dq, one block per (batch, query head, query tile).
+export fn mp_attention_backward_queries_kernel(dtype: u32, problem: u64, scale: f32, q: u64, k: u64, v: u64, mask: u64, mask_dtype: u32, out: u64, lse: u64, d_out: u64, dq: u64) callconv(.kernel) void {
+    const p = @as(*const attention.Problem, @ptrFromInt(problem)).*;
+    const count = p.batch * p.heads_q * attention.q_tiles(&p);
+    switch (op_dtype(dtype)) {
+        inline .float32, .float16, .bfloat16 => |d| {
+            const o = Attention(d).Operands{ .p = p, .scale = scale, .q = q, .k = k, .v = v, .mask = mask, .mask_dtype = mask_dtype, .out = out, .lse = lse, .d_out = d_out };
+            var item: u64 = @workGroupId(0);
+            while (item < count) : (item += grid_size()) Attention(d).queries_item(&o, item, dq);
+        },
+        else => {},
+    }
+}
