@@ -1188,7 +1188,299 @@ test "the CUDA exports report cuda_unavailable with a reason when libcuda.so.1 c
     try std.testing.expect(std.mem.indexOf(u8, message[0..@min(length, message.len)], "libcuda.so.1") != null);
 }
 
-// ---- CUDA row-op families (zig/src/cuda/ops_rows.zig, host side in zig/src/cuda_rows.zig) ----
+// ---- CUDA row-op families (kernels in zig/src/cuda/ops_rows.zig): the mp_norm_*, mp_softmax_*,
+// mp_embedding_*, mp_rope_* and mp_attention_* exports on device memory. The same arguments and
+// checks as the CPU exports, plus the device ordinal first; tensors are device addresses, while
+// what the CPU interface passes from the host (labels, ids, positions, inv_freq, the problem
+// records) is checked on the host and copied to the device through pinned staging, in stream
+// order, without a synchronisation. No export waits for the device.
+
+/// Device copies of host arrays for one launch: given back to the allocator's cache after the
+/// launch is queued (safe: a later user of the block is ordered after it on the one stream).
+const Uploads = struct {
+    device: *driver.Device,
+    addresses: [4]u64 = @splat(0),
+    count: u32 = 0,
+
+    fn add(uploads: *Uploads, source: []const u8) driver.Error!u64 {
+        std.debug.assert(uploads.count < uploads.addresses.len);
+        const address = try uploads.device.cache.alloc(@max(source.len, 4));
+        uploads.addresses[uploads.count] = address;
+        uploads.count += 1;
+        try driver.copy_to_device(uploads.device, address, source);
+        return address;
+    }
+
+    fn release(uploads: *Uploads) void {
+        for (uploads.addresses[0..uploads.count]) |address| uploads.device.cache.free(address) catch {};
+    }
+};
+
+/// Blocks of a row kernel: 16 rows per block of 256 threads, capped as grid-stride launches are.
+fn row_blocks(device: *const driver.Device, rows: u64) u32 {
+    return driver.grid_blocks(device, rows * (driver.block_threads / 16));
+}
+
+fn cuda_result(result: driver.Error!void) i32 {
+    result catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// mp_norm_forward on device memory (no sync).
+export fn mp_cuda_launch_norm_forward(ordinal: u32, op: u32, x: u64, weight: u64, bias: u64, out: u64, mean: u64, rstd: u64, rows: u64, width: u64, dtype: u32, eps: f32) i32 {
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(norm_ops.Kind, op) orelse return status(.invalid_argument);
+    if (kind == .rms and bias != 0) return status(.invalid_argument);
+    if (!(eps >= 0) or std.math.isInf(eps)) return status(.invalid_argument);
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (x == 0 or out == 0) return status(.null_pointer);
+    if (mean % 4 != 0 or rstd % 4 != 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    return cuda_result(driver.launch(device, .norm_forward, row_blocks(device, rows), driver.block_threads, .{ op, dtype, x, weight, bias, out, mean, rstd, rows, width, eps }));
+}
+
+/// mp_norm_backward on device memory: grad_x, and grad_weight / grad_bias through the device
+/// float32 workspace (at least mp_norm_workspace_count elements) in three launches (no sync).
+/// With no rows, the requested weight and bias gradients are zeros.
+export fn mp_cuda_launch_norm_backward(ordinal: u32, op: u32, x: u64, weight: u64, mean: u64, rstd: u64, grad_out: u64, grad_x: u64, grad_weight: u64, grad_bias: u64, workspace: u64, workspace_count: u64, rows: u64, width: u64, dtype: u32) i32 {
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(norm_ops.Kind, op) orelse return status(.invalid_argument);
+    if (kind == .rms and grad_bias != 0) return status(.invalid_argument);
+    if (width == 0) return status(if (rows == 0) .ok else .invalid_argument);
+    const gradients = grad_weight != 0 or grad_bias != 0;
+    if (rows != 0) {
+        if (x == 0 or grad_out == 0 or grad_x == 0 or rstd == 0) return status(.null_pointer);
+        if (kind == .layer and mean == 0) return status(.null_pointer);
+        if (mean % 4 != 0 or rstd % 4 != 0) return status(.invalid_argument);
+        if (gradients) {
+            if (workspace == 0) return status(.null_pointer);
+            if (workspace % 4 != 0 or workspace_count < norm_ops.workspace_count(rows, width)) return status(.invalid_argument);
+        }
+    }
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    return cuda_result(norm_backward_launches(device, op, x, weight, mean, rstd, grad_out, grad_x, grad_weight, grad_bias, workspace, rows, width, dtype));
+}
+
+fn norm_backward_launches(device: *driver.Device, op: u32, x: u64, weight: u64, mean: u64, rstd: u64, grad_out: u64, grad_x: u64, grad_weight: u64, grad_bias: u64, workspace: u64, rows: u64, width: u64, dtype: u32) driver.Error!void {
+    const threads = driver.block_threads;
+    if (rows != 0) {
+        try driver.launch(device, .norm_backward_rows, row_blocks(device, rows), threads, .{ op, dtype, x, weight, mean, rstd, grad_out, grad_x, rows, width });
+        if (grad_weight != 0 or grad_bias != 0) {
+            const items = norm_ops.block_count(rows) * width;
+            try driver.launch(device, .norm_backward_partials, driver.grid_blocks(device, items), threads, .{ op, dtype, x, mean, rstd, grad_out, workspace, rows, width });
+        }
+    }
+    // With no rows the combine reads no block and writes zeros.
+    const blocks = driver.grid_blocks(device, width);
+    if (grad_weight != 0) try driver.launch(device, .norm_combine, blocks, threads, .{ dtype, workspace, grad_weight, @as(u64, 0), rows, width });
+    if (grad_bias != 0) try driver.launch(device, .norm_combine, blocks, threads, .{ dtype, workspace, grad_bias, width, rows, width });
+}
+
+/// mp_softmax_forward on device memory. For cross-entropy (op 2) `labels` is a host array of
+/// int32 [rows] (checked here, copied to the device), `out` is unused (the per-row losses live in
+/// a device block of the allocator for the launch), lse (0: not kept) and mean are device float32.
+export fn mp_cuda_launch_softmax_forward(ordinal: u32, op: u32, x: u64, out: u64, rows: u64, width: u64, dtype: u32, labels: ?[*]const i32, ignore_index: i32, lse: u64, mean: u64) i32 {
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(softmax_ops.Op, op) orelse return status(.invalid_argument);
+    if (kind == .cross_entropy) {
+        if (mean == 0) return status(.null_pointer);
+        if (mean % 4 != 0 or lse % 4 != 0) return status(.invalid_argument);
+        if (rows != 0) {
+            if (width == 0) return status(.invalid_argument);
+            if (x == 0) return status(.null_pointer);
+            const host = labels orelse return status(.null_pointer);
+            _ = softmax_ops.check_labels(host[0..rows], width, ignore_index) orelse return status(.invalid_argument);
+        }
+        const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+        return cuda_result(cross_entropy_launches(device, x, rows, width, dtype, if (rows == 0) &.{} else labels.?[0..rows], ignore_index, lse, mean));
+    }
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (x == 0 or out == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    return cuda_result(driver.launch(device, .softmax_forward, row_blocks(device, rows), driver.block_threads, .{ op, dtype, x, out, rows, width, @as(u64, 0), ignore_index, @as(u64, 0) }));
+}
+
+fn cross_entropy_launches(device: *driver.Device, x: u64, rows: u64, width: u64, dtype: u32, labels: []const i32, ignore_index: i32, lse: u64, mean: u64) driver.Error!void {
+    if (rows == 0) return driver.fill32(device, mean, @bitCast(std.math.nan(f32)), 1);
+    var uploads = Uploads{ .device = device };
+    defer uploads.release();
+    const labels_address = try uploads.add(std.mem.sliceAsBytes(labels));
+    const losses = try device.cache.alloc(rows * 4);
+    defer device.cache.free(losses) catch {};
+    const op: u32 = @backingInt(softmax_ops.Op.cross_entropy);
+    try driver.launch(device, .softmax_forward, row_blocks(device, rows), driver.block_threads, .{ op, dtype, x, losses, rows, width, labels_address, ignore_index, lse });
+    try driver.launch(device, .cross_entropy_mean, 1, 32, .{ losses, labels_address, ignore_index, rows, mean });
+}
+
+/// mp_softmax_backward on device memory; for cross-entropy `labels` is the host int32 [rows]
+/// array (checked, copied to the device) and grad_out the device float32 gradient of the mean.
+export fn mp_cuda_launch_softmax_backward(ordinal: u32, op: u32, saved: u64, grad_out: u64, grad_x: u64, rows: u64, width: u64, dtype: u32, labels: ?[*]const i32, ignore_index: i32, lse: u64) i32 {
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const kind = std.enums.fromInt(softmax_ops.Op, op) orelse return status(.invalid_argument);
+    if (rows == 0) return status(.ok);
+    if (width == 0) return status(.invalid_argument);
+    if (saved == 0 or grad_out == 0 or grad_x == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    if (kind != .cross_entropy) {
+        return cuda_result(driver.launch(device, .softmax_backward, row_blocks(device, rows), driver.block_threads, .{ op, dtype, saved, grad_out, grad_x, rows, width }));
+    }
+    if (lse == 0) return status(.null_pointer);
+    if (lse % 4 != 0 or grad_out % 4 != 0) return status(.invalid_argument);
+    const host = labels orelse return status(.null_pointer);
+    const kept = softmax_ops.check_labels(host[0..rows], width, ignore_index) orelse return status(.invalid_argument);
+    return cuda_result(cross_entropy_backward_launch(device, saved, grad_out, grad_x, rows, width, dtype, host[0..rows], ignore_index, lse, kept));
+}
+
+fn cross_entropy_backward_launch(device: *driver.Device, logits: u64, grad_mean: u64, grad_x: u64, rows: u64, width: u64, dtype: u32, labels: []const i32, ignore_index: i32, lse: u64, kept: u64) driver.Error!void {
+    var uploads = Uploads{ .device = device };
+    defer uploads.release();
+    const labels_address = try uploads.add(std.mem.sliceAsBytes(labels));
+    try driver.launch(device, .cross_entropy_backward, driver.grid_blocks(device, rows * width), driver.block_threads, .{ dtype, logits, grad_mean, grad_x, rows, width, labels_address, ignore_index, lse, kept });
+}
+
+/// mp_embedding_forward on device memory: `ids` is the host int32 [count] array (checked, copied).
+export fn mp_cuda_launch_embedding_forward(ordinal: u32, table: u64, ids: ?[*]const i32, out: u64, vocabulary: u64, dim: u64, count: u64, dtype: u32) i32 {
+    const d = numerics.Dtype.from_int(dtype) orelse return status(.invalid_dtype);
+    if (count == 0 or dim == 0) return status(.ok);
+    if (table == 0 or out == 0) return status(.null_pointer);
+    const host = ids orelse return status(.null_pointer);
+    if (!embedding_ops.check_ids(host[0..count], vocabulary)) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    return cuda_result(embedding_forward_launch(device, table, host[0..count], out, dim, d.size_bytes()));
+}
+
+fn embedding_forward_launch(device: *driver.Device, table: u64, ids: []const i32, out: u64, dim: u64, element_bytes: u32) driver.Error!void {
+    var uploads = Uploads{ .device = device };
+    defer uploads.release();
+    const ids_address = try uploads.add(std.mem.sliceAsBytes(ids));
+    const count: u64 = ids.len;
+    try driver.launch(device, .embedding_forward, driver.grid_blocks(device, count * dim), driver.block_threads, .{ element_bytes, table, ids_address, out, dim, count });
+}
+
+/// mp_embedding_backward on device memory: the stable counting sort of the host `ids` runs on
+/// the host (embedding.sort_positions, the CPU's), its result goes to the device, and one thread
+/// per grad_table element sums its id's rows in token order.
+export fn mp_cuda_launch_embedding_backward(ordinal: u32, ids: ?[*]const i32, grad_out: u64, grad_table: u64, vocabulary: u64, dim: u64, count: u64, dtype: u32) i32 {
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (vocabulary == 0 or dim == 0) return status(.ok);
+    if (grad_table == 0) return status(.null_pointer);
+    if (count != 0 and grad_out == 0) return status(.null_pointer);
+    if (count >= std.math.maxInt(u32) or vocabulary >= std.math.maxInt(u32)) return status(.invalid_argument);
+    const host: []const i32 = if (count == 0) &.{} else (ids orelse return status(.null_pointer))[0..count];
+    if (!embedding_ops.check_ids(host, vocabulary)) return status(.invalid_argument);
+    const sorted = std.heap.c_allocator.alloc(u32, embedding_ops.workspace_count(vocabulary, count)) catch return status(.out_of_memory);
+    defer std.heap.c_allocator.free(sorted);
+    embedding_ops.sort_positions(&.{
+        .ids = if (count == 0) @ptrFromInt(@alignOf(i32)) else host.ptr,
+        .grad_out = @ptrFromInt(@alignOf(f32)),
+        .grad_table = @ptrFromInt(@alignOf(f32)),
+        .workspace = sorted.ptr,
+        .vocabulary = vocabulary,
+        .dim = dim,
+        .count = count,
+    });
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    return cuda_result(embedding_backward_launch(device, sorted, grad_out, grad_table, vocabulary, dim, dtype));
+}
+
+fn embedding_backward_launch(device: *driver.Device, sorted: []const u32, grad_out: u64, grad_table: u64, vocabulary: u64, dim: u64, dtype: u32) driver.Error!void {
+    var uploads = Uploads{ .device = device };
+    defer uploads.release();
+    const workspace = try uploads.add(std.mem.sliceAsBytes(sorted));
+    try driver.launch(device, .embedding_backward, driver.grid_blocks(device, vocabulary * dim), driver.block_threads, .{ dtype, workspace, grad_out, grad_table, vocabulary, dim });
+}
+
+fn cuda_rope_call(ordinal: u32, op: u32, dtype: u32, problem: ?*const rope.Problem, source: u64, target: u64, inv_freq: ?[*]const f32, positions: ?[*]const i32, inverse: bool) i32 {
+    if (op != rope_op_rotate_half) return status(.invalid_argument);
+    const storage_dtype = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const p = (problem orelse return status(.null_pointer)).*;
+    if (!p.valid()) return status(.invalid_argument);
+    const explicit = p.flags & rope.flag_positions != 0;
+    const half = p.head_dim / 2;
+    const pairs = p.batch * p.steps * p.heads * half;
+    if (pairs == 0) return status(.ok);
+    if (source == 0 or target == 0) return status(.null_pointer);
+    const frequencies = inv_freq orelse return status(.null_pointer);
+    if (explicit and positions == null) return status(.null_pointer);
+    const bytes = pairs * 2 * storage_dtype.size_bytes();
+    if (source < target + bytes and target < source + bytes and source != target) return status(.overlap);
+    const position_count = if (p.flags & rope.flag_positions_per_batch != 0) p.batch * p.steps else p.steps;
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    return cuda_result(rope_launch(device, dtype, inverse, &p, source, target, frequencies[0..half], if (explicit) positions.?[0..position_count] else &.{}, pairs));
+}
+
+fn rope_launch(device: *driver.Device, dtype: u32, inverse: bool, p: *const rope.Problem, source: u64, target: u64, inv_freq: []const f32, positions: []const i32, pairs: u64) driver.Error!void {
+    var uploads = Uploads{ .device = device };
+    defer uploads.release();
+    const problem_address = try uploads.add(std.mem.asBytes(p));
+    const inv_freq_address = try uploads.add(std.mem.sliceAsBytes(inv_freq));
+    const positions_address: u64 = if (positions.len == 0) 0 else try uploads.add(std.mem.sliceAsBytes(positions));
+    try driver.launch(device, .rope, driver.grid_blocks(device, pairs), driver.block_threads, .{ dtype, @as(u32, @intFromBool(inverse)), problem_address, source, target, inv_freq_address, positions_address });
+}
+
+/// mp_rope_forward on device memory: x and out are device addresses; the problem record,
+/// inv_freq and positions are host arrays (copied to the device).
+export fn mp_cuda_launch_rope_forward(ordinal: u32, op: u32, dtype: u32, problem: ?*const rope.Problem, x: u64, out: u64, inv_freq: ?[*]const f32, positions: ?[*]const i32) i32 {
+    return cuda_rope_call(ordinal, op, dtype, problem, x, out, inv_freq, positions, false);
+}
+
+/// mp_rope_backward on device memory (same arguments as mp_cuda_launch_rope_forward).
+export fn mp_cuda_launch_rope_backward(ordinal: u32, op: u32, dtype: u32, problem: ?*const rope.Problem, d_out: u64, dx: u64, inv_freq: ?[*]const f32, positions: ?[*]const i32) i32 {
+    return cuda_rope_call(ordinal, op, dtype, problem, d_out, dx, inv_freq, positions, true);
+}
+
+/// mp_attention_forward on device memory: the problem record is a host array (copied); every
+/// tensor, the mask and lse are device addresses.
+export fn mp_cuda_launch_attention_forward(ordinal: u32, op: u32, dtype: u32, problem: ?*const attention.Problem, scale: f32, q: u64, k: u64, v: u64, mask: u64, mask_dtype: u32, out: u64, lse: u64) i32 {
+    if (op != attention_op_sdpa) return status(.invalid_argument);
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const p = (problem orelse return status(.null_pointer)).*;
+    if (!p.valid() or std.math.isNan(scale) or std.math.isInf(scale)) return status(.invalid_argument);
+    if (mask != 0 and storage.op_dtype(mask_dtype) == null) return status(.invalid_dtype);
+    if (p.batch == 0 or p.steps_q == 0) return status(.ok);
+    if (out == 0 or lse == 0 or q == 0) return status(.null_pointer);
+    if (lse % 4 != 0) return status(.invalid_argument);
+    if (p.steps_kv != 0 and (k == 0 or v == 0)) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    return cuda_result(attention_launches(device, .forward, dtype, &p, scale, .{ q, k, v, mask, mask_dtype, out, lse, 0, 0, 0, 0 }));
+}
+
+/// mp_attention_backward on device memory (two launches: dk and dv, then dq).
+export fn mp_cuda_launch_attention_backward(ordinal: u32, op: u32, dtype: u32, problem: ?*const attention.Problem, scale: f32, q: u64, k: u64, v: u64, mask: u64, mask_dtype: u32, out: u64, lse: u64, d_out: u64, dq: u64, dk: u64, dv: u64) i32 {
+    if (op != attention_op_sdpa) return status(.invalid_argument);
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    const p = (problem orelse return status(.null_pointer)).*;
+    if (!p.valid() or std.math.isNan(scale) or std.math.isInf(scale)) return status(.invalid_argument);
+    if (mask != 0 and storage.op_dtype(mask_dtype) == null) return status(.invalid_dtype);
+    if (p.batch == 0) return status(.ok);
+    const has_q = p.steps_q != 0;
+    const has_kv = p.steps_kv != 0;
+    if (has_q and (q == 0 or out == 0 or lse == 0 or d_out == 0 or dq == 0)) return status(.null_pointer);
+    if (has_kv and (k == 0 or v == 0 or dk == 0 or dv == 0)) return status(.null_pointer);
+    if (lse % 4 != 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    return cuda_result(attention_launches(device, .backward, dtype, &p, scale, .{ q, k, v, mask, mask_dtype, out, lse, d_out, dq, dk, dv }));
+}
+
+fn attention_launches(device: *driver.Device, comptime pass: enum { forward, backward }, dtype: u32, p: *const attention.Problem, scale: f32, t: struct { u64, u64, u64, u64, u32, u64, u64, u64, u64, u64, u64 }) driver.Error!void {
+    var uploads = Uploads{ .device = device };
+    defer uploads.release();
+    const record = try uploads.add(std.mem.asBytes(p));
+    const threads = driver.block_threads;
+    const q_items = p.batch * p.heads_q * attention.q_tiles(p);
+    const kv_items = p.batch * p.heads_kv * attention.kv_tiles(p);
+    // One block per work item (grid-stride beyond the cap).
+    const q_blocks = driver.grid_blocks(device, q_items * threads);
+    const kv_blocks = driver.grid_blocks(device, kv_items * threads);
+    if (pass == .forward) {
+        try driver.launch(device, .attention_forward, q_blocks, threads, .{ dtype, record, scale, t[0], t[1], t[2], t[3], t[4], t[5], t[6] });
+        return;
+    }
+    if (kv_items != 0) try driver.launch(device, .attention_backward_keys, kv_blocks, threads, .{ dtype, record, scale, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[9], t[10] });
+    if (q_items != 0) try driver.launch(device, .attention_backward_queries, q_blocks, threads, .{ dtype, record, scale, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8] });
+}
 
 test {
     _ = @import("ops/mathf.zig");

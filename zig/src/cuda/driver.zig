@@ -88,6 +88,21 @@ pub const Kernel = enum(u32) {
     fused_adamw,
     sum_squares_f64,
     fused_sgd,
+    // The row-op families (zig/src/cuda/ops_rows.zig).
+    norm_forward,
+    norm_backward_rows,
+    norm_backward_partials,
+    norm_combine,
+    softmax_forward,
+    cross_entropy_mean,
+    softmax_backward,
+    cross_entropy_backward,
+    embedding_forward,
+    embedding_backward,
+    rope,
+    attention_forward,
+    attention_backward_keys,
+    attention_backward_queries,
 
     pub fn entry(kernel: Kernel) [:0]const u8 {
         return switch (kernel) {
@@ -101,6 +116,20 @@ pub const Kernel = enum(u32) {
             .fused_adamw => "mp_fused_adamw_kernel",
             .sum_squares_f64 => "mp_sum_squares_f64_kernel",
             .fused_sgd => "mp_fused_sgd_kernel",
+            .norm_forward => "mp_norm_forward_kernel",
+            .norm_backward_rows => "mp_norm_backward_rows_kernel",
+            .norm_backward_partials => "mp_norm_backward_partials_kernel",
+            .norm_combine => "mp_norm_combine_kernel",
+            .softmax_forward => "mp_softmax_forward_kernel",
+            .cross_entropy_mean => "mp_cross_entropy_mean_kernel",
+            .softmax_backward => "mp_softmax_backward_kernel",
+            .cross_entropy_backward => "mp_cross_entropy_backward_kernel",
+            .embedding_forward => "mp_embedding_forward_kernel",
+            .embedding_backward => "mp_embedding_backward_kernel",
+            .rope => "mp_rope_kernel",
+            .attention_forward => "mp_attention_forward_kernel",
+            .attention_backward_keys => "mp_attention_backward_keys_kernel",
+            .attention_backward_queries => "mp_attention_backward_queries_kernel",
         };
     }
 
@@ -117,6 +146,20 @@ pub const Kernel = enum(u32) {
             .fused_adamw => &.{ u64, u64, u64, u64, u64 },
             .sum_squares_f64 => &.{ u64, u64, u64, f32, u64, u64 },
             .fused_sgd => &.{ u64, u64, u64, u64, u64 },
+            .norm_forward => &.{ u32, u32, u64, u64, u64, u64, u64, u64, u64, u64, f32 },
+            .norm_backward_rows => &.{ u32, u32, u64, u64, u64, u64, u64, u64, u64, u64 },
+            .norm_backward_partials => &.{ u32, u32, u64, u64, u64, u64, u64, u64, u64 },
+            .norm_combine => &.{ u32, u64, u64, u64, u64, u64 },
+            .softmax_forward => &.{ u32, u32, u64, u64, u64, u64, u64, i32, u64 },
+            .cross_entropy_mean => &.{ u64, u64, i32, u64, u64 },
+            .softmax_backward => &.{ u32, u32, u64, u64, u64, u64, u64 },
+            .cross_entropy_backward => &.{ u32, u64, u64, u64, u64, u64, u64, i32, u64, u64 },
+            .embedding_forward => &.{ u32, u64, u64, u64, u64, u64 },
+            .embedding_backward => &.{ u32, u64, u64, u64, u64, u64 },
+            .rope => &.{ u32, u32, u64, u64, u64, u64, u64 },
+            .attention_forward => &.{ u32, u64, f32, u64, u64, u64, u64, u32, u64, u64 },
+            .attention_backward_keys => &.{ u32, u64, f32, u64, u64, u64, u64, u32, u64, u64, u64, u64, u64 },
+            .attention_backward_queries => &.{ u32, u64, f32, u64, u64, u64, u64, u32, u64, u64, u64, u64 },
         };
     }
 };

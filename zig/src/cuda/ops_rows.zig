@@ -266,7 +266,8 @@ fn Norm(comptime dtype: Dtype) type {
             }
         }
 
-        fn combine(workspace: u64, target: u64, offset: u64, blocks: u64, width: u64) void {
+        fn combine(workspace: u64, target: u64, offset: u64, rows: u64, width: u64) void {
+            const blocks = norm.block_count(rows);
             var j = first_item();
             while (j < width) : (j += item_stride()) {
                 var total: f32 = 0;
@@ -304,9 +305,9 @@ export fn mp_norm_backward_partials_kernel(kind: u32, dtype: u32, x: u64, mean: 
 }
 
 /// target[j] = the blocks' partials at `offset` (0: weight, width: bias) added in block order.
-export fn mp_norm_combine_kernel(dtype: u32, workspace: u64, target: u64, offset: u64, blocks: u64, width: u64) callconv(.kernel) void {
+export fn mp_norm_combine_kernel(dtype: u32, workspace: u64, target: u64, offset: u64, rows: u64, width: u64) callconv(.kernel) void {
     switch (op_dtype(dtype)) {
-        inline .float32, .float16, .bfloat16 => |d| Norm(d).combine(workspace, target, offset, blocks, width),
+        inline .float32, .float16, .bfloat16 => |d| Norm(d).combine(workspace, target, offset, rows, width),
         else => {},
     }
 }
