@@ -30,6 +30,7 @@ import {
 } from "./_tables.ts";
 import type { Storage } from "./cpu/storage.ts";
 import { MixprecError } from "../errors.ts";
+import { rowsCuda } from "./cuda/rows.ts";
 
 /** A CUDA device as {@linkcode cudaDevices} lists it. */
 export interface CudaDeviceProperties {
@@ -676,6 +677,8 @@ function ordinalOfTensor(t: Tensor): number {
  */
 export const cudaBackendOps = Object.freeze({
   kind: "cuda" as const,
+  // Norm, softmax / cross-entropy, embedding, rope and attention (src/backend/cuda/rows.ts).
+  ...rowsCuda,
   allocate(ordinal: number, sizeBytes: number): Storage {
     return { address: cudaAlloc(ordinal, sizeBytes), sizeBytes, buffer: null, handle: 0 };
   },
