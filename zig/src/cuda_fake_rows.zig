@@ -88,7 +88,7 @@ pub fn launch(handle: usize, params: [*]?*anyopaque) bool {
 
 fn norm_forward(params: [*]?*anyopaque) void {
     norm.forward(dtype_of(param(u32, params, 1)), &.{
-        .kind = @enumFromInt(param(u32, params, 0)),
+        .kind = @fromBackingInt(@intCast(param(u32, params, 0))),
         .x = @ptrCast(@alignCast(at(param(u64, params, 2)))),
         .weight = bytes(param(u64, params, 3)),
         .bias = bytes(param(u64, params, 4)),
@@ -103,7 +103,7 @@ fn norm_forward(params: [*]?*anyopaque) void {
 
 fn norm_backward_rows(params: [*]?*anyopaque) void {
     norm.backward(dtype_of(param(u32, params, 1)), &.{
-        .kind = @enumFromInt(param(u32, params, 0)),
+        .kind = @fromBackingInt(@intCast(param(u32, params, 0))),
         .x = @ptrCast(@alignCast(at(param(u64, params, 2)))),
         .weight = bytes(param(u64, params, 3)),
         .mean = floats(param(u64, params, 4)),
@@ -128,7 +128,7 @@ fn norm_backward_partials(params: [*]?*anyopaque) void {
     const scratch = std.heap.c_allocator.alloc(u8, rows * width * dtype.size_bytes()) catch @panic("fake driver: out of host memory");
     defer std.heap.c_allocator.free(scratch);
     norm.backward_partials(dtype, &.{
-        .kind = @enumFromInt(param(u32, params, 0)),
+        .kind = @fromBackingInt(@intCast(param(u32, params, 0))),
         .x = @ptrCast(@alignCast(at(param(u64, params, 2)))),
         .weight = null,
         .mean = floats(param(u64, params, 3)),
@@ -165,7 +165,7 @@ fn norm_combine(params: [*]?*anyopaque) void {
 
 fn softmax_forward(params: [*]?*anyopaque) void {
     var mean: f32 = 0;
-    const op: softmax.Op = @enumFromInt(param(u32, params, 0));
+    const op: softmax.Op = @fromBackingInt(@intCast(param(u32, params, 0)));
     softmax.forward(dtype_of(param(u32, params, 1)), &.{
         .op = op,
         .x = @ptrCast(@alignCast(at(param(u64, params, 2)))),
@@ -186,7 +186,7 @@ fn cross_entropy_mean(params: [*]?*anyopaque) void {
 
 fn softmax_backward(params: [*]?*anyopaque) void {
     softmax.backward(dtype_of(param(u32, params, 1)), &.{
-        .op = @enumFromInt(param(u32, params, 0)),
+        .op = @fromBackingInt(@intCast(param(u32, params, 0))),
         .saved = @ptrCast(@alignCast(at(param(u64, params, 2)))),
         .grad_out = @ptrCast(@alignCast(at(param(u64, params, 3)))),
         .grad_x = @ptrCast(@alignCast(at(param(u64, params, 4)))),

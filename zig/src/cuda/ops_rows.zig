@@ -639,6 +639,8 @@ fn Attention(comptime dtype: Dtype) type {
                 shared_row_m[t] = -inf;
                 shared_row_l[t] = 0;
             }
+            // Other threads read these (at the latest when storing a row that sees no key).
+            sync_threads();
             const kv_end = p.keys_end(q0 + rows - 1);
             var k0: u64 = 0;
             while (k0 < kv_end) : (k0 += block_kv) {
