@@ -1322,14 +1322,15 @@ export fn mp_cuda_launch_softmax_backward(ordinal: u32, op: u32, saved: u64, gra
     if (rows == 0) return status(.ok);
     if (width == 0) return status(.invalid_argument);
     if (saved == 0 or grad_out == 0 or grad_x == 0) return status(.null_pointer);
-    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
     if (kind != .cross_entropy) {
+        const device = cuda_device(ordinal) catch |err| return cuda_status(err);
         return cuda_result(driver.launch(device, .softmax_backward, row_blocks(device, rows), driver.block_threads, .{ op, dtype, saved, grad_out, grad_x, rows, width }));
     }
     if (lse == 0) return status(.null_pointer);
     if (lse % 4 != 0 or grad_out % 4 != 0) return status(.invalid_argument);
     const host = labels orelse return status(.null_pointer);
     const kept = softmax_ops.check_labels(host[0..rows], width, ignore_index) orelse return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
     return cuda_result(cross_entropy_backward_launch(device, saved, grad_out, grad_x, rows, width, dtype, host[0..rows], ignore_index, lse, kept));
 }
 
@@ -1485,4 +1486,28 @@ fn attention_launches(device: *driver.Device, comptime pass: enum { forward, bac
 test {
     _ = @import("ops/mathf.zig");
     _ = @import("row_ops.zig");
+}
+
+test "the row-op CUDA exports check their host arguments before asking for a device" {
+    // Each of these fails on its arguments alone, so the answer is the same with or without a GPU.
+    const labels = [_]i32{ 0, 5, -100 };
+    try std.testing.expectEqual(status(.invalid_argument), mp_cuda_launch_softmax_forward(0, 2, 64, 0, 3, 5, 0, &labels, -100, 0, 64));
+    try std.testing.expectEqual(status(.invalid_argument), mp_cuda_launch_softmax_backward(0, 2, 64, 64, 64, 3, 5, 0, &labels, -100, 64));
+    try std.testing.expectEqual(status(.null_pointer), mp_cuda_launch_softmax_backward(0, 2, 64, 64, 64, 3, 5, 0, null, -100, 64));
+    const ids = [_]i32{ 1, 4 };
+    try std.testing.expectEqual(status(.invalid_argument), mp_cuda_launch_embedding_forward(0, 64, &ids, 64, 4, 2, 2, 2));
+    try std.testing.expectEqual(status(.invalid_argument), mp_cuda_launch_embedding_backward(0, &ids, 64, 64, 4, 2, 2, 2));
+    try std.testing.expectEqual(status(.invalid_dtype), mp_cuda_launch_norm_forward(0, 0, 64, 0, 0, 64, 0, 0, 2, 2, 3, 1e-5));
+    try std.testing.expectEqual(status(.invalid_argument), mp_cuda_launch_norm_forward(0, 1, 64, 0, 64, 64, 0, 0, 2, 2, 0, 1e-5));
+    try std.testing.expectEqual(status(.invalid_argument), mp_cuda_launch_norm_backward(0, 0, 64, 0, 64, 64, 64, 64, 64, 0, 64, 1, 70, 5, 0));
+    const odd = rope.Problem{ .batch = 1, .steps = 2, .heads = 1, .head_dim = 3, .offset = 0, .flags = 0 };
+    const frequencies = [_]f32{ 1, 0.5 };
+    try std.testing.expectEqual(status(.invalid_argument), mp_cuda_launch_rope_forward(0, 0, 0, &odd, 64, 64, &frequencies, null));
+    var grouped = attention.Problem{ .batch = 1, .steps_q = 2, .steps_kv = 2, .heads_q = 3, .heads_kv = 2, .head_dim = 4, .q_stride = 12, .k_stride = 8, .v_stride = 8, .o_stride = 12, .flags = 0 };
+    try std.testing.expectEqual(status(.invalid_argument), mp_cuda_launch_attention_forward(0, 0, 0, &grouped, 0.5, 64, 64, 64, 0, 0, 64, 64));
+    grouped.heads_kv = 3;
+    grouped.k_stride = 12;
+    grouped.v_stride = 12;
+    try std.testing.expectEqual(status(.invalid_dtype), mp_cuda_launch_attention_backward(0, 0, 3, &grouped, 0.5, 64, 64, 64, 0, 0, 64, 64, 64, 64, 64, 64));
+    try std.testing.expectEqual(status(.invalid_argument), mp_cuda_launch_attention_backward(0, 0, 0, &grouped, std.math.nan(f32), 64, 64, 64, 0, 0, 64, 64, 64, 64, 64, 64));
 }
