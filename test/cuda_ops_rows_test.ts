@@ -15,7 +15,16 @@ import { backendOf } from "../src/backend/backend.ts";
 import type { AttentionOperand, AttentionProblem } from "../src/backend/cpu/attention.ts";
 import type { RopeProblem } from "../src/backend/cpu/rope.ts";
 import { cudaAvailability, cudaDevices, cudaSyncCount } from "../src/backend/cuda.ts";
-import { type DtypeName, MixprecError, type StorageArray, type Tensor, tensor, zeros } from "../src/mod.ts";
+import {
+  type DtypeName,
+  MixprecError,
+  ops,
+  type StorageArray,
+  type Tensor,
+  tensor,
+  valueAndGrad,
+  zeros,
+} from "../src/mod.ts";
 
 const availability = cudaAvailability();
 const gpu = availability.available && (process.env.MIXPREC_DEVICE ?? "") !== "cpu";
@@ -340,6 +349,53 @@ describe.skipIf(!gpu)("row ops on cuda tensors give the CPU's bits", () => {
         expectSameBits(dqd, dq, `${name}: dq`);
         expectSameBits(dkd, dk, `${name}: dk`);
         expectSameBits(dvd, dv, `${name}: dv`);
+      }
+    });
+  }
+});
+
+describe.skipIf(!gpu)("the public ops train on cuda tensors with the CPU's bits", () => {
+  for (const dtype of DTYPES) {
+    test(`embedding, layerNorm and crossEntropy: the loss and every gradient (${dtype})`, () => {
+      const ids = new Int32Array([4, 1, 4, 0, 2, 4]);
+      const labels = new Int32Array([3, -100, 0, 5, 5, 1]);
+      const f = (p: { table: Tensor; w: Tensor; b: Tensor }) =>
+        ops.crossEntropy(ops.layerNorm(ops.embedding(p.table, ids), p.w, p.b), labels);
+      const params = (on: "cpu" | typeof device) => ({
+        table: tensor(values(5 * 6, 50), { dtype, shape: [5, 6] }).to(on),
+        w: tensor(values(6, 51), { dtype }).to(on),
+        b: tensor(values(6, 52), { dtype }).to(on),
+      });
+      const [loss, grads] = valueAndGrad(f)(params("cpu"));
+      const [lossd, gradsd] = valueAndGrad(f)(params(device));
+      expect(lossd).toBe(loss);
+      for (const name of ["table", "w", "b"] as const) {
+        expect(gradsd[name].device).toBe(device);
+        expectSameBits(gradsd[name], grads[name], `d${name}`);
+      }
+    });
+
+    test(`rmsNorm, rope, causal GQA attention and logSoftmax: every gradient (${dtype})`, () => {
+      const [batch, steps, headDim] = [2, 19, 8];
+      const labels = new Int32Array(batch * steps * 4);
+      for (let i = 0; i < labels.length; i++) labels[i] = (i * 5) % headDim;
+      const f = (p: { q: Tensor; k: Tensor; v: Tensor; w: Tensor }) => {
+        const q = ops.rope(ops.rmsNorm(p.q, p.w), { offset: 3 });
+        const y = ops.attention(q, ops.rope(p.k, { offset: 3 }), p.v, { causal: true });
+        return ops.crossEntropy(ops.logSoftmax(y), labels);
+      };
+      const params = (on: "cpu" | typeof device) => ({
+        q: tensor(values(batch * steps * 4 * headDim, 53), { dtype, shape: [batch, steps, 4, headDim] }).to(on),
+        k: tensor(values(batch * steps * 2 * headDim, 54), { dtype, shape: [batch, steps, 2, headDim] }).to(on),
+        v: tensor(values(batch * steps * 2 * headDim, 55), { dtype, shape: [batch, steps, 2, headDim] }).to(on),
+        w: tensor(values(headDim, 56), { dtype }).to(on),
+      });
+      const [loss, grads] = valueAndGrad(f)(params("cpu"));
+      const [lossd, gradsd] = valueAndGrad(f)(params(device));
+      expect(lossd).toBe(loss);
+      for (const name of ["q", "k", "v", "w"] as const) {
+        expect(gradsd[name].device).toBe(device);
+        expectSameBits(gradsd[name], grads[name], `d${name}`);
       }
     });
   }
