@@ -533,6 +533,8 @@ export fn mp_rope_kernel(dtype: u32, inverse: u32, problem: u64, source: u64, ta
 // - the online softmax runs per row over the key tiles in order (one thread per row);
 // - an output element (acc, dq, dk, dv) is one thread's running sum over the tile's keys (or
 //   rows) in order, skipping the zero probabilities as the CPU's lists do;
+// - products and weighted sums take one fused multiply-add per step, as the CPU's @mulAdd (PTX
+//   fma.rn.f32 and x86 vfmadd round once, the same way);
 // - delta = dO . O in the CPU's 16-lane order (attention.zig's dot).
 // q, k, v and dO are read from global memory (through L1) each time they are needed; only the
 // scores and per-row statistics live in shared memory (4.3 KiB), so any head_dim up to
@@ -589,11 +591,12 @@ fn Attention(comptime dtype: Dtype) type {
             d_out: u64 = 0,
         };
 
-        /// sum over d of a[d] * b[d], in order.
+        /// sum over d of a[d] * b[d], in order, one fused multiply-add per step (attention.zig's
+        /// products).
         inline fn row_dot(a: u64, a_index: u64, b: u64, b_index: u64, dim: u64) f32 {
             var total: f32 = 0;
             var d: u64 = 0;
-            while (d < dim) : (d += 1) total += load(dtype, a, a_index + d) * load(dtype, b, b_index + d);
+            while (d < dim) : (d += 1) total = @mulAdd(f32, load(dtype, a, a_index + d), load(dtype, b, b_index + d), total);
             return total;
         }
 
@@ -680,7 +683,7 @@ fn Attention(comptime dtype: Dtype) type {
                             var total = acc[i] * alpha;
                             for (0..cols) |c| {
                                 const weight = shared_tile_scores[my_row][c];
-                                if (weight != 0) total += weight * load(dtype, o.v, p.v_index(b, k0 + c, h_kv) + j);
+                                if (weight != 0) total = @mulAdd(f32, weight, load(dtype, o.v, p.v_index(b, k0 + c, h_kv) + j), total);
                             }
                             acc[i] = total;
                         }
@@ -767,8 +770,8 @@ fn Attention(comptime dtype: Dtype) type {
                                 for (0..rows) |r| {
                                     const prob = shared_tile_scores[r][my_col];
                                     if (prob == 0) continue;
-                                    total_v += prob * load(dtype, o.d_out, p.o_index(b, q0 + r, h) + j);
-                                    total_k += shared_tile_d_scores[r][my_col] * load(dtype, o.q, p.q_index(b, q0 + r, h) + j);
+                                    total_v = @mulAdd(f32, prob, load(dtype, o.d_out, p.o_index(b, q0 + r, h) + j), total_v);
+                                    total_k = @mulAdd(f32, shared_tile_d_scores[r][my_col], load(dtype, o.q, p.q_index(b, q0 + r, h) + j), total_k);
                                 }
                                 acc_v[i] = total_v;
                                 acc_k[i] = total_k;
@@ -818,7 +821,7 @@ fn Attention(comptime dtype: Dtype) type {
                             var total = acc[i];
                             for (0..cols) |c| {
                                 if (shared_tile_scores[my_row][c] == 0) continue;
-                                total += shared_tile_d_scores[my_row][c] * load(dtype, o.k, p.k_index(b, k0 + c, h_kv) + j);
+                                total = @mulAdd(f32, shared_tile_d_scores[my_row][c], load(dtype, o.k, p.k_index(b, k0 + c, h_kv) + j), total);
                             }
                             acc[i] = total;
                         }
