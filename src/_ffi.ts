@@ -299,6 +299,27 @@ const SYMBOLS = {
   mp_cuda_sync_count: { args: [FFIType.ptr], returns: FFIType.i32 },
   mp_cuda_timer_start: { args: [FFIType.u32], returns: FFIType.i32 },
   mp_cuda_timer_stop: { args: [FFIType.u32, FFIType.ptr], returns: FFIType.i32 },
+  // Matmul on the GPU (zig/src/cuda/cublas.zig, zig/src/cuda/ops_matmul.zig).
+  mp_cuda_matmul: {
+    args: [
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+      FFIType.u32,
+      FFIType.u32,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_matmul_epilogue: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u32],
+    returns: FFIType.i32,
+  },
 } as const;
 
 type Library = ReturnType<typeof dlopen<typeof SYMBOLS>>;

@@ -17,6 +17,7 @@ const step_math = @import("cuda/step_math.zig");
 const adamw = @import("cpu/adamw.zig");
 const sum_squares = @import("cpu/sum_squares.zig");
 const sgd = @import("cpu/sgd.zig");
+const layout = @import("ops/layout.zig");
 
 const CUresult = c_int;
 const success: CUresult = 0;
@@ -40,6 +41,7 @@ const entries = [_][]const u8{
     "mp_fused_adamw_kernel",
     "mp_sum_squares_f64_kernel",
     "mp_fused_sgd_kernel",
+    "mp_matmul_epilogue_kernel",
 };
 
 export fn cuInit(flags: c_uint) CUresult {
@@ -179,6 +181,7 @@ export fn cuLaunchKernel(function: ?*anyopaque, grid: c_uint, grid_y: c_uint, gr
         7 => launch_adamw(params),
         8 => launch_sum_squares_f64(params, grid),
         9 => launch_sgd(params),
+        10 => launch_matmul_epilogue(params),
         else => unreachable,
     }
     return success;
@@ -308,6 +311,18 @@ fn launch_sgd(params: [*]?*anyopaque) void {
     if (found_inf != 0 and @as(*const u32, @ptrFromInt(found_inf)).* != 0) return;
     const rows: [*]const sgd.SgdRow = @ptrFromInt(param(u64, params, 0));
     sgd.step(rows[0..param(u64, params, 1)], @ptrFromInt(param(u64, params, 3)));
+}
+
+/// The CPU's epilogue (zig/src/ops/layout.zig) on the product cuBLAS (or its fake) wrote.
+fn launch_matmul_epilogue(params: [*]?*anyopaque) void {
+    const bias = param(u64, params, 1);
+    layout.epilogue(numerics.Dtype.from_int(param(u32, params, 5)).?, &.{
+        .product = @ptrFromInt(param(u64, params, 0)),
+        .bias = if (bias == 0) null else @ptrFromInt(bias),
+        .out = @ptrFromInt(param(u64, params, 2)),
+        .rows = param(u64, params, 3),
+        .cols = param(u64, params, 4),
+    });
 }
 
 fn wide(dtype: numerics.Dtype, address: u64, index: u64) u32 {

@@ -1143,6 +1143,56 @@ export fn mp_cuda_timer_stop(ordinal: u32, out_milliseconds: ?*f32) i32 {
     return status(.ok);
 }
 
+// ---- Matmul on the GPU: cuBLAS for the product (zig/src/cuda/cublas.zig), our PTX for the
+// epilogue (zig/src/cuda/ops_matmul.zig).
+
+const cublas = @import("cuda/cublas.zig");
+
+/// mp_matmul on device addresses through cuBLAS (cublasGemmStridedBatchedEx, float32 accumulation
+/// into a float32 C): the same layout and flags; A and B have one dtype (float32, float16 or
+/// bfloat16). cuda_unavailable with the reason in mp_last_error when cuBLAS cannot be loaded. No sync.
+export fn mp_cuda_matmul(ordinal: u32, a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, a_dtype: u32, b_dtype: u32, flags: u32) i32 {
+    const a_type = numerics.Dtype.from_int(a_dtype) orelse return status(.invalid_dtype);
+    const b_type = numerics.Dtype.from_int(b_dtype) orelse return status(.invalid_dtype);
+    if (!matmul.input_dtype(a_type) or a_type != b_type) return status(.invalid_dtype);
+    if (flags & ~matmul.flags_all != 0) return status(.invalid_argument);
+    if (batch == 0 or m == 0 or n == 0) return status(.ok);
+    if (c == 0) return status(.null_pointer);
+    if (k != 0 and (a == 0 or b == 0)) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    cublas.matmul(ordinal, device, &.{
+        .a = a,
+        .b = b,
+        .c = c,
+        .batch = batch,
+        .m = m,
+        .n = n,
+        .k = k,
+        .dtype = a_type,
+        .trans_a = flags & matmul.flag_trans_a != 0,
+        .trans_b = flags & matmul.flag_trans_b != 0,
+        .accumulate = flags & matmul.flag_accumulate != 0,
+        .broadcast_b = flags & matmul.flag_broadcast_b != 0,
+    }) catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// mp_matmul_epilogue on device addresses (the same arguments and bits), as one PTX launch. No sync.
+export fn mp_cuda_launch_matmul_epilogue(ordinal: u32, product: u64, bias: u64, out: u64, rows: u64, cols: u64, dtype: u32) i32 {
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (rows * cols == 0) return status(.ok);
+    if (product == 0 or out == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const grid = driver.grid_blocks(device, rows * cols);
+    driver.launch(device, .matmul_epilogue, grid, driver.block_threads, .{ product, bias, out, rows, cols, dtype }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+test {
+    _ = cublas;
+}
+
 test "every kernel of the driver's table is a PTX entry with exactly the parameter types it launches with" {
     inline for (comptime std.meta.fieldNames(driver.Kernel)) |field_name| {
         const kernel: driver.Kernel = @field(driver.Kernel, field_name);

@@ -88,6 +88,7 @@ pub const Kernel = enum(u32) {
     fused_adamw,
     sum_squares_f64,
     fused_sgd,
+    matmul_epilogue,
 
     pub fn entry(kernel: Kernel) [:0]const u8 {
         return switch (kernel) {
@@ -101,6 +102,7 @@ pub const Kernel = enum(u32) {
             .fused_adamw => "mp_fused_adamw_kernel",
             .sum_squares_f64 => "mp_sum_squares_f64_kernel",
             .fused_sgd => "mp_fused_sgd_kernel",
+            .matmul_epilogue => "mp_matmul_epilogue_kernel",
         };
     }
 
@@ -117,6 +119,7 @@ pub const Kernel = enum(u32) {
             .fused_adamw => &.{ u64, u64, u64, u64, u64 },
             .sum_squares_f64 => &.{ u64, u64, u64, f32, u64, u64 },
             .fused_sgd => &.{ u64, u64, u64, u64, u64 },
+            .matmul_epilogue => &.{ u64, u64, u64, u64, u64, u32 },
         };
     }
 };
@@ -150,7 +153,7 @@ pub fn last_error() []const u8 {
     return last_error_buffer[0..last_error_length];
 }
 
-fn set_error(comptime format: []const u8, args: anytype) void {
+pub fn set_error(comptime format: []const u8, args: anytype) void {
     const text = std.fmt.bufPrint(&last_error_buffer, format, args) catch &last_error_buffer;
     last_error_length = text.len;
 }

@@ -406,3 +406,8 @@ export fn mp_fused_sgd_kernel(table: u64, row_count: u64, total_count: u64, hype
         sgd_element(&rows[row], h, index - row_start);
     }
 }
+
+// Op kernels live in files of their own (one per op family), exported from here.
+comptime {
+    _ = @import("ops_matmul.zig");
+}
