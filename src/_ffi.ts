@@ -320,6 +320,34 @@ const SYMBOLS = {
     args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u32],
     returns: FFIType.i32,
   },
+  // A step under a device-resident loss scale (zig/src/cuda/ops_amp.zig).
+  mp_cuda_launch_amp_scale_tensor: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u32, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_amp_sum_squares: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_amp_adam_prepare: {
+    args: [
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.f32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+      FFIType.u32,
+    ],
+    returns: FFIType.i32,
+  },
 } as const;
 
 type Library = ReturnType<typeof dlopen<typeof SYMBOLS>>;

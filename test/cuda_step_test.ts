@@ -209,4 +209,153 @@ describe.skipIf(!gpu || cublas.ok)("matmul where cuBLAS is missing", () => {
   });
 });
 
-export { fakeDriver, GradScaler, fusedAdamW };
+type StepCase = {
+  readonly name: string;
+  readonly paramDtypes: readonly DtypeName[];
+  readonly options: Parameters<typeof fusedAdamW>[0];
+  /** Call unscale_ before step (PyTorch's pattern for clipping unscaled gradients). */
+  readonly explicitUnscale: boolean;
+};
+
+const STEPS = 7;
+const INF_STEP = 3;
+const SHAPES = [[4, 5], [7], [3, 3, 2]];
+
+/** Raw (unscaled) gradients of step i; step INF_STEP holds an inf in its second tensor. */
+function rawGrads(step: number): Float32Array[] {
+  return SHAPES.map((shape, t) => {
+    const v = values(
+      shape.reduce((a, b) => a * b, 1),
+      1000 * step + t + 1,
+    );
+    for (let i = 0; i < v.length; i++) v[i] = v[i]! * 2 ** -(t + 2);
+    if (step === INF_STEP && t === 1) v[3] = Number.POSITIVE_INFINITY;
+    return v;
+  });
+}
+
+type Trace = { scales: number[]; tensors: Tensor[]; count: number; syncs: number[] };
+
+/** Trains STEPS steps with a GradScaler and fusedAdamW on one device, returning what to compare. */
+function train(on: string, c: StepCase): Trace {
+  const params = SHAPES.map((shape, t) => make(shape, c.paramDtypes[t]!, 77 + t, on));
+  const scaler = new GradScaler({ initScale: 2 ** 12, growthInterval: 2, dtype: "float16", device: on });
+  const opt = fusedAdamW(c.options);
+  const scales: number[] = [];
+  const syncs: number[] = [];
+  for (let step = 0; step < STEPS; step++) {
+    // The backward pass's gradients, in the params' dtypes, made before the step is timed.
+    const raw = rawGrads(step).map((v, t) =>
+      tensor(v, { dtype: c.paramDtypes[t]!, shape: SHAPES[t]!, device: on as "cpu" }),
+    );
+    const before = on === "cpu" ? 0 : cudaSyncCount();
+    const scaled = scaler.scale(raw) as Tensor[];
+    const scalerOpt = opt.scalerOptimizer(params, scaled);
+    if (c.explicitUnscale) scaler.unscale_(scalerOpt);
+    scaler.step(scalerOpt);
+    scaler.update();
+    syncs.push(on === "cpu" ? 0 : cudaSyncCount() - before);
+    scales.push(scaler.getScale());
+    for (const t of [...raw, ...scaled]) t.dispose();
+  }
+  const state = opt.state!;
+  const tensors = [
+    ...params,
+    ...state.master.filter((t): t is Tensor => t !== null).map((t) => t.clone()),
+    ...state.mu.map((t) => t.clone()),
+    ...state.nu.map((t) => t.clone()),
+  ];
+  const count = state.count;
+  opt.dispose();
+  scaler.dispose();
+  return { scales, tensors, count, syncs };
+}
+
+const STEP_CASES: readonly StepCase[] = [
+  {
+    name: "float16 params with float32 masters, clipping, the fused unscale",
+    paramDtypes: ["float16", "float16", "float32"],
+    options: { lr: 1e-2, weightDecay: 0.1, maxGradNorm: 0.05 },
+    explicitUnscale: false,
+  },
+  {
+    name: "float16 params, unscale_ before step (clipping the unscaled gradients)",
+    paramDtypes: ["float16", "float32", "float16"],
+    options: { lr: 3e-3, weightDecay: 0.01, maxGradNorm: 0.05, amsgrad: true },
+    explicitUnscale: true,
+  },
+  {
+    name: "bfloat16 params without masters, stochastic rounding, a schedule, no clipping",
+    paramDtypes: ["bfloat16", "bfloat16", "bfloat16"],
+    options: { lr: (count: number) => 1e-2 / (1 + count), masterWeights: false, rounding: "stochastic", seed: 9 },
+    explicitUnscale: false,
+  },
+];
+
+describe.skipIf(!gpu)("GradScaler + fusedAdamW on cuda tensors: sync-free and the CPU's bits", () => {
+  for (const c of STEP_CASES) {
+    test(`${c.name}: 0 host waits per step; params, masters, moments and scale trace equal the CPU's`, () => {
+      const cpu = train("cpu", c);
+      const dev = train(device, c);
+      try {
+        expect(dev.syncs).toEqual(new Array(STEPS).fill(0));
+        // The inf step backs off; the clean steps grow the scale every growthInterval (2) steps.
+        expect(cpu.scales[INF_STEP]).toBe(cpu.scales[INF_STEP - 1]! / 2);
+        expect(dev.scales).toEqual(cpu.scales);
+        expect(dev.count).toBe(cpu.count);
+        expect(cpu.count).toBe(STEPS - 1);
+        expect(dev.tensors.length).toBe(cpu.tensors.length);
+        dev.tensors.forEach((t, i) => {
+          expect(t.device).toBe(device);
+          expect({ i, bits: bitsOf(t) }).toEqual({ i, bits: bitsOf(cpu.tensors[i]!) });
+        });
+      } finally {
+        for (const t of [...cpu.tensors, ...dev.tensors]) t.dispose();
+      }
+    });
+  }
+
+  test("the step result and update result read the device when asked, and describe their own step", () => {
+    using p = tensor([1, 2, 3], { dtype: "float16", device });
+    const scaler = new GradScaler({ initScale: 1024, growthInterval: 1, dtype: "float16", device });
+    const opt = fusedAdamW({ lr: 0.1 });
+    const results = [];
+    for (const bad of [false, true, false]) {
+      using raw = tensor([0.5, bad ? Number.NaN : 1, 2], { dtype: "float16", device });
+      using scaled = scaler.scale(raw);
+      const before = cudaSyncCount();
+      results.push({ step: scaler.step(opt.scalerOptimizer([p], [scaled])), update: scaler.update() });
+      expect(cudaSyncCount()).toBe(before);
+    }
+    expect(results.map((r) => [r.step.applied, r.step.reason, r.step.scaleBefore, r.step.scaleAfter])).toEqual([
+      [true, "applied", 1024, 2048],
+      [false, "non_finite", 2048, 1024],
+      [true, "applied", 1024, 2048],
+    ]);
+    expect(results.map((r) => [r.update.scaleBefore, r.update.scaleAfter, r.update.event])).toEqual([
+      [1024, 2048, "grew"],
+      [2048, 1024, "backoff"],
+      [1024, 2048, "grew"],
+    ]);
+    expect(scaler.stateDict()).toMatchObject({ scale: 2048, _growth_tracker: 0 });
+    expect(opt.state!.count).toBe(2);
+    opt.dispose();
+    scaler.dispose();
+  });
+
+  test("a scaler on the device refuses host-only extensions and gradients of another device, with the fix", () => {
+    expect(() => new GradScaler({ device, minScale: 1 })).toThrow(/host-only extensions/);
+    const scaler = new GradScaler({ device });
+    using loss = tensor([1], { device });
+    using scaled = scaler.scale(loss);
+    using cpuGrad = tensor([1, 2]);
+    const opt = fusedAdamW();
+    let steps = 0;
+    expect(() => scaler.step({ grads: [cpuGrad], step: () => steps++ })).toThrow(/gradient 0 is on cpu/);
+    expect(() => scaler.step(opt.scalerOptimizer([cpuGrad], [cpuGrad]))).toThrow(/gradient 0 is on cpu/);
+    expect(steps).toBe(0);
+    void scaled;
+    opt.dispose();
+    scaler.dispose();
+  });
+});

@@ -1193,6 +1193,58 @@ test {
     _ = cublas;
 }
 
+// ---- A step under a device-resident loss scale (zig/src/cuda/ops_amp.zig): nothing read back.
+
+/// target = round(source * scale) for `count` elements of `dtype`, with the scale the device
+/// float32 at `factor_address` (GradScaler.scale on a cuda loss, and its gradient). No sync.
+export fn mp_cuda_launch_amp_scale_tensor(ordinal: u32, source: u64, target: u64, count: u64, dtype: u32, factor_address: u64) i32 {
+    _ = numerics.Dtype.from_int(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (source == 0 or target == 0 or factor_address == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.launch(device, .amp_scale_tensor, driver.grid_blocks(device, count), driver.block_threads, .{ source, target, count, dtype, factor_address }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// The partial sums mp_cuda_launch_amp_sum_squares writes for `total_count` elements.
+fn amp_partial_count(device: *const driver.Device, total_count: u64) u32 {
+    return @min(driver.grid_blocks(device, total_count), driver.norm_partials_max);
+}
+
+/// The optimizers' sum of squares after unscaling by the device scale at `scale` (0: by 1), as
+/// float64 partials into `partials` (room for 1024) and the found-inf flag. No sync.
+export fn mp_cuda_launch_amp_sum_squares(ordinal: u32, table: u64, row_count: u64, total_count: u64, scale: u64, partials: u64, found_inf: u64) i32 {
+    if (total_count == 0) return status(.ok);
+    if (table == 0 or partials == 0 or found_inf == 0) return status(.null_pointer);
+    if (row_count == 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.launch(device, .amp_sum_squares, amp_partial_count(device, total_count), driver.block_threads, .{ table, row_count, total_count, scale, partials, found_inf }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// Prepares a fused AdamW step on the device (zig/src/cuda/amp_math.zig): writes `current` from
+/// `hyper_table[count]` with the inverse of the device scale at `scale` (0: 1) and, when
+/// `sum_total_count` is not 0, the clip factor of the partials mp_cuda_launch_amp_sum_squares wrote
+/// for that many elements; rewrites the rows' stochastic seeds when `stochastic`; advances the u32
+/// count at `counter` unless the flag at `found_inf` (0: none) is set. No sync.
+export fn mp_cuda_launch_amp_adam_prepare(ordinal: u32, hyper_table: u64, hyper_count: u64, current: u64, counter: u64, scale: u64, found_inf: u64, partials: u64, sum_total_count: u64, max_norm: f32, rows: u64, row_count: u64, seed: u32, stochastic: u32) i32 {
+    if (hyper_table == 0 or current == 0 or counter == 0 or rows == 0) return status(.null_pointer);
+    if (hyper_count == 0 or row_count == 0) return status(.invalid_argument);
+    if (sum_total_count != 0 and partials == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const partial_count: u32 = if (sum_total_count == 0) 0 else amp_partial_count(device, sum_total_count);
+    const partials_used: u64 = if (sum_total_count == 0) 0 else partials;
+    driver.launch(device, .amp_adam_prepare, 1, 32, .{ hyper_table, hyper_count, current, counter, scale, found_inf, partials_used, partial_count, max_norm, rows, row_count, seed, stochastic }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+test {
+    _ = @import("cuda/amp_math.zig");
+}
+
 test "every kernel of the driver's table is a PTX entry with exactly the parameter types it launches with" {
     inline for (comptime std.meta.fieldNames(driver.Kernel)) |field_name| {
         const kernel: driver.Kernel = @field(driver.Kernel, field_name);

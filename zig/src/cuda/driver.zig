@@ -89,6 +89,9 @@ pub const Kernel = enum(u32) {
     sum_squares_f64,
     fused_sgd,
     matmul_epilogue,
+    amp_scale_tensor,
+    amp_sum_squares,
+    amp_adam_prepare,
 
     pub fn entry(kernel: Kernel) [:0]const u8 {
         return switch (kernel) {
@@ -103,6 +106,9 @@ pub const Kernel = enum(u32) {
             .sum_squares_f64 => "mp_sum_squares_f64_kernel",
             .fused_sgd => "mp_fused_sgd_kernel",
             .matmul_epilogue => "mp_matmul_epilogue_kernel",
+            .amp_scale_tensor => "mp_amp_scale_tensor_kernel",
+            .amp_sum_squares => "mp_amp_sum_squares_kernel",
+            .amp_adam_prepare => "mp_amp_adam_prepare_kernel",
         };
     }
 
@@ -120,6 +126,9 @@ pub const Kernel = enum(u32) {
             .sum_squares_f64 => &.{ u64, u64, u64, f32, u64, u64 },
             .fused_sgd => &.{ u64, u64, u64, u64, u64 },
             .matmul_epilogue => &.{ u64, u64, u64, u64, u64, u32 },
+            .amp_scale_tensor => &.{ u64, u64, u64, u32, u64 },
+            .amp_sum_squares => &.{ u64, u64, u64, u64, u64, u64 },
+            .amp_adam_prepare => &.{ u64, u64, u64, u64, u64, u64, u64, u32, f32, u64, u64, u32, u32 },
         };
     }
 };
