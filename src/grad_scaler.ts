@@ -7,6 +7,12 @@
  * native call for the whole tree, float32, float16 and bfloat16 alike: PyTorch refuses bfloat16
  * gradients on CUDA) and calls `optimizer.step()` only when they are all finite.
  *
+ * On cuda tensors (`device: "cuda:N"`, or the first `scale()` of a cuda loss) the scale, growth
+ * tracker and found-inf flag live in one device allocation: scale, unscale_, step (with fusedAdamW's
+ * `scalerOptimizer`, which unscales, clips and skips on the device) and update queue kernels and
+ * never wait for the device. Reading a value for the host (the fields of step()'s and update()'s
+ * results, getScale, lossScale, stateDict) waits once, and cudaSyncCount counts it.
+ *
  * Created for bfloat16 training (`new GradScaler({ dtype: "bfloat16" })`) the scaler is a
  * pass-through, like PyTorch's `enabled=False`: bfloat16 needs no loss scaling. It says so once
  * per process with console.warn, and in its `notice`.

@@ -16,6 +16,7 @@ import { cudaAvailability, cudaDevices, cudaSyncCount } from "../src/cuda.ts";
 import {
   type DtypeName,
   fusedAdamW,
+  fusedSgd,
   GradScaler,
   MixprecError,
   ops,
@@ -341,6 +342,38 @@ describe.skipIf(!gpu)("GradScaler + fusedAdamW on cuda tensors: sync-free and th
     expect(opt.state!.count).toBe(2);
     opt.dispose();
     scaler.dispose();
+  });
+
+  test("fusedSgd under a device scaler reads the flag once per step and gives the CPU's bits", () => {
+    const run = (on: string) => {
+      const params = SHAPES.map((shape, t) => make(shape, "float32", 5 + t, on));
+      const scaler = new GradScaler({ initScale: 256, growthInterval: 2, device: on });
+      const opt = fusedSgd({ lr: 0.1, momentum: 0.9 });
+      const waits: number[] = [];
+      for (let step = 0; step < 5; step++) {
+        const raw = rawGrads(step).map((v, t) => tensor(v, { shape: SHAPES[t]!, device: on as "cpu" }));
+        const before = on === "cpu" ? 0 : cudaSyncCount();
+        const scaled = scaler.scale(raw) as Tensor[];
+        scaler.step(opt.scalerOptimizer(params, scaled));
+        scaler.update();
+        waits.push(on === "cpu" ? 0 : cudaSyncCount() - before);
+        for (const t of [...raw, ...scaled]) t.dispose();
+      }
+      const scale = scaler.getScale();
+      opt.dispose();
+      scaler.dispose();
+      return { params, waits, scale };
+    };
+    const cpu = run("cpu");
+    const dev = run(device);
+    try {
+      // The plain fused step needs the flag on the host: one read per step, no more.
+      expect(dev.waits).toEqual([1, 1, 1, 1, 1]);
+      expect(dev.scale).toBe(cpu.scale);
+      dev.params.forEach((p, i) => expect(bitsOf(p)).toEqual(bitsOf(cpu.params[i]!)));
+    } finally {
+      for (const t of [...cpu.params, ...dev.params]) t.dispose();
+    }
   });
 
   test("a scaler on the device refuses host-only extensions and gradients of another device, with the fix", () => {
