@@ -15,7 +15,7 @@ import { ptr } from "bun:ffi";
 import { check, native } from "../src/_ffi.ts";
 import { cast } from "../src/cast.ts";
 import type { DtypeName, StorageArray } from "../src/dtype.ts";
-import { matmulInto } from "../src/ops/_util.ts";
+import { matmulInto } from "../src/backend/cpu/layout.ts";
 import { measure } from "mitata";
 import { flag, formatTable, peakFmaGflops } from "./_harness.ts";
 

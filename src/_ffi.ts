@@ -11,7 +11,7 @@ import { dlopen, FFIType, ptr, suffix } from "bun:ffi";
 import { MixprecError } from "./errors.ts";
 
 /** Must equal `abi_version` in zig/src/ffi.zig; a mismatch means the library is out of date. */
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 /** Status codes returned by every export, mirrored from `Status` in zig/src/ffi.zig. */
 export const Status = Object.freeze({
@@ -39,6 +39,7 @@ const SYMBOLS = {
   mp_host_free: { args: [FFIType.u64], returns: FFIType.i32 },
   mp_host_release_callback: { args: [FFIType.ptr], returns: FFIType.i32 },
   mp_host_stats: { args: [FFIType.ptr], returns: FFIType.i32 },
+  mp_host_empty_cache: { args: [FFIType.ptr], returns: FFIType.i32 },
   mp_ptx: { args: [FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
   mp_cast: {
     args: [FFIType.ptr, FFIType.ptr, FFIType.u64, FFIType.u32, FFIType.u32, FFIType.u32, FFIType.u32],

@@ -11,8 +11,7 @@
  * @module
  */
 
-import { ptr } from "bun:ffi";
-import { check, native } from "./_ffi.ts";
+import { cpuInfoFlags, setThreadCount } from "./backend/cpu/info.ts";
 import { cudaDevices } from "./backend/cuda.ts";
 
 /** The CPU entry of {@linkcode devices}. */
@@ -98,8 +97,6 @@ const FEATURE_BITS: readonly (readonly [number, string])[] = [
 const F16C_IN_USE = 64;
 const KERNELS: readonly CpuKernels[] = ["baseline", "avx512", "avx512bf16"];
 
-const FLAGS_OUT = new Uint32Array(1);
-
 /**
  * The CPU entry, from the native library's `mp_cpu_info`.
  *
@@ -112,8 +109,7 @@ const FLAGS_OUT = new Uint32Array(1);
  * ```
  */
 export function cpuDevice(): CpuDeviceInfo {
-  check(native().mp_cpu_info(ptr(FLAGS_OUT)), "mp_cpu_info");
-  const flags = FLAGS_OUT[0]!;
+  const flags = cpuInfoFlags();
   const features = FEATURE_BITS.filter(([bit]) => (flags & bit) !== 0).map(([, name]) => name);
   const kernels = KERNELS[((flags >>> 16) & 0xf) - 1] ?? "baseline";
   return Object.freeze({
@@ -215,5 +211,5 @@ export function setThreads(count: number): void {
   if (!Number.isInteger(count) || count < 0 || count > 16) {
     throw new RangeError(`setThreads: count must be an integer in [0, 16] (0: one per CPU), got ${count}`);
   }
-  check(native().mp_set_threads(count), "mp_set_threads");
+  setThreadCount(count);
 }

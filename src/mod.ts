@@ -184,7 +184,7 @@ export {
 export * as nn from "./nn/mod.ts";
 export * as ops from "./ops/mod.ts";
 export { liveTensorCount } from "./tensor.ts";
-export { hostMemoryStats } from "./backend/cpu/storage.ts";
+export { emptyHostCache, hostMemoryStats } from "./backend/cpu/storage.ts";
 export {
   type ConversionReport,
   type ConvertOptions,

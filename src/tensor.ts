@@ -8,7 +8,7 @@
  */
 
 import { backendOf, ordinalOf } from "./backend/backend.ts";
-import type { Storage } from "./backend/cpu/storage.ts";
+import { mappedStorage, type Storage } from "./backend/cpu/storage.ts";
 import { requireCuda } from "./backend/cuda.ts";
 import { type CastOptions, castFlags, castInto } from "./cast.ts";
 import {
@@ -97,14 +97,18 @@ export class Tensor {
   #view: StorageArray | undefined;
 
   /** @internal Use tensor(), zeros(), ones() or randn(). */
-  constructor(dtype: DtypeName, shape: Shape, device: Device, zeroed = true) {
+  constructor(dtype: DtypeName, shape: Shape, device: Device, zeroed = true, external?: Storage) {
     this.dtype = dtype;
     this.shape = Object.freeze([...shape]);
     this.size = shapeSize(this.shape);
     this.device = device;
     const sizeBytes = this.size * (dtypeInfo(dtype).bits / 8);
     const backend = backendOf(device);
-    const storage = backend.allocate(ordinalOf(device), sizeBytes);
+    if (external !== undefined && external.sizeBytes !== sizeBytes) {
+      throw new RangeError(`${sizeBytes} bytes expected for ${dtype} [${shape.join(", ")}], got ${external.sizeBytes}`);
+    }
+    const storage = external ?? backend.allocate(ordinalOf(device), sizeBytes);
+    if (external !== undefined) zeroed = false;
     this.#storage = storage;
     liveAllocations++;
     // Host blocks must not be held here: the registry keeps its held values alive, and a host block
@@ -133,7 +137,7 @@ export class Tensor {
         `Cannot read data of ${this.toString()} from the host: its storage is device memory. Call .to("cpu") for a CPU tensor, or .toArray() for its values`,
       );
     }
-    this.#view ??= viewOf(this.dtype, storage.buffer, this.size);
+    this.#view ??= viewOf(this.dtype, storage.buffer, storage.byteOffset ?? 0, this.size);
     return this.#view;
   }
 
@@ -231,7 +235,8 @@ export class Tensor {
     registry.unregister(this);
     this.#storage = undefined;
     liveAllocations--;
-    if (this.#view === undefined) backendOf(this.device).free(ordinalOf(this.device), storage);
+    if (this.#view === undefined && storage.external !== true)
+      backendOf(this.device).free(ordinalOf(this.device), storage);
     this.#view = undefined;
   }
 
@@ -259,11 +264,21 @@ function copyStorage(source: Tensor, target: Tensor): void {
   else backendOf(target.device).write(target, source.bits());
 }
 
-function viewOf(dtype: DtypeName, buffer: ArrayBuffer, length: number): StorageArray {
+function viewOf(dtype: DtypeName, buffer: ArrayBuffer, byteOffset: number, length: number): StorageArray {
   const storage = dtypeInfo(dtype).storage;
-  if (storage === "Float32Array") return new Float32Array(buffer, 0, length);
-  if (storage === "Uint16Array") return new Uint16Array(buffer, 0, length);
-  return new Uint8Array(buffer, 0, length);
+  if (storage === "Float32Array") return new Float32Array(buffer, byteOffset, length);
+  if (storage === "Uint16Array") return new Uint16Array(buffer, byteOffset, length);
+  return new Uint8Array(buffer, byteOffset, length);
+}
+
+/**
+ * A CPU tensor over bytes it does not own (a private mapping of a checkpoint file): no copy; the
+ * bytes stay alive while the tensor or a view of it does, and dispose() only drops them. Null when
+ * the bytes are not aligned to the dtype's element size (the caller then copies). @internal
+ */
+export function tensorOnBytes(dtype: DtypeName, shape: Shape, bytes: Uint8Array): Tensor | null {
+  if (bytes.byteOffset % (dtypeInfo(dtype).bits / 8) !== 0) return null;
+  return new Tensor(dtype, shape, "cpu", false, mappedStorage(bytes));
 }
 
 /** Options for creating tensors. */

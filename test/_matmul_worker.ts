@@ -8,7 +8,7 @@
 
 import { cast } from "../src/cast.ts";
 import { cpuDevice } from "../src/device.ts";
-import { matmulInto } from "../src/ops/_util.ts";
+import { matmulInto } from "../src/backend/cpu/layout.ts";
 
 /** The shape: rows mode on two threads, several K slabs, partial tiles (M x N x K). */
 export const SHAPE = [203, 77, 601] as const;

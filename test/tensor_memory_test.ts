@@ -84,4 +84,25 @@ describe("tensor memory", () => {
     expect(code).toBe(0);
     expect(JSON.parse(stdout.trim())).toEqual([10, 40000, 0]);
   });
+
+  test("a disposed large block is kept for the next tensor of its size, and emptyHostCache frees it", async () => {
+    const { code, stdout, stderr } = await run(`
+      mp.emptyHostCache();
+      const first = mp.zeros([1 << 18]); // 1 MiB
+      const address = first.address;
+      first.dispose();
+      const cachedAfterDispose = mp.hostMemoryStats().cachedBytes;
+      const second = mp.zeros([1 << 18]);
+      const reused = second.address === address;
+      const cachedAfterReuse = mp.hostMemoryStats().cachedBytes;
+      const values = second.toArray().every((v) => v === 0);
+      second.dispose();
+      const released = mp.emptyHostCache();
+      console.log(JSON.stringify([cachedAfterDispose, reused, cachedAfterReuse, values, released, mp.hostMemoryStats().cachedBytes]));
+    `);
+    expect(stderr).toBe("");
+    expect(code).toBe(0);
+    // zeros() on a reused block still reads zeros: the cache hands out blocks, never their contents.
+    expect(JSON.parse(stdout.trim())).toEqual([1 << 20, true, 0, true, 1 << 20, 0]);
+  });
 });

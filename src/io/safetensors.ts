@@ -9,8 +9,9 @@
  * Memory: a path is mapped with `Bun.mmap` (MAP_PRIVATE), never read into a buffer. A Tensor owns
  * 64-byte aligned native storage that kernels rely on, so {@linkcode loadSafetensors} copies each
  * tensor once, from the mapping into its storage (one memcpy; reading the file into a buffer first
- * would cost a second). For raw access without that copy, {@linkcode openSafetensors} returns the
- * header and views straight into the mapping. Truncating a file while it is mapped crashes Bun
+ * would cost a second). Without that copy, {@linkcode openSafetensors} returns the header, views
+ * straight into the mapping, and tensors that live on the mapping (fromPretrained loads this way,
+ * so weights whose dtype already matches are never copied). Truncating a file while it is mapped crashes Bun
  * (SIGBUS): mixprec itself only replaces files by rename, which leaves existing mappings intact.
  *
  * Names: a pytree saves with dotted names: object keys and array indices joined by ".", so
@@ -32,7 +33,7 @@
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from "node:fs";
 import { dirname } from "node:path";
 import { describeKind, type StorageArray } from "../dtype.ts";
-import { Tensor } from "../tensor.ts";
+import { Tensor, tensorOnBytes } from "../tensor.ts";
 import { isNode, type Tree, type TreeStructure, treeStructure } from "../tree.ts";
 import {
   FLOAT_CODES,
@@ -130,14 +131,16 @@ export const TREE_METADATA_KEY = "mixprec.tree";
 // Opening: header + views into the mapping.
 
 /** Maps a file (or takes bytes) and validates its header. */
-function openBytes(source: SafetensorsSource): { bytes: Uint8Array; header: Header; label: string } {
+function openBytes(source: SafetensorsSource): { bytes: Uint8Array; header: Header; label: string; mapped: boolean } {
   let bytes: Uint8Array;
   let label: string;
+  let mapped = false;
   if (typeof source === "string") {
     label = JSON.stringify(source);
     const size = statSync(source).size;
     // Bun.mmap refuses empty files; tiny files are read (the header check then reports them).
     bytes = size < 8 ? new Uint8Array(readFileSync(source)) : Bun.mmap(source, { shared: false });
+    mapped = size >= 8;
   } else if (source instanceof Uint8Array) {
     label = `buffer of ${source.length} bytes`;
     bytes = source;
@@ -147,7 +150,7 @@ function openBytes(source: SafetensorsSource): { bytes: Uint8Array; header: Head
   const length = headerLength(bytes, bytes.length, label);
   const dataLength = bytes.length - 8 - length;
   const header = parseHeader(bytes.subarray(8, 8 + length), dataLength, label);
-  return { bytes, header, label };
+  return { bytes, header, label, mapped };
 }
 
 /** A safetensors file opened for raw, zero-copy access. */
@@ -171,7 +174,11 @@ export interface SafetensorsFile {
    * reference writer or mixprec); otherwise a copy.
    */
   view(name: string): StorageArray | IntegerArray;
-  /** A tensor as a new Tensor (float dtypes) or IntegerTensor, copied out of the file. */
+  /**
+   * A tensor as a new Tensor (float dtypes) or IntegerTensor. From a file path, a float tensor
+   * aligned to its element size is the private mapping itself (no copy; writes to it are
+   * copy-on-write and never reach the file); from bytes, or unaligned, a copy.
+   */
   tensor(name: string): SafetensorsLeaf;
 }
 
@@ -192,7 +199,7 @@ export interface SafetensorsFile {
  * ```
  */
 export function openSafetensors(source: SafetensorsSource): SafetensorsFile {
-  const { bytes, header, label } = openBytes(source);
+  const { bytes, header, label, mapped } = openBytes(source);
   const byName = new Map(header.tensors.map((info) => [info.name, info]));
   const info = (name: string): TensorInfo => {
     const found = byName.get(name);
@@ -209,7 +216,8 @@ export function openSafetensors(source: SafetensorsSource): SafetensorsFile {
     const entry = info(name);
     return typedView(raw(name), entry.dtype);
   };
-  const tensorOf = (name: string): SafetensorsLeaf => leafFromBytes(raw(name), info(name));
+  // From a mapped file a float tensor is the mapping itself (copy-on-write), not a copy.
+  const tensorOf = (name: string): SafetensorsLeaf => leafFromBytes(raw(name), info(name), mapped);
   return Object.freeze({
     metadata: Object.freeze({ ...(header.metadata ?? {}) }),
     names: Object.freeze(header.tensors.map((t) => t.name)),
@@ -246,9 +254,11 @@ function typedView(bytes: Uint8Array, dtype: SafetensorsDtype): StorageArray | I
   }
 }
 
-function leafFromBytes(bytes: Uint8Array, info: TensorInfo): SafetensorsLeaf {
+function leafFromBytes(bytes: Uint8Array, info: TensorInfo, mapped = false): SafetensorsLeaf {
   const float = SAFETENSORS_DTYPES[info.dtype].float;
   if (float !== null) {
+    const onMapping = mapped ? tensorOnBytes(float, info.shape, bytes) : null;
+    if (onMapping !== null) return onMapping;
     const result = new Tensor(float, info.shape, "cpu");
     const data = result.data;
     new Uint8Array(data.buffer, data.byteOffset, bytes.length).set(bytes);

@@ -1,17 +1,19 @@
 /**
  * Embedding lookup, native (zig/src/ops/embedding.zig): a gather of table rows in the table's
  * dtype, and a backward scatter-add that sums each table row's gradients in token order in float32
- * and rounds once, so the result is the same bits on any thread count. Also seeded dropout (still
- * a TypeScript loop).
+ * and rounds once, so the result is the same bits on any thread count. Also seeded dropout: a
+ * counter-based mask (the same seed drops the same elements) multiplied in x's dtype by the native
+ * mul, as torch rounds `input * noise`.
  *
  * @module
  */
 
-import { record } from "../autodiff.ts";
+import { record, recording, requiresGrad, track } from "../autodiff.ts";
 import { squirrel5 } from "../_numerics.ts";
 import { backendOf } from "../backend/backend.ts";
-import type { Tensor } from "../tensor.ts";
-import { checkTensor, empty, fromValues, output, shapeText, values } from "./_util.ts";
+import { type Tensor, tensor } from "../tensor.ts";
+import { mul } from "./elementwise.ts";
+import { checkTensor, empty, shapeText } from "./_util.ts";
 
 /** Token ids: a flat Int32Array or number[] (with an optional shape), in [0, vocabulary). */
 export type Ids = Int32Array | readonly number[];
@@ -106,17 +108,14 @@ export function dropout(x: Tensor, options: DropoutOptions): Tensor {
   }
   if (rate === 0) return x;
   const threshold = Math.floor(rate * 2 ** 32);
-  const keep = new Float32Array(x.size);
   const factor = 1 / (1 - rate);
+  const keep = new Float32Array(x.size);
   for (let i = 0; i < keep.length; i++) keep[i] = squirrel5(i, seed) >= threshold ? factor : 0;
-  const xv = values(x);
-  const result = output(x.shape, x.dtype, (out) => {
-    for (let i = 0; i < out.length; i++) out[i] = xv[i]! * keep[i]!;
-  });
-  return record(result, [x], (g) => {
-    const gv = values(g);
-    const d = new Float32Array(gv.length);
-    for (let i = 0; i < d.length; i++) d[i] = gv[i]! * keep[i]!;
-    return [fromValues(d, x.shape, x.dtype)];
-  });
+  // The noise in x's dtype (1 / (1 - rate) rounded into it) times x, rounded once: torch's
+  // input * bernoulli(1 - p).div_(1 - p). mul records the backward, g * noise.
+  const noise = tensor(keep, { shape: x.shape, dtype: x.dtype, device: x.device });
+  const result = mul(x, noise);
+  if (recording() && requiresGrad(x)) track(noise);
+  else noise.dispose();
+  return result;
 }

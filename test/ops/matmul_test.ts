@@ -2,7 +2,7 @@ import { describe, expect, test } from "bun:test";
 import fc from "fast-check";
 import { type DtypeName, dtypeInfo } from "../../src/dtype.ts";
 import { linear, matmul } from "../../src/ops/mod.ts";
-import { MatmulFlag, matmulInto } from "../../src/ops/_util.ts";
+import { MatmulFlag, matmulInto } from "../../src/backend/cpu/layout.ts";
 import { tensor } from "../../src/tensor.ts";
 import { gradCheck, randomInputs, refMatmul } from "../_gradcheck.ts";
 
@@ -111,8 +111,7 @@ describe("matmul", () => {
     );
     using a = tensor(av!, { shape: [m, k], dtype: "bf16" });
     using b = tensor(bv!, { shape: [k, n], dtype: "bf16" });
-    const dot = matmulInto(a.data, "bfloat16", b.data, "bfloat16", new Float32Array(m * n), 1, m, n, k, 0);
-    const wide = matmulInto(
+    const dot = matmulInto(
       a.data,
       "bfloat16",
       b.data,
@@ -122,8 +121,9 @@ describe("matmul", () => {
       m,
       n,
       k,
-      MatmulFlag.noBf16Dot,
+      MatmulFlag.bf16Dot,
     );
+    const wide = matmulInto(a.data, "bfloat16", b.data, "bfloat16", new Float32Array(m * n), 1, m, n, k, 0);
     const absSum = refMatmul(
       Float64Array.from(a.toArray(), Math.abs),
       Float64Array.from(b.toArray(), Math.abs),
@@ -160,7 +160,7 @@ describe("matmul", () => {
 
 describe("matmul negative space", () => {
   test("NaN and infinity in an input reach exactly the outputs that use them, on both bfloat16 paths", () => {
-    for (const flags of [0, MatmulFlag.noBf16Dot]) {
+    for (const flags of [0, MatmulFlag.bf16Dot]) {
       for (const dtype of ["float32", "bfloat16"] as DtypeName[]) {
         const m = 5;
         const k = 7;

@@ -19,7 +19,7 @@ const host_memory = @import("cpu/host_memory.zig");
 const layout = @import("ops/layout.zig");
 
 /// Bumped whenever an export's signature or meaning changes; src/_ffi.ts refuses a mismatch.
-pub const abi_version: u32 = 2;
+pub const abi_version: u32 = 3;
 
 /// Status codes, mirrored by `Status` in src/_ffi.ts.
 pub const Status = enum(i32) {
@@ -137,10 +137,18 @@ export fn mp_host_release_callback(out_address: ?*u64) i32 {
     return status(.ok);
 }
 
-/// Live tensor blocks and their bytes.
-export fn mp_host_stats(out: ?*[2]u64) i32 {
+/// Live tensor blocks and their bytes, and the bytes of freed blocks kept for reuse.
+export fn mp_host_stats(out: ?*[3]u64) i32 {
     const target = out orelse return status(.null_pointer);
-    target.* = host_memory.stats();
+    const live = host_memory.stats();
+    target.* = .{ live[0], live[1], host_memory.cached() };
+    return status(.ok);
+}
+
+/// Frees the blocks kept for reuse; out receives the bytes released.
+export fn mp_host_empty_cache(out: ?*u64) i32 {
+    const target = out orelse return status(.null_pointer);
+    target.* = host_memory.empty_cache();
     return status(.ok);
 }
 
@@ -329,7 +337,8 @@ test {
 /// Batched C = op(A) op(B) with float32 accumulation into a float32 C (row-major m x n per batch
 /// element). A and B are float32, float16 or bfloat16, contiguous, batch-major; op(A) is m x k,
 /// op(B) is k x n. flags: bit 0 A is stored transposed (k x m), bit 1 B is stored transposed
-/// (n x k), bit 2 accumulate (C += ...), bit 3 do not use AVX512-BF16 dot products (widen instead),
+/// (n x k), bit 2 accumulate (C += ...), bit 3 use AVX512-BF16 dot products for bfloat16 x bfloat16 where the CPU has
+/// them (default: widen to float32; see matmul.flag_bf16_dot),
 /// bit 4 every batch element uses the same B.
 export fn mp_matmul(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, a_dtype: u32, b_dtype: u32, flags: u32) i32 {
     const a_type = numerics.Dtype.from_int(a_dtype) orelse return status(.invalid_dtype);
@@ -354,7 +363,7 @@ export fn mp_matmul(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, 
         .trans_b = flags & matmul.flag_trans_b != 0,
         .accumulate = flags & matmul.flag_accumulate != 0,
         .broadcast_b = flags & matmul.flag_broadcast_b != 0,
-        .bf16_dot = flags & matmul.flag_no_bf16_dot == 0,
+        .bf16_dot = flags & matmul.flag_bf16_dot != 0,
     };
     matmul.matmul(&request);
     return status(.ok);

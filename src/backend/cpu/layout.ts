@@ -8,7 +8,7 @@
 
 import { ptr } from "bun:ffi";
 import { check, native } from "../../_ffi.ts";
-import { dtypeInfo } from "../../dtype.ts";
+import { type DtypeName, dtypeInfo, type StorageArray } from "../../dtype.ts";
 import type { Tensor } from "../../tensor.ts";
 
 /** Flags of the matmul kernel (mp_matmul). */
@@ -16,7 +16,8 @@ export const MatmulFlag = Object.freeze({
   transA: 1,
   transB: 2,
   accumulate: 4,
-  noBf16Dot: 8,
+  /** bfloat16 x bfloat16 through AVX512-BF16 dot products (opt-in; default widens to float32). */
+  bf16Dot: 8,
   broadcastB: 16,
 } as const);
 
@@ -100,3 +101,37 @@ export const layoutCpu: LayoutKernels = {
     );
   },
 };
+
+/**
+ * C (float32, batch x m x n) = op(A) op(B) in one native call on raw storage: A and B of their
+ * dtypes (float32, float16 or bfloat16), for benchmarks and kernel tests that work below tensors.
+ * See mp_matmul for the layout and flags.
+ */
+export function matmulInto(
+  a: StorageArray,
+  aDtype: DtypeName,
+  b: StorageArray,
+  bDtype: DtypeName,
+  c: Float32Array,
+  batch: number,
+  m: number,
+  n: number,
+  k: number,
+  flags: number,
+): Float32Array {
+  const address = (data: StorageArray) => (data.length === 0 ? 0 : ptr(data));
+  const status = native().mp_matmul(
+    address(a),
+    address(b),
+    address(c),
+    batch,
+    m,
+    n,
+    k,
+    dtypeInfo(aDtype).code,
+    dtypeInfo(bDtype).code,
+    flags,
+  );
+  check(status, `mp_matmul(${aDtype} x ${bDtype}, ${batch} x ${m} x ${n} x ${k})`);
+  return c;
+}

@@ -21,8 +21,29 @@ export interface Storage {
    * tensor is gone. null for device memory.
    */
   readonly buffer: ArrayBuffer | null;
-  /** The backend's handle for freeing (the host block's cell; 0 on devices). */
+  /** The backend's handle for freeing (the host block's cell; 0 on devices and for mapped bytes). */
   readonly handle: number;
+  /** Where the tensor starts in `buffer` (0 except for {@linkcode mappedStorage}). */
+  readonly byteOffset?: number;
+  /** Memory the tensor does not own (a mapped file): dispose() drops it, never frees it. */
+  readonly external?: boolean;
+}
+
+/**
+ * Storage over bytes the tensor does not own: a private (copy-on-write) mapping of a checkpoint,
+ * so loading a weight whose dtype already matches copies nothing. The bytes' buffer stays alive as
+ * long as the tensor or a view of it does; writes (an optimizer step) touch private pages only.
+ * The caller checks alignment to the element size.
+ */
+export function mappedStorage(bytes: Uint8Array): Storage {
+  return {
+    address: bytes.byteLength === 0 ? 0 : ptr(bytes),
+    sizeBytes: bytes.byteLength,
+    buffer: bytes.buffer as ArrayBuffer,
+    handle: 0,
+    byteOffset: bytes.byteOffset,
+    external: true,
+  };
 }
 
 /** Storage kernels every backend has. Tensors passed in live on the backend's device. */
@@ -43,7 +64,7 @@ export interface StorageKernels {
   read(source: Tensor, target: ArrayBufferView): void;
 }
 
-const PAIR_OUT = new BigUint64Array(2);
+const PAIR_OUT = new BigUint64Array(3);
 let releaseCallback: number | undefined;
 
 function release(): number {
@@ -55,12 +76,33 @@ function release(): number {
 }
 
 /**
- * Live host tensor blocks and their bytes as the native allocator counts them: blocks leave when
- * disposed, or when the garbage collector frees a tensor (or a view of its data) nobody disposed.
+ * Live host tensor blocks and their bytes as the native allocator counts them (blocks leave when
+ * disposed, or when the garbage collector frees a tensor, or a view of its data, nobody disposed),
+ * and `cachedBytes`: freed blocks of 64 KiB or more that the allocator keeps to reuse for the next
+ * tensor of that size (a training step allocates the same shapes every step; reusing their pages
+ * saves a page fault per 4 KiB). At most MIXPREC_HOST_CACHE_MB (default 1024) MiB are kept;
+ * {@linkcode emptyHostCache} returns them to the system.
  */
-export function hostMemoryStats(): { blocks: number; bytes: number } {
+export function hostMemoryStats(): { blocks: number; bytes: number; cachedBytes: number } {
   check(native().mp_host_stats(ptr(PAIR_OUT)), "mp_host_stats");
-  return { blocks: Number(PAIR_OUT[0]), bytes: Number(PAIR_OUT[1]) };
+  return { blocks: Number(PAIR_OUT[0]), bytes: Number(PAIR_OUT[1]), cachedBytes: Number(PAIR_OUT[2]) };
+}
+
+/**
+ * Frees the host blocks the allocator keeps for reuse (torch.cuda.empty_cache for host memory),
+ * e.g. after training and before a long evaluation with other shapes.
+ *
+ * @returns The bytes released.
+ * @example
+ * ```ts
+ * import { emptyHostCache, hostMemoryStats } from "./storage.ts";
+ * emptyHostCache();
+ * if (hostMemoryStats().cachedBytes !== 0) throw new Error("cache not empty");
+ * ```
+ */
+export function emptyHostCache(): number {
+  check(native().mp_host_empty_cache(ptr(PAIR_OUT)), "mp_host_empty_cache");
+  return Number(PAIR_OUT[0]);
 }
 
 function bytesOf(view: ArrayBufferView): Uint8Array {

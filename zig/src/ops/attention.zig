@@ -27,7 +27,9 @@
 //!
 //! Storage is float32, float16 or bfloat16 (storage.zig), loaded into float32 tiles; every output
 //! is rounded once on store. Row functions are generic over the lane count n (the CPU runs
-//! n = storage.lanes and a tail with n = 1).
+//! n = storage.lanes and a tail with n = 1). Every product-sum (q . k, dO . v, p v, ds k, p^T dO,
+//! ds^T q) accumulates with fused multiply-adds in a fixed order over d or over the listed rows,
+//! so a vector lane gives the bits of a scalar call (and a device kernel that keeps the order).
 
 const std = @import("std");
 const storage = @import("storage.zig");
@@ -206,14 +208,31 @@ inline fn dot(a: []const f32, b: []const f32) f32 {
 /// registers across the whole list (the P V, dS K, P^T dO and dS^T Q products of a tile).
 pub inline fn gather_add(comptime n: comptime_int, target: []f32, factor: f32, weights: []const f32, weight_stride: usize, list: []const u8, tile: []const f32, dim: usize, j: usize) void {
     var total: F(n) = @as(F(n), target[j..][0..n].*) * @as(F(n), @splat(factor));
-    for (list) |i| total += @as(F(n), @splat(weights[i * weight_stride])) * @as(F(n), tile[i * dim + j ..][0..n].*);
+    for (list) |i| total = @mulAdd(F(n), @splat(weights[i * weight_stride]), tile[i * dim + j ..][0..n].*, total);
     target[j..][0..n].* = total;
+}
+
+/// gather_add of two neighbouring n-lane chunks [j, j + 2n) in one pass over the list: the same
+/// sums in the same order, with two independent accumulator chains in flight instead of one (a
+/// chain of dependent adds is latency-bound).
+inline fn gather_add_two(target: []f32, factor: f32, weights: []const f32, weight_stride: usize, list: []const u8, tile: []const f32, dim: usize, j: usize) void {
+    const V = F(lanes);
+    var first: V = @as(V, target[j..][0..lanes].*) * @as(V, @splat(factor));
+    var second: V = @as(V, target[j + lanes ..][0..lanes].*) * @as(V, @splat(factor));
+    for (list) |i| {
+        const w: V = @splat(weights[i * weight_stride]);
+        first = @mulAdd(V, w, tile[i * dim + j ..][0..lanes].*, first);
+        second = @mulAdd(V, w, tile[i * dim + j + lanes ..][0..lanes].*, second);
+    }
+    target[j..][0..lanes].* = first;
+    target[j + lanes ..][0..lanes].* = second;
 }
 
 /// gather_add over a whole row of `dim` = target.len elements (vector body, scalar tail).
 fn gather_add_row(target: []f32, factor: f32, weights: []const f32, weight_stride: usize, list: []const u8, tile: []const f32) void {
     const dim = target.len;
     var j: usize = 0;
+    while (j + 2 * lanes <= dim) : (j += 2 * lanes) gather_add_two(target, factor, weights, weight_stride, list, tile, dim, j);
     while (j + lanes <= dim) : (j += lanes) gather_add(lanes, target, factor, weights, weight_stride, list, tile, dim, j);
     while (j < dim) : (j += 1) gather_add(1, target, factor, weights, weight_stride, list, tile, dim, j);
 }
@@ -267,6 +286,12 @@ const Keys = struct {
     keep: [block_kv]bool,
 
     fn load(keys: *Keys, comptime dtype: Dtype, p: *const Problem, kp: [*]const u8, vp: [*]const u8, mask: ?Mask, b: u64, h: u64, k0: u64, cols: u64) void {
+        keys.load_parts(dtype, p, kp, vp, mask, b, h, k0, cols, true);
+    }
+
+    /// load, without the transposed values when `values_t` is false (the forward pass reads the
+    /// value rows only): a third less copying per tile.
+    fn load_parts(keys: *Keys, comptime dtype: Dtype, p: *const Problem, kp: [*]const u8, vp: [*]const u8, mask: ?Mask, b: u64, h: u64, k0: u64, cols: u64, comptime values_t: bool) void {
         std.debug.assert(cols >= 1 and cols <= block_kv);
         const dim = p.head_dim;
         for (0..cols) |c| {
@@ -274,13 +299,14 @@ const Keys = struct {
             load_row(dtype, vp, p.v_index(b, k0 + c, h), row_of(&keys.v, c, dim));
             keys.keep[c] = if (mask) |m| m.keep(b * p.steps_kv + k0 + c) else true;
         }
+        @memset(keys.keep[cols..], false);
         for (0..dim) |d| {
-            for (0..cols) |c| {
-                keys.k_t[d * block_kv + c] = keys.k[c * dim + d];
-                keys.v_t[d * block_kv + c] = keys.v[c * dim + d];
-            }
+            for (0..cols) |c| keys.k_t[d * block_kv + c] = keys.k[c * dim + d];
             @memset(keys.k_t[d * block_kv + cols ..][0 .. block_kv - cols], 0);
-            @memset(keys.v_t[d * block_kv + cols ..][0 .. block_kv - cols], 0);
+            if (values_t) {
+                for (0..cols) |c| keys.v_t[d * block_kv + c] = keys.v[c * dim + d];
+                @memset(keys.v_t[d * block_kv + cols ..][0 .. block_kv - cols], 0);
+            }
         }
     }
 };
@@ -289,7 +315,7 @@ const Keys = struct {
 /// starting at `col`: sum over d of a[d] * tile[d][col + i], summed in order of d.
 pub inline fn products(comptime n: comptime_int, a: []const f32, tile: []const f32, col: usize) F(n) {
     var total: F(n) = @splat(0);
-    for (a, 0..) |x, d| total += @as(F(n), @splat(x)) * @as(F(n), tile[d * block_kv + col ..][0..n].*);
+    for (a, 0..) |x, d| total = @mulAdd(F(n), @splat(x), tile[d * block_kv + col ..][0..n].*, total);
     return total;
 }
 
@@ -300,23 +326,60 @@ fn products_row(a: []const f32, tile: []const f32, out: *[block_kv]f32) void {
     while (col < block_kv) : (col += lanes) out[col..][0..lanes].* = products(lanes, a, tile, col);
 }
 
+/// products_row of two rows, each against its own transposed tile, in one pass over d: the same
+/// sums in the same order as two products_row calls, with four accumulator chains in flight.
+fn products_pair(a0: []const f32, tile0: []const f32, out0: *[block_kv]f32, a1: []const f32, tile1: []const f32, out1: *[block_kv]f32) void {
+    comptime std.debug.assert(block_kv == 2 * lanes);
+    std.debug.assert(a0.len == a1.len);
+    const V = F(lanes);
+    var x0: V = @splat(0);
+    var y0: V = @splat(0);
+    var x1: V = @splat(0);
+    var y1: V = @splat(0);
+    for (0..a0.len) |d| {
+        const s0: V = @splat(a0[d]);
+        const s1: V = @splat(a1[d]);
+        x0 = @mulAdd(V, s0, tile0[d * block_kv ..][0..lanes].*, x0);
+        y0 = @mulAdd(V, s0, tile0[d * block_kv + lanes ..][0..lanes].*, y0);
+        x1 = @mulAdd(V, s1, tile1[d * block_kv ..][0..lanes].*, x1);
+        y1 = @mulAdd(V, s1, tile1[d * block_kv + lanes ..][0..lanes].*, y1);
+    }
+    out0[0..lanes].* = x0;
+    out0[lanes..][0..lanes].* = y0;
+    out1[0..lanes].* = x1;
+    out1[lanes..][0..lanes].* = y1;
+}
+
 /// Scores of query row `q_row` (position `position`) against the key tile, times scale, minus
 /// `shift`; keys the row cannot see get -inf. Returns the row's maximum before the shift (-inf:
 /// none seen).
 fn scores(p: *const Problem, keys: *const Keys, q_row: []const f32, position: u64, k0: u64, cols: u64, scale: f32, shift: f32, out: *[block_kv]f32) f32 {
-    const limit = p.keys_end(position);
     products_row(q_row, &keys.k_t, out);
-    var max: f32 = -std.math.inf(f32);
-    for (0..cols) |c| {
-        if (k0 + c < limit and keys.keep[c]) {
-            const s = out[c] * scale;
-            max = @max(max, s);
-            out[c] = s - shift;
-        } else {
-            out[c] = -std.math.inf(f32);
-        }
+    return finish_scores(p, keys, position, k0, cols, scale, shift, out);
+}
+
+/// Turns a row's products with the key tile (in `out`) into its scores: times scale, minus
+/// `shift`, -inf where the row cannot see the key. Returns the maximum before the shift.
+fn finish_scores(p: *const Problem, keys: *const Keys, position: u64, k0: u64, cols: u64, scale: f32, shift: f32, out: *[block_kv]f32) f32 {
+    comptime std.debug.assert(block_kv % lanes == 0 and block_kv < 1 << 16);
+    const limit = p.keys_end(position);
+    // Key c is visible when c < bound (inside the tile and causally visible) and the mask keeps it.
+    const bound: u32 = @intCast(@min(cols, if (limit > k0) limit - k0 else 0));
+    const V = F(lanes);
+    const U = @Vector(lanes, u32);
+    const none: V = @splat(-std.math.inf(f32));
+    var max: V = none;
+    inline for (0..block_kv / lanes) |part| {
+        const j = part * lanes;
+        const index = std.simd.iota(u32, lanes) + @as(U, @splat(j));
+        const keep: @Vector(lanes, bool) = keys.keep[j..][0..lanes].*;
+        const visible = @select(bool, index < @as(U, @splat(bound)), keep, @as(@Vector(lanes, bool), @splat(false)));
+        const scaled = @as(V, out[j..][0..lanes].*) * @as(V, @splat(scale));
+        // Float max ignores NaN as the scalar @max did; the maximum is order-free.
+        max = @max(max, @select(f32, visible, scaled, none));
+        out[j..][0..lanes].* = @select(f32, visible, scaled - @as(V, @splat(shift)), none);
     }
-    return max;
+    return @reduce(.Max, max);
 }
 
 fn q_tiles(p: *const Problem) u64 {
@@ -331,7 +394,7 @@ fn kv_tiles(p: *const Problem) u64 {
 
 fn Kernels(comptime dtype: Dtype) type {
     return struct {
-        const ForwardTiles = struct { q: QTile, acc: QTile, keys: Keys, scores: [block_kv]f32 };
+        const ForwardTiles = struct { q: QTile, acc: QTile, keys: Keys, scores: [block_q][block_kv]f32 };
 
         fn forward_item(f: *const Forward, item: u64) void {
             const p = &f.problem;
@@ -353,14 +416,20 @@ fn Kernels(comptime dtype: Dtype) type {
             var k0: u64 = 0;
             while (k0 < kv_end) : (k0 += block_kv) {
                 const cols = @min(block_kv, kv_end - k0);
-                tiles.keys.load(dtype, p, f.k, f.v, f.mask, b, h_kv, k0, cols);
+                tiles.keys.load_parts(dtype, p, f.k, f.v, f.mask, b, h_kv, k0, cols, false);
+                // The rows' products with the tile two rows at a time (independent chains in flight).
+                var r0: u64 = 0;
+                while (r0 + 2 <= rows) : (r0 += 2) {
+                    products_pair(row_of(&tiles.q, r0, dim), &tiles.keys.k_t, &tiles.scores[r0], row_of(&tiles.q, r0 + 1, dim), &tiles.keys.k_t, &tiles.scores[r0 + 1]);
+                }
+                if (r0 < rows) products_row(row_of(&tiles.q, r0, dim), &tiles.keys.k_t, &tiles.scores[r0]);
                 for (0..rows) |r| {
-                    const tile_max = scores(p, &tiles.keys, row_of(&tiles.q, r, dim), q0 + r, k0, cols, f.scale, 0, &tiles.scores);
+                    const tile_max = finish_scores(p, &tiles.keys, q0 + r, k0, cols, f.scale, 0, &tiles.scores[r]);
                     if (tile_max == -std.math.inf(f32)) continue; // Nothing visible here.
                     const m_new = @max(m[r], tile_max);
                     // exp(-inf) = 0 on a row's first visible tile: the empty accumulators stay 0.
                     const alpha = exp(1, @splat(m[r] - m_new))[0];
-                    const s = tiles.scores[0..cols];
+                    const s = tiles.scores[r][0..cols];
                     for (s) |*x| x.* -= m_new;
                     exp_row(s);
                     var total: f32 = 0;
@@ -409,9 +478,9 @@ fn Kernels(comptime dtype: Dtype) type {
                 @memset(d_scores, 0);
                 return;
             }
-            _ = scores(p, keys, q_row, position, k0, cols, g.scale, lse, probs);
+            products_pair(q_row, &keys.k_t, probs, d_out, &keys.v_t, d_scores);
+            _ = finish_scores(p, keys, position, k0, cols, g.scale, lse, probs);
             exp_row(probs[0..cols]);
-            products_row(d_out, &keys.v_t, d_scores);
             for (0..cols) |c| d_scores[c] = if (probs[c] == 0) 0 else probs[c] * (d_scores[c] - delta) * g.scale;
         }
 
