@@ -148,7 +148,8 @@ export fn cublasGemmStridedBatchedEx(
         .trans_b = transa == op_t,
         .accumulate = beta_value == 1.0,
         .broadcast_b = stride_a == 0 and batch_count > 1,
-        .bf16_dot = true,
+        // The CPU's default path (bfloat16 widened to float32), so the fake gives mp_matmul's bits.
+        .bf16_dot = false,
     });
     return success;
 }
