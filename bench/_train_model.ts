@@ -8,7 +8,7 @@
 
 import {
   autocast,
-  devices,
+  type Device,
   dynamicLossScale,
   fusedAdamW,
   getPolicy,
@@ -151,7 +151,7 @@ function preflightSentence(report: ReturnType<typeof preflight>): string {
 function countZeros(grads: Tree<Tensor>): number {
   let zeros = 0;
   for (const g of treeLeaves(grads)) {
-    const data = g.data;
+    const data = g.bits();
     const mask = g.dtype === "float32" ? 0x7fffffff : 0x7fff;
     const bits = data instanceof Float32Array ? new Uint32Array(data.buffer, data.byteOffset, data.length) : data;
     for (let i = 0; i < bits.length; i++) if ((bits[i]! & mask) === 0) zeros++;
@@ -172,6 +172,23 @@ function peakRssBytes(): number {
     // Not Linux: fall back to the current RSS.
   }
   return process.memoryUsage().rss;
+}
+
+/**
+ * The tree on `device`: the same tree on the CPU, else device copies (the CPU tensors are freed).
+ * A device that is not there throws the library's message (MixprecError "cuda_unavailable", or a
+ * RangeError naming the devices this machine has).
+ */
+function toDevice<T>(tree: T, device: string): T {
+  if (device === "cpu") return tree;
+  return treeMap(
+    (t: Tensor) => {
+      const moved = t.to(device as Device);
+      t.dispose();
+      return moved;
+    },
+    tree as unknown as Tree<Tensor>,
+  ) as unknown as T;
 }
 
 function castModel(model: Model, dtype: "bfloat16" | "float16"): Model {
@@ -209,8 +226,10 @@ function pretrainSetup(name: RecipeName, options: TrainOptions): Setup {
   const evalData = corpus(options.seed + 2, "base", EVAL_CHARS);
   const fp32 = initModel(options.seed);
   const lowDtype = name === "fp32" ? null : name.startsWith("fp16") ? "float16" : "bfloat16";
-  const model = lowDtype === null ? fp32 : castModel(fp32, lowDtype);
-  if (model !== fp32) disposeTree(fp32 as unknown as Tree<Tensor>);
+  const cast = lowDtype === null ? fp32 : castModel(fp32, lowDtype);
+  if (cast !== fp32) disposeTree(fp32 as unknown as Tree<Tensor>);
+  // Parameters (and so gradients, masters and optimizer state) live on the training device.
+  const model = toDevice(cast, options.device);
   const policy = lowDtype === null ? null : getPolicy(`p=${lowDtype},c=${lowDtype},o=float32`);
   const lossScale = name === "fp16_dynamic" ? dynamicLossScale({ growthInterval: GROWTH_INTERVAL }) : noLossScale();
   const optimizer = fusedAdamW({
@@ -246,7 +265,7 @@ function loraSetup(name: RecipeName, options: TrainOptions): Setup {
   const trainData = corpus(options.seed + 3, "tuned", TRAIN_CHARS);
   const evalData = corpus(options.seed + 4, "tuned", EVAL_CHARS);
   const { tree } = loadSafetensors(options.baseCheckpoint);
-  const base = tree as unknown as Model;
+  const base = toDevice(tree as unknown as Model, options.device);
   const int8 = name === "lora_int8_fp32";
   const adapterDtype = int8 ? "float32" : "float16";
   let note: string = RECIPES[name].describe;
@@ -280,8 +299,9 @@ function loraSetup(name: RecipeName, options: TrainOptions): Setup {
           seed: options.seed * 7919 + l * 17 + key.length,
           std: 1 / Math.sqrt(inp),
           dtype: adapterDtype,
+          device: options.device as Device,
         }),
-        b: zeros([out, LORA.rank], { dtype: adapterDtype }),
+        b: zeros([out, LORA.rank], { dtype: adapterDtype, device: options.device as Device }),
       };
     }
   });
@@ -299,7 +319,7 @@ function loraSetup(name: RecipeName, options: TrainOptions): Setup {
       if (f.weight.tensor !== null) {
         baseOut = autocast(basePolicy, () => ops.linear(x, f.weight.tensor!, f.bias))();
       } else {
-        const weight = tensor(f.weight.dequantize(), { shape: f.weight.shape });
+        const weight = tensor(f.weight.dequantize(), { shape: f.weight.shape, device: x.device });
         dequantized.push(weight);
         baseOut = ops.linear(x, weight, f.bias);
       }
@@ -346,12 +366,8 @@ export async function runRecipe(
   options: TrainOptions,
   onProgress: (progress: Progress) => void,
 ): Promise<RecipeResult> {
-  if (options.device !== "cpu") {
-    const available = devices().map((d) => d.name);
-    if (!available.some((name) => name === options.device)) {
-      throw new Error(`Device ${options.device} is not available (found ${available.join(", ")}): use --device cpu`);
-    }
-  }
+  // Asking for the device checks it: a missing one throws the library's message, never a CPU run.
+  tensor(0, { device: options.device as Device }).dispose();
   const setup = RECIPES[name].needsBase ? loraSetup(name, options) : pretrainSetup(name, options);
   const { batchSize } = options;
   const stream = new Stream(options.seed * 31 + 7);

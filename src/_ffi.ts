@@ -426,6 +426,55 @@ const SYMBOLS = {
     ],
     returns: FFIType.i32,
   },
+  // Matmul on the GPU (zig/src/cuda/cublas.zig, zig/src/cuda/ops_matmul.zig).
+  mp_cuda_matmul: {
+    args: [
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+      FFIType.u32,
+      FFIType.u32,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_matmul_epilogue: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u32],
+    returns: FFIType.i32,
+  },
+  // A step under a device-resident loss scale (zig/src/cuda/ops_amp.zig).
+  mp_cuda_launch_amp_scale_tensor: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u32, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_amp_sum_squares: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_amp_adam_prepare: {
+    args: [
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.f32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+      FFIType.u32,
+    ],
+    returns: FFIType.i32,
+  },
 } as const;
 
 type Library = ReturnType<typeof dlopen<typeof SYMBOLS>>;

@@ -7,6 +7,12 @@
  * native call for the whole tree, float32, float16 and bfloat16 alike: PyTorch refuses bfloat16
  * gradients on CUDA) and calls `optimizer.step()` only when they are all finite.
  *
+ * On cuda tensors (`device: "cuda:N"`, or the first `scale()` of a cuda loss) the scale, growth
+ * tracker and found-inf flag live in one device allocation: scale, unscale_, step (with fusedAdamW's
+ * `scalerOptimizer`, which unscales, clips and skips on the device) and update queue kernels and
+ * never wait for the device. Reading a value for the host (the fields of step()'s and update()'s
+ * results, getScale, lossScale, stateDict) waits once, and cudaSyncCount counts it.
+ *
  * Created for bfloat16 training (`new GradScaler({ dtype: "bfloat16" })`) the scaler is a
  * pass-through, like PyTorch's `enabled=False`: bfloat16 needs no loss scaling. It says so once
  * per process with console.warn, and in its `notice`.
@@ -14,6 +20,14 @@
  * @module
  */
 
+import {
+  CachedDeviceBuffer,
+  checkGradients,
+  type DeviceAmp,
+  DeviceScaleState,
+  scaleByDeviceScale,
+} from "./backend/cuda_amp.ts";
+import { record, track } from "./autodiff.ts";
 import type { Dtype } from "./dtype.ts";
 import { canonicalDtype, describeKind } from "./dtype.ts";
 import { MixprecError } from "./errors.ts";
@@ -27,7 +41,7 @@ import {
 } from "./loss_scale.ts";
 import { getPolicy, type Policy } from "./policy.ts";
 import { validatePrecisionConfig } from "./precision_config.ts";
-import { isTensor, type Tensor } from "./tensor.ts";
+import { isTensor, Tensor } from "./tensor.ts";
 import { type Tree, treeLeaves, treeMap } from "./tree.ts";
 
 /**
@@ -43,9 +57,15 @@ export interface ScalerOptimizer {
    * `stepSupportsAmpScaling` is given the inverse scale instead and unscales inside its own pass
    * (fusedAdamW/fusedSgd's `scalerOptimizer`), as PyTorch's GradScaler does for fused optimizers.
    */
-  step(amp?: { readonly invScale: number; readonly foundInf: false }): unknown;
+  step(amp?: { readonly invScale: number; readonly foundInf: false } | { readonly device: DeviceAmp }): unknown;
   /** true: step() takes the inverse scale, so the scaler only checks (no write pass). */
   readonly stepSupportsAmpScaling?: boolean;
+  /**
+   * true: step() also takes `{ device }`, the addresses of a device-resident scale and found-inf
+   * flag, and unscales and skips on the device (fusedAdamW's `scalerOptimizer`), so a GradScaler
+   * on cuda tensors never waits for the device.
+   */
+  readonly stepSupportsDeviceAmp?: boolean;
 }
 
 /** Options of {@linkcode GradScaler}; PyTorch's defaults. */
@@ -100,7 +120,8 @@ type Stage = "ready" | "unscaled" | "stepped";
 
 interface OptimizerState {
   stage: Stage;
-  foundInf: boolean | null;
+  /** "device": checked, the answer is in the device flag. */
+  foundInf: boolean | null | "device";
 }
 
 let bf16NoticeShown = false;
@@ -177,6 +198,12 @@ export class GradScaler {
   #loss: DynamicLossScale;
   #initialized = false;
   #states = new Map<ScalerOptimizer, OptimizerState>();
+  /** The device the scale lives on ("cuda:N"), or null: on the host. */
+  #deviceName: string | null = null;
+  #device: DeviceScaleState | null = null;
+  /** Whether the device found-inf flag was zeroed in this iteration. */
+  #flagCleared = false;
+  #tables = new Map<ScalerOptimizer, CachedDeviceBuffer>();
 
   /**
    * @param options initScale, growthFactor, backoffFactor, growthInterval, enabled, dtype, device,
@@ -226,15 +253,101 @@ export class GradScaler {
       growthInterval: options.growthInterval ?? 2000,
       ...this.#extensions,
     });
+    if (this.#enabled && options.device !== undefined && options.device !== "cpu") this.#useDevice(options.device);
     if (this.#bf16 && enabled && !bf16NoticeShown) {
       bf16NoticeShown = true;
       console.warn(`mixprec GradScaler: ${this.notice} (the scaler is a pass-through)`);
     }
   }
 
-  /** The current loss scale as an immutable value (its `event` says what the last update did). */
+  /**
+   * The current loss scale as an immutable value (its `event` says what the last update did). On
+   * the device, reading it waits for the device (its `event` is then null).
+   */
   get lossScale(): DynamicLossScale {
+    this.#syncFromDevice();
     return this.#loss;
+  }
+
+  /** Whether the scale, growth tracker and found-inf flag live on a device ("cuda:N"), or null. */
+  get device(): string | null {
+    return this.#deviceName;
+  }
+
+  /**
+   * Keeps the state on `device` from now on: one device allocation for scale, tracker and flag.
+   * PyTorch's rule only (mixprec's minScale, maxScale and hysteresis extensions are host-only).
+   */
+  #useDevice(device: string): void {
+    if (this.#deviceName === device) return;
+    if (this.#deviceName !== null) {
+      throw new TypeError(
+        `GradScaler keeps its state on ${this.#deviceName} but was given a tensor on ${device}: use one scaler per device`,
+      );
+    }
+    const e = this.#extensions;
+    if (e.minScale !== null || e.maxScale !== null || e.hysteresis !== 1) {
+      throw new TypeError(
+        `GradScaler on ${device} keeps its scale on the device with PyTorch's update rule only: drop minScale, maxScale and hysteresis (host-only extensions), or train on the CPU`,
+      );
+    }
+    const match = /^cuda(?::(\d+))?$/.exec(device);
+    if (match === null) throw new TypeError(`Unknown device ${JSON.stringify(device)}: use "cpu" or "cuda:N"`);
+    // Checks that the device exists (the library's message when it does not) before any state moves.
+    new Tensor("float32", [1], `cuda:${Number(match[1] ?? 0)}`).dispose();
+    this.#deviceName = `cuda:${Number(match[1] ?? 0)}`;
+    this.#device = new DeviceScaleState(Number(match[1] ?? 0), this.#loss.value, this.#loss.growthTracker);
+  }
+
+  /** Reads the device state into the host loss scale (one wait); nothing on the host. */
+  #syncFromDevice(): void {
+    if (this.#device === null) return;
+    const { scale, tracker } = this.#device.read();
+    this.#loss = this.#withState(scale, tracker);
+  }
+
+  #withState(scale: number, tracker: number): DynamicLossScale {
+    const json = this.#loss.toJSON() as Extract<ReturnType<DynamicLossScale["toJSON"]>, { kind: "dynamic" }>;
+    return lossScaleFromJSON({ ...json, scale, growthTracker: tracker, event: null }) as DynamicLossScale;
+  }
+
+  /** The gradients, all on the scaler's device (checked before anything is queued). */
+  #deviceGrads(optimizer: ScalerOptimizer): Tensor[] {
+    const grads = treeLeaves(optimizer.grads) as Tensor[];
+    grads.forEach((g, i) => {
+      if (!isTensor(g) || g.device !== this.#deviceName) {
+        throw new TypeError(
+          `GradScaler keeps its scale on ${this.#deviceName} but gradient ${i} is ${isTensor(g) ? `on ${g.device}` : describeKind(g)}: keep the gradients on the scaler's device`,
+        );
+      }
+    });
+    return grads;
+  }
+
+  #clearFlagOnce(state: DeviceScaleState): void {
+    if (this.#flagCleared) return;
+    state.clearFoundInf();
+    this.#flagCleared = true;
+  }
+
+  #tableOf(optimizer: ScalerOptimizer, state: DeviceScaleState): CachedDeviceBuffer {
+    let table = this.#tables.get(optimizer);
+    if (table === undefined) {
+      table = new CachedDeviceBuffer(state.ordinal);
+      this.#tables.set(optimizer, table);
+    }
+    return table;
+  }
+
+  /** The scaled loss on the device: loss * scale read there, differentiable (g * scale). */
+  #scaleOnDevice(loss: Tensor, state: DeviceScaleState): Tensor {
+    const scaled = track(new Tensor(loss.dtype, loss.shape, loss.device, false));
+    scaleByDeviceScale(loss, scaled, state.scaleAddress);
+    return record(scaled, [loss], (grad) => {
+      const out = new Tensor(grad.dtype, grad.shape, grad.device, false);
+      scaleByDeviceScale(grad, out, state.scaleAddress);
+      return [out];
+    });
   }
 
   /**
@@ -250,9 +363,14 @@ export class GradScaler {
   scale(outputs: unknown): unknown {
     if (!this.#enabled) return outputs;
     this.#initialized = true;
-    const loss = this.#loss;
     return treeMap(
       (leaf: unknown) => {
+        if (isTensor(leaf) && leaf.device !== "cpu") this.#useDevice(leaf.device);
+        const state = this.#device;
+        if (state !== null && isTensor(leaf) && leaf.device !== "cpu") return this.#scaleOnDevice(leaf, state);
+        // A number (or a CPU tensor) under a device scale needs the scale's value: one wait.
+        if (state !== null) this.#syncFromDevice();
+        const loss = this.#loss;
         if (typeof leaf === "number") return loss.scale(leaf);
         if (isTensor(leaf)) return loss.scale(leaf);
         throw new TypeError(`scale() takes numbers or Tensors (or trees of them), got ${describeKind(leaf)}`);
@@ -287,8 +405,17 @@ export class GradScaler {
         "unscale_() is being called after step(): call unscale_() before step(), or call update() first",
       );
     }
-    const { finite } = this.#loss.unscale(optimizer.grads);
-    state.foundInf = !finite;
+    const device = this.#device;
+    if (device !== null) {
+      // On the device: unscale in place by the device scale, OR-ing the device flag. No wait.
+      const grads = this.#deviceGrads(optimizer);
+      this.#clearFlagOnce(device);
+      checkGradients(this.#tableOf(optimizer, device), grads, device, true);
+      state.foundInf = "device";
+    } else {
+      const { finite } = this.#loss.unscale(optimizer.grads);
+      state.foundInf = !finite;
+    }
     state.stage = "unscaled";
   }
 
@@ -317,6 +444,7 @@ export class GradScaler {
         "step() has already been called since the last update(): call update() once per iteration after step()",
       );
     }
+    if (this.#device !== null) return this.#stepOnDevice(optimizer, state, this.#device);
     // A fused optimizer unscales inside its own pass: the scaler only checks the gradients (a read
     // pass with an inverse scale of 1, which writes nothing), as PyTorch does for fused optimizers.
     const fused = state.stage === "ready" && optimizer.stepSupportsAmpScaling === true;
@@ -338,6 +466,61 @@ export class GradScaler {
   }
 
   /**
+   * step() with the state on the device. An optimizer that takes `{ device }` (fusedAdamW) gets the
+   * scale and flag addresses and unscales, clips and skips on the device: no wait. Any other
+   * optimizer needs to know on the host whether to step: the flag is read (one wait). The result's
+   * fields wait for the device when read (a snapshot taken now, so they describe this step).
+   */
+  #stepOnDevice(optimizer: ScalerOptimizer, state: OptimizerState, device: DeviceScaleState): StepResult {
+    const fused = optimizer.stepSupportsDeviceAmp === true;
+    if (state.stage === "ready") {
+      const grads = this.#deviceGrads(optimizer);
+      this.#clearFlagOnce(device);
+      // The fused optimizer unscales inside its pass: only check (writes nothing); else unscale.
+      checkGradients(this.#tableOf(optimizer, device), grads, device, !fused);
+      state.foundInf = "device";
+    }
+    const unscaled = state.stage === "unscaled" || !fused;
+    if (fused) {
+      optimizer.step({
+        device: {
+          ordinal: device.ordinal,
+          scaleAddress: unscaled ? 0 : device.scaleAddress,
+          foundInfAddress: device.foundInfAddress,
+        },
+      });
+    } else if (!device.read().foundInf) {
+      optimizer.step();
+    }
+    state.stage = "stepped";
+    const snapshot = device.snapshot();
+    const loss = this.#loss;
+    const after = () => {
+      const { scale, tracker, foundInf } = snapshot();
+      return { scale, after: this.#withStateOf(loss, scale, tracker).adjust(!foundInf).value, foundInf };
+    };
+    return Object.freeze({
+      get applied() {
+        return !after().foundInf;
+      },
+      get reason() {
+        return after().foundInf ? ("non_finite" as const) : ("applied" as const);
+      },
+      get scaleBefore() {
+        return after().scale;
+      },
+      get scaleAfter() {
+        return after().after;
+      },
+    });
+  }
+
+  #withStateOf(loss: DynamicLossScale, scale: number, tracker: number): DynamicLossScale {
+    const json = loss.toJSON() as Extract<ReturnType<DynamicLossScale["toJSON"]>, { kind: "dynamic" }>;
+    return lossScaleFromJSON({ ...json, scale, growthTracker: tracker, event: null }) as DynamicLossScale;
+  }
+
+  /**
    * Updates the scale for the next iteration: backoff when any optimizer's gradients were
    * non-finite this iteration, growth after growthInterval clean iterations. With `newScale`
    * the scale is set to it instead (the growth tracker is kept, as in PyTorch).
@@ -346,6 +529,7 @@ export class GradScaler {
    * @returns The scale before and after, and the loss scale's event.
    */
   update(newScale?: number): ScaleUpdate {
+    if (this.#device !== null && this.#enabled) return this.#updateOnDevice(this.#device, newScale);
     const scaleBefore = this.getScale();
     if (!this.#enabled) return Object.freeze({ scaleBefore, scaleAfter: scaleBefore, event: null });
     this.#checkInitialized("update");
@@ -369,8 +553,58 @@ export class GradScaler {
     return Object.freeze({ scaleBefore, scaleAfter: this.#loss.value, event: this.#loss.event });
   }
 
-  /** The current scale (1 when disabled or a bf16 pass-through). */
+  /**
+   * update() on the device: PyTorch's _amp_update_scale_ on the device state, no wait. The result's
+   * fields wait for the device when read.
+   */
+  #updateOnDevice(device: DeviceScaleState, newScale?: number): ScaleUpdate {
+    this.#checkInitialized("update");
+    if (newScale !== undefined) {
+      if (typeof newScale !== "number" || !Number.isFinite(newScale) || newScale < 0) {
+        throw new RangeError(`newScale must be a finite number >= 0, got ${String(newScale)}`);
+      }
+    } else if (![...this.#states.values()].some((s) => s.foundInf !== null)) {
+      throw new MixprecError(
+        "no_inf_checks",
+        "No inf checks were recorded prior to update(): call scaler.step(optimizer) (or unscale_) before update()",
+      );
+    }
+    const snapshot = device.snapshot();
+    if (newScale !== undefined) device.writeScale(Math.fround(newScale));
+    else {
+      if (!this.#flagCleared) device.clearFoundInf();
+      device.update(this.#loss.growthFactor, this.#loss.backoffFactor, this.#loss.growthInterval);
+    }
+    this.#states = new Map();
+    this.#flagCleared = false;
+    const loss = this.#loss;
+    const result = () => {
+      const { scale, tracker, foundInf } = snapshot();
+      const next =
+        newScale !== undefined
+          ? this.#withStateOf(loss, Math.fround(newScale), tracker)
+          : this.#withStateOf(loss, scale, tracker).adjust(!foundInf);
+      return { scaleBefore: scale, scaleAfter: next.value, event: newScale !== undefined ? null : next.event };
+    };
+    return Object.freeze({
+      get scaleBefore() {
+        return result().scaleBefore;
+      },
+      get scaleAfter() {
+        return result().scaleAfter;
+      },
+      get event() {
+        return result().event;
+      },
+    });
+  }
+
+  /**
+   * The current scale (1 when disabled or a bf16 pass-through). On the device it is read back:
+   * one wait, counted by cudaSyncCount (read it outside the step).
+   */
   getScale(): number {
+    if (this.#enabled) this.#syncFromDevice();
     return this.#enabled ? this.#loss.value : 1;
   }
 
@@ -402,6 +636,7 @@ export class GradScaler {
    */
   stateDict(): GradScalerStateDict | Record<string, never> {
     if (!this.#enabled) return {};
+    this.#syncFromDevice();
     const s = this.#loss;
     return {
       scale: s.value,
@@ -455,6 +690,7 @@ export class GradScaler {
       event: null,
     });
     this.#loss = restored as DynamicLossScale;
+    this.#device?.write(this.#loss.value, this.#loss.growthTracker);
   }
 
   #checkInitialized(what: string): void {
@@ -470,6 +706,13 @@ export class GradScaler {
       this.#states.set(optimizer, state);
     }
     return state;
+  }
+
+  /** Frees the device state (a scaler on the device); the scaler is unusable on the device after. */
+  dispose(): void {
+    for (const table of this.#tables.values()) table.dispose();
+    this.#tables.clear();
+    this.#device?.dispose();
   }
 
   #anyFoundInf(): boolean {

@@ -244,32 +244,5 @@ export {
 // Pre-flight check: what float16 would do to one step's gradients, and a recommended recipe.
 export { preflight, type PreflightOptions, type PreflightReport, type PreflightTensor } from "./preflight.ts";
 
-// CUDA backend (src/backend/cuda.ts): availability with reasons, device memory, row tables and the
-// kernels of a step that never waits for the device (cudaSyncCount proves it).
-export {
-  type CudaAvailability,
-  cudaAlloc,
-  cudaAvailability,
-  cudaClipByNorm,
-  cudaCopyToDevice,
-  cudaCopyToHost,
-  type CudaDeviceProperties,
-  cudaDevices,
-  cudaEmptyCache,
-  cudaFill32,
-  cudaFree,
-  cudaFusedAdamW,
-  cudaFusedSgd,
-  cudaGlobalNorm,
-  cudaMemoryStats,
-  type CudaRow,
-  cudaScale,
-  cudaSumSquares,
-  cudaSynchronize,
-  cudaSyncCount,
-  type CudaTable,
-  cudaTable,
-  cudaUnscaleCheck,
-  cudaUpdateScale,
-  type ScaleUpdateOptions,
-} from "./backend/cuda.ts";
+// The raw CUDA functions (device memory, row tables, kernels on device addresses, cudaSyncCount)
+// are the advanced subpath "mixprec/cuda" (src/cuda.ts); cuda tensors need none of them.

@@ -15,7 +15,8 @@ import {
   SUPERSENSES,
   textEncoder,
 } from "../bench/_wordnet.ts";
-import { cudaAvailability, loadPeftAdapter, nn, savePretrained } from "../src/mod.ts";
+import { cudaAvailability } from "../src/cuda.ts";
+import { loadPeftAdapter, nn, savePretrained } from "../src/mod.ts";
 
 // The fine-tuning demo (bench/finetune.ts, `make demo`): its data pipeline on a slice of WordNet,
 // and the whole program on a tiny BERT and the tiny LLaMA fixture (a few steps, so it is quick).

@@ -65,6 +65,24 @@ const EXPECTED: Record<string, string[]> = {
     "u64",
     "u64",
   ],
+  mp_matmul_epilogue_kernel: ["u64", "u64", "u64", "u64", "u64", "u32"],
+  mp_amp_scale_tensor_kernel: ["u64", "u64", "u64", "u32", "u64"],
+  mp_amp_sum_squares_kernel: ["u64", "u64", "u64", "u64", "u64", "u64"],
+  mp_amp_adam_prepare_kernel: [
+    "u64",
+    "u64",
+    "u64",
+    "u64",
+    "u64",
+    "u64",
+    "u64",
+    "u32",
+    "f32",
+    "u64",
+    "u64",
+    "u32",
+    "u32",
+  ],
 };
 
 function entries(ptx: string): Map<string, string[]> {

@@ -64,6 +64,18 @@ pub fn build(b: *std.Build) void {
     const fake_cuda = b.addLibrary(.{ .name = "cuda_fake", .linkage = .dynamic, .root_module = fake_module });
     b.installArtifact(fake_cuda);
 
+    // A fake libcublas (cublasGemmStridedBatchedEx computed by the CPU matmul on the fake driver's
+    // host memory): MIXPREC_LIBCUBLAS=<this file> beside MIXPREC_LIBCUDA.
+    const fake_cublas_module = b.createModule(.{
+        .root_source_file = b.path("src/cublas_fake.zig"),
+        .target = target,
+        .optimize = optimize,
+        .link_libc = true,
+    });
+    for (wide_objects) |object| fake_cublas_module.addObject(object);
+    const fake_cublas = b.addLibrary(.{ .name = "cublas_fake", .linkage = .dynamic, .root_module = fake_cublas_module });
+    b.installArtifact(fake_cublas);
+
     const tests = b.addTest(.{ .root_module = root });
     const test_step = b.step("test", "Run the Zig unit tests");
     test_step.dependOn(&b.addRunArtifact(tests).step);

@@ -18,6 +18,7 @@ import { MixprecError } from "../errors.ts";
 import type { Device } from "../tensor.ts";
 import { cpuBackend } from "./cpu.ts";
 import { cudaBackendOps } from "./cuda.ts";
+import { cudaMatmulKernels } from "./cuda_matmul.ts";
 import type { AmpKernels } from "./cpu/amp.ts";
 import type { AttentionKernels } from "./cpu/attention.ts";
 import type { ElementwiseKernels } from "./cpu/elementwise.ts";
@@ -64,7 +65,7 @@ let cudaBackend: Backend | undefined;
  */
 export function backendOf(device: Device): Backend {
   if (device === "cpu") return cpuBackend;
-  cudaBackend ??= withMissingKernels(cudaBackendOps, "cuda");
+  cudaBackend ??= withMissingKernels({ ...cudaBackendOps, ...cudaMatmulKernels }, "cuda");
   return cudaBackend;
 }
 

@@ -97,7 +97,7 @@ function statusName(code: number): string {
  * Throws a MixprecError whose code is the status name and whose message carries the native
  * library's reason (the CUresult name for a failed driver call).
  */
-function checkCuda(code: number, what: string): void {
+export function checkCuda(code: number, what: string): void {
   if (code === Status.ok) return;
   const reason = lastError();
   throw new MixprecError(statusName(code), `${what} failed: ${reason || statusName(code)}`);

@@ -1,7 +1,8 @@
 /**
- * Matrix products on the native kernel (zig/src/cpu/matmul.zig): float32, float16 and bfloat16
- * inputs, float32 accumulation, the result rounded once to the compute dtype that autocast picks
- * ("matmul", "linear", "bmm").
+ * Matrix products on the backend of the operands' device (zig/src/cpu/matmul.zig on the CPU,
+ * cuBLAS and the PTX epilogue on cuda tensors): float32, float16 and bfloat16 inputs, float32
+ * accumulation, the result rounded once to the compute dtype that autocast picks ("matmul",
+ * "linear", "bmm").
  *
  * @module
  */

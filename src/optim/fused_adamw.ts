@@ -5,6 +5,7 @@
  * @module
  */
 
+import { type DeviceAmp, DeviceAdamRecord, snapshotWord } from "../backend/cuda_amp.ts";
 import { noteOptimizerStep } from "../_leak_check.ts";
 import type { DtypeName } from "../dtype.ts";
 import type { ScalerOptimizer } from "../grad_scaler.ts";
@@ -68,6 +69,15 @@ export interface FusedStepOptions {
    * device-side flag is on the GPU; undefined makes the step check (one read-only pass).
    */
   readonly foundInf?: boolean | Uint32Array;
+  /**
+   * The device-resident loss scale and found-inf flag of a GradScaler on cuda tensors (the scaler
+   * passes it; `invScale` and `foundInf` are then ignored). The step reads the scale's inverse and
+   * the flag on the device, clips on the device, skips itself on overflow and counts applied steps
+   * on the device: it never waits. Its result's `applied` waits for the device when read, and
+   * `gradNorm` is null.
+   * @internal
+   */
+  readonly device?: DeviceAmp;
 }
 
 /** What a fused step did. */
@@ -137,6 +147,10 @@ interface Mutable {
   nu: Tensor[];
   nuMax: Tensor[] | null;
   lastStep: FusedStepResult | null;
+  /** The device record of steps under a device loss scale (count, constants, row tables). */
+  device: DeviceAdamRecord | null;
+  /** Whether the applied-step count is the device record's (count then is only an upper bound). */
+  countOnDevice: boolean;
 }
 
 /**
@@ -202,122 +216,191 @@ export function fusedAdamW(options: FusedAdamWOptions = {}): FusedOptimizer<Fuse
     nu: params.map((p) => zeros(p.shape, { dtype: stateDtype, device: p.device })),
     nuMax: amsgrad ? params.map((p) => zeros(p.shape, { dtype: stateDtype, device: p.device })) : null,
     lastStep: null,
+    device: null,
+    countOnDevice: false,
   });
 
-  return withScalerMethods<FusedAdamWState>({
-    stepSupportsAmpScaling: true,
-    get state(): FusedAdamWState | null {
-      if (state === null) return null;
-      const s = state;
-      return Object.freeze({
-        kind: "fusedAdamW" as const,
-        count: s.count,
-        master: Object.freeze([...s.master]),
-        mu: Object.freeze([...s.mu]),
-        nu: Object.freeze([...s.nu]),
-        nuMax: s.nuMax === null ? null : Object.freeze([...s.nuMax]),
-        lastStep: s.lastStep,
-      });
-    },
-    step(params: Params, grads: Updates, stepOptions: FusedStepOptions = {}): FusedStepResult {
-      noteOptimizerStep();
-      const p = tensorLeaves(params, "fusedAdamW params");
-      const g = tensorLeaves(grads, "fusedAdamW grads");
-      checkPolicyParams("fusedAdamW", p, policy);
-      checkLeavesMatch(p, g, "fusedAdamW: grads do not match params", "pass one gradient per parameter");
-      state ??= init(p);
-      if (state.loaded !== null) {
-        checkLoadedParams("fusedAdamW", p, state.master, state.loaded, masterWeights);
-        state.loaded = null;
+  /** The applied-step count, read from the device when it lives there (one wait). */
+  const countOf = (s: Mutable): number => {
+    if (s.countOnDevice && s.device !== null) {
+      s.count = s.device.count();
+      s.countOnDevice = false;
+    }
+    return s.count;
+  };
+
+  /** The constants of step number t (1-based) without the AMP factors. */
+  const hyperOf = (t: number) => {
+    const lrNow = resolveHyper(lr, t - 1, "lr");
+    return {
+      invScale: 1,
+      clip: 1,
+      ...adamConstants(b1, b2, eps, t),
+      negLr: fround(-lrNow),
+      decay: decayFactor(lrNow, weightDecay),
+      amsgrad,
+      stochastic,
+    };
+  };
+
+  /** A step queued under a device loss scale: nothing is read back. */
+  const deviceStep = (s: Mutable, p: readonly Tensor[], g: readonly Tensor[], amp: DeviceAmp): FusedStepResult => {
+    const device = `cuda:${amp.ordinal}`;
+    for (const t of [...p, ...g]) {
+      if (t.device !== device) {
+        throw new TypeError(
+          `fusedAdamW: ${t} is not on ${device}, where the loss scale lives: keep parameters and gradients on the scaler's device`,
+        );
       }
-      checkLeavesMatch(
-        p,
-        state.mu,
-        "fusedAdamW: these params are not the ones of the first step",
-        "use one optimizer per parameter set",
-      );
-      const s = state;
-      const pre = preCheck(g, stepOptions, maxGradNorm);
-      if (pre.skip) return (s.lastStep = skipped(pre.gradNorm));
-      const t = s.count + 1;
-      const lrNow = resolveHyper(lr, s.count, "lr");
-      const c = adamConstants(b1, b2, eps, t);
-      const rows: AdamRowTensors[] = p.map((param, i) => ({
-        grad: g[i]!,
-        param,
-        master: s.master[i]!,
-        m: s.mu[i]!,
-        v: s.nu[i]!,
-        vMax: s.nuMax === null ? null : s.nuMax[i]!,
-        seed: rowSeed(seed, s.count, i),
-      }));
-      const applied = fusedAdamWStep(
-        rows,
-        {
-          invScale: pre.invScale,
-          clip: pre.clip,
-          ...c,
-          negLr: fround(-lrNow),
-          decay: decayFactor(lrNow, weightDecay),
-          amsgrad,
-          stochastic,
-        },
-        pre.flag,
-      );
-      if (!applied) return (s.lastStep = skipped(pre.gradNorm));
-      s.count = t;
-      return (s.lastStep = Object.freeze({ applied: true, reason: "applied" as const, gradNorm: pre.gradNorm }));
-    },
-    stateDict(): FusedStateDict {
-      const s = state;
-      return {
-        kind: "fusedAdamW",
-        version: FUSED_STATE_VERSION,
-        step: s?.count ?? 0,
-        seed,
-        options: dictOptions,
-        state:
-          s === null
-            ? []
-            : s.mu.map((m, i) => ({
-                master: s.master[i]!,
-                exp_avg: m,
-                exp_avg_sq: s.nu[i]!,
-                max_exp_avg_sq: s.nuMax === null ? null : s.nuMax[i]!,
-              })),
-      };
-    },
-    loadStateDict(dict: FusedStateDict): void {
-      const { step, entries } = checkFusedStateDict(dict, "fusedAdamW", seed, dictOptions, [
-        { name: "master", dtype: "float32", absent: masterWeights ? "either" : true },
-        { name: "exp_avg", dtype: stateDtype, absent: false },
-        { name: "exp_avg_sq", dtype: stateDtype, absent: false },
-        { name: "max_exp_avg_sq", dtype: stateDtype, absent: !amsgrad },
-      ]);
-      const copy = (t: Tensor | null) => (t === null ? null : t.clone());
-      const next: Mutable | null =
-        entries.length === 0
-          ? null
-          : {
-              count: step,
-              loaded: entries.map((e) => e[1]!.shape),
-              master: entries.map((e) => copy(e[0]!)),
-              mu: entries.map((e) => e[1]!.clone()),
-              nu: entries.map((e) => e[2]!.clone()),
-              nuMax: amsgrad ? entries.map((e) => e[3]!.clone()) : null,
-              lastStep: null,
-            };
-      if (state !== null) {
+    }
+    if (s.device === null) s.device = new DeviceAdamRecord(amp.ordinal, s.count);
+    else if (!s.countOnDevice) s.device.setCount(s.count);
+    const rows: AdamRowTensors[] = p.map((param, i) => ({
+      grad: g[i]!,
+      param,
+      master: s.master[i]!,
+      m: s.mu[i]!,
+      v: s.nu[i]!,
+      vMax: s.nuMax === null ? null : s.nuMax[i]!,
+      seed: 0,
+    }));
+    s.device.step(rows, hyperOf, amp, { maxNorm: maxGradNorm, seed, stochastic });
+    s.countOnDevice = true;
+    const found = snapshotWord(amp.ordinal, amp.foundInfAddress);
+    return Object.freeze({
+      get applied() {
+        return found() === 0;
+      },
+      get reason() {
+        return found() === 0 ? ("applied" as const) : ("non_finite" as const);
+      },
+      gradNorm: null,
+    });
+  };
+
+  return withScalerMethods<FusedAdamWState>(
+    {
+      stepSupportsAmpScaling: true,
+      get state(): FusedAdamWState | null {
+        if (state === null) return null;
+        const s = state;
+        return Object.freeze({
+          kind: "fusedAdamW" as const,
+          count: countOf(s),
+          master: Object.freeze([...s.master]),
+          mu: Object.freeze([...s.mu]),
+          nu: Object.freeze([...s.nu]),
+          nuMax: s.nuMax === null ? null : Object.freeze([...s.nuMax]),
+          lastStep: s.lastStep,
+        });
+      },
+      step(params: Params, grads: Updates, stepOptions: FusedStepOptions = {}): FusedStepResult {
+        noteOptimizerStep();
+        const p = tensorLeaves(params, "fusedAdamW params");
+        const g = tensorLeaves(grads, "fusedAdamW grads");
+        checkPolicyParams("fusedAdamW", p, policy);
+        checkLeavesMatch(p, g, "fusedAdamW: grads do not match params", "pass one gradient per parameter");
+        state ??= init(p);
+        if (state.loaded !== null) {
+          checkLoadedParams("fusedAdamW", p, state.master, state.loaded, masterWeights);
+          state.loaded = null;
+        }
+        checkLeavesMatch(
+          p,
+          state.mu,
+          "fusedAdamW: these params are not the ones of the first step",
+          "use one optimizer per parameter set",
+        );
+        const s = state;
+        if (stepOptions.device !== undefined) return (s.lastStep = deviceStep(s, p, g, stepOptions.device));
+        countOf(s);
+        const pre = preCheck(g, stepOptions, maxGradNorm);
+        if (pre.skip) return (s.lastStep = skipped(pre.gradNorm));
+        const t = s.count + 1;
+        const lrNow = resolveHyper(lr, s.count, "lr");
+        const c = adamConstants(b1, b2, eps, t);
+        const rows: AdamRowTensors[] = p.map((param, i) => ({
+          grad: g[i]!,
+          param,
+          master: s.master[i]!,
+          m: s.mu[i]!,
+          v: s.nu[i]!,
+          vMax: s.nuMax === null ? null : s.nuMax[i]!,
+          seed: rowSeed(seed, s.count, i),
+        }));
+        const applied = fusedAdamWStep(
+          rows,
+          {
+            invScale: pre.invScale,
+            clip: pre.clip,
+            ...c,
+            negLr: fround(-lrNow),
+            decay: decayFactor(lrNow, weightDecay),
+            amsgrad,
+            stochastic,
+          },
+          pre.flag,
+        );
+        if (!applied) return (s.lastStep = skipped(pre.gradNorm));
+        s.count = t;
+        return (s.lastStep = Object.freeze({ applied: true, reason: "applied" as const, gradNorm: pre.gradNorm }));
+      },
+      stateDict(): FusedStateDict {
+        const s = state;
+        return {
+          kind: "fusedAdamW",
+          version: FUSED_STATE_VERSION,
+          step: s === null ? 0 : countOf(s),
+          seed,
+          options: dictOptions,
+          state:
+            s === null
+              ? []
+              : s.mu.map((m, i) => ({
+                  master: s.master[i]!,
+                  exp_avg: m,
+                  exp_avg_sq: s.nu[i]!,
+                  max_exp_avg_sq: s.nuMax === null ? null : s.nuMax[i]!,
+                })),
+        };
+      },
+      loadStateDict(dict: FusedStateDict): void {
+        const { step, entries } = checkFusedStateDict(dict, "fusedAdamW", seed, dictOptions, [
+          { name: "master", dtype: "float32", absent: masterWeights ? "either" : true },
+          { name: "exp_avg", dtype: stateDtype, absent: false },
+          { name: "exp_avg_sq", dtype: stateDtype, absent: false },
+          { name: "max_exp_avg_sq", dtype: stateDtype, absent: !amsgrad },
+        ]);
+        const copy = (t: Tensor | null) => (t === null ? null : t.clone());
+        const next: Mutable | null =
+          entries.length === 0
+            ? null
+            : {
+                count: step,
+                loaded: entries.map((e) => e[1]!.shape),
+                master: entries.map((e) => copy(e[0]!)),
+                mu: entries.map((e) => e[1]!.clone()),
+                nu: entries.map((e) => e[2]!.clone()),
+                nuMax: amsgrad ? entries.map((e) => e[3]!.clone()) : null,
+                lastStep: null,
+                device: null,
+                countOnDevice: false,
+              };
+        if (state !== null) {
+          state.device?.dispose();
+          for (const t of [...state.master, ...state.mu, ...state.nu, ...(state.nuMax ?? [])]) t?.dispose();
+        }
+        state = next;
+      },
+      dispose(): void {
+        if (state === null) return;
+        state.device?.dispose();
         for (const t of [...state.master, ...state.mu, ...state.nu, ...(state.nuMax ?? [])]) t?.dispose();
-      }
-      state = next;
+        state = null;
+      },
     },
-    dispose(): void {
-      if (state === null) return;
-      for (const t of [...state.master, ...state.mu, ...state.nu, ...(state.nuMax ?? [])]) t?.dispose();
-      state = null;
-    },
-  });
+    { deviceAmp: true },
+  );
 }
 
 /** @internal */
@@ -376,6 +459,7 @@ export function preCheck(
  */
 export function withScalerMethods<S>(
   core: Omit<FusedOptimizer<S>, "stepWithLossScale" | "scalerOptimizer">,
+  support: { readonly deviceAmp: boolean } = { deviceAmp: false },
 ): FusedOptimizer<S> {
   const optimizer: FusedOptimizer<S> = Object.defineProperties(
     {
@@ -407,6 +491,9 @@ export function withScalerMethods<S>(
             return current();
           },
           stepSupportsAmpScaling: true,
+          // A GradScaler whose scale lives on the device passes its addresses instead (only to
+          // optimizers whose step reads them: fusedAdamW).
+          stepSupportsDeviceAmp: support.deviceAmp,
           // The scaler passes the inverse scale (it only checked the gradients); without it, the
           // gradients were already unscaled.
           step: (amp) => core.step(params, current(), amp ?? { foundInf: false }),

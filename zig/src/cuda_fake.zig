@@ -18,6 +18,8 @@ const adamw = @import("cpu/adamw.zig");
 const sum_squares = @import("cpu/sum_squares.zig");
 const sgd = @import("cpu/sgd.zig");
 const fake_rows = @import("cuda_fake_rows.zig");
+const layout = @import("ops/layout.zig");
+const amp_math = @import("cuda/amp_math.zig");
 
 const CUresult = c_int;
 const success: CUresult = 0;
@@ -41,6 +43,10 @@ const entries = [_][]const u8{
     "mp_fused_adamw_kernel",
     "mp_sum_squares_f64_kernel",
     "mp_fused_sgd_kernel",
+    "mp_matmul_epilogue_kernel",
+    "mp_amp_scale_tensor_kernel",
+    "mp_amp_sum_squares_kernel",
+    "mp_amp_adam_prepare_kernel",
 };
 
 export fn cuInit(flags: c_uint) CUresult {
@@ -185,6 +191,10 @@ export fn cuLaunchKernel(function: ?*anyopaque, grid: c_uint, grid_y: c_uint, gr
         7 => launch_adamw(params),
         8 => launch_sum_squares_f64(params, grid),
         9 => launch_sgd(params),
+        10 => launch_matmul_epilogue(params),
+        11 => launch_amp_scale_tensor(params),
+        12 => launch_amp_sum_squares(params, grid),
+        13 => launch_amp_adam_prepare(params),
         else => unreachable,
     }
     return success;
@@ -314,6 +324,71 @@ fn launch_sgd(params: [*]?*anyopaque) void {
     if (found_inf != 0 and @as(*const u32, @ptrFromInt(found_inf)).* != 0) return;
     const rows: [*]const sgd.SgdRow = @ptrFromInt(param(u64, params, 0));
     sgd.step(rows[0..param(u64, params, 1)], @ptrFromInt(param(u64, params, 3)));
+}
+
+/// The CPU's epilogue (zig/src/ops/layout.zig) on the product cuBLAS (or its fake) wrote.
+fn launch_matmul_epilogue(params: [*]?*anyopaque) void {
+    const bias = param(u64, params, 1);
+    layout.epilogue(numerics.Dtype.from_int(param(u32, params, 5)).?, &.{
+        .product = @ptrFromInt(param(u64, params, 0)),
+        .bias = if (bias == 0) null else @ptrFromInt(bias),
+        .out = @ptrFromInt(param(u64, params, 2)),
+        .rows = param(u64, params, 3),
+        .cols = param(u64, params, 4),
+    });
+}
+
+fn launch_amp_scale_tensor(params: [*]?*anyopaque) void {
+    const dtype = numerics.Dtype.from_int(param(u32, params, 3)).?;
+    const source = param(u64, params, 0);
+    const target = param(u64, params, 1);
+    const factor = @as(*const f32, @ptrFromInt(param(u64, params, 4))).*;
+    for (0..param(u64, params, 2)) |index| {
+        const value: f32 = @bitCast(wide(dtype, source, index));
+        const bits: u32 = switch (dtype) {
+            inline else => |d| numerics.from_f32(1, d, @splat(@bitCast(value * factor)), null, false)[0],
+        };
+        switch (dtype) {
+            .float32 => @as([*]u32, @ptrFromInt(target))[index] = bits,
+            .float16, .bfloat16 => @as([*]u16, @ptrFromInt(target))[index] = @truncate(bits),
+            .float8_e4m3fn, .float8_e5m2 => @as([*]u8, @ptrFromInt(target))[index] = @truncate(bits),
+        }
+    }
+}
+
+/// The CPU's sum of squares (zig/src/cpu/sum_squares.zig) by the device scale's inverse, in block
+/// 0's partial (the device spreads it over blocks; the total is the same up to float64 rounding).
+fn launch_amp_sum_squares(params: [*]?*anyopaque, grid: c_uint) void {
+    const rows: [*]const unscale.TensorRow = @ptrFromInt(param(u64, params, 0));
+    const scale = param(u64, params, 3);
+    const inv: f32 = if (scale != 0) step_math.inverse_scale(@as(*const f32, @ptrFromInt(scale)).*) else 1.0;
+    const result = sum_squares.sum_squares(rows[0..param(u64, params, 1)], inv);
+    const partials: [*]f64 = @ptrFromInt(param(u64, params, 4));
+    @memset(partials[0..grid], 0);
+    partials[0] = result.sum;
+    if (result.found_inf) @as(*u32, @ptrFromInt(param(u64, params, 5))).* = 1;
+}
+
+fn squirrel5(position: u32, seed: u32) u32 {
+    return numerics.squirrel5(1, @splat(position), @splat(seed))[0];
+}
+
+fn launch_amp_adam_prepare(params: [*]?*anyopaque) void {
+    amp_math.prepare(&.{
+        .hyper_table = param(u64, params, 0),
+        .hyper_count = param(u64, params, 1),
+        .current = param(u64, params, 2),
+        .counter = param(u64, params, 3),
+        .scale = param(u64, params, 4),
+        .found_inf = param(u64, params, 5),
+        .partials = param(u64, params, 6),
+        .partial_count = param(u32, params, 7),
+        .max_norm = param(f32, params, 8),
+        .rows = param(u64, params, 9),
+        .row_count = param(u64, params, 10),
+        .seed = param(u32, params, 11),
+        .stochastic = param(u32, params, 12) != 0,
+    }, squirrel5);
 }
 
 fn wide(dtype: numerics.Dtype, address: u64, index: u64) u32 {

@@ -1152,6 +1152,108 @@ export fn mp_cuda_timer_stop(ordinal: u32, out_milliseconds: ?*f32) i32 {
     return status(.ok);
 }
 
+// ---- Matmul on the GPU: cuBLAS for the product (zig/src/cuda/cublas.zig), our PTX for the
+// epilogue (zig/src/cuda/ops_matmul.zig).
+
+const cublas = @import("cuda/cublas.zig");
+
+/// mp_matmul on device addresses through cuBLAS (cublasGemmStridedBatchedEx, float32 accumulation
+/// into a float32 C): the same layout and flags; A and B have one dtype (float32, float16 or
+/// bfloat16). cuda_unavailable with the reason in mp_last_error when cuBLAS cannot be loaded. No sync.
+export fn mp_cuda_matmul(ordinal: u32, a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, a_dtype: u32, b_dtype: u32, flags: u32) i32 {
+    const a_type = numerics.Dtype.from_int(a_dtype) orelse return status(.invalid_dtype);
+    const b_type = numerics.Dtype.from_int(b_dtype) orelse return status(.invalid_dtype);
+    if (!matmul.input_dtype(a_type) or a_type != b_type) return status(.invalid_dtype);
+    if (flags & ~matmul.flags_all != 0) return status(.invalid_argument);
+    if (batch == 0 or m == 0 or n == 0) return status(.ok);
+    if (c == 0) return status(.null_pointer);
+    if (k != 0 and (a == 0 or b == 0)) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    cublas.matmul(ordinal, device, &.{
+        .a = a,
+        .b = b,
+        .c = c,
+        .batch = batch,
+        .m = m,
+        .n = n,
+        .k = k,
+        .dtype = a_type,
+        .trans_a = flags & matmul.flag_trans_a != 0,
+        .trans_b = flags & matmul.flag_trans_b != 0,
+        .accumulate = flags & matmul.flag_accumulate != 0,
+        .broadcast_b = flags & matmul.flag_broadcast_b != 0,
+    }) catch |err| return cuda_status(err);
+    return status(.ok);
+}
+
+/// mp_matmul_epilogue on device addresses (the same arguments and bits), as one PTX launch. No sync.
+export fn mp_cuda_launch_matmul_epilogue(ordinal: u32, product: u64, bias: u64, out: u64, rows: u64, cols: u64, dtype: u32) i32 {
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (rows * cols == 0) return status(.ok);
+    if (product == 0 or out == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const grid = driver.grid_blocks(device, rows * cols);
+    driver.launch(device, .matmul_epilogue, grid, driver.block_threads, .{ product, bias, out, rows, cols, dtype }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+test {
+    _ = cublas;
+}
+
+// ---- A step under a device-resident loss scale (zig/src/cuda/ops_amp.zig): nothing read back.
+
+/// target = round(source * scale) for `count` elements of `dtype`, with the scale the device
+/// float32 at `factor_address` (GradScaler.scale on a cuda loss, and its gradient). No sync.
+export fn mp_cuda_launch_amp_scale_tensor(ordinal: u32, source: u64, target: u64, count: u64, dtype: u32, factor_address: u64) i32 {
+    _ = numerics.Dtype.from_int(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (source == 0 or target == 0 or factor_address == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.launch(device, .amp_scale_tensor, driver.grid_blocks(device, count), driver.block_threads, .{ source, target, count, dtype, factor_address }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// The partial sums mp_cuda_launch_amp_sum_squares writes for `total_count` elements.
+fn amp_partial_count(device: *const driver.Device, total_count: u64) u32 {
+    return @min(driver.grid_blocks(device, total_count), driver.norm_partials_max);
+}
+
+/// The optimizers' sum of squares after unscaling by the device scale at `scale` (0: by 1), as
+/// float64 partials into `partials` (room for 1024) and the found-inf flag. No sync.
+export fn mp_cuda_launch_amp_sum_squares(ordinal: u32, table: u64, row_count: u64, total_count: u64, scale: u64, partials: u64, found_inf: u64) i32 {
+    if (total_count == 0) return status(.ok);
+    if (table == 0 or partials == 0 or found_inf == 0) return status(.null_pointer);
+    if (row_count == 0) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.launch(device, .amp_sum_squares, amp_partial_count(device, total_count), driver.block_threads, .{ table, row_count, total_count, scale, partials, found_inf }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// Prepares a fused AdamW step on the device (zig/src/cuda/amp_math.zig): writes `current` from
+/// `hyper_table[count]` with the inverse of the device scale at `scale` (0: 1) and, when
+/// `sum_total_count` is not 0, the clip factor of the partials mp_cuda_launch_amp_sum_squares wrote
+/// for that many elements; rewrites the rows' stochastic seeds when `stochastic`; advances the u32
+/// count at `counter` unless the flag at `found_inf` (0: none) is set. No sync.
+export fn mp_cuda_launch_amp_adam_prepare(ordinal: u32, hyper_table: u64, hyper_count: u64, current: u64, counter: u64, scale: u64, found_inf: u64, partials: u64, sum_total_count: u64, max_norm: f32, rows: u64, row_count: u64, seed: u32, stochastic: u32) i32 {
+    if (hyper_table == 0 or current == 0 or counter == 0 or rows == 0) return status(.null_pointer);
+    if (hyper_count == 0 or row_count == 0) return status(.invalid_argument);
+    if (sum_total_count != 0 and partials == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const partial_count: u32 = if (sum_total_count == 0) 0 else amp_partial_count(device, sum_total_count);
+    const partials_used: u64 = if (sum_total_count == 0) 0 else partials;
+    driver.launch(device, .amp_adam_prepare, 1, 32, .{ hyper_table, hyper_count, current, counter, scale, found_inf, partials_used, partial_count, max_norm, rows, row_count, seed, stochastic }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+test {
+    _ = @import("cuda/amp_math.zig");
+}
+
 test "every kernel of the driver's table is a PTX entry with exactly the parameter types it launches with" {
     inline for (comptime std.meta.fieldNames(driver.Kernel)) |field_name| {
         const kernel: driver.Kernel = @field(driver.Kernel, field_name);

@@ -103,6 +103,10 @@ pub const Kernel = enum(u32) {
     attention_forward,
     attention_backward_keys,
     attention_backward_queries,
+    matmul_epilogue,
+    amp_scale_tensor,
+    amp_sum_squares,
+    amp_adam_prepare,
 
     pub fn entry(kernel: Kernel) [:0]const u8 {
         return switch (kernel) {
@@ -130,6 +134,10 @@ pub const Kernel = enum(u32) {
             .attention_forward => "mp_attention_forward_kernel",
             .attention_backward_keys => "mp_attention_backward_keys_kernel",
             .attention_backward_queries => "mp_attention_backward_queries_kernel",
+            .matmul_epilogue => "mp_matmul_epilogue_kernel",
+            .amp_scale_tensor => "mp_amp_scale_tensor_kernel",
+            .amp_sum_squares => "mp_amp_sum_squares_kernel",
+            .amp_adam_prepare => "mp_amp_adam_prepare_kernel",
         };
     }
 
@@ -160,6 +168,10 @@ pub const Kernel = enum(u32) {
             .attention_forward => &.{ u32, u64, f32, u64, u64, u64, u64, u32, u64, u64 },
             .attention_backward_keys => &.{ u32, u64, f32, u64, u64, u64, u64, u32, u64, u64, u64, u64, u64 },
             .attention_backward_queries => &.{ u32, u64, f32, u64, u64, u64, u64, u32, u64, u64, u64, u64 },
+            .matmul_epilogue => &.{ u64, u64, u64, u64, u64, u32 },
+            .amp_scale_tensor => &.{ u64, u64, u64, u32, u64 },
+            .amp_sum_squares => &.{ u64, u64, u64, u64, u64, u64 },
+            .amp_adam_prepare => &.{ u64, u64, u64, u64, u64, u64, u64, u32, f32, u64, u64, u32, u32 },
         };
     }
 };
@@ -193,7 +205,7 @@ pub fn last_error() []const u8 {
     return last_error_buffer[0..last_error_length];
 }
 
-fn set_error(comptime format: []const u8, args: anytype) void {
+pub fn set_error(comptime format: []const u8, args: anytype) void {
     const text = std.fmt.bufPrint(&last_error_buffer, format, args) catch &last_error_buffer;
     last_error_length = text.len;
 }

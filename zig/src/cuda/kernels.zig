@@ -6,23 +6,18 @@ const numerics = @import("row_ops").numerics;
 const step_math = @import("step_math.zig");
 const Dtype = numerics.Dtype;
 
-comptime {
-    // The row-op families' kernels (norm, softmax, embedding, rope, attention).
-    _ = @import("ops_rows.zig");
-}
-
-const TensorRow = extern struct {
+pub const TensorRow = extern struct {
     address: u64,
     count: u64,
     dtype: u32,
     reserved: u32,
 };
 
-inline fn global_index() u64 {
+pub inline fn global_index() u64 {
     return @as(u64, @workGroupId(0)) * @workGroupSize(0) + @workItemId(0);
 }
 
-inline fn grid_stride() u64 {
+pub inline fn grid_stride() u64 {
     return @as(u64, @workGroupSize(0)) * grid_dim_x();
 }
 
@@ -32,7 +27,7 @@ inline fn grid_dim_x() u32 {
     );
 }
 
-inline fn load_bits(dtype: Dtype, base: u64, index: u64) u32 {
+pub inline fn load_bits(dtype: Dtype, base: u64, index: u64) u32 {
     return switch (dtype) {
         .float32 => @as([*]const u32, @ptrFromInt(base))[index],
         .float16, .bfloat16 => @as([*]const u16, @ptrFromInt(base))[index],
@@ -40,7 +35,7 @@ inline fn load_bits(dtype: Dtype, base: u64, index: u64) u32 {
     };
 }
 
-inline fn store_bits(dtype: Dtype, base: u64, index: u64, bits: u32) void {
+pub inline fn store_bits(dtype: Dtype, base: u64, index: u64, bits: u32) void {
     switch (dtype) {
         .float32 => @as([*]u32, @ptrFromInt(base))[index] = bits,
         .float16, .bfloat16 => @as([*]u16, @ptrFromInt(base))[index] = @truncate(bits),
@@ -48,13 +43,13 @@ inline fn store_bits(dtype: Dtype, base: u64, index: u64, bits: u32) void {
     }
 }
 
-fn to_f32_runtime(dtype: Dtype, bits: u32) u32 {
+pub fn to_f32_runtime(dtype: Dtype, bits: u32) u32 {
     return switch (dtype) {
         inline else => |d| numerics.to_f32(1, d, @splat(bits))[0],
     };
 }
 
-fn from_f32_runtime(dtype: Dtype, bits: u32, threshold: ?u32, saturate: bool) u32 {
+pub fn from_f32_runtime(dtype: Dtype, bits: u32, threshold: ?u32, saturate: bool) u32 {
     const t: ?numerics.V(1) = if (threshold) |x| @splat(x) else null;
     return switch (dtype) {
         inline else => |d| numerics.from_f32(1, d, @splat(bits), t, saturate)[0],
@@ -76,7 +71,7 @@ export fn mp_cast_kernel(source: u64, target: u64, count: u64, from: u32, to: u3
 }
 
 /// Sets `*flag` to 1 when `found` is true in any thread of the block: one store per block.
-inline fn block_any_store(found: bool, flag: *u32) void {
+pub inline fn block_any_store(found: bool, flag: *u32) void {
     const any = asm volatile (
         \\{
         \\.reg .pred p;
@@ -321,7 +316,7 @@ export fn mp_fused_adamw_kernel(table: u64, row_count: u64, total_count: u64, hy
 var warp_sums_f64: [32]f64 addrspace(.shared) = undefined;
 
 /// block_sum in float64: the same fixed order; valid in thread 0; every thread must call it.
-inline fn block_sum_f64(value: f64) f64 {
+pub inline fn block_sum_f64(value: f64) f64 {
     var sum = value;
     inline for ([_]u32{ 16, 8, 4, 2, 1 }) |offset| sum += shuffle_down_f64(sum, offset);
     const thread = @workItemId(0);
@@ -410,4 +405,11 @@ export fn mp_fused_sgd_kernel(table: u64, row_count: u64, total_count: u64, hype
         }
         sgd_element(&rows[row], h, index - row_start);
     }
+}
+
+// Op kernels live in files of their own (one per op family), exported from here.
+comptime {
+    _ = @import("ops_matmul.zig");
+    _ = @import("ops_amp.zig");
+    _ = @import("ops_rows.zig");
 }
