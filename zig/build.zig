@@ -25,8 +25,10 @@ pub fn build(b: *std.Build) void {
         .target = ptx_target,
         .optimize = .fast,
     });
-    ptx_module.addImport("numerics", b.createModule(.{
-        .root_source_file = b.path("src/numerics.zig"),
+    // numerics.zig and the op families of zig/src/ops/ (which import it by path, so it cannot be
+    // a module of its own as well): kernels.zig and ops_map.zig reach both through it.
+    ptx_module.addImport("map_ops", b.createModule(.{
+        .root_source_file = b.path("src/map_ops.zig"),
         .target = ptx_target,
         .optimize = .fast,
     }));

@@ -30,6 +30,7 @@ import {
 } from "./_tables.ts";
 import type { Storage } from "./cpu/storage.ts";
 import { MixprecError } from "../errors.ts";
+import { cudaMapKernels } from "./cuda/map.ts";
 
 /** A CUDA device as {@linkcode cudaDevices} lists it. */
 export interface CudaDeviceProperties {
@@ -671,6 +672,8 @@ function ordinalOfTensor(t: Tensor): number {
  */
 export const cudaBackendOps = Object.freeze({
   kind: "cuda" as const,
+  // The elementwise family and the strided copy (src/backend/cuda/map.ts).
+  ...cudaMapKernels,
   allocate(ordinal: number, sizeBytes: number): Storage {
     return { address: cudaAlloc(ordinal, sizeBytes), sizeBytes, buffer: null, handle: 0 };
   },

@@ -17,6 +17,7 @@ const step_math = @import("cuda/step_math.zig");
 const adamw = @import("cpu/adamw.zig");
 const sum_squares = @import("cpu/sum_squares.zig");
 const sgd = @import("cpu/sgd.zig");
+const fake_map = @import("cuda_fake_map.zig");
 
 const CUresult = c_int;
 const success: CUresult = 0;
@@ -150,6 +151,10 @@ export fn cuModuleGetFunction(function: *?*anyopaque, _: ?*anyopaque, name: [*:0
     var header_buffer: [128]u8 = undefined;
     const header = std.fmt.bufPrint(&header_buffer, ".entry {s}(", .{wanted}) catch return invalid_value;
     if (std.mem.indexOf(u8, module_text, header) == null) return not_found;
+    if (fake_map.function(wanted)) |handle| {
+        function.* = @ptrFromInt(handle);
+        return success;
+    }
     for (entries, 0..) |entry, index| {
         if (std.mem.eql(u8, entry, wanted)) {
             function.* = @ptrFromInt(0x100 + index);
@@ -166,6 +171,7 @@ fn param(comptime T: type, params: [*]?*anyopaque, index: usize) T {
 export fn cuLaunchKernel(function: ?*anyopaque, grid: c_uint, grid_y: c_uint, grid_z: c_uint, block: c_uint, block_y: c_uint, block_z: c_uint, _: c_uint, _: ?*anyopaque, kernel_params: ?[*]?*anyopaque, _: ?[*]?*anyopaque) CUresult {
     if (grid == 0 or grid_y != 1 or grid_z != 1 or block == 0 or block > 1024 or block % 32 != 0 or block_y != 1 or block_z != 1) return invalid_value;
     const params = kernel_params orelse return invalid_value;
+    if (fake_map.launch(@intFromPtr(function), params)) return success;
     const index = @intFromPtr(function) -% 0x100;
     if (index >= entries.len) return invalid_handle;
     switch (index) {

@@ -2,9 +2,14 @@
 //! numerics as the CPU (zig/src/numerics.zig), one element per thread in grid-stride loops, so a
 //! cast or an unscale gives the CPU's bits.
 
-const numerics = @import("numerics");
+const numerics = @import("map_ops").numerics;
 const step_math = @import("step_math.zig");
 const Dtype = numerics.Dtype;
+
+comptime {
+    // The elementwise and layout families' kernels (activations, swiglu, map, strided copy).
+    _ = @import("ops_map.zig");
+}
 
 const TensorRow = extern struct {
     address: u64,
