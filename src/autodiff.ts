@@ -308,7 +308,7 @@ export function valueAndGrad<P extends Tree<Tensor>, A extends unknown[]>(
     const value = lossTensor.toArray()[0]!;
     let grads: (Tensor | null)[];
     try {
-      const seed = tensor(1, { dtype: lossTensor.dtype, shape: lossTensor.shape });
+      const seed = tensor(1, { dtype: lossTensor.dtype, shape: lossTensor.shape, device: lossTensor.device });
       grads = backwardPass(tape, lossTensor, seed, leaves);
     } finally {
       for (const t of frame.created) if (!keep.has(t)) t.dispose();
@@ -317,7 +317,7 @@ export function valueAndGrad<P extends Tree<Tensor>, A extends unknown[]>(
     const gradTree = treeMap((leaf: Tensor) => {
       const grad = grads[index++];
       // A parameter the loss does not depend on gets zeros, so the tree is always complete.
-      return grad ?? tensor(new Float32Array(leaf.size), { dtype: leaf.dtype, shape: leaf.shape });
+      return grad ?? tensor(new Float32Array(leaf.size), { dtype: leaf.dtype, shape: leaf.shape, device: leaf.device });
     }, params) as P;
     return [options.hasAux ? [value, aux] : value, gradTree];
   };
