@@ -191,6 +191,8 @@ describe.skipIf(!gpu)("the map engine on the device", () => {
       compare("x * -0.3", dtype, inputs, (p) => ops.mul(p.x!, -0.3));
       compare("3 / x", dtype, inputs, (p) => ops.div(3, p.x!));
       compare("scale", dtype, inputs, (p) => ops.scale(p.x!, 0.7));
+      // x used twice: the tape accumulates its two gradients on the device (addSame).
+      compare("x * x + x", dtype, inputs, (p) => ops.add(ops.mul(p.x!, p.x!), p.x!));
     });
 
     test(`sum and mean over axes, with and without kept dimensions (${dtype})`, () => {
