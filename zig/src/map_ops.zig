@@ -9,4 +9,5 @@ pub const numerics = @import("numerics.zig");
 pub const storage = @import("ops/storage.zig");
 pub const elementwise = @import("ops/elementwise.zig");
 pub const layout = @import("ops/layout.zig");
+pub const map_device = @import("ops/map_device.zig");
 pub const pool_parallel_threshold = @import("cpu/pool.zig").parallel_threshold;

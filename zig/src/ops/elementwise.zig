@@ -667,6 +667,11 @@ pub fn map_run(comptime op: MapOp, comptime dtype: Dtype, map: *const Map) void 
 
 // ---- Tests. ----
 
+test {
+    // The device kernels' one-target-at-a-time form of the engine, checked against map_run.
+    _ = @import("map_device.zig");
+}
+
 const testing = std.testing;
 
 fn erf64(x: f64) f64 {
