@@ -298,6 +298,43 @@ const SYMBOLS = {
     args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.f32, FFIType.ptr, FFIType.ptr],
     returns: FFIType.i32,
   },
+  // The elementwise and layout families on the device (zig/src/cuda/ops_map.zig).
+  mp_cuda_launch_map: {
+    args: [
+      FFIType.u32,
+      FFIType.u32,
+      FFIType.u32,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.f32,
+      FFIType.f32,
+      FFIType.u32,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_activation_forward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_activation_backward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_swiglu_forward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_swiglu_backward: {
+    args: [FFIType.u32, FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64],
+    returns: FFIType.i32,
+  },
+  mp_cuda_launch_strided_copy: {
+    args: [FFIType.u32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u32, FFIType.ptr, FFIType.ptr, FFIType.ptr],
+    returns: FFIType.i32,
+  },
   mp_cuda_sync: { args: [FFIType.u32], returns: FFIType.i32 },
   mp_cuda_sync_count: { args: [FFIType.ptr], returns: FFIType.i32 },
   mp_cuda_timer_start: { args: [FFIType.u32], returns: FFIType.i32 },

@@ -83,12 +83,22 @@ const EXPECTED: Record<string, string[]> = {
     "u32",
     "u32",
   ],
+  // The elementwise and layout families (zig/src/cuda/ops_map.zig); structs pass by value as bytes.
+  mp_activation_forward_kernel: ["u64", "u64", "u64", "u32", "u32"],
+  mp_activation_backward_kernel: ["u64", "u64", "u64", "u64", "u32", "u32"],
+  mp_swiglu_forward_kernel: ["u64", "u64", "u64", "u64", "u32"],
+  mp_swiglu_backward_kernel: ["u64", "u64", "u64", "u64", "u64", "u64", "u32"],
+  mp_map_kernel: ["u64", "u64", "u64", "u64", "b8[552]", "f32", "f32", "u32", "u32", "u32", "u32"],
+  mp_strided_copy_kernel: ["u64", "u64", "b8[216]"],
 };
 
 function entries(ptx: string): Map<string, string[]> {
   const found = new Map<string, string[]>();
   for (const match of ptx.matchAll(/\.entry\s+(\w+)\s*\(([^)]*)\)/g)) {
-    const params = [...match[2]!.matchAll(/\.param\s+\.(\w+)/g)].map((p) => p[1]!);
+    // ".param .u64 name", or ".param .align 8 .b8 name[552]" for a struct passed by value.
+    const params = [...match[2]!.matchAll(/\.param\s+(?:\.align\s+\d+\s+)?\.(\w+)\s+\w+(\[\d+\])?/g)].map(
+      (p) => p[1]! + (p[2] ?? ""),
+    );
     found.set(match[1]!, params);
   }
   return found;

@@ -31,6 +31,7 @@ import {
 import type { Storage } from "./cpu/storage.ts";
 import { MixprecError } from "../errors.ts";
 import { rowsCuda } from "./cuda/rows.ts";
+import { cudaMapKernels } from "./cuda/map.ts";
 
 /** A CUDA device as {@linkcode cudaDevices} lists it. */
 export interface CudaDeviceProperties {
@@ -679,6 +680,8 @@ export const cudaBackendOps = Object.freeze({
   kind: "cuda" as const,
   // Norm, softmax / cross-entropy, embedding, rope and attention (src/backend/cuda/rows.ts).
   ...rowsCuda,
+  // The elementwise family and the strided copy (src/backend/cuda/map.ts).
+  ...cudaMapKernels,
   allocate(ordinal: number, sizeBytes: number): Storage {
     return { address: cudaAlloc(ordinal, sizeBytes), sizeBytes, buffer: null, handle: 0 };
   },

@@ -1254,6 +1254,117 @@ test {
     _ = @import("cuda/amp_math.zig");
 }
 
+// ---- The elementwise and layout families on the device (zig/src/cuda/ops_map.zig): the same
+// arguments and checks as mp_elementwise_* and mp_layout_copy, on device addresses of `ordinal`.
+// Host arrays (the map layout, the copy's shape and strides) are read here and passed to the
+// kernel by value: no device allocation, no copy, no sync.
+
+/// mp_elementwise_map on device memory.
+export fn mp_cuda_launch_map(ordinal: u32, op: u32, dtype: u32, target: u64, x0: u64, x1: u64, x2: u64, layout_address: u64, scalar: f32, scale: f32, flags: u32) i32 {
+    const map_op = std.enums.fromInt(elementwise.MapOp, op) orelse return status(.invalid_argument);
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (flags >> elementwise.operands_max != 0) return status(.invalid_argument);
+    if (layout_address == 0 or target == 0) return status(.null_pointer);
+    if (layout_address % @alignOf(elementwise.Layout) != 0) return status(.invalid_argument);
+    const space: *const elementwise.Layout = @ptrFromInt(layout_address);
+    var addresses = [_]u64{ x0, x1, x2 };
+    var reads: [elementwise.operands_max]bool = undefined;
+    for (0..elementwise.operands_max) |i| {
+        const used = i < map_op.arity() and flags & (@as(u32, 1) << @intCast(i)) == 0;
+        if (used and addresses[i] == 0) return status(.null_pointer);
+        if (!used) addresses[i] = target;
+        reads[i] = used;
+    }
+    if (!space.valid(reads)) return status(.invalid_argument);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const grid = driver.grid_blocks(device, space.kept_count());
+    driver.launch(device, .map, grid, driver.block_threads, .{ target, addresses[0], addresses[1], addresses[2], space.*, scalar, scale, op, dtype, flags, elementwise.reduce_chunks(space) }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// mp_elementwise_forward on device memory.
+export fn mp_cuda_launch_activation_forward(ordinal: u32, op: u32, dtype: u32, x: u64, out: u64, count: u64) i32 {
+    _ = std.enums.fromInt(elementwise.Activation, op) orelse return status(.invalid_argument);
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (x == 0 or out == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.launch(device, .activation_forward, driver.grid_blocks(device, count), driver.block_threads, .{ x, out, count, op, dtype }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// mp_elementwise_backward on device memory.
+export fn mp_cuda_launch_activation_backward(ordinal: u32, op: u32, dtype: u32, saved: u64, g: u64, dx: u64, count: u64) i32 {
+    _ = std.enums.fromInt(elementwise.Activation, op) orelse return status(.invalid_argument);
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (saved == 0 or g == 0 or dx == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.launch(device, .activation_backward, driver.grid_blocks(device, count), driver.block_threads, .{ saved, g, dx, count, op, dtype }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// mp_elementwise_swiglu_forward on device memory.
+export fn mp_cuda_launch_swiglu_forward(ordinal: u32, dtype: u32, a: u64, b: u64, out: u64, count: u64) i32 {
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (a == 0 or b == 0 or out == 0) return status(.null_pointer);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.launch(device, .swiglu_forward, driver.grid_blocks(device, count), driver.block_threads, .{ a, b, out, count, dtype }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// mp_elementwise_swiglu_backward on device memory.
+export fn mp_cuda_launch_swiglu_backward(ordinal: u32, dtype: u32, a: u64, b: u64, g: u64, da: u64, db: u64, count: u64) i32 {
+    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
+    if (count == 0) return status(.ok);
+    if (a == 0 or b == 0 or g == 0 or da == 0 or db == 0) return status(.null_pointer);
+    if (da == db) return status(.overlap);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    driver.launch(device, .swiglu_backward, driver.grid_blocks(device, count), driver.block_threads, .{ a, b, g, da, db, count, dtype }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
+/// mp_layout_copy on device memory.
+export fn mp_cuda_launch_strided_copy(ordinal: u32, source: u64, target: u64, element_bytes: u64, ndim: u32, shape: ?*const [8]u64, source_strides: ?*const [8]u64, target_strides: ?*const [8]u64) i32 {
+    if (element_bytes != 1 and element_bytes != 2 and element_bytes != 4) return status(.invalid_argument);
+    if (ndim > layout.dims_max) return status(.invalid_argument);
+    const dims = shape orelse return status(.null_pointer);
+    const from = source_strides orelse return status(.null_pointer);
+    const to = target_strides orelse return status(.null_pointer);
+    var count: u64 = 1;
+    for (dims[0..ndim]) |dim| count = std.math.mul(u64, count, dim) catch return status(.invalid_argument);
+    if (count == 0) return status(.ok);
+    if (source == 0 or target == 0) return status(.null_pointer);
+    var copy = layout.StridedCopy{
+        .source = @ptrFromInt(source),
+        .target = @ptrFromInt(target),
+        .element_bytes = element_bytes,
+        .ndim = ndim,
+        .shape = dims.*,
+        .source_strides = from.*,
+        .target_strides = to.*,
+    };
+    layout.simplify(&copy);
+    const device = cuda_device(ordinal) catch |err| return cuda_status(err);
+    const params = layout.DeviceCopy{
+        .element_bytes = element_bytes,
+        .ndim = copy.ndim,
+        .count = count,
+        .shape = copy.shape,
+        .source_strides = copy.source_strides,
+        .target_strides = copy.target_strides,
+    };
+    driver.launch(device, .strided_copy, driver.grid_blocks(device, count), driver.block_threads, .{ source, target, params }) catch |err|
+        return cuda_status(err);
+    return status(.ok);
+}
+
 test "every kernel of the driver's table is a PTX entry with exactly the parameter types it launches with" {
     inline for (comptime std.meta.fieldNames(driver.Kernel)) |field_name| {
         const kernel: driver.Kernel = @field(driver.Kernel, field_name);
@@ -1268,9 +1379,16 @@ test "every kernel of the driver's table is a PTX entry with exactly the paramet
                 u32, i32 => ".param .u32 ",
                 f32 => ".param .f32 ",
                 f64 => ".param .f64 ",
-                else => @compileError("unsupported parameter type"),
+                else => if (@typeInfo(param) == .@"struct")
+                    std.fmt.comptimePrint(".param .align {d} .b8 ", .{@alignOf(param)})
+                else
+                    @compileError("unsupported parameter type"),
             };
             try std.testing.expect(std.mem.startsWith(u8, std.mem.trim(u8, line, " \t"), expected));
+            if (@typeInfo(param) == .@"struct") {
+                const size = std.fmt.comptimePrint("[{d}]", .{@sizeOf(param)});
+                try std.testing.expect(std.mem.indexOf(u8, line, size) != null);
+            }
         }
         try std.testing.expect(lines.next() == null);
     }

@@ -1,5 +1,6 @@
-//! The row-op families of zig/src/ops/ as one module for the PTX build (zig/src/cuda/ops_rows.zig
-//! imports it as "row_ops"): a module may only import files under its root's folder, and the ops
+//! The op families of zig/src/ops/ as one module for the PTX build (zig/src/cuda/ops_rows.zig and
+//! ops_map.zig import it as "row_ops", kernels.zig reaches numerics.zig through it): a module may
+//! only import files under its root's folder, numerics.zig cannot be in two modules, and the ops
 //! reach numerics.zig one folder up. Only what a kernel calls is compiled for nvptx64: the CPU
 //! scheduling (thread pool) of these files is never referenced there.
 //!
@@ -15,6 +16,11 @@ pub const softmax = @import("ops/softmax.zig");
 pub const embedding = @import("ops/embedding.zig");
 pub const rope = @import("ops/rope.zig");
 pub const attention = @import("ops/attention.zig");
+// The elementwise and layout families (zig/src/cuda/ops_map.zig).
+pub const elementwise = @import("ops/elementwise.zig");
+pub const layout = @import("ops/layout.zig");
+pub const map_device = @import("ops/map_device.zig");
+pub const pool_parallel_threshold = @import("cpu/pool.zig").parallel_threshold;
 
 /// The lane count of every CPU row reduction (storage.lanes): device kernels give each row 16
 /// threads that sum the elements j = lane, lane + 16, ... of the vector body, as the CPU's vector

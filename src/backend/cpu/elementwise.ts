@@ -70,7 +70,11 @@ export interface ElementwiseKernels {
 // One layout buffer reused by every call (the kernel reads it before returning).
 const LAYOUT = new BigUint64Array(2 + 2 * MAP_DIMS_MAX + 6 * MAP_DIMS_MAX + 3);
 
-function packLayout(space: MapSpace, operands: readonly (Tensor | number)[]): void {
+/**
+ * Packs a map space into the elementwise.Layout words the native map kernels read (one buffer,
+ * reused by every call: the kernel reads it before the call returns).
+ */
+export function packLayout(space: MapSpace, operands: readonly (Tensor | number)[]): BigUint64Array {
   LAYOUT.fill(0n);
   const kept = space.keptShape.length === 0 ? [1] : space.keptShape;
   LAYOUT[0] = BigInt(kept.length);
@@ -93,6 +97,7 @@ function packLayout(space: MapSpace, operands: readonly (Tensor | number)[]): vo
     });
     LAYOUT[reducedBase + 3 * MAP_DIMS_MAX + o] = BigInt(operand.size);
   });
+  return LAYOUT;
 }
 
 export const elementwiseCpu: ElementwiseKernels = {

@@ -12,6 +12,8 @@
 
 const std = @import("std");
 const builtin = @import("builtin");
+const elementwise = @import("../ops/elementwise.zig");
+const layout = @import("../ops/layout.zig");
 
 // The CUDA driver API is a stable C ABI; these are its types as cuda.h declares them on 64-bit
 // Linux. Handles are opaque pointers, device pointers 64-bit integers.
@@ -107,6 +109,13 @@ pub const Kernel = enum(u32) {
     amp_scale_tensor,
     amp_sum_squares,
     amp_adam_prepare,
+    // The elementwise and layout families (zig/src/cuda/ops_map.zig).
+    activation_forward,
+    activation_backward,
+    swiglu_forward,
+    swiglu_backward,
+    map,
+    strided_copy,
 
     pub fn entry(kernel: Kernel) [:0]const u8 {
         return switch (kernel) {
@@ -138,6 +147,12 @@ pub const Kernel = enum(u32) {
             .amp_scale_tensor => "mp_amp_scale_tensor_kernel",
             .amp_sum_squares => "mp_amp_sum_squares_kernel",
             .amp_adam_prepare => "mp_amp_adam_prepare_kernel",
+            .activation_forward => "mp_activation_forward_kernel",
+            .activation_backward => "mp_activation_backward_kernel",
+            .swiglu_forward => "mp_swiglu_forward_kernel",
+            .swiglu_backward => "mp_swiglu_backward_kernel",
+            .map => "mp_map_kernel",
+            .strided_copy => "mp_strided_copy_kernel",
         };
     }
 
@@ -172,6 +187,12 @@ pub const Kernel = enum(u32) {
             .amp_scale_tensor => &.{ u64, u64, u64, u32, u64 },
             .amp_sum_squares => &.{ u64, u64, u64, u64, u64, u64 },
             .amp_adam_prepare => &.{ u64, u64, u64, u64, u64, u64, u64, u32, f32, u64, u64, u32, u32 },
+            .activation_forward => &.{ u64, u64, u64, u32, u32 },
+            .activation_backward => &.{ u64, u64, u64, u64, u32, u32 },
+            .swiglu_forward => &.{ u64, u64, u64, u64, u32 },
+            .swiglu_backward => &.{ u64, u64, u64, u64, u64, u64, u32 },
+            .map => &.{ u64, u64, u64, u64, elementwise.Layout, f32, f32, u32, u32, u32, u32 },
+            .strided_copy => &.{ u64, u64, layout.DeviceCopy },
         };
     }
 };
@@ -475,12 +496,17 @@ pub fn launch(target: *Device, comptime kernel: Kernel, grid: u32, block: u32, a
     }
     std.debug.assert(grid > 0);
     std.debug.assert(block > 0 and block % 32 == 0 and block <= 1024);
-    // Every argument gets an 8-byte slot; the driver reads as many bytes as the PTX type has.
+    // Every scalar argument gets an 8-byte slot; the driver reads as many bytes as the PTX type
+    // has. A struct (a `.param` byte array) is passed by the address of the caller's value.
     var slots: [arg_types.len]u64 = @splat(0);
     var pointers: [arg_types.len]?*anyopaque = undefined;
     inline for (0..arg_types.len) |index| {
-        @as(*arg_types[index], @ptrCast(&slots[index])).* = args[index];
-        pointers[index] = &slots[index];
+        if (@sizeOf(arg_types[index]) > 8) {
+            pointers[index] = @ptrCast(@constCast(&args[index]));
+        } else {
+            @as(*arg_types[index], @ptrCast(&slots[index])).* = args[index];
+            pointers[index] = &slots[index];
+        }
     }
     const function = target.functions[@backingInt(kernel)];
     try check(api.cuLaunchKernel(function, grid, 1, 1, block, 1, 1, 0, target.stream, &pointers, null), "cuLaunchKernel(" ++ comptime kernel.entry() ++ ")");

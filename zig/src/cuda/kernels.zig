@@ -412,4 +412,5 @@ comptime {
     _ = @import("ops_matmul.zig");
     _ = @import("ops_amp.zig");
     _ = @import("ops_rows.zig");
+    _ = @import("ops_map.zig");
 }

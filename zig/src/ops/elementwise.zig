@@ -600,6 +600,22 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
     };
 }
 
+/// How many chunks of the reduced space `map_run` sums separately (combined in chunk order): more
+/// than 1 only when the targets fit one tile and each sums many terms. A function of the layout
+/// alone, so the device kernel (zig/src/cuda/ops_map.zig) splits the terms exactly as the CPU.
+/// Chunk c sums terms [R c / chunks, R (c + 1) / chunks) of the R = reduced_count() terms.
+pub fn reduce_chunks(layout: *const Layout) u32 {
+    const kept_count = layout.kept_count();
+    const reduced_count = layout.reduced_count();
+    const inner_len = layout.kept_shape[layout.kept_ndim - 1];
+    const tile_count = kept_count / inner_len * ((inner_len + tile_len - 1) / tile_len);
+    // Few targets with many terms each: split the terms into chunks fixed by the size alone.
+    return if (tile_count == 1 and reduced_count >= 2 * chunk_len_min)
+        @intCast(@min(chunks_max, reduced_count / chunk_len_min))
+    else
+        1;
+}
+
 /// Runs the engine: target[j] = scale * sum_r f(operands at (j, r)).
 pub fn map_run(comptime op: MapOp, comptime dtype: Dtype, map: *const Map) void {
     const layout = map.layout;
@@ -614,11 +630,7 @@ pub fn map_run(comptime op: MapOp, comptime dtype: Dtype, map: *const Map) void 
     assert(kept_count % inner_len == 0);
     const tiles_per_row = (inner_len + tile_len - 1) / tile_len;
     const tile_count = kept_count / inner_len * tiles_per_row;
-    // Few targets with many terms each: split the terms into chunks fixed by the size alone.
-    const chunk_count: u32 = if (tile_count == 1 and reduced_count >= 2 * chunk_len_min)
-        @intCast(@min(chunks_max, reduced_count / chunk_len_min))
-    else
-        1;
+    const chunk_count = reduce_chunks(layout);
     var partials: [chunks_max][tile_len]f64 = undefined;
     const engine = E{
         .map = map,
@@ -654,6 +666,11 @@ pub fn map_run(comptime op: MapOp, comptime dtype: Dtype, map: *const Map) void 
 }
 
 // ---- Tests. ----
+
+test {
+    // The device kernels' one-target-at-a-time form of the engine, checked against map_run.
+    _ = @import("map_device.zig");
+}
 
 const testing = std.testing;
 

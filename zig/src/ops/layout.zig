@@ -25,6 +25,17 @@ pub const StridedCopy = struct {
     target_strides: [dims_max]u64,
 };
 
+/// A strided copy as a device kernel takes it by value (zig/src/cuda/ops_map.zig): the simplified
+/// StridedCopy's dimensions and strides, without host pointers, and its element count.
+pub const DeviceCopy = extern struct {
+    element_bytes: u64,
+    ndim: u64,
+    count: u64,
+    shape: [dims_max]u64,
+    source_strides: [dims_max]u64,
+    target_strides: [dims_max]u64,
+};
+
 /// Merges adjacent dimensions that are contiguous on both sides and drops size-1 dimensions, so
 /// a transpose of [B, T, H, D] to [B, H, T, D] walks rows of D elements, not single elements.
 pub fn simplify(copy: *StridedCopy) void {

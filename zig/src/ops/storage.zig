@@ -20,6 +20,13 @@ pub fn F(comptime n: comptime_int) type {
     return @Vector(n, f32);
 }
 
+/// The alignment loads and stores assume: none on the CPU (a view may start anywhere), the element
+/// size on a GPU, where device storage is always element-aligned (allocator blocks, element
+/// offsets) and an access declared unaligned is split into single bytes.
+const device = builtin.cpu.arch.isNvptx();
+const align32 = if (device) 4 else 1;
+const align16 = if (device) 2 else 1;
+
 const hardware_f16 = builtin.cpu.arch == .x86_64 and
     std.Target.x86.featureSetHas(builtin.cpu.features, .f16c);
 
@@ -38,17 +45,17 @@ pub fn op_dtype(code: u32) ?Dtype {
 pub inline fn load(comptime n: comptime_int, comptime dtype: Dtype, base: [*]const u8, index: u64) F(n) {
     switch (dtype) {
         .float32 => {
-            const typed: [*]align(1) const f32 = @ptrCast(base);
+            const typed: [*]align(align32) const f32 = @ptrCast(@alignCast(base));
             return typed[index..][0..n].*;
         },
         .bfloat16 => {
-            const typed: [*]align(1) const u16 = @ptrCast(base);
+            const typed: [*]align(align16) const u16 = @ptrCast(@alignCast(base));
             const bits: @Vector(n, u16) = typed[index..][0..n].*;
             const wide: @Vector(n, u32) = bits;
             return @bitCast(wide << @splat(16));
         },
         .float16 => {
-            const typed: [*]align(1) const u16 = @ptrCast(base);
+            const typed: [*]align(align16) const u16 = @ptrCast(@alignCast(base));
             const bits: @Vector(n, u16) = typed[index..][0..n].*;
             if (hardware_f16) return @floatCast(@as(@Vector(n, f16), @bitCast(bits)));
             return @bitCast(numerics.f16_to_f32(n, @as(@Vector(n, u32), bits)));
@@ -61,7 +68,7 @@ pub inline fn load(comptime n: comptime_int, comptime dtype: Dtype, base: [*]con
 pub inline fn store(comptime n: comptime_int, comptime dtype: Dtype, base: [*]u8, index: u64, value: F(n)) void {
     switch (dtype) {
         .float32 => {
-            const typed: [*]align(1) f32 = @ptrCast(base);
+            const typed: [*]align(align32) f32 = @ptrCast(@alignCast(base));
             typed[index..][0..n].* = value;
         },
         .bfloat16, .float16 => {
@@ -72,7 +79,7 @@ pub inline fn store(comptime n: comptime_int, comptime dtype: Dtype, base: [*]u8
                 f32_to_f16_hardware(n, bits)
             else
                 numerics.f32_to_f16(n, bits, null);
-            const typed: [*]align(1) u16 = @ptrCast(base);
+            const typed: [*]align(align16) u16 = @ptrCast(@alignCast(base));
             typed[index..][0..n].* = @as(@Vector(n, u16), @truncate(narrow));
         },
         else => @compileError("ops compute on float32, float16 and bfloat16 only"),
