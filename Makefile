@@ -105,7 +105,7 @@ test-bun: deps build $(PY_STAMP) $(MINILM_STAMP)
 
 # The GPU suites alone (they also run inside test-bun wherever CUDA is available).
 test-cuda: deps build
-	MIXPREC_DEVICE=cuda $(BUN) test --timeout 120000 test/cuda_test.ts test/cuda_ops_rows_test.ts test/cuda_ops_map_test.ts test/cuda_step_test.ts test/kernels_test.ts
+	MIXPREC_DEVICE=cuda $(BUN) test --timeout 120000 test/cuda_test.ts test/cuda_ops_rows_test.ts test/cuda_ops_map_test.ts test/cuda_step_test.ts test/cuda_train_test.ts test/kernels_test.ts
 
 # The GPU suites against a fake libcuda (host memory, kernels emulated with the CPU code) and a fake
 # libcublas (the CPU matmul): the backend's plumbing end to end on any machine. It proves nothing
@@ -116,6 +116,8 @@ test-cuda-fake: deps build
 	MIXPREC_LIBCUDA=$(CURDIR)/zig/zig-out/lib/libcuda_fake.so $(BUN) test --timeout 120000 test/cuda_ops_map_test.ts 2>&1 | tail -n 5
 	MIXPREC_LIBCUDA=$(CURDIR)/zig/zig-out/lib/libcuda_fake.so MIXPREC_LIBCUBLAS=$(CURDIR)/zig/zig-out/lib/libcublas_fake.so \
 		$(BUN) test --timeout 120000 test/cuda_step_test.ts 2>&1 | tail -n 5
+	MIXPREC_LIBCUDA=$(CURDIR)/zig/zig-out/lib/libcuda_fake.so MIXPREC_LIBCUBLAS=$(CURDIR)/zig/zig-out/lib/libcublas_fake.so \
+		$(BUN) test --timeout 300000 test/cuda_train_test.ts 2>&1 | tail -n 5
 	MIXPREC_LIBCUDA=$(CURDIR)/zig/zig-out/lib/libcuda_fake.so $(BUN) bench/cuda_bench.ts --max 65536 --iterations 1 >/dev/null
 	@echo "bench/cuda_bench.ts runs against the fake driver"
 

@@ -133,7 +133,9 @@ export function preflight(grads: Tree<Tensor>, options: PreflightOptions = {}): 
   let subnormal = 0;
   leaves.forEach((leaf, index) => {
     if (!isTensor(leaf)) throw new TypeError(`preflight takes a tree of tensors, found a ${describeKind(leaf)}`);
-    const values = leaf.dtype === "float32" ? (leaf.data as Float32Array) : leaf.toArray();
+    // Float32 values on the host: a CPU float32 tensor's bits (a copy unless a view exists), any
+    // other dtype or device widened or read back (toArray waits for the device once).
+    const values = leaf.dtype === "float32" ? (leaf.bits() as Float32Array) : leaf.toArray();
     const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
     let tensorMax = 0;
     let nonFinite = 0;

@@ -491,15 +491,16 @@ function flattenTree(tree: Tree<SafetensorsLeaf>): NamedLeaf[] {
 
 function namedLeaf(leaf: unknown, name: string): NamedLeaf {
   if (leaf instanceof Tensor) {
-    if (leaf.device !== "cpu")
-      throw new TypeError(`Tensor ${JSON.stringify(name)} is on ${leaf.device}: move it to "cpu" first`);
-    const data = leaf.data; // Throws a TypeError naming the tensor kind when disposed.
+    const byteLength = leaf.sizeBytes; // Throws a TypeError naming the tensor when disposed.
+    // Host tensors are written from their storage; device tensors are read back one at a time
+    // (one wait each), as safetensors' save_file moves a CUDA tensor to the CPU.
+    const view = (data: ArrayBufferView) => new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     return {
       name,
       dtype: FLOAT_CODES[leaf.dtype],
       shape: leaf.shape,
-      byteLength: data.byteLength,
-      bytes: () => new Uint8Array(leaf.data.buffer, leaf.data.byteOffset, leaf.data.byteLength),
+      byteLength,
+      bytes: () => view(leaf.device === "cpu" ? leaf.data : leaf.bits()),
     };
   }
   if (leaf instanceof IntegerTensor) {
