@@ -616,7 +616,7 @@ fn Attention(comptime dtype: Dtype) type {
         }
 
         /// Score of query row `row` against key `key` times scale minus `shift`, or -inf where the
-        /// row may not see the key (attention.zig's scores()).
+        /// row may not see the key (attention.zig's finish_scores()).
         inline fn score(o: *const Operands, b: u64, h: u64, row: u64, key: u64, shift: f32) f32 {
             const p = &o.p;
             if (!(key < p.keys_end(row) and keeps(o.mask, o.mask_dtype, b * p.steps_kv + key))) return -inf;

@@ -351,16 +351,9 @@ fn products_pair(a0: []const f32, tile0: []const f32, out0: *[block_kv]f32, a1: 
     out1[lanes..][0..lanes].* = y1;
 }
 
-/// Scores of query row `q_row` (position `position`) against the key tile, times scale, minus
-/// `shift`; keys the row cannot see get -inf. Returns the row's maximum before the shift (-inf:
-/// none seen).
-fn scores(p: *const Problem, keys: *const Keys, q_row: []const f32, position: u64, k0: u64, cols: u64, scale: f32, shift: f32, out: *[block_kv]f32) f32 {
-    products_row(q_row, &keys.k_t, out);
-    return finish_scores(p, keys, position, k0, cols, scale, shift, out);
-}
-
-/// Turns a row's products with the key tile (in `out`) into its scores: times scale, minus
-/// `shift`, -inf where the row cannot see the key. Returns the maximum before the shift.
+/// Turns a row's products with the key tile (in `out`, from products_row or products_pair) into
+/// its scores: times scale, minus `shift`, -inf where the row cannot see the key. Returns the
+/// maximum before the shift (-inf: none seen).
 fn finish_scores(p: *const Problem, keys: *const Keys, position: u64, k0: u64, cols: u64, scale: f32, shift: f32, out: *[block_kv]f32) f32 {
     comptime std.debug.assert(block_kv % lanes == 0 and block_kv < 1 << 16);
     const limit = p.keys_end(position);
@@ -387,6 +380,16 @@ pub fn q_tiles(p: *const Problem) u64 {
     return (p.steps_q + block_q - 1) / block_q;
 }
 
+/// Work item `item` of the per-query-tile passes (forward, dq): batch b, query head h, first row
+/// q0 and row count of its tile; items run over tiles fastest, then heads, then batches.
+fn query_item(p: *const Problem, item: u64) struct { u64, u64, u64, u64 } {
+    const tile = item % q_tiles(p);
+    const h = (item / q_tiles(p)) % p.heads_q;
+    const b = item / q_tiles(p) / p.heads_q;
+    const q0 = tile * block_q;
+    return .{ b, h, q0, @min(block_q, p.steps_q - q0) };
+}
+
 pub fn kv_tiles(p: *const Problem) u64 {
     return (p.steps_kv + block_kv - 1) / block_kv;
 }
@@ -401,12 +404,8 @@ fn Kernels(comptime dtype: Dtype) type {
             const p = &f.problem;
             const dim = p.head_dim;
             var tiles: ForwardTiles = undefined;
-            const tile = item % q_tiles(p);
-            const h = (item / q_tiles(p)) % p.heads_q;
-            const b = item / q_tiles(p) / p.heads_q;
+            const b, const h, const q0, const rows = query_item(p, item);
             const h_kv = h / p.group();
-            const q0 = tile * block_q;
-            const rows = @min(block_q, p.steps_q - q0);
             var m: [block_q]f32 = @splat(-std.math.inf(f32));
             var l: [block_q]f32 = @splat(0);
             for (0..rows) |r| {
@@ -549,12 +548,8 @@ fn Kernels(comptime dtype: Dtype) type {
             const p = &g.problem;
             const dim = p.head_dim;
             var tiles: QueryTiles = undefined;
-            const tile = item % q_tiles(p);
-            const h = (item / q_tiles(p)) % p.heads_q;
-            const b = item / q_tiles(p) / p.heads_q;
+            const b, const h, const q0, const rows = query_item(p, item);
             const h_kv = h / p.group();
-            const q0 = tile * block_q;
-            const rows = @min(block_q, p.steps_q - q0);
             var lse: [block_q]f32 = undefined;
             var delta: [block_q]f32 = undefined;
             load_queries(g, b, h, q0, rows, &tiles.q, &tiles.d_out, &delta, &lse);
