@@ -13,18 +13,11 @@
  */
 
 import { native } from "../_ffi.ts";
+import { addressOf, cudaOrdinalOf } from "./_args.ts";
 import { dtypeInfo } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
 import type { LayoutKernels } from "./cpu/layout.ts";
 import { checkCuda } from "./cuda.ts";
-
-function ordinalOf(t: Tensor): number {
-  return Number(t.device.slice(5));
-}
-
-function addressOf(t: Tensor): number {
-  return t.size === 0 ? 0 : t.address;
-}
 
 /** C (float32) = op(A) op(B) per batch element on the device; see LayoutKernels.matmul. */
 function matmul(a: Tensor, b: Tensor, c: Tensor, batch: number, m: number, n: number, k: number, flags: number): void {
@@ -42,7 +35,7 @@ function matmul(a: Tensor, b: Tensor, c: Tensor, batch: number, m: number, n: nu
   }
   checkCuda(
     native().mp_cuda_matmul(
-      ordinalOf(c),
+      cudaOrdinalOf(c),
       addressOf(a),
       addressOf(b),
       addressOf(c),
@@ -64,7 +57,7 @@ function matmulEpilogue(product: Tensor, bias: Tensor | null, out: Tensor): void
   const rows = cols === 0 ? 0 : out.size / cols;
   checkCuda(
     native().mp_cuda_launch_matmul_epilogue(
-      ordinalOf(out),
+      cudaOrdinalOf(out),
       addressOf(product),
       bias === null ? 0 : addressOf(bias),
       addressOf(out),

@@ -76,7 +76,16 @@ const OP_SDPA = 0;
 /** attention.Problem: 11 u64 values. */
 const PROBLEM = new BigUint64Array(11);
 
-function describe(problem: AttentionProblem, q: AttentionOperand, k: AttentionOperand, v: AttentionOperand, o: number) {
+/**
+ * The kernel's problem record (attention.Problem) in a reused buffer, read by the call it is passed
+ * to (the CPU's and the device's exports alike); out's row stride is Hq * D.
+ */
+export function attentionProblemRecord(
+  problem: AttentionProblem,
+  q: AttentionOperand,
+  k: AttentionOperand,
+  v: AttentionOperand,
+) {
   PROBLEM[0] = BigInt(problem.batch);
   PROBLEM[1] = BigInt(problem.stepsQ);
   PROBLEM[2] = BigInt(problem.stepsKv);
@@ -86,17 +95,18 @@ function describe(problem: AttentionProblem, q: AttentionOperand, k: AttentionOp
   PROBLEM[6] = BigInt(q.stride);
   PROBLEM[7] = BigInt(k.stride);
   PROBLEM[8] = BigInt(v.stride);
-  PROBLEM[9] = BigInt(o);
+  PROBLEM[9] = BigInt(problem.headsQ * problem.headDim);
   PROBLEM[10] = problem.causal ? 1n : 0n;
   return ptr(PROBLEM);
 }
 
-/** The address of an operand's first element. */
-function at(operand: AttentionOperand): number {
+/** The (host or device) address of an operand's first element. */
+export function operandAddress(operand: AttentionOperand): number {
   return operand.tensor.address + operand.offset * (dtypeInfo(operand.tensor.dtype).bits / 8);
 }
 
-function maskArgs(mask: Tensor | null): [number, number] {
+/** The mask's address and dtype code, or (0, 0) without a mask. */
+export function maskArgs(mask: Tensor | null): [number, number] {
   return mask === null ? [0, 0] : [mask.address, dtypeInfo(mask.dtype).code];
 }
 
@@ -106,11 +116,11 @@ export const attentionCpu: AttentionKernels = {
     const status = native().mp_attention_forward(
       OP_SDPA,
       dtypeInfo(q.tensor.dtype).code,
-      describe(problem, q, k, v, problem.headsQ * problem.headDim),
+      attentionProblemRecord(problem, q, k, v),
       problem.scale,
-      at(q),
-      at(k),
-      at(v),
+      operandAddress(q),
+      operandAddress(k),
+      operandAddress(v),
       maskAddress,
       maskCode,
       out.address,
@@ -126,19 +136,19 @@ export const attentionCpu: AttentionKernels = {
     const status = native().mp_attention_backward(
       OP_SDPA,
       dtypeInfo(q.tensor.dtype).code,
-      describe(problem, q, k, v, problem.headsQ * problem.headDim),
+      attentionProblemRecord(problem, q, k, v),
       problem.scale,
-      at(q),
-      at(k),
-      at(v),
+      operandAddress(q),
+      operandAddress(k),
+      operandAddress(v),
       maskAddress,
       maskCode,
       out.address,
       lse.address,
       dOut.address,
-      at(dq),
-      at(dk),
-      at(dv),
+      operandAddress(dq),
+      operandAddress(dk),
+      operandAddress(dv),
     );
     check(status, `attention backward(${q.tensor.dtype})`);
   },

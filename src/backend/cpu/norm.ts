@@ -10,6 +10,7 @@ import { ptr } from "bun:ffi";
 import { check, native } from "../../_ffi.ts";
 import { dtypeInfo } from "../../dtype.ts";
 import type { Tensor } from "../../tensor.ts";
+import { addressOf, rowsOf } from "../_args.ts";
 
 /**
  * Norm kernels. `x`, `weight`, `bias`, `out` and every gradient share one dtype (float32, float16
@@ -55,15 +56,6 @@ export interface NormKernels {
 const Op = { layer: 0, rms: 1 } as const;
 const COUNT_OUT = new BigUint64Array(1);
 const ADDRESS_OUT = new BigUint64Array(1);
-
-function addressOf(t: Tensor | null): number {
-  return t === null || t.size === 0 ? 0 : t.address;
-}
-
-function rowsOf(x: Tensor): [rows: number, width: number] {
-  const width = x.shape[x.ndim - 1]!;
-  return [width === 0 ? 0 : x.size / width, width];
-}
 
 function forward(
   op: number,

@@ -39,7 +39,8 @@ const OP_ROTATE_HALF = 0;
 /** rope.Problem: batch, steps, heads, head_dim, offset (i64), flags. */
 const PROBLEM = new BigInt64Array(6);
 
-function describe(problem: RopeProblem) {
+/** The kernel's problem record (rope.Problem) in a reused buffer, read by the call it is passed to. */
+export function ropeProblemRecord(problem: RopeProblem) {
   PROBLEM[0] = BigInt(problem.batch);
   PROBLEM[1] = BigInt(problem.steps);
   PROBLEM[2] = BigInt(problem.heads);
@@ -61,7 +62,7 @@ function call(
   const status = native()[which](
     OP_ROTATE_HALF,
     dtypeInfo(source.dtype).code,
-    describe(problem),
+    ropeProblemRecord(problem),
     source.address,
     target.address,
     ptr(problem.invFreq),

@@ -10,6 +10,7 @@ import { ptr } from "bun:ffi";
 import { check, native } from "../../_ffi.ts";
 import { dtypeInfo } from "../../dtype.ts";
 import type { Tensor } from "../../tensor.ts";
+import { rowsOf } from "../_args.ts";
 
 /**
  * Softmax-family kernels over the last axis (rows = x.size / width). Inputs, outputs and their
@@ -46,11 +47,6 @@ export interface SoftmaxKernels {
 const Op = { softmax: 0, logSoftmax: 1, crossEntropy: 2 } as const;
 const NAMES = ["softmax", "log-softmax", "cross-entropy"];
 const ADDRESS_OUT = new BigUint64Array(1);
-
-function rowsOf(x: Tensor): [rows: number, width: number] {
-  const width = x.shape[x.ndim - 1]!;
-  return [width === 0 ? 0 : x.size / width, width];
-}
 
 function forward(op: number, x: Tensor, out: Tensor): void {
   const [rows, width] = rowsOf(x);

@@ -14,6 +14,7 @@
  */
 
 import { ptr } from "bun:ffi";
+import { cudaOrdinalOf } from "../_args.ts";
 import { lastError, native, Status } from "../../_ffi.ts";
 import { dtypeInfo } from "../../dtype.ts";
 import { MixprecError } from "../../errors.ts";
@@ -31,10 +32,6 @@ function checkLaunch(code: number, what: string): void {
   const name = STATUS_NAMES[code] ?? `unknown status ${code}`;
   const reason = code === Status.cuda_error || code === Status.cuda_unavailable ? lastError() : "";
   throw new MixprecError(name, `${what} failed: ${reason || name}`);
-}
-
-function ordinalOf(t: Tensor): number {
-  return Number(t.device.slice(5));
 }
 
 /** Throws unless every tensor lives on `device` (the op allocated its outputs there). */
@@ -68,7 +65,7 @@ export const cudaMapKernels: ElementwiseKernels & Pick<LayoutKernels, "stridedCo
     });
     checkLaunch(
       native().mp_cuda_launch_map(
-        ordinalOf(target),
+        cudaOrdinalOf(target),
         op,
         dtypeInfo(target.dtype).code,
         target.address,
@@ -88,7 +85,7 @@ export const cudaMapKernels: ElementwiseKernels & Pick<LayoutKernels, "stridedCo
     checkDevice("activationForward", x.device, [out]);
     checkLaunch(
       native().mp_cuda_launch_activation_forward(
-        ordinalOf(x),
+        cudaOrdinalOf(x),
         op,
         dtypeInfo(x.dtype).code,
         x.address,
@@ -103,7 +100,7 @@ export const cudaMapKernels: ElementwiseKernels & Pick<LayoutKernels, "stridedCo
     checkDevice("activationBackward", saved.device, [g, dx]);
     checkLaunch(
       native().mp_cuda_launch_activation_backward(
-        ordinalOf(saved),
+        cudaOrdinalOf(saved),
         op,
         dtypeInfo(saved.dtype).code,
         saved.address,
@@ -119,7 +116,7 @@ export const cudaMapKernels: ElementwiseKernels & Pick<LayoutKernels, "stridedCo
     checkDevice("swigluForward", a.device, [b, out]);
     checkLaunch(
       native().mp_cuda_launch_swiglu_forward(
-        ordinalOf(a),
+        cudaOrdinalOf(a),
         dtypeInfo(a.dtype).code,
         a.address,
         b.address,
@@ -134,7 +131,7 @@ export const cudaMapKernels: ElementwiseKernels & Pick<LayoutKernels, "stridedCo
     checkDevice("swigluBackward", a.device, [b, g, da, db]);
     checkLaunch(
       native().mp_cuda_launch_swiglu_backward(
-        ordinalOf(a),
+        cudaOrdinalOf(a),
         dtypeInfo(a.dtype).code,
         a.address,
         b.address,
@@ -159,7 +156,7 @@ export const cudaMapKernels: ElementwiseKernels & Pick<LayoutKernels, "stridedCo
     const bytes = dtypeInfo(source.dtype).bits / 8;
     checkLaunch(
       native().mp_cuda_launch_strided_copy(
-        ordinalOf(source),
+        cudaOrdinalOf(source),
         source.address + from.offset * bytes,
         target.address + to.offset * bytes,
         bytes,

@@ -11,44 +11,21 @@
  */
 
 import { ptr } from "bun:ffi";
-import { lastError, native, Status } from "../../_ffi.ts";
+import { native } from "../../_ffi.ts";
 import { dtypeInfo } from "../../dtype.ts";
-import { MixprecError } from "../../errors.ts";
 import type { Tensor } from "../../tensor.ts";
-import type { AttentionKernels, AttentionOperand, AttentionProblem } from "../cpu/attention.ts";
+import { addressOf, cudaOrdinalOf, rowsOf } from "../_args.ts";
+import { checkCuda } from "../cuda.ts";
+import { type AttentionKernels, attentionProblemRecord, maskArgs, operandAddress } from "../cpu/attention.ts";
 import type { EmbeddingKernels } from "../cpu/embedding.ts";
 import type { NormKernels } from "../cpu/norm.ts";
-import type { RopeKernels, RopeProblem } from "../cpu/rope.ts";
+import { type RopeKernels, type RopeProblem, ropeProblemRecord } from "../cpu/rope.ts";
 import type { SoftmaxKernels } from "../cpu/softmax.ts";
 
-const STATUS_NAMES: Record<number, string> = Object.fromEntries(
-  Object.entries(Status).map(([name, code]) => [code, name]),
-);
 const U64_OUT = new BigUint64Array(1);
-
-/** Throws a MixprecError named after the status, with the native library's reason. */
-function checkCuda(status: number, what: string): void {
-  if (status === Status.ok) return;
-  const name = STATUS_NAMES[status] ?? `unknown status ${status}`;
-  const reason = lastError();
-  throw new MixprecError(name, `${what} failed: ${reason || name}`);
-}
-
-function ordinalOf(t: Tensor): number {
-  return Number(t.device.slice(5));
-}
-
-function addressOf(t: Tensor | null): number {
-  return t === null || t.size === 0 ? 0 : t.address;
-}
 
 function codeOf(t: Tensor): number {
   return dtypeInfo(t.dtype).code;
-}
-
-function rowsOf(x: Tensor): [rows: number, width: number] {
-  const width = x.shape[x.ndim - 1]!;
-  return [width === 0 ? 0 : x.size / width, width];
 }
 
 /** A device block from the allocator for the duration of `body` (freed after the launches are queued). */
@@ -81,7 +58,7 @@ function normForward(
   const [rows, width] = rowsOf(x);
   if (rows === 0) return;
   const status = native().mp_cuda_launch_norm_forward(
-    ordinalOf(x),
+    cudaOrdinalOf(x),
     op,
     x.address,
     addressOf(weight),
@@ -113,7 +90,7 @@ function normBackward(
 ): void {
   const [rows, width] = rowsOf(x);
   if (width === 0) return;
-  const ordinal = ordinalOf(x);
+  const ordinal = cudaOrdinalOf(x);
   let count = 0;
   if (gradWeight !== null || gradBias !== null) {
     checkCuda(native().mp_norm_workspace_count(rows, width, ptr(U64_OUT)), "mp_norm_workspace_count");
@@ -168,7 +145,7 @@ function softmaxForward(op: number, x: Tensor, out: Tensor): void {
   const [rows, width] = rowsOf(x);
   if (rows === 0) return;
   const status = native().mp_cuda_launch_softmax_forward(
-    ordinalOf(x),
+    cudaOrdinalOf(x),
     op,
     x.address,
     out.address,
@@ -187,7 +164,7 @@ function softmaxBackward(op: number, y: Tensor, gradOut: Tensor, gradX: Tensor):
   const [rows, width] = rowsOf(y);
   if (rows === 0) return;
   const status = native().mp_cuda_launch_softmax_backward(
-    ordinalOf(y),
+    cudaOrdinalOf(y),
     op,
     y.address,
     gradOut.address,
@@ -218,7 +195,7 @@ export const softmaxCuda: SoftmaxKernels = {
   crossEntropyForward(logits, labels, ignoreIndex, lse, mean) {
     const [rows, width] = rowsOf(logits);
     const status = native().mp_cuda_launch_softmax_forward(
-      ordinalOf(mean),
+      cudaOrdinalOf(mean),
       SoftmaxOp.crossEntropy,
       addressOf(logits),
       0,
@@ -236,7 +213,7 @@ export const softmaxCuda: SoftmaxKernels = {
     const [rows, width] = rowsOf(logits);
     if (rows === 0) return;
     const status = native().mp_cuda_launch_softmax_backward(
-      ordinalOf(logits),
+      cudaOrdinalOf(logits),
       SoftmaxOp.crossEntropy,
       logits.address,
       gradMean.address,
@@ -257,7 +234,7 @@ export const embeddingCuda: EmbeddingKernels = {
     const [vocabulary, dim] = table.shape as [number, number];
     if (ids.length === 0 || dim === 0) return;
     const status = native().mp_cuda_launch_embedding_forward(
-      ordinalOf(table),
+      cudaOrdinalOf(table),
       table.address,
       ptr(ids),
       out.address,
@@ -272,7 +249,7 @@ export const embeddingCuda: EmbeddingKernels = {
     const [vocabulary, dim] = gradTable.shape as [number, number];
     if (vocabulary === 0 || dim === 0) return;
     const status = native().mp_cuda_launch_embedding_backward(
-      ordinalOf(gradTable),
+      cudaOrdinalOf(gradTable),
       ids.length === 0 ? null : ptr(ids),
       ids.length === 0 ? 0 : gradOut.address,
       gradTable.address,
@@ -290,20 +267,6 @@ export const embeddingCuda: EmbeddingKernels = {
 
 /** The op code of the rotate-half form. */
 const ROPE_ROTATE_HALF = 0;
-/** rope.Problem: batch, steps, heads, head_dim, offset (i64), flags. */
-const ROPE_PROBLEM = new BigInt64Array(6);
-
-function ropeRecord(problem: RopeProblem) {
-  ROPE_PROBLEM[0] = BigInt(problem.batch);
-  ROPE_PROBLEM[1] = BigInt(problem.steps);
-  ROPE_PROBLEM[2] = BigInt(problem.heads);
-  ROPE_PROBLEM[3] = BigInt(problem.headDim);
-  ROPE_PROBLEM[4] = BigInt(problem.offset);
-  const positions = problem.positions;
-  ROPE_PROBLEM[5] = positions === null ? 0n : positions.length === problem.steps ? 1n : 3n;
-  return ptr(ROPE_PROBLEM);
-}
-
 function rope(
   which: "mp_cuda_launch_rope_forward" | "mp_cuda_launch_rope_backward",
   problem: RopeProblem,
@@ -313,10 +276,10 @@ function rope(
   if (source.size === 0) return;
   const positions = problem.positions;
   const status = native()[which](
-    ordinalOf(source),
+    cudaOrdinalOf(source),
     ROPE_ROTATE_HALF,
     codeOf(source),
-    ropeRecord(problem),
+    ropeProblemRecord(problem),
     source.address,
     target.address,
     problem.invFreq.length === 0 ? null : ptr(problem.invFreq),
@@ -339,45 +302,18 @@ export const ropeCuda: RopeKernels = {
 
 /** The op code of scaled dot-product attention. */
 const ATTENTION_SDPA = 0;
-/** attention.Problem: 11 u64 values. */
-const ATTENTION_PROBLEM = new BigUint64Array(11);
-
-function attentionRecord(problem: AttentionProblem, q: AttentionOperand, k: AttentionOperand, v: AttentionOperand) {
-  ATTENTION_PROBLEM[0] = BigInt(problem.batch);
-  ATTENTION_PROBLEM[1] = BigInt(problem.stepsQ);
-  ATTENTION_PROBLEM[2] = BigInt(problem.stepsKv);
-  ATTENTION_PROBLEM[3] = BigInt(problem.headsQ);
-  ATTENTION_PROBLEM[4] = BigInt(problem.headsKv);
-  ATTENTION_PROBLEM[5] = BigInt(problem.headDim);
-  ATTENTION_PROBLEM[6] = BigInt(q.stride);
-  ATTENTION_PROBLEM[7] = BigInt(k.stride);
-  ATTENTION_PROBLEM[8] = BigInt(v.stride);
-  ATTENTION_PROBLEM[9] = BigInt(problem.headsQ * problem.headDim);
-  ATTENTION_PROBLEM[10] = problem.causal ? 1n : 0n;
-  return ptr(ATTENTION_PROBLEM);
-}
-
-/** The device address of an operand's first element. */
-function at(operand: AttentionOperand): number {
-  return operand.tensor.address + operand.offset * (dtypeInfo(operand.tensor.dtype).bits / 8);
-}
-
-function maskArgs(mask: Tensor | null): [number, number] {
-  return mask === null ? [0, 0] : [mask.address, codeOf(mask)];
-}
-
 export const attentionCuda: AttentionKernels = {
   attentionForward(problem, q, k, v, mask, out, lse) {
     const [maskAddress, maskCode] = maskArgs(mask);
     const status = native().mp_cuda_launch_attention_forward(
-      ordinalOf(q.tensor),
+      cudaOrdinalOf(q.tensor),
       ATTENTION_SDPA,
       codeOf(q.tensor),
-      attentionRecord(problem, q, k, v),
+      attentionProblemRecord(problem, q, k, v),
       problem.scale,
-      at(q),
-      at(k),
-      at(v),
+      operandAddress(q),
+      operandAddress(k),
+      operandAddress(v),
       maskAddress,
       maskCode,
       out.address,
@@ -391,22 +327,22 @@ export const attentionCuda: AttentionKernels = {
     }
     const [maskAddress, maskCode] = maskArgs(mask);
     const status = native().mp_cuda_launch_attention_backward(
-      ordinalOf(q.tensor),
+      cudaOrdinalOf(q.tensor),
       ATTENTION_SDPA,
       codeOf(q.tensor),
-      attentionRecord(problem, q, k, v),
+      attentionProblemRecord(problem, q, k, v),
       problem.scale,
-      at(q),
-      at(k),
-      at(v),
+      operandAddress(q),
+      operandAddress(k),
+      operandAddress(v),
       maskAddress,
       maskCode,
       out.address,
       lse.address,
       dOut.address,
-      at(dq),
-      at(dk),
-      at(dv),
+      operandAddress(dq),
+      operandAddress(dk),
+      operandAddress(dv),
     );
     checkCuda(status, `attention backward(${q.tensor.dtype}) on ${q.tensor.device}`);
   },
