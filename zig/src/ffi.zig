@@ -428,17 +428,9 @@ const elementwise = @import("ops/elementwise.zig");
 /// i read `scalar` everywhere (its address is then ignored). Binary forward and backward ops, sum,
 /// mean and the broadcast copy all run here.
 export fn mp_elementwise_map(op: u32, dtype: u32, target: u64, x0: u64, x1: u64, x2: u64, layout_address: u64, scalar: f32, scale: f32, flags: u32) i32 {
-    const map_op = std.enums.fromInt(elementwise.MapOp, op) orelse return status(.invalid_argument);
-    const d = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
-    if (flags >> elementwise.operands_max != 0) return status(.invalid_argument);
-    if (layout_address == 0 or target == 0) return status(.null_pointer);
-    if (layout_address % @alignOf(elementwise.Layout) != 0) return status(.invalid_argument);
-    const map_layout: *const elementwise.Layout = @ptrFromInt(layout_address);
-    const arity = map_op.arity();
-    const addresses = [_]u64{ x0, x1, x2 };
-    var reads: [elementwise.operands_max]bool = undefined;
+    const call = map_arguments(op, dtype, target, .{ x0, x1, x2 }, layout_address, flags) catch |err| return map_status(err);
     var map = elementwise.Map{
-        .layout = map_layout,
+        .layout = call.layout,
         .target = @ptrFromInt(target),
         .operands = undefined,
         .constant = undefined,
@@ -447,19 +439,54 @@ export fn mp_elementwise_map(op: u32, dtype: u32, target: u64, x0: u64, x1: u64,
     };
     for (0..elementwise.operands_max) |i| {
         map.constant[i] = flags & (@as(u32, 1) << @intCast(i)) != 0;
-        const used = i < arity and !map.constant[i];
-        if (used and addresses[i] == 0) return status(.null_pointer);
-        map.operands[i] = @ptrFromInt(if (used) addresses[i] else target);
-        reads[i] = used;
+        map.operands[i] = @ptrFromInt(call.operands[i]);
     }
-    if (!map_layout.valid(reads)) return status(.invalid_argument);
-    switch (map_op) {
-        inline else => |o| switch (d) {
+    switch (call.op) {
+        inline else => |o| switch (call.dtype) {
             inline .float32, .float16, .bfloat16 => |t| elementwise.map_run(o, t, &map),
             else => unreachable,
         },
     }
     return status(.ok);
+}
+
+/// The checked arguments of a map call (host or device): operands the op reads are non-zero, the
+/// others (beyond the op's arity, or constants by `flags`) point at the target, and the layout is
+/// valid for the operands read.
+const MapArguments = struct {
+    op: elementwise.MapOp,
+    dtype: numerics.Dtype,
+    layout: *const elementwise.Layout,
+    operands: [elementwise.operands_max]u64,
+};
+
+const MapError = error{ invalid_argument, invalid_dtype, null_pointer };
+
+fn map_status(err: MapError) i32 {
+    return switch (err) {
+        error.invalid_argument => status(.invalid_argument),
+        error.invalid_dtype => status(.invalid_dtype),
+        error.null_pointer => status(.null_pointer),
+    };
+}
+
+fn map_arguments(op: u32, dtype: u32, target: u64, addresses: [elementwise.operands_max]u64, layout_address: u64, flags: u32) MapError!MapArguments {
+    const map_op = std.enums.fromInt(elementwise.MapOp, op) orelse return error.invalid_argument;
+    const d = storage.op_dtype(dtype) orelse return error.invalid_dtype;
+    if (flags >> elementwise.operands_max != 0) return error.invalid_argument;
+    if (layout_address == 0 or target == 0) return error.null_pointer;
+    if (layout_address % @alignOf(elementwise.Layout) != 0) return error.invalid_argument;
+    const map_layout: *const elementwise.Layout = @ptrFromInt(layout_address);
+    var operands = addresses;
+    var reads: [elementwise.operands_max]bool = undefined;
+    for (0..elementwise.operands_max) |i| {
+        const used = i < map_op.arity() and flags & (@as(u32, 1) << @intCast(i)) == 0;
+        if (used and addresses[i] == 0) return error.null_pointer;
+        if (!used) operands[i] = target;
+        reads[i] = used;
+    }
+    if (!map_layout.valid(reads)) return error.invalid_argument;
+    return .{ .op = map_op, .dtype = d, .layout = map_layout, .operands = operands };
 }
 
 /// Activation forward (`op`: elementwise.Activation) on `count` contiguous elements: out = f(x).
@@ -1261,21 +1288,9 @@ test {
 
 /// mp_elementwise_map on device memory.
 export fn mp_cuda_launch_map(ordinal: u32, op: u32, dtype: u32, target: u64, x0: u64, x1: u64, x2: u64, layout_address: u64, scalar: f32, scale: f32, flags: u32) i32 {
-    const map_op = std.enums.fromInt(elementwise.MapOp, op) orelse return status(.invalid_argument);
-    _ = storage.op_dtype(dtype) orelse return status(.invalid_dtype);
-    if (flags >> elementwise.operands_max != 0) return status(.invalid_argument);
-    if (layout_address == 0 or target == 0) return status(.null_pointer);
-    if (layout_address % @alignOf(elementwise.Layout) != 0) return status(.invalid_argument);
-    const space: *const elementwise.Layout = @ptrFromInt(layout_address);
-    var addresses = [_]u64{ x0, x1, x2 };
-    var reads: [elementwise.operands_max]bool = undefined;
-    for (0..elementwise.operands_max) |i| {
-        const used = i < map_op.arity() and flags & (@as(u32, 1) << @intCast(i)) == 0;
-        if (used and addresses[i] == 0) return status(.null_pointer);
-        if (!used) addresses[i] = target;
-        reads[i] = used;
-    }
-    if (!space.valid(reads)) return status(.invalid_argument);
+    const call = map_arguments(op, dtype, target, .{ x0, x1, x2 }, layout_address, flags) catch |err| return map_status(err);
+    const space = call.layout;
+    const addresses = call.operands;
     const device = cuda_device(ordinal) catch |err| return cuda_status(err);
     const grid = driver.grid_blocks(device, space.kept_count());
     driver.launch(device, .map, grid, driver.block_threads, .{ target, addresses[0], addresses[1], addresses[2], space.*, scalar, scale, op, dtype, flags, elementwise.reduce_chunks(space) }) catch |err|
