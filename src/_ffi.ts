@@ -2,7 +2,7 @@
  * The one dlopen table of the native library (zig/src/ffi.zig) and its status codes. The library
  * is opened on first use, so code that needs no kernel (policies, loss-scale arithmetic) runs
  * without it. `MIXPREC_LIB` overrides the library's path (src/_library_path.ts: then the platform package,
- * then the local build); `MIXPREC_CPU` (baseline, avx512, avx512bf16
+ * then the local build); `MIXPREC_CPU` (baseline, avx512, avx512bf16, amx
  * or auto) caps the kernels the library chooses for the running CPU.
  *
  * @module
@@ -521,7 +521,7 @@ let library: Library | undefined;
 export const defaultLibraryPath = localBuildPath;
 
 /** The values of MIXPREC_CPU (zig/src/cpu/dispatch.zig): a cap on the kernels chosen at run time. */
-const CPU_CAPS: readonly string[] = ["", "auto", "baseline", "avx512", "avx512bf16"];
+const CPU_CAPS: readonly string[] = ["", "auto", "baseline", "avx512", "avx512bf16", "amx"];
 
 /** mp_cpu_info's bit for "this CPU lacks a feature the library's baseline was built for". */
 const CPU_INFO_BASELINE_MISSING = 1 << 7;
@@ -530,7 +530,7 @@ function open(): Library {
   const cap = process.env.MIXPREC_CPU ?? "";
   if (!CPU_CAPS.includes(cap)) {
     throw new RangeError(
-      `MIXPREC_CPU must be one of "baseline", "avx512", "avx512bf16" or "auto", got "${cap}": unset it to let the library choose`,
+      `MIXPREC_CPU must be one of "baseline", "avx512", "avx512bf16", "amx" or "auto", got "${cap}": unset it to let the library choose`,
     );
   }
   // MIXPREC_LIB, else the platform package (@mixprec/<platform>), else the local build.

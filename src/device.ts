@@ -21,8 +21,9 @@ export interface CpuDeviceInfo {
   /** bfloat16 is always supported on the CPU. */
   readonly bf16: true;
   /**
-   * Whether bfloat16 x bfloat16 matmuls run on AVX512-BF16 dot products (`kernels` is
-   * "avx512bf16"); otherwise bfloat16 is widened to float32 in registers.
+   * Whether the CPU has bfloat16 arithmetic (`kernels` is "avx512bf16" or "amx"). On "amx"
+   * bfloat16 x bfloat16 matmuls run on the AMX tile unit (`tdpbf16ps`, float32 accumulation);
+   * elsewhere bfloat16 is widened to float32 in registers.
    */
   readonly bf16Native: boolean;
   /** Whether float16 conversion runs on F16C instructions. */
@@ -34,18 +35,20 @@ export interface CpuDeviceInfo {
   readonly threads: number;
   /**
    * ISA features of the running CPU that its OS enables (cpuid and XCR0): any of "avx2",
-   * "avx512f", "avx512bf16", "f16c", "fma", "bmi2".
+   * "avx512f", "avx512bf16", "f16c", "fma", "bmi2", "amx_bf16" (AMX-TILE and AMX-BF16, with Linux
+   * granting this process the tile state).
    */
   readonly features: readonly string[];
   /**
    * The matmul kernels the library chose for this CPU: "baseline" (what the library was built
-   * for, x86-64-v3 by default), "avx512" (x86-64-v4) or "avx512bf16" (x86-64-v4 + AVX512-BF16).
+   * for, x86-64-v3 by default), "avx512" (x86-64-v4), "avx512bf16" (x86-64-v4 + AVX512-BF16) or
+   * "amx" (those plus AMX-BF16 for bfloat16 matmuls).
    */
   readonly kernels: CpuKernels;
 }
 
 /** The kernel paths of {@linkcode CpuDeviceInfo.kernels}, narrowest first. */
-export type CpuKernels = "baseline" | "avx512" | "avx512bf16";
+export type CpuKernels = "baseline" | "avx512" | "avx512bf16" | "amx";
 
 /** A CUDA entry of {@linkcode devices} (added by the CUDA backend). */
 export interface CudaDeviceInfo {
@@ -85,7 +88,7 @@ export function cudaCapabilities(computeCapability: readonly [number, number]): 
 }
 
 // mp_cpu_info's bits (zig/src/ffi.zig): 0..5 the running CPU's features, 6 F16C in use, 8..15
-// threads, 16..19 the kernel path.
+// threads, 16..19 the kernel path, 20 AMX-BF16.
 const FEATURE_BITS: readonly (readonly [number, string])[] = [
   [1, "avx2"],
   [2, "avx512f"],
@@ -93,9 +96,10 @@ const FEATURE_BITS: readonly (readonly [number, string])[] = [
   [8, "f16c"],
   [16, "fma"],
   [32, "bmi2"],
+  [1 << 20, "amx_bf16"],
 ];
 const F16C_IN_USE = 64;
-const KERNELS: readonly CpuKernels[] = ["baseline", "avx512", "avx512bf16"];
+const KERNELS: readonly CpuKernels[] = ["baseline", "avx512", "avx512bf16", "amx"];
 
 /**
  * The CPU entry, from the native library's `mp_cpu_info`.
@@ -116,7 +120,7 @@ export function cpuDevice(): CpuDeviceInfo {
     name: "cpu" as const,
     kind: "cpu" as const,
     bf16: true as const,
-    bf16Native: kernels === "avx512bf16",
+    bf16Native: kernels === "avx512bf16" || kernels === "amx",
     f16Native: (flags & F16C_IN_USE) !== 0,
     fp8: true as const,
     fp8Native: false as const,

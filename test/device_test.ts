@@ -1,5 +1,6 @@
 import { describe, expect, test } from "bun:test";
 import { cudaCapabilities, type DeviceInfo, devices, registerDeviceProvider } from "../src/mod.ts";
+import { SHAPE } from "./_matmul_worker.ts";
 
 const WORKER = new URL("./_matmul_worker.ts", import.meta.url).pathname;
 
@@ -29,23 +30,25 @@ describe("devices()", () => {
     expect(cpu.fp8).toBe(true);
     expect(cpu.fp8Native).toBe(false);
     expect(typeof cpu.bf16Native).toBe("boolean");
-    expect(cpu.bf16Native).toBe(cpu.kernels === "avx512bf16");
+    expect(cpu.bf16Native).toBe(cpu.kernels === "avx512bf16" || cpu.kernels === "amx");
     if (cpu.f16Native) expect(cpu.features).toContain("f16c");
     expect(cpu.threads).toBeGreaterThanOrEqual(1);
     for (const feature of cpu.features) {
-      expect(["avx2", "avx512f", "avx512bf16", "f16c", "fma", "bmi2"]).toContain(feature);
+      expect(["avx2", "avx512f", "avx512bf16", "f16c", "fma", "bmi2", "amx_bf16"]).toContain(feature);
     }
   });
 
   test("the CPU entry's kernels never need a feature the running CPU lacks", () => {
     const cpu = devices()[0]!;
     if (cpu.kind !== "cpu") throw new Error("the first device is not the CPU");
-    expect(["baseline", "avx512", "avx512bf16"]).toContain(cpu.kernels);
+    expect(["baseline", "avx512", "avx512bf16", "amx"]).toContain(cpu.kernels);
     if (cpu.kernels !== "baseline") expect(cpu.features).toContain("avx512f");
-    if (cpu.kernels === "avx512bf16") expect(cpu.features).toContain("avx512bf16");
+    if (cpu.kernels === "avx512bf16" || cpu.kernels === "amx") expect(cpu.features).toContain("avx512bf16");
+    if (cpu.kernels === "amx") expect(cpu.features).toContain("amx_bf16");
     // A feature is reported only with its prerequisites (zig/src/cpu/dispatch.zig).
     if (cpu.features.includes("avx512f")) expect(cpu.features).toContain("avx2");
     if (cpu.features.includes("avx512bf16")) expect(cpu.features).toContain("avx512f");
+    if (cpu.features.includes("amx_bf16")) expect(cpu.features).toContain("avx512bf16");
   });
 
   test("providers add CUDA entries, and a failing provider never hides the CPU", () => {
@@ -84,17 +87,38 @@ describe("cudaCapabilities()", () => {
 });
 
 describe("MIXPREC_CPU", () => {
-  test("matmul in a child process gives the same float32 and bfloat16 bits with MIXPREC_CPU=baseline and without", () => {
+  test("matmul in a child process gives the same float32 (and, but for AMX, bfloat16) bits with MIXPREC_CPU=baseline and without", () => {
     const chosen = runWorker(undefined);
     const baseline = runWorker("baseline");
     if (chosen.result === null) throw new Error(`worker failed: ${chosen.stderr}`);
     if (baseline.result === null) throw new Error(`worker failed: ${baseline.stderr}`);
     expect(baseline.result.kernels).toBe("baseline");
-    expect(["baseline", "avx512", "avx512bf16"]).toContain(chosen.result.kernels);
+    expect(["baseline", "avx512", "avx512bf16", "amx"]).toContain(chosen.result.kernels);
     // Every path runs the same FMA chain per element of C, and bfloat16 widens to float32 on every
-    // path unless the bf16Dot flag asks for vdpbf16ps (test/ops/matmul_test.ts bounds that one).
+    // path but AMX (and the opt-in bf16Dot flag; test/ops/matmul_test.ts bounds that one).
     expect(chosen.result.f32).toEqual(baseline.result.f32);
-    expect(chosen.result.bf16).toEqual(baseline.result.bf16);
+    if (chosen.result.kernels !== "amx") {
+      expect(chosen.result.bf16).toEqual(baseline.result.bf16);
+      return;
+    }
+    // AMX sums bfloat16 products on the tile unit in its own order: the bits differ in the last
+    // places, within k * eps(float32) * sum|a||b| <= k^2 eps of the widened result (|a|, |b| <= 1)...
+    const k = SHAPE[2];
+    const bound = 2 * k * k * 2 ** -24;
+    const values = (bits: number[]) => new Float32Array(new Uint32Array(bits).buffer);
+    const amx = values(chosen.result.bf16);
+    const widened = values(baseline.result.bf16);
+    let worst = 0;
+    for (let i = 0; i < amx.length; i++) worst = Math.max(worst, Math.abs(amx[i]! - widened[i]!));
+    expect(worst).toBeLessThanOrEqual(bound);
+    // ...capping at avx512bf16 gives the widened bits back, and AMX gives one answer run after run.
+    const capped = runWorker("avx512bf16");
+    if (capped.result === null) throw new Error(`worker failed: ${capped.stderr}`);
+    expect(capped.result.kernels).toBe("avx512bf16");
+    expect(capped.result.bf16).toEqual(baseline.result.bf16);
+    const again = runWorker("amx");
+    if (again.result === null) throw new Error(`worker failed: ${again.stderr}`);
+    expect(again.result.bf16).toEqual(chosen.result.bf16);
   });
 
   test("an unknown MIXPREC_CPU value is refused with the values it takes", () => {

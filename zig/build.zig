@@ -47,6 +47,7 @@ pub fn build(b: *std.Build) void {
     const wide_objects: []const *std.Build.Step.Compile = if (target.result.cpu.arch == .x86_64) &.{
         wide_object(b, target, optimize, "avx512", .empty),
         wide_object(b, target, optimize, "avx512bf16", std.Target.x86.featureSet(&.{.avx512bf16})),
+        wide_object(b, target, optimize, "amx", std.Target.x86.featureSet(&.{ .avx512bf16, .amx_tile, .amx_bf16 })),
     } else &.{};
     for (wide_objects) |object| root.addObject(object);
     const lib = b.addLibrary(.{ .name = "mixprec", .linkage = .dynamic, .root_module = root });

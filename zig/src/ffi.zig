@@ -49,7 +49,8 @@ export fn mp_abi_version() u32 {
 /// kernels convert float16 with F16C (the library's baseline CPU has it). Bit 7: the running CPU
 /// lacks a feature the library's baseline was built for (calls may fault: rebuild with -Dcpu).
 /// Bits 8..15: the thread count a call uses. Bits 16..19: the kernel path (1 baseline, 2 avx512,
-/// 3 avx512bf16), after MIXPREC_CPU's cap.
+/// 3 avx512bf16, 4 amx), after MIXPREC_CPU's cap. Bit 20: AMX-BF16, with the OS's tile state granted
+/// to this process.
 export fn mp_cpu_info(out_flags: ?*u32) i32 {
     const out = out_flags orelse return status(.null_pointer);
     out.* = cpu_flags(dispatch.detect(), dispatch.path(), pool.thread_count());
@@ -65,6 +66,7 @@ fn cpu_flags(features: dispatch.Features, path: dispatch.Path, threads: u32) u32
     if (features.f16c) flags |= 1 << 3;
     if (features.fma) flags |= 1 << 4;
     if (features.bmi2) flags |= 1 << 5;
+    if (features.amx_bf16) flags |= 1 << 20;
     if (builtin.cpu.arch == .x86_64) {
         const has = std.Target.x86.featureSetHas;
         const built = builtin.cpu.features;
@@ -86,7 +88,8 @@ test "mp_cpu_info reports the running CPU and the chosen path" {
     try std.testing.expectEqual(dispatch.path(), path);
     // The tests run on the machine that built them, so the baseline is never missing here.
     try std.testing.expect(flags & (1 << 7) == 0);
-    if (path == .avx512bf16) try std.testing.expect(flags & (1 << 2) != 0);
+    if (path == .avx512bf16 or path == .amx) try std.testing.expect(flags & (1 << 2) != 0);
+    if (path == .amx) try std.testing.expect(flags & (1 << 20) != 0);
     if (path != .baseline) try std.testing.expect(flags & (1 << 1) != 0);
     try std.testing.expectEqual(pool.thread_count(), (flags >> 8) & 0xff);
 }

@@ -1,6 +1,7 @@
-//! Root of the wide objects that build.zig compiles for x86-64-v4 and for x86-64-v4 + AVX512-BF16
-//! and links into libmixprec beside the baseline code: the matmul kernels (cpu/matmul.zig, whose tile
-//! sizes and `vdpbf16ps` path follow the target's features) under symbol names of their own,
+//! Root of the wide objects that build.zig compiles for x86-64-v4, x86-64-v4 + AVX512-BF16 and
+//! x86-64-v4 + AVX512-BF16 + AMX and links into libmixprec beside the baseline code: the matmul
+//! kernels (cpu/matmul.zig, whose tile sizes, `vdpbf16ps` and AMX paths follow the target's
+//! features) under symbol names of their own,
 //! hidden from the library's users. zig/src/cpu/dispatch.zig decides at run time whether the CPU
 //! may run them; nothing here runs unless it said so.
 //!

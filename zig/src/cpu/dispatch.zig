@@ -5,8 +5,11 @@
 //! micro-kernels and AVX512-BF16's `vdpbf16ps`) are compiled again for x86-64-v4, with and without
 //! AVX512-BF16, as separate objects with their own symbol names (zig/src/wide.zig), and chosen
 //! here on the first call: from cpuid, and only where the OS saves the AVX-512 registers on a
-//! context switch (XCR0 bits 5 to 7, read with xgetbv). `MIXPREC_CPU=baseline` (or `avx512`) caps
-//! the choice, so tests and benchmarks can compare the paths on one machine.
+//! context switch (XCR0 bits 5 to 7, read with xgetbv). A fourth compilation adds AMX (the tile
+//! registers and `tdpbf16ps`, Sapphire Rapids and later) for bfloat16 matmuls; Linux hands tile
+//! state only to a process that asks (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), so
+//! detection asks once and uses AMX only where the OS agreed. `MIXPREC_CPU=baseline` (or `avx512`,
+//! `avx512bf16`) caps the choice, so tests and benchmarks can compare the paths on one machine.
 
 const std = @import("std");
 const builtin = @import("builtin");
@@ -19,6 +22,8 @@ pub const Path = enum(u8) {
     avx512 = 2,
     /// x86-64-v4 plus AVX512-BF16.
     avx512bf16 = 3,
+    /// x86-64-v4 plus AVX512-BF16 and AMX-BF16 (bfloat16 matmuls on the tile unit).
+    amx = 4,
 };
 
 /// Whether wide objects are linked into this library (build.zig adds them for every x86_64 target).
@@ -43,6 +48,9 @@ pub const Features = struct {
     avx512dq: bool = false,
     avx512vl: bool = false,
     avx512bf16: bool = false,
+    /// AMX-TILE and AMX-BF16, with the OS saving tile state (XCR0 bits 17 and 18) and having granted
+    /// this process its use (Linux's ARCH_REQ_XCOMP_PERM).
+    amx_bf16: bool = false,
 
     /// The x86-64-v3 level the baseline objects are built for.
     pub fn x86_64_v3(features: Features) bool {
@@ -114,16 +122,37 @@ pub fn detect() Features {
     f.avx512bw = f.avx512f and bit(leaf7.ebx, 30);
     f.avx512vl = f.avx512f and bit(leaf7.ebx, 31);
     f.avx512bf16 = f.avx512bw and f.avx512vl and bit(leaf7_1.eax, 5);
+    const os_amx = osxsave and xcr0 & 0x60000 == 0x60000;
+    f.amx_bf16 = f.avx512bf16 and os_amx and bit(leaf7.edx, 22) and bit(leaf7.edx, 24) and amx_permitted();
     return f;
+}
+
+/// 0 until asked; then 1 where the OS granted tile data to this process, 2 where it refused.
+var amx_permission = std.atomic.Value(u8).init(0);
+
+/// Asks Linux once for the AMX tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+/// XFEATURE_XTILEDATA)`, Linux 5.16 and later). The grant covers every thread of the process; a
+/// refusal (an older kernel, or a signal stack too small for the larger state) leaves AMX unused.
+fn amx_permitted() bool {
+    if (builtin.os.tag != .linux or builtin.cpu.arch != .x86_64) return false;
+    const known = amx_permission.load(.monotonic);
+    if (known != 0) return known == 1;
+    const arch_req_xcomp_perm = 0x1023;
+    const xfeature_xtiledata = 18;
+    const result = std.os.linux.syscall2(.arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata);
+    const granted = std.os.linux.errno(result) == .SUCCESS;
+    amx_permission.store(if (granted) 1 else 2, .monotonic);
+    return granted;
 }
 
 /// The widest path the features allow.
 pub fn widest(features: Features) Path {
     if (!wide_linked or !features.x86_64_v4()) return .baseline;
+    if (features.amx_bf16) return .amx;
     return if (features.avx512bf16) .avx512bf16 else .avx512;
 }
 
-/// The cap `MIXPREC_CPU` sets: "baseline", "avx512" or "avx512bf16"; unset, empty or "auto" is no
+/// The cap `MIXPREC_CPU` sets: "baseline", "avx512", "avx512bf16" or "amx"; unset, empty or "auto" is no
 /// cap. src/_ffi.ts rejects other values before the library is used.
 pub fn parse_cap(value: ?[]const u8) ?Path {
     const text = value orelse return null;
@@ -179,13 +208,13 @@ pub fn pick(comptime F: type, comptime function: []const u8, here: F) F {
     if (!wide_linked) return here;
     return switch (path()) {
         .baseline => here,
-        inline .avx512, .avx512bf16 => |p| @extern(F, .{ .name = symbol(@tagName(p), function), .visibility = .hidden }),
+        inline .avx512, .avx512bf16, .amx => |p| @extern(F, .{ .name = symbol(@tagName(p), function), .visibility = .hidden }),
     };
 }
 
 /// Every path this machine can run, narrowest first (for tests).
 pub fn paths_available() []const Path {
-    const all = [_]Path{ .baseline, .avx512, .avx512bf16 };
+    const all = [_]Path{ .baseline, .avx512, .avx512bf16, .amx };
     return all[0..@backingInt(widest(detect()))];
 }
 
@@ -205,6 +234,7 @@ test "a detected feature implies its prerequisites" {
         try std.testing.expect(f.avx512bw);
         try std.testing.expect(f.avx512vl);
     }
+    if (f.amx_bf16) try std.testing.expect(f.avx512bf16);
     if (f.x86_64_v4()) try std.testing.expect(f.x86_64_v3());
 }
 
@@ -227,7 +257,7 @@ test "detection agrees with the Zig standard library's (which also reads XCR0)" 
 
 test "the dispatcher picks the widest path the CPU and OS allow, capped by MIXPREC_CPU" {
     const f = detect();
-    const expected: Path = if (!wide_linked or !f.x86_64_v4()) .baseline else if (f.avx512bf16) .avx512bf16 else .avx512;
+    const expected: Path = if (!wide_linked or !f.x86_64_v4()) .baseline else if (f.amx_bf16) .amx else if (f.avx512bf16) .avx512bf16 else .avx512;
     try std.testing.expectEqual(expected, choose(f, null));
     try std.testing.expectEqual(Path.baseline, choose(f, .baseline));
     try std.testing.expect(@backingInt(choose(f, .avx512)) <= @backingInt(Path.avx512));
@@ -236,7 +266,11 @@ test "the dispatcher picks the widest path the CPU and OS allow, capped by MIXPR
     no_state.os_avx512 = false;
     no_state.avx512f = false;
     try std.testing.expectEqual(Path.baseline, choose(no_state, null));
+    var no_amx = f;
+    no_amx.amx_bf16 = false;
+    try std.testing.expect(choose(no_amx, null) != .amx);
     try std.testing.expectEqual(@as(?Path, .baseline), parse_cap("baseline"));
+    try std.testing.expectEqual(@as(?Path, .amx), parse_cap("amx"));
     try std.testing.expectEqual(@as(?Path, null), parse_cap("auto"));
     try std.testing.expectEqual(@as(?Path, null), parse_cap(null));
     try std.testing.expectEqual(@as(?Path, null), parse_cap("sse9"));

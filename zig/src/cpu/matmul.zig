@@ -10,13 +10,14 @@
 //! split over threads by batch, then by rows (or columns when C is wide and short), each thread
 //! packing into its own static buffers, so no allocation happens inside a call.
 //!
-//! This file is compiled three times on x86_64: into the library for its baseline CPU
-//! (x86-64-v3: 8-lane ymm tiles), and as the wide objects for x86-64-v4 (16-lane zmm tiles) and
-//! x86-64-v4 + AVX512-BF16 (zig/src/wide.zig exports their entry points under names of their
-//! own). `matmul` and `peak_fma` ask zig/src/cpu/dispatch.zig which compilation to run, once.
-//! Every path computes each float32 C element as the same sequence of FMAs (the same depth order,
-//! the same K slabs), so float32 and float16 inputs give identical bits on every path; bfloat16 x
-//! bfloat16 on the AVX512-BF16 path sums pairs with `vdpbf16ps` and differs in the last bits.
+//! This file is compiled four times on x86_64: into the library for its baseline CPU
+//! (x86-64-v3: 8-lane ymm tiles), and as the wide objects for x86-64-v4 (16-lane zmm tiles),
+//! x86-64-v4 + AVX512-BF16, and those plus AMX (zig/src/wide.zig exports their entry points under
+//! names of their own). `matmul` and `peak_fma` ask zig/src/cpu/dispatch.zig which compilation to
+//! run, once. Every path computes each float32 C element as the same sequence of FMAs (the same
+//! depth order, the same K slabs), so float32 and float16 inputs give identical bits on every path;
+//! bfloat16 x bfloat16 runs on the AMX tile unit on the AMX path (and with `vdpbf16ps` where
+//! flag_bf16_dot asks on the AVX512-BF16 path) and differs there in the last bits.
 
 const std = @import("std");
 const builtin = @import("builtin");
@@ -33,8 +34,10 @@ fn x86_has(comptime feature: std.Target.x86.Feature) bool {
 const has_avx512 = x86_has(.avx512f);
 /// Whether bfloat16 x bfloat16 products use the AVX512-BF16 dot-product instruction.
 pub const has_bf16_dot = has_avx512 and x86_has(.avx512bf16);
+/// Whether bfloat16 x bfloat16 products run on the AMX tile unit (`tdpbf16ps`).
+pub const has_amx = has_bf16_dot and x86_has(.amx_tile) and x86_has(.amx_bf16);
 /// This compilation's name in the wide objects' symbols (and dispatch's paths).
-pub const isa_name = if (has_bf16_dot) "avx512bf16" else if (has_avx512) "avx512" else "baseline";
+pub const isa_name = if (has_amx) "amx" else if (has_bf16_dot) "avx512bf16" else if (has_avx512) "avx512" else "baseline";
 
 /// float32 lanes per vector register.
 const lanes = if (has_avx512) 16 else 8;
@@ -51,6 +54,19 @@ const kc_max = 256;
 /// dot-product path packs twice as deep into the same buffers (fewer C tile reloads per FLOP).
 fn slab_depth(comptime path: Path) u64 {
     return if (path == .f32) kc_max else 2 * kc_max;
+}
+/// Rows of C per micro-tile on a path: the AMX kernel computes 32 x 32 (four 16 x 16 tiles).
+fn tile_rows(comptime path: Path) u64 {
+    return if (path == .amx) amx_rows else mr;
+}
+/// Words per packed column (or row) of a slab `depth` deep: one float32 per depth step, or one
+/// bfloat16 pair per two, padded on the AMX path to whole 32-deep tile loads.
+fn slab_steps(comptime path: Path, depth: u64) u64 {
+    return switch (path) {
+        .f32 => depth,
+        .bf16_dot => (depth + 1) / 2,
+        .amx => ((depth + 1) / 2 + amx_pairs - 1) / amx_pairs * amx_pairs,
+    };
 }
 const mc_max = mr * 8;
 const nc_max = nr * 64;
@@ -286,7 +302,8 @@ fn pack_a_pairs(request: *const Request, a: [*]const u8, row0: u64, rows: u64, p
     }
 }
 
-fn pack_b_pairs(request: *const Request, b: [*]const u8, p0: u64, depth: u64, col0: u64, cols: u64, target: []u32) void {
+/// `steps` is the pair count each strip holds (at least (depth + 1) / 2; the rest is zero).
+fn pack_b_pairs(request: *const Request, b: [*]const u8, p0: u64, depth: u64, col0: u64, cols: u64, steps: u64, target: []u32) void {
     const n = request.n;
     const k = request.k;
     const trans = request.trans_b;
@@ -295,8 +312,8 @@ fn pack_b_pairs(request: *const Request, b: [*]const u8, p0: u64, depth: u64, co
     var strip: u64 = 0;
     while (strip < cols) : (strip += nr) {
         const strip_cols = @min(nr, cols - strip);
-        const out = target[strip * pairs ..][0 .. pairs * nr];
-        if (strip_cols < nr or whole < pairs) @memset(out, 0);
+        const out = target[strip * steps ..][0 .. steps * nr];
+        if (strip_cols < nr or whole < steps) @memset(out, 0);
         if (trans) {
             // B is stored n x k: depth pairs of one column are adjacent.
             for (0..strip_cols) |j| {
@@ -390,6 +407,209 @@ inline fn store_tile(acc: *const Tile, c: [*]f32, ldc: u64, rows: u64, cols: u64
     }
 }
 
+// AMX (the avx512bf16 + AMX compilation only). Eight tile registers of 16 rows x 64 bytes: tmm0..3
+// hold a 32 x 32 float32 block of C as four 16 x 16 tiles, tmm4/tmm5 two 16-row x 32-deep
+// bfloat16 tiles of A, tmm6/tmm7 two 16-pair x 16-column tiles of B (pairs of depth, as the
+// dot-product packing lays them out). Each `tdpbf16ps` adds a 16 x 16 x 32 product: 16 times the
+// multiply-adds of an AVX-512 FMA. A is packed per 32-row strip as 32-deep chunks, each 32 rows x
+// 16 words (row-major, so a tile load reads 64 contiguous bytes per row); B as the NR = 32-column
+// pair strips of pack_b_pairs, padded to whole chunks.
+
+/// Rows of C per AMX micro-tile, and bfloat16 pairs of depth per tile load.
+const amx_rows = 32;
+const amx_pairs = 16;
+/// Words in one 32-deep chunk of an A strip or a B strip.
+const amx_chunk_words = amx_rows * amx_pairs;
+
+comptime {
+    if (has_amx) std.debug.assert(nr == 32 and mc_max % amx_rows == 0);
+}
+
+/// The `ldtilecfg` operand: palette 1, every tile 16 rows of 64 bytes.
+const TileConfig = extern struct {
+    palette: u8 = 1,
+    start_row: u8 = 0,
+    reserved: [14]u8 = @splat(0),
+    bytes_per_row: [16]u16 = @splat(0),
+    rows: [16]u8 = @splat(0),
+};
+
+const amx_config: TileConfig align(64) = blk: {
+    var config = TileConfig{};
+    for (0..8) |t| {
+        config.bytes_per_row[t] = 64;
+        config.rows[t] = 16;
+    }
+    break :blk config;
+};
+
+inline fn amx_begin() void {
+    if (!has_amx) unreachable;
+    asm volatile ("ldtilecfg (%[config])"
+        :
+        : [config] "r" (&amx_config),
+        : .{ .memory = true });
+}
+
+inline fn amx_end() void {
+    if (!has_amx) unreachable;
+    asm volatile ("tilerelease" ::: .{ .memory = true });
+}
+
+/// Packs rows [row0, row0 + rows) and depth [p0, p0 + depth) of op(A) as 32-row strips of `steps`
+/// pairs (a multiple of 16): word (q / 16) * 512 + i * 16 + q % 16 of a strip is the pair
+/// (a[i][2q], a[i][2q+1]). Rows past the end and depth past `depth` are zero.
+fn pack_a_amx(request: *const Request, a: [*]const u8, row0: u64, rows: u64, p0: u64, depth: u64, steps: u64, target: []u32) void {
+    const m = request.m;
+    const k = request.k;
+    const trans = request.trans_a;
+    const pairs = (depth + 1) / 2;
+    const whole = depth / 2;
+    var strip: u64 = 0;
+    while (strip < rows) : (strip += amx_rows) {
+        const strip_rows = @min(amx_rows, rows - strip);
+        const out = target[strip * steps ..][0 .. steps * amx_rows];
+        if (strip_rows < amx_rows or whole < steps) @memset(out, 0);
+        if (trans) {
+            // A is stored k x m: stored rows 2q and 2q + 1 interleave into one word per row of A.
+            for (0..pairs) |q| {
+                const lo_index = (p0 + 2 * q) * m + row0 + strip;
+                const has_hi = q < whole;
+                const chunk = out[q / amx_pairs * amx_chunk_words + q % amx_pairs ..];
+                if (strip_rows == amx_rows) {
+                    const lo = load_halves(amx_rows, a, lo_index);
+                    const hi = if (has_hi) load_halves(amx_rows, a, lo_index + m) else @as(@Vector(amx_rows, u32), @splat(0));
+                    const words: [amx_rows]u32 = lo | (hi << @splat(16));
+                    inline for (0..amx_rows) |i| chunk[i * amx_pairs] = words[i];
+                } else {
+                    for (0..strip_rows) |i| {
+                        const lo: u32 = load_bf16(a, lo_index + i);
+                        const hi: u32 = if (has_hi) load_bf16(a, lo_index + m + i) else 0;
+                        chunk[i * amx_pairs] = lo | (hi << 16);
+                    }
+                }
+            }
+        } else {
+            // Rows are contiguous in depth: 32 bfloat16 (16 words) per chunk row.
+            for (0..strip_rows) |i| {
+                const base = (row0 + strip + i) * k + p0;
+                var q: u64 = 0;
+                while (q + amx_pairs <= whole) : (q += amx_pairs) {
+                    const typed: *align(1) const [amx_pairs]u32 = @ptrCast(a + (base + 2 * q) * 2);
+                    out[q / amx_pairs * amx_chunk_words + i * amx_pairs ..][0..amx_pairs].* = typed.*;
+                }
+                while (q < whole) : (q += 1) out[q / amx_pairs * amx_chunk_words + i * amx_pairs + q % amx_pairs] = load_pair(a, base + 2 * q);
+                if (whole < pairs) out[whole / amx_pairs * amx_chunk_words + i * amx_pairs + whole % amx_pairs] = load_bf16(a, base + 2 * whole);
+            }
+        }
+    }
+}
+
+/// C[0..32][0..32] (row stride `ldc` floats) += the product of a packed A strip and B strip,
+/// `chunks` 32-deep chunks, on the tile unit (C = the product when `add` is false). C is read into
+/// the tiles first, so each element is C plus one chain of `tdpbf16ps` steps in depth order,
+/// whatever the tile's place or the thread.
+inline fn kernel_amx(chunks: u64, a: [*]const u32, b: [*]const u32, c: [*]f32, ldc: u64, add: bool) void {
+    const stride = ldc * 4;
+    const c1 = c + 16;
+    const c2 = c + 16 * ldc;
+    const c3 = c2 + 16;
+    if (add) {
+        asm volatile (
+            \\tileloadd (%[c0], %[stride], 1), %%tmm0
+            \\tileloadd (%[c1], %[stride], 1), %%tmm1
+            \\tileloadd (%[c2], %[stride], 1), %%tmm2
+            \\tileloadd (%[c3], %[stride], 1), %%tmm3
+            :
+            : [c0] "r" (c),
+              [c1] "r" (c1),
+              [c2] "r" (c2),
+              [c3] "r" (c3),
+              [stride] "r" (stride),
+            : .{ .memory = true });
+    } else {
+        asm volatile (
+            \\tilezero %%tmm0
+            \\tilezero %%tmm1
+            \\tilezero %%tmm2
+            \\tilezero %%tmm3
+            ::: .{ .memory = true });
+    }
+    var chunk: u64 = 0;
+    while (chunk < chunks) : (chunk += 1) {
+        const a0 = a + chunk * amx_chunk_words;
+        const b0 = b + chunk * amx_chunk_words;
+        asm volatile (
+            \\tileloadd (%[a0], %[s64], 1), %%tmm4
+            \\tileloadd (%[b0], %[s128], 1), %%tmm6
+            \\tdpbf16ps %%tmm6, %%tmm4, %%tmm0
+            \\tileloadd (%[b1], %[s128], 1), %%tmm7
+            \\tdpbf16ps %%tmm7, %%tmm4, %%tmm1
+            \\tileloadd (%[a1], %[s64], 1), %%tmm5
+            \\tdpbf16ps %%tmm6, %%tmm5, %%tmm2
+            \\tdpbf16ps %%tmm7, %%tmm5, %%tmm3
+            :
+            : [a0] "r" (a0),
+              [a1] "r" (a0 + amx_chunk_words / 2),
+              [b0] "r" (b0),
+              [b1] "r" (b0 + 16),
+              [s64] "r" (@as(u64, 64)),
+              [s128] "r" (@as(u64, 128)),
+            : .{ .memory = true });
+    }
+    asm volatile (
+        \\tilestored %%tmm0, (%[c0], %[stride], 1)
+        \\tilestored %%tmm1, (%[c1], %[stride], 1)
+        \\tilestored %%tmm2, (%[c2], %[stride], 1)
+        \\tilestored %%tmm3, (%[c3], %[stride], 1)
+        :
+        : [c0] "r" (c),
+          [c1] "r" (c1),
+          [c2] "r" (c2),
+          [c3] "r" (c3),
+          [stride] "r" (stride),
+        : .{ .memory = true });
+}
+
+/// The AMX micro-tile at C (`rows` x `cols` of it valid): whole tiles work on C in place; edge
+/// tiles go through a 32 x 32 buffer holding C's valid corner (zero elsewhere), so every element
+/// gets the same arithmetic as in a whole tile.
+fn tile_amx(chunks: u64, a: [*]const u32, b: [*]const u32, c: [*]f32, ldc: u64, rows: u64, cols: u64, add: bool) void {
+    if (rows == amx_rows and cols == nr) return kernel_amx(chunks, a, b, c, ldc, add);
+    var buffer: [amx_rows][nr]f32 align(64) = @splat(@splat(0));
+    if (add) for (0..rows) |i| @memcpy(buffer[i][0..cols], c[i * ldc ..][0..cols]);
+    kernel_amx(chunks, a, b, &buffer[0], nr, true);
+    for (0..rows) |i| @memcpy(c[i * ldc ..][0..cols], buffer[i][0..cols]);
+}
+
+/// The micro-tiles of one packed MC x KC block of A times one packed KC x NC panel of B, into the
+/// `mc` x `nc` block of C at `c` (row stride `ldc`); `steps` words per packed row or column.
+inline fn micro_tiles(comptime path: Path, steps: u64, pack_a: []f32, pack_b: []f32, c: [*]f32, ldc: u64, mc: u64, nc: u64, add: bool) void {
+    const a_words: [*]const u32 = @ptrCast(pack_a.ptr);
+    const b_words: [*]const u32 = @ptrCast(pack_b.ptr);
+    const rows = tile_rows(path);
+    var jr: u64 = 0;
+    while (jr < nc) : (jr += nr) {
+        var ir: u64 = 0;
+        while (ir < mc) : (ir += rows) {
+            const tile_c = c + ir * ldc + jr;
+            const valid_rows = @min(rows, mc - ir);
+            const valid_cols = @min(nr, nc - jr);
+            switch (path) {
+                .f32 => {
+                    const tile = kernel_f32(steps, pack_a[ir * steps ..].ptr, pack_b[jr * steps ..].ptr);
+                    store_tile(&tile, tile_c, ldc, valid_rows, valid_cols, add);
+                },
+                .bf16_dot => {
+                    const tile = kernel_bf16(steps, a_words + ir * steps, b_words + jr * steps);
+                    store_tile(&tile, tile_c, ldc, valid_rows, valid_cols, add);
+                },
+                .amx => tile_amx(steps / amx_pairs, a_words + ir * steps, b_words + jr * steps, tile_c, ldc, valid_rows, valid_cols, add),
+            }
+        }
+    }
+}
+
 /// One task: rows [row0, row1) and columns [col0, col1) of one batch element's C.
 fn gemm_block(
     comptime path: Path,
@@ -421,9 +641,10 @@ fn gemm_block(
         while (pc < k) : (pc += slab_depth(path)) {
             const kc = @min(slab_depth(path), k - pc);
             const add = pc > 0 or request.accumulate;
+            const steps = slab_steps(path, kc);
             switch (path) {
                 .f32 => pack_b_f32(b_dtype, request, ops.b, pc, kc, jc, nc, pack_b),
-                .bf16_dot => pack_b_pairs(request, ops.b, pc, kc, jc, nc, pack_b_words),
+                .bf16_dot, .amx => pack_b_pairs(request, ops.b, pc, kc, jc, nc, steps, pack_b_words),
             }
             var ic = row0;
             while (ic < row1) : (ic += mc_max) {
@@ -431,20 +652,9 @@ fn gemm_block(
                 switch (path) {
                     .f32 => pack_a_f32(a_dtype, request, ops.a, ic, mc, pc, kc, pack_a),
                     .bf16_dot => pack_a_pairs(request, ops.a, ic, mc, pc, kc, pack_a_words),
+                    .amx => pack_a_amx(request, ops.a, ic, mc, pc, kc, steps, pack_a_words),
                 }
-                const steps = if (path == .f32) kc else (kc + 1) / 2;
-                var jr: u64 = 0;
-                while (jr < nc) : (jr += nr) {
-                    var ir: u64 = 0;
-                    while (ir < mc) : (ir += mr) {
-                        const tile = switch (path) {
-                            .f32 => kernel_f32(steps, pack_a[ir * steps ..].ptr, pack_b[jr * steps ..].ptr),
-                            .bf16_dot => kernel_bf16(steps, pack_a_words[ir * steps ..].ptr, pack_b_words[jr * steps ..].ptr),
-                        };
-                        const c = ops.c + (ic + ir) * n + jc + jr;
-                        store_tile(&tile, c, n, @min(mr, mc - ir), @min(nr, nc - jr), add);
-                    }
-                }
+                micro_tiles(path, steps, pack_a, pack_b, ops.c + ic * n + jc, n, mc, nc, add);
             }
         }
     }
@@ -481,13 +691,13 @@ pub const Task = extern struct {
     counters: [stage_count_max]std.atomic.Value(u64) = @splat(.init(0)),
 };
 
-const Path = enum { f32, bf16_dot };
+const Path = enum { f32, bf16_dot, amx };
 
 fn run_static(comptime path: Path, comptime a_dtype: Dtype, comptime b_dtype: Dtype, task: *Task, worker: u32) void {
     const request = task.request;
     const total = request.batch * task.parts;
     const dim = if (task.by_columns) request.n else request.m;
-    const unit: u64 = if (task.by_columns) nr else mr;
+    const unit: u64 = if (task.by_columns) nr else tile_rows(path);
     while (true) {
         // Pieces are taken from a shared counter, so a worker the OS holds up delays only its piece.
         const t = task.counters[0].fetchAdd(1, .monotonic);
@@ -549,7 +759,7 @@ fn run_rows(comptime path: Path, comptime a_dtype: Dtype, comptime b_dtype: Dtyp
                 const kc = @min(slab_depth(path), k - pc);
                 switch (path) {
                     .f32 => pack_b_f32(b_dtype, request, ops.b, pc, kc, jc, nc, pack_b[slab * slab_size ..]),
-                    .bf16_dot => pack_b_pairs(request, ops.b, pc, kc, jc, nc, pack_b_words[slab * slab_size ..]),
+                    .bf16_dot, .amx => pack_b_pairs(request, ops.b, pc, kc, jc, nc, slab_steps(path, kc), pack_b_words[slab * slab_size ..]),
                 }
             }
             while (true) {
@@ -565,34 +775,40 @@ fn run_rows(comptime path: Path, comptime a_dtype: Dtype, comptime b_dtype: Dtyp
                 }) {
                     const kc = @min(slab_depth(path), k - pc);
                     const add = pc > 0 or request.accumulate;
+                    const steps = slab_steps(path, kc);
                     switch (path) {
                         .f32 => pack_a_f32(a_dtype, request, ops.a, ic, mc, pc, kc, pack_a),
                         .bf16_dot => pack_a_pairs(request, ops.a, ic, mc, pc, kc, pack_a_words),
+                        .amx => pack_a_amx(request, ops.a, ic, mc, pc, kc, steps, pack_a_words),
                     }
-                    const steps = if (path == .f32) kc else (kc + 1) / 2;
-                    const b_slab = slab * slab_size;
-                    var jr: u64 = 0;
-                    while (jr < nc) : (jr += nr) {
-                        var ir: u64 = 0;
-                        while (ir < mc) : (ir += mr) {
-                            const tile = switch (path) {
-                                .f32 => kernel_f32(steps, pack_a[ir * steps ..].ptr, pack_b[b_slab + jr * steps ..].ptr),
-                                .bf16_dot => kernel_bf16(steps, pack_a_words[ir * steps ..].ptr, pack_b_words[b_slab + jr * steps ..].ptr),
-                            };
-                            const c = ops.c + (ic + ir) * n + jc + jr;
-                            store_tile(&tile, c, n, @min(mr, mc - ir), @min(nr, nc - jr), add);
-                        }
-                    }
+                    micro_tiles(path, steps, pack_a, pack_b[slab * slab_size ..], ops.c + ic * n + jc, n, mc, nc, add);
                 }
             }
         }
     }
 }
 
+/// The kernels a request runs on this compilation: bfloat16 x bfloat16 on the tile unit where
+/// this is the AMX compilation, with `vdpbf16ps` where the request asks (flag_bf16_dot) and the
+/// CPU has it, and otherwise widened to float32.
+fn path_of(request: *const Request) Path {
+    const both_bf16 = request.a_dtype == .bfloat16 and request.b_dtype == .bfloat16;
+    if (has_amx and both_bf16) return .amx;
+    if (has_bf16_dot and both_bf16 and request.bf16_dot) return .bf16_dot;
+    return .f32;
+}
+
 fn run_task(comptime a_dtype: Dtype, comptime b_dtype: Dtype, task: *Task, worker: u32) void {
-    const dot = has_bf16_dot and a_dtype == .bfloat16 and b_dtype == .bfloat16 and task.request.bf16_dot;
-    inline for (.{ Path.f32, Path.bf16_dot }) |path| {
-        if ((path == .bf16_dot) == dot) {
+    const chosen = path_of(task.request);
+    inline for (.{ Path.f32, Path.bf16_dot, Path.amx }) |path| {
+        const possible = switch (path) {
+            .f32 => true,
+            .bf16_dot => has_bf16_dot and a_dtype == .bfloat16 and b_dtype == .bfloat16,
+            .amx => has_amx and a_dtype == .bfloat16 and b_dtype == .bfloat16,
+        };
+        if (possible and path == chosen) {
+            if (path == .amx) amx_begin();
+            defer if (path == .amx) amx_end();
             switch (task.mode) {
                 .static => run_static(path, a_dtype, b_dtype, task, worker),
                 .batches => run_batches(path, a_dtype, b_dtype, task, worker),
@@ -627,12 +843,13 @@ pub fn plan(request: *const Request, workers: u32) Task {
     if (request.batch >= workers) return .{ .request = request, .mode = .batches, .workers = workers };
     // Rows mode packs all of K x NC of B per worker: NC shrinks as K grows (to fit the buffer). A
     // slab holds kc_max words per column on both paths, covering 2 kc_max of depth for bfloat16 pairs.
-    const dot = has_bf16_dot and request.a_dtype == .bfloat16 and request.b_dtype == .bfloat16 and request.bf16_dot;
-    const depth_per_slab: u64 = if (dot) 2 * kc_max else kc_max;
+    const path = path_of(request);
+    const depth_per_slab: u64 = if (path == .f32) kc_max else 2 * kc_max;
     const slabs = (request.k + depth_per_slab - 1) / depth_per_slab;
     const nc = if (slabs == 0) nc_max else @min(nc_max, pack_b_size / kc_max / slabs / nr * nr);
     const target_blocks = 4 * @as(u64, workers);
-    const mc = @min(mc_max, @max(mr, (request.m + target_blocks - 1) / target_blocks + mr - 1) / mr * mr);
+    const unit_m: u64 = if (path == .amx) amx_rows else mr;
+    const mc = @min(mc_max, @max(unit_m, (request.m + target_blocks - 1) / target_blocks + unit_m - 1) / unit_m * unit_m);
     const stages = if (nc == 0) 0 else (request.n + nc - 1) / nc;
     const row_blocks = (request.m + mc - 1) / mc;
     const rows_ok = nc >= nr and request.k > 0 and request.batch * stages <= stage_count_max and
@@ -645,7 +862,7 @@ pub fn plan(request: *const Request, workers: u32) Task {
     var parts: u64 = (4 * @as(u64, workers) + request.batch - 1) / request.batch;
     const by_columns = request.n > request.m;
     const dim = if (by_columns) request.n else request.m;
-    const unit: u64 = if (by_columns) nr else mr;
+    const unit: u64 = if (by_columns) nr else unit_m;
     parts = @max(1, @min(parts, (dim + unit - 1) / unit));
     const used: u32 = @intCast(@min(workers, request.batch * parts));
     return .{ .request = request, .mode = .static, .workers = used, .parts = parts, .by_columns = by_columns };
@@ -883,8 +1100,14 @@ test "rows mode, batches mode and the static split agree with the reference, on 
     }
 }
 
-/// Runs one case on every path this machine has and requires the bits of the baseline path.
+/// Runs one case on every path this machine has (the AMX path too when `with_amx`) and requires
+/// the bits of the baseline path; or, with `paths` null and `thread_counts` given, on the chosen
+/// path with each thread count, requiring the bits of the first.
 fn check_same_bits(comptime a_dtype: Dtype, comptime b_dtype: Dtype, batch: u64, m: u64, n: u64, k: u64, flags: u32) !void {
+    return check_bits(a_dtype, b_dtype, batch, m, n, k, flags, false, null);
+}
+
+fn check_bits(comptime a_dtype: Dtype, comptime b_dtype: Dtype, batch: u64, m: u64, n: u64, k: u64, flags: u32, with_amx: bool, thread_counts: ?[]const u32) !void {
     const allocator = std.testing.allocator;
     const a = try allocator.alloc(u8, batch * m * k * a_dtype.size_bytes());
     defer allocator.free(a);
@@ -897,8 +1120,16 @@ fn check_same_bits(comptime a_dtype: Dtype, comptime b_dtype: Dtype, batch: u64,
     fill_inputs(a_dtype, a, m * 7 + k);
     fill_inputs(b_dtype, b, n * 5 + k);
     defer dispatch.set_path_for_test(null);
-    for (dispatch.paths_available(), 0..) |path, index| {
-        dispatch.set_path_for_test(path);
+    defer pool.set_thread_count(0);
+    const runs = if (thread_counts) |counts| counts.len else dispatch.paths_available().len;
+    for (0..runs) |index| {
+        if (thread_counts) |counts| {
+            pool.set_thread_count(counts[index]);
+        } else {
+            const path = dispatch.paths_available()[index];
+            if (path == .amx and !with_amx) continue;
+            dispatch.set_path_for_test(path);
+        }
         const c = if (index == 0) want else got;
         for (c, 0..) |*x, i| x.* = @floatFromInt(i % 5);
         matmul(&.{
@@ -921,12 +1152,23 @@ fn check_same_bits(comptime a_dtype: Dtype, comptime b_dtype: Dtype, batch: u64,
     }
 }
 
-test "float32 and float16 inputs (and bfloat16 without dot products) give the same bits on every path" {
+test "float32 and float16 inputs (and bfloat16 without dot products or AMX) give the same bits on every path" {
     // Each C element is the same chain of FMAs over the same K slabs whatever the tile shape.
     try check_same_bits(.float32, .float32, 1, rows_mode_m, 301, 700, 0);
     try check_same_bits(.float32, .float32, 3, 37, 45, 513, flag_trans_a | flag_accumulate);
     try check_same_bits(.float16, .float32, 1, 29, 1000, 260, flag_trans_b);
     try check_same_bits(.bfloat16, .bfloat16, 2, 50, 70, 600, 0);
+}
+
+test "bfloat16 x bfloat16 gives the same bits on 1, 2 and 3 threads on the chosen path (AMX where present)" {
+    // The AMX kernel reads C into the tiles and adds the slab's products in depth order, in whole
+    // tiles and edge tiles alike, so the work split does not change an element's arithmetic.
+    const threads = [_]u32{ 1, 2, 3 };
+    try check_bits(.bfloat16, .bfloat16, 1, rows_mode_m, 301, 1100, 0, true, &threads);
+    try check_bits(.bfloat16, .bfloat16, 1, rows_mode_m, 333, 700, flag_trans_a | flag_accumulate, true, &threads);
+    try check_bits(.bfloat16, .bfloat16, 3, 45, 70, 513, flag_trans_b, true, &threads);
+    try check_bits(.bfloat16, .bfloat16, 1, 20, 3000, 300, flag_trans_a | flag_trans_b, true, &threads);
+    try check_bits(.float32, .float32, 1, rows_mode_m, 301, 700, flag_accumulate, true, &threads);
 }
 
 test "peak_fma runs on several threads" {
