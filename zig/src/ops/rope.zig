@@ -98,31 +98,54 @@ fn Kernel(comptime dtype: Dtype, comptime inverse: bool) type {
             storage.store(n, dtype, call.target, base + half + i, r[1]);
         }
 
-        fn row(call: *const Call, r: u64) void {
+        /// The cosines and sines of row `r`'s angles (batch r / T, step r % T).
+        fn angles(call: *const Call, r: u64, cos: []f32, sin: []f32) void {
             const p = &call.problem;
-            const half = p.head_dim / 2;
-            var cos: [head_dim_max / 2]f32 = undefined;
-            var sin: [head_dim_max / 2]f32 = undefined;
             const at = position(call, r / p.steps, r % p.steps);
-            for (0..half) |i| {
+            for (0..p.head_dim / 2) |i| {
                 const angle = at * call.inv_freq[i];
                 const sin_cos = mathf.sincos(angle);
                 sin[i] = sin_cos[0];
                 cos[i] = sin_cos[1];
             }
+        }
+
+        fn rotate_row(call: *const Call, r: u64, cos: []const f32, sin: []const f32) void {
+            const p = &call.problem;
+            const half = p.head_dim / 2;
             for (0..p.heads) |h| {
                 const base = r * p.row_size() + h * p.head_dim;
                 var i: u64 = 0;
-                while (i + lanes <= half) : (i += lanes) pair(lanes, call, base, half, i, &cos, &sin);
-                while (i < half) : (i += 1) pair(1, call, base, half, i, &cos, &sin);
+                while (i + lanes <= half) : (i += lanes) pair(lanes, call, base, half, i, cos, sin);
+                while (i < half) : (i += 1) pair(1, call, base, half, i, cos, sin);
             }
         }
 
         /// Rows whose first element lies in [begin, end): each row is in exactly one range.
         fn rows(call: *const Call, begin: u64, end: u64) void {
             const size = call.problem.row_size();
+            var cos: [head_dim_max / 2]f32 = undefined;
+            var sin: [head_dim_max / 2]f32 = undefined;
             var r = (begin + size - 1) / size;
-            while (r * size < end) : (r += 1) row(call, r);
+            while (r * size < end) : (r += 1) {
+                angles(call, r, &cos, &sin);
+                rotate_row(call, r, &cos, &sin);
+            }
+        }
+
+        /// Positions shared by every batch element: steps t whose first element, counting the
+        /// batch's rows of a step as one unit, lies in [begin, end); the angles of a step are
+        /// computed once for all its rows (the same float32 values a row would compute).
+        fn steps(call: *const Call, begin: u64, end: u64) void {
+            const p = &call.problem;
+            const size = p.batch * p.row_size();
+            var cos: [head_dim_max / 2]f32 = undefined;
+            var sin: [head_dim_max / 2]f32 = undefined;
+            var t = (begin + size - 1) / size;
+            while (t * size < end) : (t += 1) {
+                angles(call, t, &cos, &sin);
+                for (0..p.batch) |b| rotate_row(call, b * p.steps + t, &cos, &sin);
+            }
         }
     };
 }
@@ -133,10 +156,12 @@ pub fn apply(comptime dtype: Dtype, call: *const Call) void {
     std.debug.assert(p.valid());
     std.debug.assert((p.flags & flag_positions != 0) == (call.positions != null));
     if (p.count() == 0) return;
-    if (call.inverse) {
-        pool.parallel_for(p.count(), call, Kernel(dtype, true).rows);
-    } else {
-        pool.parallel_for(p.count(), call, Kernel(dtype, false).rows);
+    const shared = p.flags & flag_positions_per_batch == 0;
+    inline for (.{ false, true }) |inverse| {
+        if (call.inverse == inverse) {
+            const K = Kernel(dtype, inverse);
+            if (shared) pool.parallel_for(p.count(), call, K.steps) else pool.parallel_for(p.count(), call, K.rows);
+        }
     }
 }
 
