@@ -5,9 +5,9 @@ import { join } from "node:path";
 
 const MOD = join(import.meta.dir, "../src/mod.ts");
 
-async function run(body: string): Promise<{ code: number; stdout: string; stderr: string }> {
+async function run(body: string, env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   const script = `import * as mp from ${JSON.stringify(MOD)};\n${body}`;
-  const child = Bun.spawn([process.execPath, "-e", script], { stdout: "pipe", stderr: "pipe" });
+  const child = Bun.spawn([process.execPath, "-e", script], { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...env } });
   const [stdout, stderr] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text()]);
   return { code: await child.exited, stdout, stderr };
 }
@@ -83,6 +83,29 @@ describe("tensor memory", () => {
     `);
     expect(code).toBe(0);
     expect(JSON.parse(stdout.trim())).toEqual([10, 40000, 0]);
+  });
+
+  test("a disposed small block is kept, wrapped, for the next tensor of its size (not with MIXPREC_HOST_CACHE_MB=0)", async () => {
+    const body = `
+      mp.emptyHostCache();
+      const first = mp.randn([100], { seed: 1 });
+      const address = first.address;
+      first.dispose();
+      const cachedAfterDispose = mp.hostMemoryStats().cachedBytes;
+      const second = mp.zeros([100]);
+      const zeroed = second.toArray().every((v) => v === 0);
+      const other = mp.zeros([101]);
+      console.log(JSON.stringify([cachedAfterDispose, second.address === address, other.address === address, zeroed, mp.hostMemoryStats().cachedBytes]));
+    `;
+    const on = await run(body);
+    expect(on.stderr).toBe("");
+    expect(on.code).toBe(0);
+    // 400 bytes kept after dispose, handed to the next 100-float tensor (zeroed by zeros()), not to a 101-float one.
+    expect(JSON.parse(on.stdout.trim())).toEqual([400, true, false, true, 0]);
+    const off = await run(body, { MIXPREC_HOST_CACHE_MB: "0" });
+    expect(off.code).toBe(0);
+    const [cached, , , zeroedOff] = JSON.parse(off.stdout.trim());
+    expect([cached, zeroedOff]).toEqual([0, true]);
   });
 
   test("a disposed large block is kept for the next tensor of its size, and emptyHostCache frees it", async () => {
