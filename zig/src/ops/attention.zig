@@ -238,6 +238,59 @@ fn gather_add_row(target: []f32, factor: f32, weights: []const f32, weight_strid
     while (j < dim) : (j += 1) gather_add(1, target, factor, weights, weight_stride, list, tile, dim, j);
 }
 
+/// gather_add_row over every row of the tile in order (the list 0, 1, ..., count - 1), without
+/// reading a list: the same sums in the same order.
+fn gather_add_row_dense(target: []f32, factor: f32, weights: []const f32, weight_stride: usize, count: usize, tile: []const f32) void {
+    const dim = target.len;
+    var j: usize = 0;
+    while (j + 2 * lanes <= dim) : (j += 2 * lanes) gather_dense(2 * lanes, target, factor, weights, weight_stride, count, tile, j);
+    while (j + lanes <= dim) : (j += lanes) gather_dense(lanes, target, factor, weights, weight_stride, count, tile, j);
+    while (j < dim) : (j += 1) gather_dense(1, target, factor, weights, weight_stride, count, tile, j);
+}
+
+inline fn gather_dense(comptime n: comptime_int, target: []f32, factor: f32, weights: []const f32, weight_stride: usize, count: usize, tile: []const f32, j: usize) void {
+    const dim = target.len;
+    var total: F(n) = @as(F(n), target[j..][0..n].*) * @as(F(n), @splat(factor));
+    for (0..count) |i| total = @mulAdd(F(n), @splat(weights[i * weight_stride]), tile[i * dim + j ..][0..n].*, total);
+    target[j..][0..n].* = total;
+}
+
+/// Two gather_add_row sums over the same rows (`list`, or every row 0..count - 1 where `list` is
+/// null) with factor 1: x_target += sum x_weights[i * weight_stride] * x_tile row i, and the same
+/// for y. Each element is the same chain in the same order as gather_add_row's (the same bits);
+/// the two sums share the list and keep twice the chains in flight.
+fn gather_add_shared2(x_target: []f32, x_weights: []const f32, x_tile: []const f32, y_target: []f32, y_weights: []const f32, y_tile: []const f32, weight_stride: usize, list: ?[]const u8, count: usize) void {
+    const dim = x_target.len;
+    std.debug.assert(y_target.len == dim);
+    var j: usize = 0;
+    while (j + 2 * lanes <= dim) : (j += 2 * lanes) shared2_chunk(2 * lanes, x_target, x_weights, x_tile, y_target, y_weights, y_tile, weight_stride, list, count, j);
+    while (j + lanes <= dim) : (j += lanes) shared2_chunk(lanes, x_target, x_weights, x_tile, y_target, y_weights, y_tile, weight_stride, list, count, j);
+    while (j < dim) : (j += 1) shared2_chunk(1, x_target, x_weights, x_tile, y_target, y_weights, y_tile, weight_stride, list, count, j);
+}
+
+inline fn shared2_chunk(comptime n: comptime_int, x_target: []f32, x_weights: []const f32, x_tile: []const f32, y_target: []f32, y_weights: []const f32, y_tile: []const f32, weight_stride: usize, list: ?[]const u8, count: usize, j: usize) void {
+    const dim = x_target.len;
+    const one: F(n) = @splat(1);
+    var x: F(n) = @as(F(n), x_target[j..][0..n].*) * one;
+    var y: F(n) = @as(F(n), y_target[j..][0..n].*) * one;
+    const length = if (list) |l| l.len else count;
+    for (0..length) |k| {
+        const i: usize = if (list) |l| l[k] else k;
+        x = @mulAdd(F(n), @splat(x_weights[i * weight_stride]), x_tile[i * dim + j ..][0..n].*, x);
+        y = @mulAdd(F(n), @splat(y_weights[i * weight_stride]), y_tile[i * dim + j ..][0..n].*, y);
+    }
+    x_target[j..][0..n].* = x;
+    y_target[j..][0..n].* = y;
+}
+
+/// Whether all `block_kv` weights of a row are nonzero (its list would be every column).
+inline fn all_nonzero(row: *const [block_kv]f32) bool {
+    const V = F(lanes);
+    var nonzero = true;
+    inline for (0..block_kv / lanes) |part| nonzero = nonzero and @reduce(.And, @as(V, row[part * lanes ..][0..lanes].*) != @as(V, @splat(0)));
+    return nonzero;
+}
+
 /// Loads `target.len` elements of `dtype` from `base` at `index` into float32.
 fn load_row(comptime dtype: Dtype, base: [*]const u8, index: u64, target: []f32) void {
     var i: usize = 0;
@@ -373,7 +426,23 @@ fn finish_scores(p: *const Problem, keys: *const Keys, position: u64, k0: u64, c
         max = @max(max, @select(f32, visible, scaled, none));
         out[j..][0..lanes].* = @select(f32, visible, scaled - @as(V, @splat(shift)), none);
     }
-    return @reduce(.Max, max);
+    return max_of(max);
+}
+
+/// The largest lane of v, ignoring NaN lanes as @max does (NaN only when every lane is NaN), by
+/// halving: @reduce(.Max) of a float vector becomes a lane-by-lane scalar chain. Which of two
+/// equal-magnitude zeros wins may differ from a scalar loop's; the results of the callers do not
+/// depend on the sign of a zero maximum (x - 0 and x - -0 are equal unless x is a zero, and
+/// exp of either zero is 1).
+inline fn max_of(v: F(lanes)) f32 {
+    comptime std.debug.assert(lanes == 16);
+    const all: [16]f32 = v;
+    const eight = @max(@as(F(8), all[0..8].*), @as(F(8), all[8..16].*));
+    const e: [8]f32 = eight;
+    const four = @max(@as(F(4), e[0..4].*), @as(F(4), e[4..8].*));
+    const f: [4]f32 = four;
+    const two = @max(@as(F(2), f[0..2].*), @as(F(2), f[2..4].*));
+    return @max(two[0], two[1]);
 }
 
 pub fn q_tiles(p: *const Problem) u64 {
@@ -433,6 +502,14 @@ fn Kernels(comptime dtype: Dtype) type {
                     for (s) |*x| x.* -= m_new;
                     exp_row(s);
                     var total: f32 = 0;
+                    if (cols == block_kv and all_nonzero(&tiles.scores[r])) {
+                        // Every key of the tile carries weight: no list to build or read.
+                        for (s) |x| total += x;
+                        l[r] = l[r] * alpha + total;
+                        m[r] = m_new;
+                        gather_add_row_dense(row_of(&tiles.acc, r, dim), alpha, s, 1, block_kv, &tiles.keys.v);
+                        continue;
+                    }
                     var list: [block_kv]u8 = undefined;
                     var listed: usize = 0;
                     for (s, 0..) |x, c| {
@@ -522,7 +599,15 @@ fn Kernels(comptime dtype: Dtype) type {
                     }
                     const probs: []const f32 = @ptrCast(&tiles.probs);
                     const d_scores: []const f32 = @ptrCast(&tiles.d_scores);
+                    // Every row carrying weight on every key of the tile (rows past the diagonal):
+                    // each key's sums run over all the rows, with no list to build or read.
+                    var dense = true;
+                    for (0..rows) |r| dense = dense and all_nonzero(&tiles.probs[r]);
                     for (0..cols) |c| {
+                        if (dense) {
+                            gather_add_shared2(row_of(&tiles.dv, c, dim), probs[c..], &tiles.d_out, row_of(&tiles.dk, c, dim), d_scores[c..], &tiles.q, block_kv, null, rows);
+                            continue;
+                        }
                         var list: [block_q]u8 = undefined;
                         var listed: usize = 0;
                         for (0..rows) |r| {
@@ -530,8 +615,7 @@ fn Kernels(comptime dtype: Dtype) type {
                             listed += @intFromBool(tiles.probs[r][c] != 0);
                         }
                         if (listed == 0) continue;
-                        gather_add_row(row_of(&tiles.dv, c, dim), 1, probs[c..], block_kv, list[0..listed], &tiles.d_out);
-                        gather_add_row(row_of(&tiles.dk, c, dim), 1, d_scores[c..], block_kv, list[0..listed], &tiles.q);
+                        gather_add_shared2(row_of(&tiles.dv, c, dim), probs[c..], &tiles.d_out, row_of(&tiles.dk, c, dim), d_scores[c..], &tiles.q, block_kv, list[0..listed], listed);
                     }
                 }
             }
