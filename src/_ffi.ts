@@ -68,6 +68,25 @@ const SYMBOLS = {
     ],
     returns: FFIType.i32,
   },
+  mp_matmul_out: {
+    args: [
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u64,
+      FFIType.u32,
+      FFIType.u32,
+      FFIType.u32,
+      FFIType.u32,
+    ],
+    returns: FFIType.i32,
+  },
+  mp_matmul_fused_depth: { args: [], returns: FFIType.u64 },
   // Layout ops (zig/src/ops/layout.zig): strided copies, the matmul epilogue.
   mp_layout_copy: {
     args: [FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u32, FFIType.ptr, FFIType.ptr, FFIType.ptr],

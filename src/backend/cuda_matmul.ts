@@ -14,7 +14,7 @@
 
 import { native } from "../_ffi.ts";
 import { addressOf, cudaOrdinalOf } from "./_args.ts";
-import { dtypeInfo } from "../dtype.ts";
+import { type DtypeName, dtypeInfo } from "../dtype.ts";
 import type { Tensor } from "../tensor.ts";
 import type { LayoutKernels } from "./cpu/layout.ts";
 import { checkCuda } from "./cuda.ts";
@@ -69,8 +69,35 @@ function matmulEpilogue(product: Tensor, bias: Tensor | null, out: Tensor): void
   );
 }
 
+/**
+ * out = op(A) op(B) + bias, rounded once: cuBLAS writes a float32 product (into out itself where
+ * out is float32, else into `scratch`) and the epilogue adds the bias and rounds.
+ */
+function matmulOut(
+  a: Tensor,
+  b: Tensor,
+  scratch: Tensor | null,
+  bias: Tensor | null,
+  out: Tensor,
+  batch: number,
+  m: number,
+  n: number,
+  k: number,
+  flags: number,
+): void {
+  const product = out.dtype === "float32" ? out : scratch;
+  if (product === null) throw new Error(`matmulOut into ${out.dtype} on ${out.device} needs a float32 scratch`);
+  matmul(a, b, product, batch, m, n, k, flags);
+  if (product !== out || bias !== null) matmulEpilogue(product, bias, out);
+}
+
 /** The CUDA backend's matmul and epilogue kernels. */
-export const cudaMatmulKernels: Pick<LayoutKernels, "matmul" | "matmulEpilogue"> = Object.freeze({
+export const cudaMatmulKernels: Pick<
+  LayoutKernels,
+  "matmul" | "matmulEpilogue" | "matmulOut" | "matmulOutNeedsScratch"
+> = Object.freeze({
   matmul,
   matmulEpilogue,
+  matmulOut,
+  matmulOutNeedsScratch: (outDtype: DtypeName, _k: number, _withBias: boolean) => outDtype !== "float32",
 });

@@ -16,9 +16,10 @@ import { autocastDtype } from "./_autocast.ts";
 import { checkSameDevice, checkTensor, empty, shapeText, toDtype } from "./_util.ts";
 
 /**
- * op(A) op(B) (+ bias) in `dtype`: the kernel accumulates in float32 and writes float32, so a
- * float32 result is written in place and a 16-bit one goes through a float32 scratch tensor (freed
- * at once) and the epilogue, which adds the bias and rounds once.
+ * op(A) op(B) (+ bias) in `dtype`, accumulated in float32 and rounded once. On the CPU the
+ * micro-kernels write the result with its bias straight into `out`; a float32 scratch (freed at
+ * once) holds partial sums only where the backend asks for one (a K deeper than one slab on the
+ * CPU, a 16-bit result of cuBLAS on a GPU).
  */
 function product(
   a: Tensor,
@@ -32,14 +33,10 @@ function product(
   const backend = backendOf(a.device);
   const out = empty(shape, dtype, a.device);
   const [batch, m, n, k] = dims;
-  if (dtype === "float32") {
-    backend.matmul(a, b, out, batch, m, n, k, flags);
-    if (bias !== null) backend.matmulEpilogue(out, bias, out);
-    return out;
-  }
-  using scratch = new Tensor("float32", shape, a.device, false);
-  backend.matmul(a, b, scratch, batch, m, n, k, flags);
-  backend.matmulEpilogue(scratch, bias, out);
+  using scratch = backend.matmulOutNeedsScratch(dtype, k, bias !== null)
+    ? new Tensor("float32", shape, a.device, false)
+    : null;
+  backend.matmulOut(a, b, scratch, bias, out, batch, m, n, k, flags);
   return out;
 }
 

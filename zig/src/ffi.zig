@@ -372,6 +372,55 @@ export fn mp_matmul(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, 
     return status(.ok);
 }
 
+/// out = round(op(A) op(B) + bias) in `out_dtype` (float32, float16 or bfloat16), accumulated in
+/// float32 as mp_matmul and rounded once, with the bits of mp_matmul into a float32 C followed by
+/// mp_matmul_epilogue, but written by the micro-kernels straight from their accumulators: no
+/// float32 product goes through memory. `bias` is a row of n values in out_dtype, or 0. `scratch`
+/// is a float32 batch x m x n workspace for the partial sums of K slabs, needed (non-zero) only
+/// when k > mp_matmul_fused_depth() (256); otherwise it may be 0. flags as mp_matmul, except
+/// accumulate (invalid_argument).
+export fn mp_matmul_out(a: u64, b: u64, scratch: u64, bias: u64, out: u64, batch: u64, m: u64, n: u64, k: u64, a_dtype: u32, b_dtype: u32, out_dtype: u32, flags: u32) i32 {
+    const a_type = numerics.Dtype.from_int(a_dtype) orelse return status(.invalid_dtype);
+    const b_type = numerics.Dtype.from_int(b_dtype) orelse return status(.invalid_dtype);
+    const out_type = storage.op_dtype(out_dtype) orelse return status(.invalid_dtype);
+    if (!matmul.input_dtype(a_type) or !matmul.input_dtype(b_type)) return status(.invalid_dtype);
+    if (flags & ~matmul.flags_all != 0 or flags & matmul.flag_accumulate != 0) return status(.invalid_argument);
+    if (batch == 0 or m == 0 or n == 0) return status(.ok);
+    if (out == 0) return status(.null_pointer);
+    if (k != 0 and (a == 0 or b == 0)) return status(.null_pointer);
+    if (k > matmul.fused_depth_max and scratch == 0 and !(out_type == .float32 and bias == 0)) return status(.null_pointer);
+    if (m > 1 << 31 or n > 1 << 31 or k > 1 << 31 or batch > 1 << 31) return status(.invalid_argument);
+    // A float32 result without a bias is the plain product: C is the output itself.
+    const plain = out_type == .float32 and bias == 0;
+    const request = matmul.Request{
+        .a = @ptrFromInt(if (a == 0) 64 else a),
+        .b = @ptrFromInt(if (b == 0) 64 else b),
+        // Otherwise C is never touched within one slab (fused_depth_max).
+        .c = @ptrFromInt(if (plain) out else if (scratch == 0) 64 else scratch),
+        .batch = batch,
+        .m = m,
+        .n = n,
+        .k = k,
+        .a_dtype = a_type,
+        .b_dtype = b_type,
+        .trans_a = flags & matmul.flag_trans_a != 0,
+        .trans_b = flags & matmul.flag_trans_b != 0,
+        .accumulate = false,
+        .broadcast_b = flags & matmul.flag_broadcast_b != 0,
+        .bf16_dot = flags & matmul.flag_bf16_dot != 0,
+        .out = if (plain) null else @ptrFromInt(out),
+        .bias = if (bias == 0) null else @ptrFromInt(bias),
+        .out_dtype = out_type,
+    };
+    matmul.matmul(&request);
+    return status(.ok);
+}
+
+/// The deepest K that mp_matmul_out multiplies without a scratch.
+export fn mp_matmul_fused_depth() u64 {
+    return matmul.fused_depth_max;
+}
+
 /// Runs independent float32 FMA chains on `threads` threads for `iterations` steps (the machine's
 /// peak FLOP/s, timed by the caller). `out_flops` receives the FLOPs done, `out_checksum` a value
 /// that depends on every chain.

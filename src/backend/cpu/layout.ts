@@ -40,6 +40,25 @@ export interface LayoutKernels {
   matmul(a: Tensor, b: Tensor, c: Tensor, batch: number, m: number, n: number, k: number, flags: number): void;
   /** out = product (float32) + bias (a row in out's dtype, or null), rounded once into out's dtype. */
   matmulEpilogue(product: Tensor, bias: Tensor | null, out: Tensor): void;
+  /**
+   * out = op(A) op(B) + bias (a row in out's dtype, or null), accumulated in float32 and rounded
+   * once into out's dtype: the bits of matmul into a float32 C followed by matmulEpilogue.
+   * `scratch` is a float32 tensor of out's shape where matmulOutNeedsScratch says so, else null.
+   */
+  matmulOut(
+    a: Tensor,
+    b: Tensor,
+    scratch: Tensor | null,
+    bias: Tensor | null,
+    out: Tensor,
+    batch: number,
+    m: number,
+    n: number,
+    k: number,
+    flags: number,
+  ): void;
+  /** Whether matmulOut into `outDtype` with depth k (and a bias or not) needs a float32 scratch. */
+  matmulOutNeedsScratch(outDtype: DtypeName, k: number, withBias: boolean): boolean;
 }
 
 const SHAPE = new BigUint64Array(8);
@@ -100,7 +119,33 @@ export const layoutCpu: LayoutKernels = {
       `the matmul epilogue into ${out}`,
     );
   },
+  matmulOut(a, b, scratch, bias, out, batch, m, n, k, flags) {
+    const status = native().mp_matmul_out(
+      a.size === 0 ? 0 : a.address,
+      b.size === 0 ? 0 : b.address,
+      scratch === null || scratch.size === 0 ? 0 : scratch.address,
+      bias === null || bias.size === 0 ? 0 : bias.address,
+      out.size === 0 ? 0 : out.address,
+      batch,
+      m,
+      n,
+      k,
+      dtypeInfo(a.dtype).code,
+      dtypeInfo(b.dtype).code,
+      dtypeInfo(out.dtype).code,
+      flags,
+    );
+    check(status, `mp_matmul_out(${a.dtype} x ${b.dtype} -> ${out.dtype}, ${batch} x ${m} x ${n} x ${k})`);
+  },
+  matmulOutNeedsScratch(outDtype, k, withBias) {
+    if (outDtype === "float32" && !withBias) return false;
+    fusedDepth ??= Number(native().mp_matmul_fused_depth());
+    return k > fusedDepth;
+  },
 };
+
+/** mp_matmul_fused_depth(), asked once. */
+let fusedDepth: number | undefined;
 
 /**
  * C (float32, batch x m x n) = op(A) op(B) in one native call on raw storage: A and B of their

@@ -22,6 +22,7 @@
 const std = @import("std");
 const builtin = @import("builtin");
 const numerics = @import("../numerics.zig");
+const storage = @import("../ops/storage.zig");
 const pool = @import("pool.zig");
 const dispatch = @import("dispatch.zig");
 
@@ -99,7 +100,19 @@ pub const Request = extern struct {
     /// Use the AVX512-BF16 path when both inputs are bfloat16 and the CPU has it (flag_bf16_dot;
     /// off by default, where bfloat16 widens to float32).
     bf16_dot: bool,
+    /// Where the result goes instead of C (mp_matmul_out): out = round(op(A) op(B) + bias) in
+    /// `out_dtype`, written by the last K slab's micro-tiles straight from their accumulators, with
+    /// the bits of a float32 C followed by the epilogue (ops/layout.zig). C then holds only the
+    /// partial sums of a K deeper than one slab (fused_depth_max); it is never touched otherwise.
+    /// Not with `accumulate`.
+    out: ?[*]u8 = null,
+    /// A row of n values in `out_dtype` added before the rounding, or null.
+    bias: ?[*]const u8 = null,
+    out_dtype: Dtype = .float32,
 };
+
+/// The deepest K that every path multiplies in one slab: mp_matmul_out needs no C below it.
+pub const fused_depth_max: u64 = kc_max;
 
 pub const flag_trans_a: u32 = 1;
 pub const flag_trans_b: u32 = 2;
@@ -152,6 +165,7 @@ const Operands = struct {
     a: [*]const u8,
     b: [*]const u8,
     c: [*]f32,
+    out: ?[*]u8,
 };
 
 fn operands(request: *const Request, batch_index: u64) Operands {
@@ -161,6 +175,7 @@ fn operands(request: *const Request, batch_index: u64) Operands {
         .a = request.a + batch_index * a_stride,
         .b = request.b + batch_index * b_stride,
         .c = request.c + batch_index * request.m * request.n,
+        .out = if (request.out) |out| out + batch_index * request.m * request.n * request.out_dtype.size_bytes() else null,
     };
 }
 
@@ -462,6 +477,51 @@ inline fn store_tile(acc: *const Tile, c: [*]f32, ldc: u64, rows: u64, cols: u64
     }
 }
 
+/// Where a block's last slab writes the request's `out` (mp_matmul_out): its first row and column
+/// in the batch element's m x n result.
+const Final = struct {
+    out: [*]u8,
+    dtype: Dtype,
+    bias: ?[*]const u8,
+    n: u64,
+    row0: u64,
+    col0: u64,
+};
+
+/// What a micro-tile's accumulators still need before the rounding: nothing (the AMX tiles hold
+/// C already), 0 + (as store_tile writes a fresh C: -0 becomes +0), or C + (a deeper slab's sum).
+const Before = enum { nothing, zero, c };
+
+/// out = round(before + values (+ bias)) for the valid `rows` x `cols` corner of a micro-tile at
+/// row `r0`, column `j0` of the Final block; `values` has row stride `stride`, C (read for
+/// Before.c) row stride `ldc`. The same float32 additions and one rounding as store_tile followed
+/// by the epilogue, so the same bits.
+fn store_out(final: *const Final, values: [*]const f32, stride: u64, before: Before, c: [*]const f32, ldc: u64, r0: u64, j0: u64, rows: u64, cols: u64) void {
+    switch (final.dtype) {
+        inline .float32, .float16, .bfloat16 => |dtype| {
+            for (0..rows) |i| {
+                const index = (final.row0 + r0 + i) * final.n + final.col0 + j0;
+                var j: u64 = 0;
+                while (j + lanes <= cols) : (j += lanes) out_lanes(lanes, dtype, final, values[i * stride + j ..], before, c[i * ldc + j ..], j0 + j, index + j);
+                while (j < cols) : (j += 1) out_lanes(1, dtype, final, values[i * stride + j ..], before, c[i * ldc + j ..], j0 + j, index + j);
+            }
+        },
+        else => unreachable,
+    }
+}
+
+inline fn out_lanes(comptime n: comptime_int, comptime dtype: Dtype, final: *const Final, values: [*]const f32, before: Before, c: [*]const f32, column: u64, index: u64) void {
+    const V = @Vector(n, f32);
+    const acc: V = values[0..n].*;
+    var value = switch (before) {
+        .nothing => acc,
+        .zero => @as(V, @splat(0)) + acc,
+        .c => @as(V, c[0..n].*) + acc,
+    };
+    if (final.bias) |bias| value += storage.load(n, dtype, bias, final.col0 + column);
+    storage.store(n, dtype, final.out, index, value);
+}
+
 // AMX (the avx512bf16 + AMX compilation only). Eight tile registers of 16 rows x 64 bytes: tmm0..3
 // hold a 32 x 32 float32 block of C as four 16 x 16 tiles, tmm4/tmm5 two 16-row x 32-deep
 // bfloat16 tiles of A, tmm6/tmm7 two 16-pair x 16-column tiles of B (pairs of depth, as the
@@ -639,7 +699,8 @@ fn tile_amx(chunks: u64, a: [*]const u32, b: [*]const u32, c: [*]f32, ldc: u64, 
 
 /// The micro-tiles of one packed MC x KC block of A times one packed KC x NC panel of B, into the
 /// `mc` x `nc` block of C at `c` (row stride `ldc`); `steps` words per packed row or column.
-inline fn micro_tiles(comptime path: Path, steps: u64, direct: ?DirectA, pack_a: []f32, pack_b: []f32, c: [*]f32, ldc: u64, mc: u64, nc: u64, add: bool) void {
+/// With `final`, the tiles go to the request's `out` instead of C (the call's last slab).
+inline fn micro_tiles(comptime path: Path, steps: u64, direct: ?DirectA, pack_a: []f32, pack_b: []f32, c: [*]f32, ldc: u64, mc: u64, nc: u64, add: bool, final: ?*const Final) void {
     const a_words: [*]const u32 = @ptrCast(pack_a.ptr);
     const b_words: [*]const u32 = @ptrCast(pack_b.ptr);
     const rows = tile_rows(path);
@@ -657,16 +718,58 @@ inline fn micro_tiles(comptime path: Path, steps: u64, direct: ?DirectA, pack_a:
                         kernel_f32_direct(steps, direct.?.a + ir * direct.?.stride, direct.?.stride, b)
                     else
                         kernel_f32(steps, pack_a[ir * steps ..].ptr, b);
-                    store_tile(&tile, tile_c, ldc, valid_rows, valid_cols, add);
+                    finish_tile(&tile, final, tile_c, ldc, ir, jr, valid_rows, valid_cols, add);
                 },
                 .bf16_dot => {
                     const tile = kernel_bf16(steps, a_words + ir * steps, b_words + jr * steps);
-                    store_tile(&tile, tile_c, ldc, valid_rows, valid_cols, add);
+                    finish_tile(&tile, final, tile_c, ldc, ir, jr, valid_rows, valid_cols, add);
                 },
-                .amx => tile_amx(steps / amx_pairs, a_words + ir * steps, b_words + jr * steps, tile_c, ldc, valid_rows, valid_cols, add),
+                .amx => if (final) |f| {
+                    // Through a buffer holding C's valid corner (or zeros), as tile_amx's edge tiles.
+                    var buffer: [amx_rows][nr]f32 align(64) = @splat(@splat(0));
+                    if (add) for (0..valid_rows) |i| @memcpy(buffer[i][0..valid_cols], tile_c[i * ldc ..][0..valid_cols]);
+                    kernel_amx(steps / amx_pairs, a_words + ir * steps, b_words + jr * steps, &buffer[0], nr, true);
+                    store_out(f, &buffer[0], nr, .nothing, tile_c, ldc, ir, jr, valid_rows, valid_cols);
+                } else tile_amx(steps / amx_pairs, a_words + ir * steps, b_words + jr * steps, tile_c, ldc, valid_rows, valid_cols, add),
             }
         }
     }
+}
+
+/// A register tile into C (store_tile) or, on the last slab of an mp_matmul_out call, into out.
+inline fn finish_tile(tile: *const Tile, final: ?*const Final, c: [*]f32, ldc: u64, ir: u64, jr: u64, rows: u64, cols: u64, add: bool) void {
+    const f = final orelse return store_tile(tile, c, ldc, rows, cols, add);
+    if (cols < nr) {
+        const values: [mr][nr]f32 = @bitCast(tile.*);
+        return store_out(f, &values[0], nr, if (add) .c else .zero, c, ldc, ir, jr, rows, cols);
+    }
+    // Whole rows straight from the registers (out_lanes' arithmetic, one vector at a time).
+    switch (f.dtype) {
+        inline .float32, .float16, .bfloat16 => |dtype| {
+            var bias: [2]Vf = @splat(@splat(0));
+            if (f.bias) |b| inline for (0..2) |half| {
+                bias[half] = storage.load(lanes, dtype, b, f.col0 + jr + half * lanes);
+            };
+            for (0..rows) |i| {
+                const index = (f.row0 + ir + i) * f.n + f.col0 + jr;
+                inline for (0..2) |half| {
+                    const current: Vf = if (add) c[i * ldc + half * lanes ..][0..lanes].* else @splat(0);
+                    var value = current + tile[i][half];
+                    if (f.bias != null) value += bias[half];
+                    storage.store(lanes, dtype, f.out, index + half * lanes, value);
+                }
+            }
+        },
+        else => unreachable,
+    }
+}
+
+/// The Final of the block at row `row0`, column `col0` of a batch element, where the request has
+/// an `out` and this is the call's last slab.
+fn final_of(request: *const Request, ops: *const Operands, last_slab: bool, row0: u64, col0: u64) ?Final {
+    const out = ops.out orelse return null;
+    if (!last_slab) return null;
+    return .{ .out = out, .dtype = request.out_dtype, .bias = request.bias, .n = request.n, .row0 = row0, .col0 = col0 };
 }
 
 /// One task: rows [row0, row1) and columns [col0, col1) of one batch element's C.
@@ -694,7 +797,15 @@ fn gemm_block(
         var pc: u64 = 0;
         // k == 0 still has to clear C (or leave it, when accumulating).
         if (k == 0 and !request.accumulate) {
-            for (row0..row1) |i| @memset(ops.c[i * n + jc ..][0..nc], 0);
+            if (final_of(request, &ops, true, 0, jc)) |f| {
+                const zeros: [nr]f32 = @splat(0);
+                for (row0..row1) |i| {
+                    var j: u64 = 0;
+                    while (j < nc) : (j += nr) store_out(&f, &zeros, 0, .zero, &zeros, 0, i, j, 1, @min(nr, nc - j));
+                }
+            } else {
+                for (row0..row1) |i| @memset(ops.c[i * n + jc ..][0..nc], 0);
+            }
         }
         while (pc < k) : (pc += slab_depth(path)) {
             const kc = @min(slab_depth(path), k - pc);
@@ -709,7 +820,8 @@ fn gemm_block(
                 const mc = @min(mc_max, row1 - ic);
                 pack_a_block(path, a_dtype, request, ops.a, ic, mc, pc, kc, pack_a);
                 const direct = direct_a(path, a_dtype, request, ops.a, ic, pc);
-                micro_tiles(path, steps, direct, pack_a, pack_b, ops.c + ic * n + jc, n, mc, nc, add);
+                const final = final_of(request, &ops, pc + kc >= k, ic, jc);
+                micro_tiles(path, steps, direct, pack_a, pack_b, ops.c + ic * n + jc, n, mc, nc, add, if (final) |*f| f else null);
             }
         }
     }
@@ -832,7 +944,8 @@ fn run_rows(comptime path: Path, comptime a_dtype: Dtype, comptime b_dtype: Dtyp
                     const steps = slab_steps(path, kc);
                     pack_a_block(path, a_dtype, request, ops.a, ic, mc, pc, kc, pack_a);
                     const direct = direct_a(path, a_dtype, request, ops.a, ic, pc);
-                    micro_tiles(path, steps, direct, pack_a, pack_b[slab * slab_size ..], ops.c + ic * n + jc, n, mc, nc, add);
+                    const final = final_of(request, &ops, pc + kc >= k, ic, jc);
+                    micro_tiles(path, steps, direct, pack_a, pack_b[slab * slab_size ..], ops.c + ic * n + jc, n, mc, nc, add, if (final) |*f| f else null);
                 }
             }
         }
