@@ -1018,7 +1018,11 @@ pub fn plan(request: *const Request, workers: u32) Task {
     const row_blocks = (request.m + mc - 1) / mc;
     const rows_ok = nc >= nr and request.k > 0 and request.batch * stages <= stage_count_max and
         request.m >= 2 * mc_max and row_blocks >= 2;
-    if (rows_ok) {
+    // Rows mode has every worker pack all of B; a split by columns has every worker pack all of A
+    // instead, and nothing where A is read in place. Take the split that repacks less.
+    const a_in_place = path == .f32 and request.a_dtype == .float32 and !request.trans_a;
+    const columns_cheaper = request.n >= 2 * nr * @as(u64, workers) and (a_in_place or request.n > request.m);
+    if (rows_ok and !columns_cheaper) {
         return .{ .request = request, .mode = .rows, .workers = workers, .nc = nc, .mc = mc, .stages = stages };
     }
     // Small M (or a K too deep for rows mode): a fixed split along the longer side of C, one
@@ -1026,7 +1030,7 @@ pub fn plan(request: *const Request, workers: u32) Task {
     // packing than they win in balance (measured at LLaMA-sized weight gradients: 4 pieces per
     // worker were up to 1.25x slower in float32, and 1.3x with AMX, where products are cheap).
     var parts: u64 = (@as(u64, workers) + request.batch - 1) / request.batch;
-    const by_columns = request.n > request.m;
+    const by_columns = columns_cheaper or request.n > request.m;
     const dim = if (by_columns) request.n else request.m;
     const unit: u64 = if (by_columns) nr else unit_m;
     parts = @max(1, @min(parts, (dim + unit - 1) / unit));
