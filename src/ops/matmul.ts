@@ -18,8 +18,8 @@ import { checkSameDevice, checkTensor, empty, shapeText, toDtype } from "./_util
 /**
  * op(A) op(B) (+ bias) in `dtype`, accumulated in float32 and rounded once. On the CPU the
  * micro-kernels write the result with its bias straight into `out`; a float32 scratch (freed at
- * once) holds partial sums only where the backend asks for one (a K deeper than one slab on the
- * CPU, a 16-bit result of cuBLAS on a GPU).
+ * once) holds partial sums only where the backend asks for one (a 16-bit result with a K deeper
+ * than one slab on the CPU, any 16-bit result of cuBLAS on a GPU).
  */
 function product(
   a: Tensor,

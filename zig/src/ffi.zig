@@ -377,7 +377,8 @@ export fn mp_matmul(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, 
 /// mp_matmul_epilogue, but written by the micro-kernels straight from their accumulators: no
 /// float32 product goes through memory. `bias` is a row of n values in out_dtype, or 0. `scratch`
 /// is a float32 batch x m x n workspace for the partial sums of K slabs, needed (non-zero) only
-/// when k > mp_matmul_fused_depth() (256); otherwise it may be 0. flags as mp_matmul, except
+/// for a float16 or bfloat16 out when k > mp_matmul_fused_depth() (256); otherwise it may be 0 (a
+/// float32 out holds its own partial sums). flags as mp_matmul, except
 /// accumulate (invalid_argument).
 export fn mp_matmul_out(a: u64, b: u64, scratch: u64, bias: u64, out: u64, batch: u64, m: u64, n: u64, k: u64, a_dtype: u32, b_dtype: u32, out_dtype: u32, flags: u32) i32 {
     const a_type = numerics.Dtype.from_int(a_dtype) orelse return status(.invalid_dtype);
@@ -388,15 +389,17 @@ export fn mp_matmul_out(a: u64, b: u64, scratch: u64, bias: u64, out: u64, batch
     if (batch == 0 or m == 0 or n == 0) return status(.ok);
     if (out == 0) return status(.null_pointer);
     if (k != 0 and (a == 0 or b == 0)) return status(.null_pointer);
-    if (k > matmul.fused_depth_max and scratch == 0 and !(out_type == .float32 and bias == 0)) return status(.null_pointer);
+    if (k > matmul.fused_depth_max and scratch == 0 and out_type != .float32) return status(.null_pointer);
     if (m > 1 << 31 or n > 1 << 31 or k > 1 << 31 or batch > 1 << 31) return status(.invalid_argument);
-    // A float32 result without a bias is the plain product: C is the output itself.
-    const plain = out_type == .float32 and bias == 0;
+    // A float32 result is its own C (partial sums of deep K in place, the bias added by the last
+    // slab); without a bias it is the plain product.
+    const in_place = out_type == .float32;
+    const plain = in_place and bias == 0;
     const request = matmul.Request{
         .a = @ptrFromInt(if (a == 0) 64 else a),
         .b = @ptrFromInt(if (b == 0) 64 else b),
         // Otherwise C is never touched within one slab (fused_depth_max).
-        .c = @ptrFromInt(if (plain) out else if (scratch == 0) 64 else scratch),
+        .c = @ptrFromInt(if (in_place) out else if (scratch == 0) 64 else scratch),
         .batch = batch,
         .m = m,
         .n = n,

@@ -137,8 +137,9 @@ export const layoutCpu: LayoutKernels = {
     );
     check(status, `mp_matmul_out(${a.dtype} x ${b.dtype} -> ${out.dtype}, ${batch} x ${m} x ${n} x ${k})`);
   },
-  matmulOutNeedsScratch(outDtype, k, withBias) {
-    if (outDtype === "float32" && !withBias) return false;
+  matmulOutNeedsScratch(outDtype, k, _withBias) {
+    // A float32 output holds its own partial sums.
+    if (outDtype === "float32") return false;
     fusedDepth ??= Number(native().mp_matmul_fused_depth());
     return k > fusedDepth;
   },

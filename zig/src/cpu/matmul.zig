@@ -7,8 +7,11 @@
 //! element, not per multiply) and a register-blocked MR x NR micro-kernel of vector FMAs runs over
 //! the packed panels. Where the CPU has AVX512-BF16, two bfloat16 inputs skip the widening: the
 //! micro-kernel uses `vdpbf16ps` (pairs of bfloat16 products summed into float32 lanes). Work is
-//! split over threads by batch, then by rows (or columns when C is wide and short), each thread
-//! packing into its own static buffers, so no allocation happens inside a call.
+//! split over threads by batch, then by rows or by columns, whichever has the threads repack less
+//! (a row split packs all of B in every thread, a column split all of A, and nothing where a
+//! float32 A is read in place), each thread packing into its own static buffers, so no allocation
+//! happens inside a call. mp_matmul_out's last K slab writes the op's output (bias added, rounded
+//! into its dtype) straight from the micro-tiles, with the bits of a float32 C and the epilogue.
 //!
 //! This file is compiled four times on x86_64: into the library for its baseline CPU
 //! (x86-64-v3: 8-lane ymm tiles), and as the wide objects for x86-64-v4 (16-lane zmm tiles),
