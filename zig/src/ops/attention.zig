@@ -255,27 +255,26 @@ inline fn gather_dense(comptime n: comptime_int, target: []f32, factor: f32, wei
     target[j..][0..n].* = total;
 }
 
-/// Two gather_add_row sums over the same rows (`list`, or every row 0..count - 1 where `list` is
-/// null) with factor 1: x_target += sum x_weights[i * weight_stride] * x_tile row i, and the same
-/// for y. Each element is the same chain in the same order as gather_add_row's (the same bits);
-/// the two sums share the list and keep twice the chains in flight.
-fn gather_add_shared2(x_target: []f32, x_weights: []const f32, x_tile: []const f32, y_target: []f32, y_weights: []const f32, y_tile: []const f32, weight_stride: usize, list: ?[]const u8, count: usize) void {
+/// Two gather_add_row sums over the same rows (`list`, or every row 0..count - 1 where `dense`):
+/// x_target = x_target * x_factor + sum x_weights[i * weight_stride] * x_tile row i, and the same
+/// for y. Each element is the same chain in the same order as gather_add_row's (the same bits); the
+/// two sums share the row indices and keep twice the chains in flight.
+fn gather_add_shared2(comptime dense: bool, x_target: []f32, x_factor: f32, x_weights: []const f32, x_tile: []const f32, y_target: []f32, y_factor: f32, y_weights: []const f32, y_tile: []const f32, weight_stride: usize, list: []const u8, count: usize) void {
     const dim = x_target.len;
     std.debug.assert(y_target.len == dim);
     var j: usize = 0;
-    while (j + 2 * lanes <= dim) : (j += 2 * lanes) shared2_chunk(2 * lanes, x_target, x_weights, x_tile, y_target, y_weights, y_tile, weight_stride, list, count, j);
-    while (j + lanes <= dim) : (j += lanes) shared2_chunk(lanes, x_target, x_weights, x_tile, y_target, y_weights, y_tile, weight_stride, list, count, j);
-    while (j < dim) : (j += 1) shared2_chunk(1, x_target, x_weights, x_tile, y_target, y_weights, y_tile, weight_stride, list, count, j);
+    while (j + 2 * lanes <= dim) : (j += 2 * lanes) shared2_chunk(2 * lanes, dense, x_target, x_factor, x_weights, x_tile, y_target, y_factor, y_weights, y_tile, weight_stride, list, count, j);
+    while (j + lanes <= dim) : (j += lanes) shared2_chunk(lanes, dense, x_target, x_factor, x_weights, x_tile, y_target, y_factor, y_weights, y_tile, weight_stride, list, count, j);
+    while (j < dim) : (j += 1) shared2_chunk(1, dense, x_target, x_factor, x_weights, x_tile, y_target, y_factor, y_weights, y_tile, weight_stride, list, count, j);
 }
 
-inline fn shared2_chunk(comptime n: comptime_int, x_target: []f32, x_weights: []const f32, x_tile: []const f32, y_target: []f32, y_weights: []const f32, y_tile: []const f32, weight_stride: usize, list: ?[]const u8, count: usize, j: usize) void {
+inline fn shared2_chunk(comptime n: comptime_int, comptime dense: bool, x_target: []f32, x_factor: f32, x_weights: []const f32, x_tile: []const f32, y_target: []f32, y_factor: f32, y_weights: []const f32, y_tile: []const f32, weight_stride: usize, list: []const u8, count: usize, j: usize) void {
     const dim = x_target.len;
-    const one: F(n) = @splat(1);
-    var x: F(n) = @as(F(n), x_target[j..][0..n].*) * one;
-    var y: F(n) = @as(F(n), y_target[j..][0..n].*) * one;
-    const length = if (list) |l| l.len else count;
+    var x: F(n) = @as(F(n), x_target[j..][0..n].*) * @as(F(n), @splat(x_factor));
+    var y: F(n) = @as(F(n), y_target[j..][0..n].*) * @as(F(n), @splat(y_factor));
+    const length = if (dense) count else list.len;
     for (0..length) |k| {
-        const i: usize = if (list) |l| l[k] else k;
+        const i: usize = if (dense) k else list[k];
         x = @mulAdd(F(n), @splat(x_weights[i * weight_stride]), x_tile[i * dim + j ..][0..n].*, x);
         y = @mulAdd(F(n), @splat(y_weights[i * weight_stride]), y_tile[i * dim + j ..][0..n].*, y);
     }
@@ -492,6 +491,9 @@ fn Kernels(comptime dtype: Dtype) type {
                     products_pair(row_of(&tiles.q, r0, dim), &tiles.keys.k_t, &tiles.scores[r0], row_of(&tiles.q, r0 + 1, dim), &tiles.keys.k_t, &tiles.scores[r0 + 1]);
                 }
                 if (r0 < rows) products_row(row_of(&tiles.q, r0, dim), &tiles.keys.k_t, &tiles.scores[r0]);
+                // A dense row whose sum waits for a second one.
+                var waiting: ?u64 = null;
+                var waiting_alpha: f32 = 0;
                 for (0..rows) |r| {
                     const tile_max = finish_scores(p, &tiles.keys, q0 + r, k0, cols, f.scale, 0, &tiles.scores[r]);
                     if (tile_max == -std.math.inf(f32)) continue; // Nothing visible here.
@@ -503,11 +505,18 @@ fn Kernels(comptime dtype: Dtype) type {
                     exp_row(s);
                     var total: f32 = 0;
                     if (cols == block_kv and all_nonzero(&tiles.scores[r])) {
-                        // Every key of the tile carries weight: no list to build or read.
+                        // Every key of the tile carries weight: no list to build or read, and the
+                        // sums of two such rows run together (twice the chains in flight).
                         for (s) |x| total += x;
                         l[r] = l[r] * alpha + total;
                         m[r] = m_new;
-                        gather_add_row_dense(row_of(&tiles.acc, r, dim), alpha, s, 1, block_kv, &tiles.keys.v);
+                        if (waiting) |w| {
+                            gather_add_shared2(true, row_of(&tiles.acc, w, dim), waiting_alpha, &tiles.scores[w], &tiles.keys.v, row_of(&tiles.acc, r, dim), alpha, s, &tiles.keys.v, 1, &.{}, block_kv);
+                            waiting = null;
+                        } else {
+                            waiting = r;
+                            waiting_alpha = alpha;
+                        }
                         continue;
                     }
                     var list: [block_kv]u8 = undefined;
@@ -521,6 +530,7 @@ fn Kernels(comptime dtype: Dtype) type {
                     m[r] = m_new;
                     gather_add_row(row_of(&tiles.acc, r, dim), alpha, s, 1, list[0..listed], &tiles.keys.v);
                 }
+                if (waiting) |w| gather_add_row_dense(row_of(&tiles.acc, w, dim), waiting_alpha, &tiles.scores[w], 1, block_kv, &tiles.keys.v);
             }
             for (0..rows) |r| {
                 const seen = l[r] > 0;
@@ -605,7 +615,7 @@ fn Kernels(comptime dtype: Dtype) type {
                     for (0..rows) |r| dense = dense and all_nonzero(&tiles.probs[r]);
                     for (0..cols) |c| {
                         if (dense) {
-                            gather_add_shared2(row_of(&tiles.dv, c, dim), probs[c..], &tiles.d_out, row_of(&tiles.dk, c, dim), d_scores[c..], &tiles.q, block_kv, null, rows);
+                            gather_add_shared2(true, row_of(&tiles.dv, c, dim), 1, probs[c..], &tiles.d_out, row_of(&tiles.dk, c, dim), 1, d_scores[c..], &tiles.q, block_kv, &.{}, rows);
                             continue;
                         }
                         var list: [block_q]u8 = undefined;
@@ -615,7 +625,7 @@ fn Kernels(comptime dtype: Dtype) type {
                             listed += @intFromBool(tiles.probs[r][c] != 0);
                         }
                         if (listed == 0) continue;
-                        gather_add_shared2(row_of(&tiles.dv, c, dim), probs[c..], &tiles.d_out, row_of(&tiles.dk, c, dim), d_scores[c..], &tiles.q, block_kv, list[0..listed], listed);
+                        gather_add_shared2(false, row_of(&tiles.dv, c, dim), 1, probs[c..], &tiles.d_out, row_of(&tiles.dk, c, dim), 1, d_scores[c..], &tiles.q, block_kv, list[0..listed], listed);
                     }
                 }
             }
@@ -625,6 +635,7 @@ fn Kernels(comptime dtype: Dtype) type {
             }
         }
 
+        /// Two slots of probabilities and score gradients: a dense row's wait for a partner.
         const QueryTiles = struct { q: QTile, d_out: QTile, dq: QTile, keys: Keys, probs: [block_kv]f32, d_scores: [block_kv]f32 };
 
         /// dq of one query tile: over key tiles in order.
