@@ -344,15 +344,26 @@ test {
 /// them (default: widen to float32; see matmul.flag_bf16_dot),
 /// bit 4 every batch element uses the same B.
 export fn mp_matmul(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, a_dtype: u32, b_dtype: u32, flags: u32) i32 {
-    const a_type = numerics.Dtype.from_int(a_dtype) orelse return status(.invalid_dtype);
-    const b_type = numerics.Dtype.from_int(b_dtype) orelse return status(.invalid_dtype);
-    if (!matmul.input_dtype(a_type) or !matmul.input_dtype(b_type)) return status(.invalid_dtype);
-    if (flags & ~matmul.flags_all != 0) return status(.invalid_argument);
-    if (batch == 0 or m == 0 or n == 0) return status(.ok);
-    if (c == 0) return status(.null_pointer);
-    if (k != 0 and (a == 0 or b == 0)) return status(.null_pointer);
-    if (m > 1 << 31 or n > 1 << 31 or k > 1 << 31 or batch > 1 << 31) return status(.invalid_argument);
-    const request = matmul.Request{
+    const request = switch (matmul_request(a, b, c, batch, m, n, k, a_dtype, b_dtype, flags)) {
+        .done => |code| return code,
+        .request => |r| r,
+    };
+    matmul.matmul(&request);
+    return status(.ok);
+}
+
+/// mp_matmul's argument checks and its request with C at `c`, or the status to return at once
+/// (`ok` for an empty product).
+fn matmul_request(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, a_dtype: u32, b_dtype: u32, flags: u32) union(enum) { done: i32, request: matmul.Request } {
+    const a_type = numerics.Dtype.from_int(a_dtype) orelse return .{ .done = status(.invalid_dtype) };
+    const b_type = numerics.Dtype.from_int(b_dtype) orelse return .{ .done = status(.invalid_dtype) };
+    if (!matmul.input_dtype(a_type) or !matmul.input_dtype(b_type)) return .{ .done = status(.invalid_dtype) };
+    if (flags & ~matmul.flags_all != 0) return .{ .done = status(.invalid_argument) };
+    if (batch == 0 or m == 0 or n == 0) return .{ .done = status(.ok) };
+    if (c == 0) return .{ .done = status(.null_pointer) };
+    if (k != 0 and (a == 0 or b == 0)) return .{ .done = status(.null_pointer) };
+    if (m > 1 << 31 or n > 1 << 31 or k > 1 << 31 or batch > 1 << 31) return .{ .done = status(.invalid_argument) };
+    return .{ .request = .{
         .a = @ptrFromInt(if (a == 0) 64 else a),
         .b = @ptrFromInt(if (b == 0) 64 else b),
         .c = @ptrFromInt(c),
@@ -367,9 +378,7 @@ export fn mp_matmul(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, 
         .accumulate = flags & matmul.flag_accumulate != 0,
         .broadcast_b = flags & matmul.flag_broadcast_b != 0,
         .bf16_dot = flags & matmul.flag_bf16_dot != 0,
-    };
-    matmul.matmul(&request);
-    return status(.ok);
+    } };
 }
 
 /// out = round(op(A) op(B) + bias) in `out_dtype` (float32, float16 or bfloat16), accumulated in
@@ -381,40 +390,21 @@ export fn mp_matmul(a: u64, b: u64, c: u64, batch: u64, m: u64, n: u64, k: u64, 
 /// float32 out holds its own partial sums). flags as mp_matmul, except
 /// accumulate (invalid_argument).
 export fn mp_matmul_out(a: u64, b: u64, scratch: u64, bias: u64, out: u64, batch: u64, m: u64, n: u64, k: u64, a_dtype: u32, b_dtype: u32, out_dtype: u32, flags: u32) i32 {
-    const a_type = numerics.Dtype.from_int(a_dtype) orelse return status(.invalid_dtype);
-    const b_type = numerics.Dtype.from_int(b_dtype) orelse return status(.invalid_dtype);
     const out_type = storage.op_dtype(out_dtype) orelse return status(.invalid_dtype);
-    if (!matmul.input_dtype(a_type) or !matmul.input_dtype(b_type)) return status(.invalid_dtype);
-    if (flags & ~matmul.flags_all != 0 or flags & matmul.flag_accumulate != 0) return status(.invalid_argument);
-    if (batch == 0 or m == 0 or n == 0) return status(.ok);
-    if (out == 0) return status(.null_pointer);
-    if (k != 0 and (a == 0 or b == 0)) return status(.null_pointer);
-    if (k > matmul.fused_depth_max and scratch == 0 and out_type != .float32) return status(.null_pointer);
-    if (m > 1 << 31 or n > 1 << 31 or k > 1 << 31 or batch > 1 << 31) return status(.invalid_argument);
+    if (flags & matmul.flag_accumulate != 0) return status(.invalid_argument);
     // A float32 result is its own C (partial sums of deep K in place, the bias added by the last
-    // slab); without a bias it is the plain product.
+    // slab; without a bias it is the plain product). Otherwise C is the scratch, never touched
+    // within one slab (fused_depth_max), so a missing one is a null C only for a deeper K.
     const in_place = out_type == .float32;
-    const plain = in_place and bias == 0;
-    const request = matmul.Request{
-        .a = @ptrFromInt(if (a == 0) 64 else a),
-        .b = @ptrFromInt(if (b == 0) 64 else b),
-        // Otherwise C is never touched within one slab (fused_depth_max).
-        .c = @ptrFromInt(if (in_place) out else if (scratch == 0) 64 else scratch),
-        .batch = batch,
-        .m = m,
-        .n = n,
-        .k = k,
-        .a_dtype = a_type,
-        .b_dtype = b_type,
-        .trans_a = flags & matmul.flag_trans_a != 0,
-        .trans_b = flags & matmul.flag_trans_b != 0,
-        .accumulate = false,
-        .broadcast_b = flags & matmul.flag_broadcast_b != 0,
-        .bf16_dot = flags & matmul.flag_bf16_dot != 0,
-        .out = if (plain) null else @ptrFromInt(out),
-        .bias = if (bias == 0) null else @ptrFromInt(bias),
-        .out_dtype = out_type,
+    const c: u64 = if (in_place) out else if (scratch != 0) scratch else if (k > matmul.fused_depth_max) 0 else 64;
+    var request = switch (matmul_request(a, b, c, batch, m, n, k, a_dtype, b_dtype, flags)) {
+        .done => |code| return code,
+        .request => |r| r,
     };
+    if (out == 0) return status(.null_pointer);
+    request.out = if (in_place and bias == 0) null else @ptrFromInt(out);
+    request.bias = if (bias == 0) null else @ptrFromInt(bias);
+    request.out_dtype = out_type;
     matmul.matmul(&request);
     return status(.ok);
 }
