@@ -48,7 +48,7 @@ for (const [batch, m, n, k, flags] of SHAPES) {
         using expected = zeros([batch, m, n], { dtype: outDtype });
         layoutCpu.matmul(a, b, product, batch, m, n, k, flags);
         layoutCpu.matmulEpilogue(product, bias, expected);
-        using scratch = layoutCpu.matmulOutNeedsScratch(outDtype, k, withBias) ? zeros([batch, m, n]) : null;
+        using scratch = layoutCpu.matmulOutNeedsScratch(outDtype, k) ? zeros([batch, m, n]) : null;
         using fused = zeros([batch, m, n], { dtype: outDtype });
         layoutCpu.matmulOut(a, b, scratch, bias, fused, batch, m, n, k, flags);
         cases++;

@@ -73,23 +73,12 @@ function matmulEpilogue(product: Tensor, bias: Tensor | null, out: Tensor): void
  * out = op(A) op(B) + bias, rounded once: cuBLAS writes a float32 product (into out itself where
  * out is float32, else into `scratch`) and the epilogue adds the bias and rounds.
  */
-function matmulOut(
-  a: Tensor,
-  b: Tensor,
-  scratch: Tensor | null,
-  bias: Tensor | null,
-  out: Tensor,
-  batch: number,
-  m: number,
-  n: number,
-  k: number,
-  flags: number,
-): void {
+const matmulOut: LayoutKernels["matmulOut"] = (a, b, scratch, bias, out, batch, m, n, k, flags) => {
   const product = out.dtype === "float32" ? out : scratch;
   if (product === null) throw new Error(`matmulOut into ${out.dtype} on ${out.device} needs a float32 scratch`);
   matmul(a, b, product, batch, m, n, k, flags);
   if (product !== out || bias !== null) matmulEpilogue(product, bias, out);
-}
+};
 
 /** The CUDA backend's matmul and epilogue kernels. */
 export const cudaMatmulKernels: Pick<
@@ -99,5 +88,5 @@ export const cudaMatmulKernels: Pick<
   matmul,
   matmulEpilogue,
   matmulOut,
-  matmulOutNeedsScratch: (outDtype: DtypeName, _k: number, _withBias: boolean) => outDtype !== "float32",
+  matmulOutNeedsScratch: (outDtype: DtypeName) => outDtype !== "float32",
 });

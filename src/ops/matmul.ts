@@ -33,9 +33,7 @@ function product(
   const backend = backendOf(a.device);
   const out = empty(shape, dtype, a.device);
   const [batch, m, n, k] = dims;
-  using scratch = backend.matmulOutNeedsScratch(dtype, k, bias !== null)
-    ? new Tensor("float32", shape, a.device, false)
-    : null;
+  using scratch = backend.matmulOutNeedsScratch(dtype, k) ? new Tensor("float32", shape, a.device, false) : null;
   backend.matmulOut(a, b, scratch, bias, out, batch, m, n, k, flags);
   return out;
 }

@@ -30,11 +30,10 @@ describe("the fused matmul (mp_matmul_out)", () => {
     using a = randn([4, 300], { seed: 1 });
     using b = randn([300, 3], { seed: 2 });
     using out = zeros([4, 3], { dtype: "bfloat16" });
-    expect(layoutCpu.matmulOutNeedsScratch("bfloat16", 300, false)).toBe(true);
-    expect(layoutCpu.matmulOutNeedsScratch("bfloat16", 256, true)).toBe(false);
-    // A float32 output holds its own partial sums, at any depth, with a bias or not.
-    expect(layoutCpu.matmulOutNeedsScratch("float32", 300, false)).toBe(false);
-    expect(layoutCpu.matmulOutNeedsScratch("float32", 300, true)).toBe(false);
+    expect(layoutCpu.matmulOutNeedsScratch("bfloat16", 300)).toBe(true);
+    expect(layoutCpu.matmulOutNeedsScratch("bfloat16", 256)).toBe(false);
+    // A float32 output holds its own partial sums, at any depth.
+    expect(layoutCpu.matmulOutNeedsScratch("float32", 300)).toBe(false);
     expect(() => layoutCpu.matmulOut(a, b, null, null, out, 1, 4, 3, 300, 0)).toThrow(/mp_matmul_out/);
     expect(() => layoutCpu.matmulOut(a, b, null, null, out, 1, 4, 3, 300, MatmulFlag.accumulate)).toThrow(
       /mp_matmul_out/,

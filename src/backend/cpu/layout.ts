@@ -57,8 +57,8 @@ export interface LayoutKernels {
     k: number,
     flags: number,
   ): void;
-  /** Whether matmulOut into `outDtype` with depth k (and a bias or not) needs a float32 scratch. */
-  matmulOutNeedsScratch(outDtype: DtypeName, k: number, withBias: boolean): boolean;
+  /** Whether matmulOut into `outDtype` with depth k needs a float32 scratch. */
+  matmulOutNeedsScratch(outDtype: DtypeName, k: number): boolean;
 }
 
 const SHAPE = new BigUint64Array(8);
@@ -137,7 +137,7 @@ export const layoutCpu: LayoutKernels = {
     );
     check(status, `mp_matmul_out(${a.dtype} x ${b.dtype} -> ${out.dtype}, ${batch} x ${m} x ${n} x ${k})`);
   },
-  matmulOutNeedsScratch(outDtype, k, _withBias) {
+  matmulOutNeedsScratch(outDtype, k) {
     // A float32 output holds its own partial sums.
     if (outDtype === "float32") return false;
     fusedDepth ??= Number(native().mp_matmul_fused_depth());
