@@ -238,22 +238,8 @@ fn gather_add_row(target: []f32, factor: f32, weights: []const f32, weight_strid
     while (j < dim) : (j += 1) gather_add(1, target, factor, weights, weight_stride, list, tile, dim, j);
 }
 
-/// gather_add_row over every row of the tile in order (the list 0, 1, ..., count - 1), without
-/// reading a list: the same sums in the same order.
-fn gather_add_row_dense(target: []f32, factor: f32, weights: []const f32, weight_stride: usize, count: usize, tile: []const f32) void {
-    const dim = target.len;
-    var j: usize = 0;
-    while (j + 2 * lanes <= dim) : (j += 2 * lanes) gather_dense(2 * lanes, target, factor, weights, weight_stride, count, tile, j);
-    while (j + lanes <= dim) : (j += lanes) gather_dense(lanes, target, factor, weights, weight_stride, count, tile, j);
-    while (j < dim) : (j += 1) gather_dense(1, target, factor, weights, weight_stride, count, tile, j);
-}
-
-inline fn gather_dense(comptime n: comptime_int, target: []f32, factor: f32, weights: []const f32, weight_stride: usize, count: usize, tile: []const f32, j: usize) void {
-    const dim = target.len;
-    var total: F(n) = @as(F(n), target[j..][0..n].*) * @as(F(n), @splat(factor));
-    for (0..count) |i| total = @mulAdd(F(n), @splat(weights[i * weight_stride]), tile[i * dim + j ..][0..n].*, total);
-    target[j..][0..n].* = total;
-}
+/// The list of every key of a full tile, in order.
+const every_key: [block_kv]u8 = std.simd.iota(u8, block_kv);
 
 /// Two gather_add_row sums over the same rows (`list`, or every row 0..count - 1 where `dense`):
 /// x_target = x_target * x_factor + sum x_weights[i * weight_stride] * x_tile row i, and the same
@@ -530,7 +516,7 @@ fn Kernels(comptime dtype: Dtype) type {
                     m[r] = m_new;
                     gather_add_row(row_of(&tiles.acc, r, dim), alpha, s, 1, list[0..listed], &tiles.keys.v);
                 }
-                if (waiting) |w| gather_add_row_dense(row_of(&tiles.acc, w, dim), waiting_alpha, &tiles.scores[w], 1, block_kv, &tiles.keys.v);
+                if (waiting) |w| gather_add_row(row_of(&tiles.acc, w, dim), waiting_alpha, &tiles.scores[w], 1, &every_key, &tiles.keys.v);
             }
             for (0..rows) |r| {
                 const seen = l[r] > 0;
@@ -635,7 +621,6 @@ fn Kernels(comptime dtype: Dtype) type {
             }
         }
 
-        /// Two slots of probabilities and score gradients: a dense row's wait for a partner.
         const QueryTiles = struct { q: QTile, d_out: QTile, dq: QTile, keys: Keys, probs: [block_kv]f32, d_scores: [block_kv]f32 };
 
         /// dq of one query tile: over key tiles in order.
