@@ -407,7 +407,7 @@ const DirectA = struct {
 /// Whether the micro-tiles read A in place: float32 stored m x k. (Transposed, each depth step of
 /// a strip is a row of the stored matrix, m floats from the last: measured 1.2-1.35x slower than
 /// packing at m >= 768, so a transposed A is packed.)
-fn reads_a_in_place(comptime path: Path, comptime a_dtype: Dtype, request: *const Request) bool {
+fn reads_a_in_place(path: Path, a_dtype: Dtype, request: *const Request) bool {
     return path == .f32 and a_dtype == .float32 and !request.trans_a;
 }
 
@@ -1023,8 +1023,8 @@ pub fn plan(request: *const Request, workers: u32) Task {
         request.m >= 2 * mc_max and row_blocks >= 2;
     // Rows mode has every worker pack all of B; a split by columns has every worker pack all of A
     // instead, and nothing where A is read in place. Take the split that repacks less.
-    const a_in_place = path == .f32 and request.a_dtype == .float32 and !request.trans_a;
-    const columns_cheaper = request.n >= 2 * nr * @as(u64, workers) and (a_in_place or request.n > request.m);
+    const columns_cheaper = request.n >= 2 * nr * @as(u64, workers) and
+        (reads_a_in_place(path, request.a_dtype, request) or request.n > request.m);
     if (rows_ok and !columns_cheaper) {
         return .{ .request = request, .mode = .rows, .workers = workers, .nc = nc, .mc = mc, .stages = stages };
     }
