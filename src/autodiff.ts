@@ -6,8 +6,11 @@
  * like `params`.
  *
  * Memory: every tensor an op creates while a tape (or a checkpoint scope) is active is owned by
- * that scope. When the backward pass ends, every such tensor is disposed except what the caller
- * gets back (gradients, and the aux output with `hasAux`), and each intermediate gradient is
+ * that scope. Each recorded op lists the tensors its backward function reads; when the forward pass
+ * ends, the scope frees every tensor no backward function reads (e.g. a linear layer's output that
+ * only a residual add consumed), and during the backward pass each saved tensor is freed once the
+ * last node reading it has run, as PyTorch frees a node's saved tensors. What the caller gets back
+ * (gradients, and the aux output with `hasAux`) is never freed, and each intermediate gradient is
  * disposed as soon as the node that consumes it has run. A training loop therefore keeps a flat
  * count of live native allocations (see `liveTensorCount`).
  *
@@ -29,6 +32,8 @@ export type Backward = (outputGrad: Tensor) => readonly (Tensor | null)[];
 interface Node {
   readonly inputs: readonly Tensor[];
   readonly output: Tensor;
+  /** The tensors `backward` reads (it may read the others' shapes and dtypes only). */
+  readonly saved: readonly Tensor[];
   readonly backward: Backward;
 }
 
@@ -41,6 +46,8 @@ interface Frame {
 interface Tape {
   readonly nodes: Node[];
   readonly requires: Set<Tensor>;
+  /** Every tensor some recorded node's backward function reads. */
+  readonly saved: Set<Tensor>;
 }
 
 const frames: Frame[] = [];
@@ -119,16 +126,41 @@ export function recording(): boolean {
 
 /**
  * Records `output = op(inputs)` with its backward function when any input needs a gradient.
- * `backward` returns one gradient per input (or null), each in that input's dtype; it runs with no
- * tape active and owns every tensor it creates. @internal
+ * `saved` lists every tensor whose values `backward` reads (inputs, the output, or statistics the
+ * op made); of the others it may read only shapes, dtypes and devices, since the tape frees a tensor
+ * as soon as no backward function still to run lists it. `backward` returns one gradient per input
+ * (or null), each in that input's dtype; it runs with no tape active and owns every tensor it
+ * creates. @internal
  */
-export function record(output: Tensor, inputs: readonly Tensor[], backward: Backward): Tensor {
+export function record(
+  output: Tensor,
+  inputs: readonly Tensor[],
+  saved: readonly Tensor[],
+  backward: Backward,
+): Tensor {
   const tape = topTape();
   if (tape === null) return output;
   if (!inputs.some((input) => tape.requires.has(input))) return output;
   tape.requires.add(output);
-  tape.nodes.push({ inputs, output, backward });
+  tape.nodes.push({ inputs, output, saved, backward });
+  for (const t of saved) tape.saved.add(t);
   return output;
+}
+
+/**
+ * Tells the innermost scope that the forward pass is done with these tensors, temporaries it
+ * created (a residual branch's output once it is added): each is freed now unless a recorded
+ * backward function reads it, in which case the tape frees it after its last reader. Layers call it
+ * where Python's reference counting would free a temporary in PyTorch, which lowers the forward
+ * pass's peak. Tensors the scope does not own are left alone. @internal
+ */
+export function discard(...tensors: Tensor[]): void {
+  const frame = frames[frames.length - 1];
+  if (frame === undefined) return;
+  for (const t of tensors) {
+    if (frame.tape?.saved.has(t) === true) continue;
+    if (frame.created.lastIndexOf(t) >= 0) t.dispose();
+  }
 }
 
 function withoutScope<T>(fn: () => T): T {
@@ -149,10 +181,59 @@ function addInto(existing: Tensor, extra: Tensor): Tensor {
 }
 
 /**
- * Walks `tape` backwards from `output` seeded with `seed`, and returns the gradients of the tensors
- * in `targets` (null where none reached them). Disposes every intermediate gradient.
+ * Frees a scope's tensors as soon as no backward function still to run reads them (PyTorch frees a
+ * node's saved tensors once it has run), so the backward pass's peak is the forward's saved
+ * activations, not everything the forward created.
  */
-function backwardPass(tape: Tape, output: Tensor, seed: Tensor, targets: readonly Tensor[]): (Tensor | null)[] {
+class Release {
+  readonly #owned: ReadonlySet<Tensor>;
+  readonly #keep: ReadonlySet<Tensor>;
+  /** How many listings in nodes still to run each saved tensor has. */
+  readonly #readers = new Map<Tensor, number>();
+
+  constructor(tape: Tape, owned: readonly Tensor[], keep: ReadonlySet<Tensor>) {
+    this.#owned = new Set(owned);
+    this.#keep = keep;
+    for (const node of tape.nodes) {
+      for (const t of node.saved) this.#readers.set(t, (this.#readers.get(t) ?? 0) + 1);
+    }
+  }
+
+  /** Frees every owned tensor that no backward function reads: what only the forward pass used. */
+  unread(): void {
+    for (const t of this.#owned) if (!this.#readers.has(t)) this.#free(t);
+  }
+
+  /** After `node` ran (or was skipped): frees what it read that no earlier node reads. */
+  done(node: Node): void {
+    for (const t of node.saved) {
+      const left = this.#readers.get(t)! - 1;
+      if (left > 0) {
+        this.#readers.set(t, left);
+        continue;
+      }
+      this.#readers.delete(t);
+      this.#free(t);
+    }
+  }
+
+  #free(t: Tensor): void {
+    if (this.#owned.has(t) && !this.#keep.has(t)) t.dispose();
+  }
+}
+
+/**
+ * Walks `tape` backwards from `output` seeded with `seed`, and returns the gradients of the tensors
+ * in `targets` (null where none reached them). Disposes every intermediate gradient, and with
+ * `release`, each saved tensor after its last reader has run.
+ */
+function backwardPass(
+  tape: Tape,
+  output: Tensor,
+  seed: Tensor,
+  targets: readonly Tensor[],
+  release: Release | null,
+): (Tensor | null)[] {
   const grads = new Map<Tensor, Tensor>();
   grads.set(output, seed);
   const wanted = new Set(targets);
@@ -160,7 +241,10 @@ function backwardPass(tape: Tape, output: Tensor, seed: Tensor, targets: readonl
     for (let index = tape.nodes.length - 1; index >= 0; index--) {
       const node = tape.nodes[index]!;
       const outputGrad = grads.get(node.output);
-      if (outputGrad === undefined) continue;
+      if (outputGrad === undefined) {
+        release?.done(node);
+        continue;
+      }
       // A target that is also an op's output keeps its gradient; others are consumed here.
       if (!wanted.has(node.output)) grads.delete(node.output);
       const inputGrads = node.backward(outputGrad);
@@ -180,6 +264,7 @@ function backwardPass(tape: Tape, output: Tensor, seed: Tensor, targets: readonl
         const existing = grads.get(input);
         grads.set(input, existing === undefined ? grad : addInto(existing, grad));
       });
+      release?.done(node);
     }
   });
   const results = targets.map((target) => grads.get(target) ?? null);
@@ -269,7 +354,7 @@ export function valueAndGrad<P extends Tensor | TreeOf<P, Tensor>, A extends unk
   if (typeof fn !== "function") throw new TypeError(`valueAndGrad takes a function, got ${typeof fn}`);
   return (params: P, ...args: A) => {
     const leaves = checkParams(params);
-    const tape: Tape = { nodes: [], requires: new Set(leaves) };
+    const tape: Tape = { nodes: [], requires: new Set(leaves), saved: new Set() };
     const frame: Frame = { created: [], tape };
     frames.push(frame);
     let lossTensor: Tensor;
@@ -293,6 +378,17 @@ export function valueAndGrad<P extends Tensor | TreeOf<P, Tensor>, A extends unk
     frames.pop();
     const keep = new Set<Tensor>(treeLeaves(aux as Tree<Tensor>).filter(isTensor));
     for (const leaf of leaves) keep.add(leaf);
+    let value: number;
+    let release: Release;
+    try {
+      value = lossTensor.toArray()[0]!;
+      // What only the forward pass read goes now; the rest as the backward pass finishes with it.
+      release = new Release(tape, frame.created, keep);
+      release.unread();
+    } catch (error) {
+      for (const t of frame.created) if (!keep.has(t)) t.dispose();
+      throw error;
+    }
     if (options.onForward) {
       let savedBytes = 0;
       let savedTensors = 0;
@@ -304,11 +400,10 @@ export function valueAndGrad<P extends Tensor | TreeOf<P, Tensor>, A extends unk
       }
       options.onForward({ nodes: tape.nodes.length, savedTensors, savedBytes });
     }
-    const value = lossTensor.toArray()[0]!;
     let grads: (Tensor | null)[];
     try {
       const seed = tensor(1, { dtype: lossTensor.dtype, shape: lossTensor.shape, device: lossTensor.device });
-      grads = backwardPass(tape, lossTensor, seed, leaves);
+      grads = backwardPass(tape, lossTensor, seed, leaves, release);
     } finally {
       for (const t of frame.created) if (!keep.has(t)) t.dispose();
     }
@@ -425,9 +520,10 @@ export function checkpoint<A extends unknown[]>(fn: (...args: A) => Tensor): (..
     const result = scope.created.includes(output) ? output : track(output.clone());
     if (result === output) track(output);
     const needed = inputs.filter((input) => tape.requires.has(input));
-    return record(result, needed, (outputGrad) => {
+    // The backward pass runs fn again on every tensor argument.
+    return record(result, needed, inputs, (outputGrad) => {
       // Recompute fn on a fresh tape, then backpropagate the incoming gradient through it.
-      const inner: Tape = { nodes: [], requires: new Set(needed) };
+      const inner: Tape = { nodes: [], requires: new Set(needed), saved: new Set() };
       const frame: Frame = { created: [], tape: inner };
       frames.push(frame);
       let again: Tensor;
@@ -438,7 +534,9 @@ export function checkpoint<A extends unknown[]>(fn: (...args: A) => Tensor): (..
       }
       try {
         const seed = outputGrad.clone();
-        return backwardPass(inner, again, seed, needed);
+        const release = new Release(inner, frame.created, new Set());
+        release.unread();
+        return backwardPass(inner, again, seed, needed, release);
       } finally {
         for (const t of frame.created) t.dispose();
       }

@@ -343,7 +343,7 @@ export class GradScaler {
   #scaleOnDevice(loss: Tensor, state: DeviceScaleState): Tensor {
     const scaled = track(new Tensor(loss.dtype, loss.shape, loss.device, false));
     scaleByDeviceScale(loss, scaled, state.scaleAddress);
-    return record(scaled, [loss], (grad) => {
+    return record(scaled, [loss], [], (grad) => {
       const out = new Tensor(grad.dtype, grad.shape, grad.device, false);
       scaleByDeviceScale(grad, out, state.scaleAddress);
       return [out];

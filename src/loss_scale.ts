@@ -157,7 +157,7 @@ function scaleLoss(value: number, loss: number | Tensor): number | Tensor {
   const scaled = track(tensor(values, { dtype: canonicalDtype(loss.dtype), shape: loss.shape, device: loss.device }));
   // Differentiable, so `valueAndGrad(p => scaler.scale(loss(p)))` yields gradients times the scale
   // (PyTorch's `scaler.scale(loss).backward()`).
-  return record(scaled, [loss], (grad) => {
+  return record(scaled, [loss], [], (grad) => {
     const gradValues = grad.toArray();
     for (let i = 0; i < gradValues.length; i++) gradValues[i] = Math.fround(gradValues[i]! * value);
     return [tensor(gradValues, { dtype: grad.dtype, shape: grad.shape, device: grad.device })];

@@ -1,6 +1,15 @@
 import { describe, expect, test } from "bun:test";
-import { checkpoint, grad, stopGradient, type TapeReport, valueAndGrad } from "../src/autodiff.ts";
-import { add, crossEntropy, gelu, linear, mean, mul, sum, tanh, toDtype } from "../src/ops/mod.ts";
+import {
+  checkpoint,
+  discard,
+  grad,
+  record,
+  stopGradient,
+  type TapeReport,
+  track,
+  valueAndGrad,
+} from "../src/autodiff.ts";
+import { add, crossEntropy, gelu, linear, matmul, mean, mul, sum, tanh, toDtype } from "../src/ops/mod.ts";
 import { liveTensorCount, randn, type Tensor, tensor } from "../src/tensor.ts";
 import { treeLeaves } from "../src/tree.ts";
 import { autocast } from "../src/autocast.ts";
@@ -112,6 +121,108 @@ describe("autodiff", () => {
     );
     expect(withCheckpoint.savedBytes * 2).toBeLessThan(without.savedBytes);
     for (const g of [plain.w1, plain.w2, ckpt.w1, ckpt.w2]) g.dispose();
+  });
+
+  test("the forward pass keeps only what a backward function reads: a residual branch's output is freed", () => {
+    const [m, n] = [8, 16];
+    using x = randn([m, n], { seed: 11 });
+    using w = randn([n, n], { seed: 12, std: 0.3 });
+    // h = tanh(x w) is read by tanh's backward (its output) and by the second matmul's (operand a);
+    // y = h w, z = h + y and the loss are read by no backward function.
+    const loss = (p: { w: Tensor }) => {
+      const h = tanh(matmul(x, p.w));
+      return sum(add(h, matmul(h, p.w)));
+    };
+    let report: TapeReport | undefined;
+    const [value, g] = valueAndGrad(loss, { onForward: (r) => (report = r) })({ w });
+    expect(report!.nodes).toBe(5);
+    expect(report!.savedTensors).toBe(1);
+    expect(report!.savedBytes).toBe(m * n * 4);
+    // The same loss and gradient as a float64 evaluation of the same function.
+    const xs = x.toArray();
+    const ws = w.toArray();
+    const lossOf = (wv: Float64Array) => {
+      let total = 0;
+      const h = new Float64Array(m * n);
+      for (let i = 0; i < m; i++) {
+        for (let j = 0; j < n; j++) {
+          let s = 0;
+          for (let k = 0; k < n; k++) s += xs[i * n + k]! * wv[k * n + j]!;
+          h[i * n + j] = Math.tanh(s);
+        }
+      }
+      for (let i = 0; i < m; i++) {
+        for (let j = 0; j < n; j++) {
+          let s = h[i * n + j]!;
+          for (let k = 0; k < n; k++) s += h[i * n + k]! * wv[k * n + j]!;
+          total += s;
+        }
+      }
+      return total;
+    };
+    const w64 = Float64Array.from(ws);
+    expect(Math.abs(value - lossOf(w64))).toBeLessThan(1e-3 * (1 + Math.abs(value)));
+    const gw = g.w.toArray();
+    for (const index of [0, 17, 100, 255]) {
+      const step = 1e-4;
+      const up = Float64Array.from(w64);
+      const down = Float64Array.from(w64);
+      up[index]! += step;
+      down[index]! -= step;
+      const numeric = (lossOf(up) - lossOf(down)) / (2 * step);
+      expect(Math.abs(gw[index]! - numeric)).toBeLessThan(2e-3 * (1 + Math.abs(numeric)));
+    }
+    g.w.dispose();
+  });
+
+  test("the backward pass frees a saved tensor once its last reader has run, not before", () => {
+    using w = randn([4, 4], { seed: 13 });
+    let laterFreed: boolean | undefined;
+    let earlierFreed: boolean | undefined;
+    const [, g] = valueAndGrad((p: { w: Tensor }) => {
+      const a = tanh(p.w); // tanh's backward reads a: it runs last.
+      // A pass-through op between the two tanh nodes that observes, when its backward runs,
+      // whether b (read only by the later tanh's backward, which has run) and a are freed.
+      const copy = track(a.clone());
+      let b: Tensor | undefined;
+      const passed = record(copy, [a], [], (grad) => {
+        laterFreed = b!.disposed;
+        earlierFreed = a.disposed;
+        return [grad.clone()];
+      });
+      b = tanh(passed);
+      return sum(b);
+    })({ w });
+    expect(laterFreed).toBe(true);
+    expect(earlierFreed).toBe(false);
+    g.w.dispose();
+  });
+
+  test("discard() frees a temporary no backward function reads and leaves a saved one to the tape", () => {
+    using x = randn([4, 8], { seed: 14 });
+    using w = randn([8, 8], { seed: 15, std: 0.3 });
+    const run = (release: boolean) =>
+      valueAndGrad((p: { w: Tensor }) => {
+        const h = tanh(matmul(x, p.w));
+        const branch = matmul(h, p.w);
+        const out = add(h, branch);
+        if (release) {
+          discard(branch, h);
+          expect(branch.disposed).toBe(true); // Read by no backward function.
+          expect(h.disposed).toBe(false); // Read by tanh's and the matmul's.
+        }
+        return sum(mul(out, out));
+      })({ w });
+    const [plainLoss, plain] = run(false);
+    const [releasedLoss, released] = run(true);
+    expect(releasedLoss).toBe(plainLoss);
+    expect(released.w.bits()).toEqual(plain.w.bits());
+    // Outside any scope the caller owns its tensors: discard() leaves them alone.
+    using own = tanh(x);
+    discard(own);
+    expect(own.disposed).toBe(false);
+    plain.w.dispose();
+    released.w.dispose();
   });
 
   test("a 50-step training loop does not grow the number of live native allocations", () => {

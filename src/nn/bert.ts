@@ -6,7 +6,7 @@
  * @module
  */
 
-import { tidy, track } from "../autodiff.ts";
+import { discard, tidy, track } from "../autodiff.ts";
 import * as ops from "../ops/mod.ts";
 import { ones, randn, type Tensor, tensor, zeros } from "../tensor.ts";
 import {
@@ -145,9 +145,14 @@ export function bert(config: BertConfig): Model & {
             ops.reshape(project(ctx, `${p}.attention.self.${name}`, x), [batch, steps, heads, dim]);
           const a = ops.attention(split("query"), split("key"), split("value"), { mask: keep });
           const attended = project(ctx, `${p}.attention.output.dense`, ops.reshape(a, [batch, steps, width]));
-          x = norm(ctx, `${p}.attention.output.LayerNorm`, ops.add(attended, x));
+          const summed = ops.add(attended, x);
+          discard(attended); // Done with once added: no backward pass reads it.
+          x = norm(ctx, `${p}.attention.output.LayerNorm`, summed);
           const inner = act(project(ctx, `${p}.intermediate.dense`, x));
-          x = norm(ctx, `${p}.output.LayerNorm`, ops.add(project(ctx, `${p}.output.dense`, inner), x));
+          const output = project(ctx, `${p}.output.dense`, inner);
+          const summed2 = ops.add(output, x);
+          discard(output);
+          x = norm(ctx, `${p}.output.LayerNorm`, summed2);
         }
         return x;
       });

@@ -9,6 +9,7 @@
  * @module
  */
 
+import { discard } from "../autodiff.ts";
 import * as ops from "../ops/mod.ts";
 import { full, ones, randn, type Tensor, zeros } from "../tensor.ts";
 
@@ -132,8 +133,12 @@ export function gpt(config: GptConfig): {
       if (inputs.length !== batch * context) {
         throw new TypeError(`gpt: ${inputs.length} inputs for batch ${batch} of context ${context}`);
       }
-      const residual = (x: Tensor, branch: Tensor, gamma: Tensor | undefined) =>
-        ops.add(x, gamma === undefined ? branch : ops.mul(branch, gamma));
+      const residual = (x: Tensor, branch: Tensor, gamma: Tensor | undefined) => {
+        const scaled = gamma === undefined ? branch : ops.mul(branch, gamma);
+        const sum = ops.add(x, scaled);
+        discard(branch, scaled); // Each is freed now unless a backward pass reads it (mul reads branch).
+        return sum;
+      };
       let x = ops.add(ops.embedding(params.tokens, inputs, [batch, context]), params.positions);
       params.blocks.forEach((block, l) => {
         const h = ops.layerNorm(x, block.ln1.w, block.ln1.b);

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { tidy } from "../autodiff.ts";
+import { discard, tidy } from "../autodiff.ts";
 import * as ops from "../ops/mod.ts";
 import { ones as onesTensor, randn, type Tensor } from "../tensor.ts";
 import {
@@ -175,10 +175,15 @@ export function llama(config: LlamaConfig): Model {
         for (let l = 0; l < layers; l++) {
           const p = `model.layers.${l}`;
           const h = ops.rmsNorm(x, param(ctx, `${p}.input_layernorm.weight`), eps);
-          x = ops.add(x, attentionBlock(ctx, `${p}.self_attn`, h, keep));
+          // Each branch's output is done with once added to the residual stream.
+          const attended = attentionBlock(ctx, `${p}.self_attn`, h, keep);
+          x = ops.add(x, attended);
+          discard(attended);
           const h2 = ops.rmsNorm(x, param(ctx, `${p}.post_attention_layernorm.weight`), eps);
           const gate = ops.swiglu(project(ctx, `${p}.mlp.gate_proj`, h2), project(ctx, `${p}.mlp.up_proj`, h2));
-          x = ops.add(x, project(ctx, `${p}.mlp.down_proj`, gate));
+          const down = project(ctx, `${p}.mlp.down_proj`, gate);
+          x = ops.add(x, down);
+          discard(down);
         }
         x = ops.rmsNorm(x, param(ctx, "model.norm.weight"), eps);
         const head = params["lm_head.weight"] === undefined ? "model.embed_tokens" : "lm_head";

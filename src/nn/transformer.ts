@@ -5,7 +5,7 @@
  * @module
  */
 
-import { checkpoint as rematerialize, tidy } from "../autodiff.ts";
+import { discard, checkpoint as rematerialize, tidy } from "../autodiff.ts";
 import type { Dtype } from "../dtype.ts";
 import * as ops from "../ops/mod.ts";
 import type { Tensor } from "../tensor.ts";
@@ -86,8 +86,14 @@ export function transformerBlock(options: TransformerBlockOptions): Layer<Transf
       throw new TypeError(`transformerBlock: input [${x.shape.join(", ")}] must be [B, T, ${dim}]`);
     }
     const attended = ops.causalSelfAttention(qkv.apply(params.attn.qkv, norm.apply(params.norm1, x)), heads);
-    const h = ops.add(x, proj.apply(params.attn.proj, attended));
-    return ops.add(h, feedForward.apply(params.mlp, norm.apply(params.norm2, h)));
+    // Each branch's output is done with once added to the residual stream (no backward reads it).
+    const attnOut = proj.apply(params.attn.proj, attended);
+    const h = ops.add(x, attnOut);
+    discard(attnOut);
+    const mlpOut = feedForward.apply(params.mlp, norm.apply(params.norm2, h));
+    const out = ops.add(h, mlpOut);
+    discard(mlpOut);
+    return out;
   };
   const checkpointed = rematerialize(body);
   return {

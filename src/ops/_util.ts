@@ -52,7 +52,7 @@ export function empty(shape: Shape, dtype: DtypeName, device: Device = "cpu"): T
 export function toDtype(x: Tensor, dtype: DtypeName): Tensor {
   if (x.dtype === dtype) return x;
   const result = track(x.to(dtype));
-  return record(result, [x], (g) => [g.to(x.dtype)]);
+  return record(result, [x], [], (g) => [g.to(x.dtype)]);
 }
 
 /** Element count of a shape. */

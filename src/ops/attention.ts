@@ -55,7 +55,7 @@ function run(
     lse.dispose();
     return out;
   }
-  return record(out, inputs, (g) => {
+  return record(out, inputs, [...inputs, out, lse, ...(mask !== null ? [mask] : [])], (g) => {
     const grads = inputs.map((input) => empty(input.shape, input.dtype, input.device));
     const [dq, dk, dv] = views(grads);
     try {

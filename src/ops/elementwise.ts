@@ -105,7 +105,9 @@ function binary(op: BinaryName, a: Operand, b: Operand): Tensor {
   const bc = typeof b === "number" ? b : toDtype(b, dtype);
   const result = mapInto(op, BINARY_OP[op], shape, dtype, device, [ac, bc]);
   const inputs = [ac, bc].filter((x): x is Tensor => typeof x !== "number");
-  return record(result, inputs, (g) => {
+  // add and sub read no values in their backward pass; mul and div read both operands.
+  const saved = op === "add" || op === "sub" ? [] : inputs;
+  return record(result, inputs, saved, (g) => {
     const grads: Tensor[] = [];
     if (typeof ac !== "number") grads.push(binaryGrad(op, 0, g, ac, bc, shape));
     if (typeof bc !== "number") grads.push(binaryGrad(op, 1, g, ac, bc, shape));
@@ -230,7 +232,7 @@ export function scale(x: Tensor, factor: number): Tensor {
   }
   const f = Math.fround(factor);
   const result = mapInto("scale", MapOp.mul, x.shape, x.dtype, x.device, [x, f]);
-  return record(result, [x], (g) => [mapInto("scale backward", MapOp.mul, x.shape, g.dtype, g.device, [g, f])]);
+  return record(result, [x], [], (g) => [mapInto("scale backward", MapOp.mul, x.shape, g.dtype, g.device, [g, f])]);
 }
 
 function unary(op: string, code: ActivationCode, x: Tensor): Tensor {
@@ -242,7 +244,7 @@ function unary(op: string, code: ActivationCode, x: Tensor): Tensor {
   backend.activationForward(code, xc, result);
   // tanh and exp differentiate from their output, the others from their input: keep only that.
   const saved = code === Activation.tanh || code === Activation.exp ? result : xc;
-  return record(result, [xc], (g) => {
+  return record(result, [xc], [saved], (g) => {
     const dx = empty(xc.shape, dtype, xc.device);
     backendOf(dx.device).activationBackward(code, saved, g, dx);
     return [dx];
@@ -439,7 +441,7 @@ export function swiglu(a: Tensor, b: Tensor): Tensor {
   const bc = toDtype(b, dtype);
   const result = empty(ac.shape, dtype, ac.device);
   backendOf(ac.device).swigluForward(ac, bc, result);
-  return record(result, [ac, bc], (g) => {
+  return record(result, [ac, bc], [ac, bc], (g) => {
     const da = empty(ac.shape, dtype, ac.device);
     const db = empty(ac.shape, dtype, ac.device);
     backendOf(ac.device).swigluBackward(ac, bc, g, da, db);

@@ -58,7 +58,7 @@ export function embedding(table: Tensor, ids: Ids, idsShape?: readonly number[])
   const backend = backendOf(table.device);
   const result = empty([...shape, dim], table.dtype, table.device);
   backend.embeddingForward(table, kept, result);
-  return record(result, [table], (g) => {
+  return record(result, [table], [], (g) => {
     const gc = g.dtype === table.dtype ? g : g.to(table.dtype);
     const gradTable = empty(table.shape, table.dtype, table.device);
     try {

@@ -81,7 +81,7 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   const bc = toDtype(b, dtype);
   const broadcast = shared ? MatmulFlag.broadcastB : 0;
   const result = product(ac, bc, null, [...batchShape, m, n], dtype, [batch, m, n, k], broadcast);
-  return record(result, [ac, bc], (g) => {
+  return record(result, [ac, bc], [ac, bc], (g) => {
     // dA = g B^T (per batch element); dB = A^T g, summed over the batch when B is shared.
     const gradA = product(g, bc, null, ac.shape, dtype, [batch, m, k, n], MatmulFlag.transB | broadcast);
     const gradB = shared
@@ -136,7 +136,8 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   const dims = [1, rows, outFeatures, inFeatures] as const;
   const result = product(xc, wc, bc, [...x.shape.slice(0, -1), outFeatures], dtype, dims, MatmulFlag.transB);
   const inputs = bc !== null ? [xc, wc, bc] : [xc, wc];
-  return record(result, inputs, (g) => {
+  // The backward pass reads x and w (of the bias, only its shape).
+  return record(result, inputs, [xc, wc], (g) => {
     const gradX = product(g, wc, null, xc.shape, dtype, [1, rows, inFeatures, outFeatures], 0);
     const gradW = product(g, xc, null, wc.shape, dtype, [1, outFeatures, inFeatures, rows], MatmulFlag.transA);
     if (bc === null) return [gradX, gradW];

@@ -80,7 +80,9 @@ export function layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | nul
   const rstd = keep ? empty([rows], "float32", xc.device) : null;
   const result = empty(xc.shape, dtype, xc.device);
   backend.layerNormForward(xc, wc, bc, result, mean, rstd, eps);
-  return record(result, inputs, (g) => {
+  // Of the bias the backward pass reads only the shape.
+  const saved = [xc, ...(wc !== null ? [wc] : []), ...(mean !== null && rstd !== null ? [mean, rstd] : [])];
+  return record(result, inputs, saved, (g) => {
     const gc = inDtype(g, dtype);
     const gradX = empty(xc.shape, dtype, xc.device);
     const gradW = wc !== null ? empty(wc.shape, dtype, xc.device) : null;
@@ -126,7 +128,7 @@ export function rmsNorm(x: Tensor, weight?: Tensor | null, eps = 1e-6): Tensor {
   const rstd = inputs.some(requiresGrad) ? empty([rowCount(xc)], "float32", xc.device) : null;
   const result = empty(xc.shape, dtype, xc.device);
   backend.rmsNormForward(xc, wc, result, rstd, eps);
-  return record(result, inputs, (g) => {
+  return record(result, inputs, rstd !== null ? [...inputs, rstd] : inputs, (g) => {
     const gc = inDtype(g, dtype);
     const gradX = empty(xc.shape, dtype, xc.device);
     const gradW = wc !== null ? empty(wc.shape, dtype, xc.device) : null;

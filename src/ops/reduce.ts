@@ -78,7 +78,7 @@ function reduce(op: "sum" | "mean", x: Tensor, options: ReduceOptions): Tensor {
     const space = mapSpace(op, xc.shape, p.reduced, [stridesOf(xc.shape, null)]);
     backend.elementwiseMap(MapOp.copy, result, [xc], space, factor);
   }
-  return record(result, [xc], (g) => {
+  return record(result, [xc], [], (g) => {
     // The broadcast copy: every input element receives its output's gradient times the factor.
     const dx = empty(xc.shape, dtype, xc.device);
     const space = mapSpace(

@@ -152,7 +152,7 @@ export function rope(x: Tensor, options: RopeOptions = {}): Tensor {
   const backend = backendOf(source.device);
   const out = empty(source.shape, dtype, source.device);
   backend.ropeForward(problem, source, out);
-  return record(out, [source], (g) => {
+  return record(out, [source], [], (g) => {
     const dx = empty(source.shape, dtype, source.device);
     try {
       backend.ropeBackward(problem, g, dx);

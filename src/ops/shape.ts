@@ -61,7 +61,7 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   }
   const result = empty(inferred, x.dtype, x.device);
   backendOf(x.device).copy(x, result);
-  return record(result, [x], (g) => [g.reshape(x.shape)]);
+  return record(result, [x], [], (g) => [g.reshape(x.shape)]);
 }
 
 /**
@@ -94,7 +94,7 @@ export function transpose(x: Tensor, perm?: readonly number[]): Tensor {
   normalized.forEach((p, i) => {
     inverse[p] = i;
   });
-  return record(result, [x], (g) => {
+  return record(result, [x], [], (g) => {
     const outStrides = contiguousStrides(outShape);
     return [gathered(g, { offset: 0, strides: inverse.map((p) => outStrides[p]!) }, x.shape)];
   });
@@ -134,7 +134,7 @@ export function slice(x: Tensor, starts: readonly number[], ends: readonly numbe
   const inStrides = contiguousStrides(x.shape);
   const window: StridedView = { offset: lo.reduce((p, l, d) => p + l * inStrides[d]!, 0), strides: inStrides };
   const result = gathered(x, window, outShape);
-  return record(result, [x], (g) => {
+  return record(result, [x], [], (g) => {
     const backend = backendOf(g.device);
     const back = empty(x.shape, g.dtype, g.device);
     backend.zero(back);
@@ -191,7 +191,7 @@ export function concat(xs: readonly Tensor[], axis = 0): Tensor {
     backend.stridedCopy(x, contiguous(x.shape), result, regions[regions.length - 1]!, x.shape);
     start += x.shape[ax]!;
   }
-  return record(result, [...xs], (g) =>
+  return record(result, [...xs], [], (g) =>
     xs.map((x, i) => {
       const back = empty(x.shape, g.dtype, g.device);
       backendOf(g.device).stridedCopy(g, regions[i]!, back, contiguous(x.shape), x.shape);

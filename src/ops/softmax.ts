@@ -47,7 +47,7 @@ export function softmax(x: Tensor): Tensor {
   const backend = backendOf(xc.device);
   const result = empty(xc.shape, dtype, xc.device);
   backend.softmaxForward(xc, result);
-  return record(result, [xc], (g) => {
+  return record(result, [xc], [result], (g) => {
     const gc = inDtype(g, dtype);
     const gradX = empty(xc.shape, dtype, xc.device);
     try {
@@ -80,7 +80,7 @@ export function logSoftmax(x: Tensor): Tensor {
   const backend = backendOf(xc.device);
   const result = empty(xc.shape, dtype, xc.device);
   backend.logSoftmaxForward(xc, result);
-  return record(result, [xc], (g) => {
+  return record(result, [xc], [result], (g) => {
     const gc = inDtype(g, dtype);
     const gradX = empty(xc.shape, dtype, xc.device);
     try {
@@ -166,7 +166,7 @@ export function crossEntropy(logits: Tensor, labels: Labels, options: CrossEntro
   const lse = requiresGrad(xc) ? empty([rows], "float32", xc.device) : null;
   const result = empty([], "float32", xc.device);
   backend.crossEntropyForward(xc, kept, ignoreIndex, lse, result);
-  return record(result, [xc], (g) => {
+  return record(result, [xc], lse !== null ? [xc, lse] : [xc], (g) => {
     const gc = inDtype(g, "float32");
     const gradX = empty(xc.shape, dtype, xc.device);
     try {
