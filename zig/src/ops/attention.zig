@@ -20,10 +20,14 @@
 //! Backward, recomputing p = exp(s - lse) tile by tile, with delta_i = dO_i . O_i:
 //!   dv_j = sum_i p_ij dO_i, dk_j = sum_i ds_ij q_i, dq_i = sum_j ds_ij k_j,
 //!   ds_ij = p_ij (dO_i . v_j - delta_i) * scale.
-//! Two passes keep every sum in a fixed order: one task per (batch, kv head, key tile) gives dk and
-//! dv, summed over the group's query heads in head order and over query rows in row order; one
-//! task per (batch, query head, query tile) gives dq. No task's result depends on which thread ran
-//! it, so outputs are bit-identical on any thread count.
+//! Every sum runs in a fixed order: dk and dv of a key tile over the group's query heads in head
+//! order and over query rows in row order; dq of a row over key tiles in order. Two passes do it
+//! with fine tasks: one per (batch, kv head, key tile) gives dk and dv, one per (batch, query head,
+//! query tile) gives dq, recomputing p and ds. Where a kv head's dq fits a stack tile and there are
+//! enough (batch, kv head) tasks for the threads, one pass per (batch, kv head) runs the key tiles
+//! in order and adds each ds row into dq as well, computing p and ds once: the same sums in the
+//! same order, so the same bits. No task's result depends on which thread ran it, so outputs are
+//! bit-identical on any thread count.
 //!
 //! Storage is float32, float16 or bfloat16 (storage.zig), loaded into float32 tiles; every output
 //! is rounded once on store. Row functions are generic over the lane count n (the CPU runs
@@ -567,6 +571,31 @@ fn Kernels(comptime dtype: Dtype) type {
             d_scores: [block_q][block_kv]f32,
         };
 
+        /// Adds a query tile's terms to the key tile's dk and dv: dv_c += sum_r probs[r][c] dO_r
+        /// and dk_c += sum_r d_scores[r][c] q_r, over the rows with weight on key c, in order.
+        fn key_sums(tiles: *KeyTiles, rows: u64, cols: u64, dim: u64) void {
+            const probs: []const f32 = @ptrCast(&tiles.probs);
+            const d_scores: []const f32 = @ptrCast(&tiles.d_scores);
+            // Every row carrying weight on every key of the tile (rows past the diagonal):
+            // each key's sums run over all the rows, with no list to build or read.
+            var dense = true;
+            for (0..rows) |r| dense = dense and all_nonzero(&tiles.probs[r]);
+            for (0..cols) |c| {
+                if (dense) {
+                    gather_add_shared2(true, row_of(&tiles.dv, c, dim), 1, probs[c..], &tiles.d_out, row_of(&tiles.dk, c, dim), 1, d_scores[c..], &tiles.q, block_kv, &.{}, rows);
+                    continue;
+                }
+                var list: [block_q]u8 = undefined;
+                var listed: usize = 0;
+                for (0..rows) |r| {
+                    list[listed] = @intCast(r);
+                    listed += @intFromBool(tiles.probs[r][c] != 0);
+                }
+                if (listed == 0) continue;
+                gather_add_shared2(false, row_of(&tiles.dv, c, dim), 1, probs[c..], &tiles.d_out, row_of(&tiles.dk, c, dim), 1, d_scores[c..], &tiles.q, block_kv, list[0..listed], listed);
+            }
+        }
+
         /// dk and dv of one key tile: over the group's query heads in order, then query tiles in
         /// order, then rows in order.
         fn backward_keys_item(g: *const Backward, item: u64) void {
@@ -593,31 +622,71 @@ fn Kernels(comptime dtype: Dtype) type {
                     for (0..rows) |r| {
                         row_gradients(g, &tiles.keys, row_of(&tiles.q, r, dim), row_of(&tiles.d_out, r, dim), q0 + r, k0, cols, lse[r], delta[r], &tiles.probs[r], &tiles.d_scores[r]);
                     }
-                    const probs: []const f32 = @ptrCast(&tiles.probs);
-                    const d_scores: []const f32 = @ptrCast(&tiles.d_scores);
-                    // Every row carrying weight on every key of the tile (rows past the diagonal):
-                    // each key's sums run over all the rows, with no list to build or read.
-                    var dense = true;
-                    for (0..rows) |r| dense = dense and all_nonzero(&tiles.probs[r]);
-                    for (0..cols) |c| {
-                        if (dense) {
-                            gather_add_shared2(true, row_of(&tiles.dv, c, dim), 1, probs[c..], &tiles.d_out, row_of(&tiles.dk, c, dim), 1, d_scores[c..], &tiles.q, block_kv, &.{}, rows);
-                            continue;
-                        }
-                        var list: [block_q]u8 = undefined;
-                        var listed: usize = 0;
-                        for (0..rows) |r| {
-                            list[listed] = @intCast(r);
-                            listed += @intFromBool(tiles.probs[r][c] != 0);
-                        }
-                        if (listed == 0) continue;
-                        gather_add_shared2(false, row_of(&tiles.dv, c, dim), 1, probs[c..], &tiles.d_out, row_of(&tiles.dk, c, dim), 1, d_scores[c..], &tiles.q, block_kv, list[0..listed], listed);
-                    }
+                    key_sums(&tiles, rows, cols, dim);
                 }
             }
             for (0..cols) |c| {
                 store_row(dtype, g.dk, p.k_index(b, k0 + c, h_kv), row_of(&tiles.dk, c, dim), 1);
                 store_row(dtype, g.dv, p.v_index(b, k0 + c, h_kv), row_of(&tiles.dv, c, dim), 1);
+            }
+        }
+
+        const FusedTiles = struct { key: KeyTiles, dq: [fused_dq_floats]f32 };
+
+        /// dq, dk and dv of one (batch, kv head) in one pass: each key tile in order, as
+        /// backward_keys_item, and each row's probabilities and score gradients, computed there
+        /// once, also added into its dq (kept for every row of the group's heads), so no second
+        /// pass recomputes them. Every sum runs in the two-pass order (dk and dv over the group's
+        /// heads, query tiles and rows; dq over key tiles in order, then the tile's listed keys),
+        /// so the bits are backward_keys' and backward_queries'.
+        fn backward_fused_item(g: *const Backward, item: u64) void {
+            const p = &g.problem;
+            const dim = p.head_dim;
+            var tiles: FusedTiles = undefined;
+            const t = &tiles.key;
+            const h_kv = item % p.heads_kv;
+            const b = item / p.heads_kv;
+            const group = p.group();
+            const dq_all = tiles.dq[0 .. group * p.steps_q * dim];
+            @memset(dq_all, 0);
+            var delta: [block_q]f32 = undefined;
+            var lse: [block_q]f32 = undefined;
+            var k0: u64 = 0;
+            while (k0 < p.steps_kv) : (k0 += block_kv) {
+                const cols = @min(block_kv, p.steps_kv - k0);
+                t.keys.load(dtype, p, g.k, g.v, g.mask, b, h_kv, k0, cols);
+                @memset(t.dk[0 .. cols * dim], 0);
+                @memset(t.dv[0 .. cols * dim], 0);
+                const first_row = p.rows_begin(k0);
+                for (0..group) |member| {
+                    const h = h_kv * group + member;
+                    const dq_head = dq_all[member * p.steps_q * dim ..][0 .. p.steps_q * dim];
+                    var q0 = first_row / block_q * block_q;
+                    while (q0 < p.steps_q) : (q0 += block_q) {
+                        const rows = @min(block_q, p.steps_q - q0);
+                        load_queries(g, b, h, q0, rows, &t.q, &t.d_out, &delta, &lse);
+                        for (0..rows) |r| {
+                            row_gradients(g, &t.keys, row_of(&t.q, r, dim), row_of(&t.d_out, r, dim), q0 + r, k0, cols, lse[r], delta[r], &t.probs[r], &t.d_scores[r]);
+                            // dq_i += sum over the tile's keys with weight, in order (backward_queries_item).
+                            var list: [block_kv]u8 = undefined;
+                            var listed: usize = 0;
+                            for (0..cols) |c| {
+                                list[listed] = @intCast(c);
+                                listed += @intFromBool(t.probs[r][c] != 0);
+                            }
+                            gather_add_row(row_of(dq_head, q0 + r, dim), 1, &t.d_scores[r], 1, list[0..listed], &t.keys.k);
+                        }
+                        key_sums(t, rows, cols, dim);
+                    }
+                }
+                for (0..cols) |c| {
+                    store_row(dtype, g.dk, p.k_index(b, k0 + c, h_kv), row_of(&t.dk, c, dim), 1);
+                    store_row(dtype, g.dv, p.v_index(b, k0 + c, h_kv), row_of(&t.dv, c, dim), 1);
+                }
+            }
+            for (0..group) |member| {
+                const h = h_kv * group + member;
+                for (0..p.steps_q) |row| store_row(dtype, g.dq, p.q_index(b, row, h), row_of(dq_all, member * p.steps_q + row, dim), 1);
             }
         }
 
@@ -708,12 +777,29 @@ pub fn backward_queries(comptime dtype: Dtype, g: *const Backward) void {
 }
 
 /// dq, dk, dv (each in its operand's layout and the storage dtype) from the forward's out and lse.
+/// One pass per (batch, kv head) where its dq fits the stack tile and there are at least as many
+/// such items as threads; else the two passes, which split the work finer. The bits are the same.
 pub fn backward(comptime dtype: Dtype, g: *const Backward) void {
     const p = &g.problem;
     std.debug.assert(p.valid());
     const K = Kernels(dtype);
+    if (fused_fits(p) and p.batch * p.heads_kv >= pool.thread_count()) return backward_fused(dtype, g);
     Items(Backward, K.backward_keys_item).go(g, p.batch * p.heads_kv * kv_tiles(p), p.work());
     Items(Backward, K.backward_queries_item).go(g, p.batch * p.heads_q * q_tiles(p), p.work());
+}
+
+/// The one-pass backward (`fused_fits` must hold).
+pub fn backward_fused(comptime dtype: Dtype, g: *const Backward) void {
+    const p = &g.problem;
+    std.debug.assert(p.valid() and fused_fits(p));
+    Items(Backward, Kernels(dtype).backward_fused_item).go(g, p.batch * p.heads_kv, p.work());
+}
+
+/// Floats of the fused pass's dq tile: dq of every row of a kv head's group of query heads.
+const fused_dq_floats: u64 = 64 * 1024;
+
+pub fn fused_fits(p: *const Problem) bool {
+    return p.group() * p.steps_q * p.head_dim <= fused_dq_floats;
 }
 
 // ---- Tests ----
@@ -780,6 +866,11 @@ fn fill(values: []f32, seed: u32) void {
     for (values, 0..) |*x, i| x.* = @sin(@as(f32, @floatFromInt(i * 7 + seed)) * 0.731) * 1.3;
 }
 
+/// fill's values stored in `dtype` at the start of `values`.
+fn fill_as(comptime dtype: Dtype, values: []f32, seed: u32) void {
+    for (0..values.len) |i| storage.store_one(dtype, @ptrCast(values.ptr), i, @sin(@as(f32, @floatFromInt(i * 7 + seed)) * 0.731) * 1.3);
+}
+
 test "the tiled forward matches float64 attention for causal GQA with a padding mask, and a fully padded row gives 0" {
     const p = Problem{
         .batch = 2,
@@ -823,6 +914,93 @@ test "the tiled forward matches float64 attention for causal GQA with a padding 
     for (out, expected) |got, want| try testing.expect(@abs(got - want) <= 2e-6 * (1 + @abs(want)));
     for (0..19) |d| try testing.expectEqual(@as(f32, 0), out[p.o_index(1, 0, 0) + d]);
     try testing.expect(lse[p.lse_index(1, 0, 0)] == -std.math.inf(f32));
+}
+
+test "the one-pass backward gives the two passes' bits: GQA, masks, causal or not, T != S, tile tails, every dtype" {
+    const cases = [_]struct { u64, u64, u64, u64, u64, u64, u64, bool }{
+        // batch, steps_q, steps_kv, heads_q, heads_kv, head_dim, flags, mask
+        .{ 2, 37, 41, 4, 2, 19, flag_causal, true },
+        .{ 1, 70, 33, 4, 1, 24, 0, true },
+        .{ 2, 16, 96, 2, 2, 32, flag_causal, false },
+        .{ 1, 1, 1, 1, 1, 8, flag_causal, false },
+        .{ 1, 50, 50, 2, 2, 16, 0, false },
+    };
+    const allocator = testing.allocator;
+    inline for (.{ Dtype.float32, Dtype.bfloat16, Dtype.float16 }) |dtype| {
+        for (cases) |case| {
+            const p = Problem{
+                .batch = case[0],
+                .steps_q = case[1],
+                .steps_kv = case[2],
+                .heads_q = case[3],
+                .heads_kv = case[4],
+                .head_dim = case[5],
+                .q_stride = case[3] * case[5],
+                .k_stride = case[4] * case[5],
+                .v_stride = case[4] * case[5],
+                .o_stride = case[3] * case[5],
+                .flags = case[6],
+            };
+            try testing.expect(fused_fits(&p));
+            const q_len = p.batch * p.steps_q * p.q_stride;
+            const k_len = p.batch * p.steps_kv * p.k_stride;
+            const buffers = try allocator.alloc(f32, 5 * q_len + 6 * k_len + p.batch * p.heads_q * p.steps_q + p.batch * p.steps_kv);
+            defer allocator.free(buffers);
+            var rest = buffers;
+            const take = struct {
+                fn f(from: *[]f32, n: u64) []f32 {
+                    const out = from.*[0..n];
+                    from.* = from.*[n..];
+                    return out;
+                }
+            }.f;
+            const q = take(&rest, q_len);
+            const k = take(&rest, k_len);
+            const v = take(&rest, k_len);
+            const out = take(&rest, q_len);
+            const d_out = take(&rest, q_len);
+            const lse = take(&rest, p.batch * p.heads_q * p.steps_q);
+            const mask = take(&rest, p.batch * p.steps_kv);
+            const grads = [_][]f32{ take(&rest, q_len), take(&rest, k_len), take(&rest, k_len), take(&rest, q_len), take(&rest, k_len), take(&rest, k_len) };
+            fill_as(dtype, q, 1);
+            fill_as(dtype, k, 2);
+            fill_as(dtype, v, 3);
+            fill_as(dtype, d_out, 4);
+            for (mask, 0..) |*x, i| x.* = if (i % 5 == 2) 0 else 1;
+            const m: ?Mask = if (case[7]) .{ .values = @ptrCast(mask.ptr), .dtype = .float32 } else null;
+            const scale: f32 = 0.37;
+            forward(dtype, &.{ .problem = p, .scale = scale, .q = @ptrCast(q.ptr), .k = @ptrCast(k.ptr), .v = @ptrCast(v.ptr), .mask = m, .out = @ptrCast(out.ptr), .lse = lse.ptr });
+            for (0..2) |pass| {
+                const g = Backward{
+                    .problem = p,
+                    .scale = scale,
+                    .q = @ptrCast(q.ptr),
+                    .k = @ptrCast(k.ptr),
+                    .v = @ptrCast(v.ptr),
+                    .mask = m,
+                    .out = @ptrCast(out.ptr),
+                    .lse = lse.ptr,
+                    .d_out = @ptrCast(d_out.ptr),
+                    .dq = @ptrCast(grads[3 * pass].ptr),
+                    .dk = @ptrCast(grads[3 * pass + 1].ptr),
+                    .dv = @ptrCast(grads[3 * pass + 2].ptr),
+                };
+                for (grads[3 * pass ..][0..3]) |grad| @memset(grad, std.math.nan(f32));
+                if (pass == 0) {
+                    backward_keys(dtype, &g);
+                    backward_queries(dtype, &g);
+                } else backward_fused(dtype, &g);
+            }
+            const size = if (dtype == .float32) 4 else 2;
+            for (0..3) |i| {
+                const want: []const u8 = @as([*]const u8, @ptrCast(grads[i].ptr))[0 .. grads[i].len * size];
+                const got: []const u8 = @as([*]const u8, @ptrCast(grads[3 + i].ptr))[0 .. grads[i].len * size];
+                try testing.expectEqualSlices(u8, want, got);
+                // dv is not all zero: the comparison saw gradients (one key alone has ds = 0).
+                if (i == 2) try testing.expect(std.mem.indexOfNone(u8, want, &.{0}) != null);
+            }
+        }
+    }
 }
 
 test "the backward pass matches finite differences of float64 attention, with GQA, causality and a mask" {
