@@ -9,7 +9,9 @@
 //! here: they are memory-bound on large tensors, but on cache-resident ones (most tensors of a
 //! small model) zmm registers make them 1.2 to 1.7 times as fast, bit for bit the same. So do the
 //! activation and SwiGLU loops (ops/elementwise.zig's unary_range_c), compute-bound polynomials
-//! that run about 1.5 times as fast (the same values; a NaN may come out with the other sign).
+//! that run about 1.5 times as fast (the same values; a NaN may come out with the other sign),
+//! and the broadcast map engine's workers (map_body_c: binary ops, sums, means; bfloat16's
+//! conversions make it compute-bound on cache-resident tensors), bit for bit the same.
 //! Only loops live here: the thread pool and the dispatch decision stay in the baseline code, so
 //! there is one of each.
 
@@ -38,4 +40,5 @@ comptime {
     @export(&adamw.Steps.range_c, options.of(adamw.Steps.symbol));
     @export(&sgd.Steps.range_c, options.of(sgd.Steps.symbol));
     @export(&elementwise.unary_range_c, options.of("unary_range"));
+    @export(&elementwise.map_body_c, options.of("map_body"));
 }
