@@ -23,6 +23,7 @@ const adamw = @import("cpu/adamw.zig");
 const sgd = @import("cpu/sgd.zig");
 const dispatch = @import("cpu/dispatch.zig");
 const elementwise = @import("ops/elementwise.zig");
+const norm = @import("ops/norm.zig");
 
 comptime {
     // A wide object built for the baseline would export a path dispatch can never pick safely.
@@ -41,4 +42,5 @@ comptime {
     @export(&sgd.Steps.range_c, options.of(sgd.Steps.symbol));
     @export(&elementwise.unary_range_c, options.of("unary_range"));
     @export(&elementwise.map_body_c, options.of("map_body"));
+    @export(&norm.norm_range_c, options.of("norm_range"));
 }

@@ -20,6 +20,7 @@ const std = @import("std");
 const assert = std.debug.assert;
 const storage = @import("storage.zig");
 const pool = @import("../cpu/pool.zig");
+const dispatch = @import("../cpu/dispatch.zig");
 
 const Dtype = storage.Dtype;
 const F = storage.F;
@@ -238,14 +239,47 @@ fn Kernels(comptime dtype: Dtype) type {
         }
 
         fn forward(args: *const Forward) void {
-            parallel_items(args.rows, args.width, args, forward_rows);
+            const call = RangeCall(Forward){ .args = args, .pass = 0, .dtype = @backingInt(dtype), .range = picked_range() };
+            parallel_items(args.rows, args.width, &call, RangeCall(Forward).run);
         }
 
         fn backward(args: *const Backward) void {
             const blocks = block_count(args.rows);
-            parallel_items(blocks, block_rows(args.rows) * args.width, args, backward_blocks);
+            const call = RangeCall(Backward){ .args = args, .pass = 1, .dtype = @backingInt(dtype), .range = picked_range() };
+            parallel_items(blocks, block_rows(args.rows) * args.width, &call, RangeCall(Backward).run);
             if (args.grad_weight) |target| combine(args, 0, target);
             if (args.grad_bias) |target| combine(args, args.width, target);
+        }
+    };
+}
+
+/// Rows [begin, end) of a forward pass (`pass` 0, `args` a Forward) or row blocks of a backward
+/// pass (1, a Backward), as a C function: zig/src/wide.zig exports its x86-64-v4 compilations,
+/// whose zmm registers run the row sums and the bfloat16 and float16 conversions of
+/// cache-resident rows faster. The same operations in the same order on every path: the same bits.
+pub fn norm_range_c(pass: u32, dtype: u32, args: *const anyopaque, begin: u64, end: u64) callconv(.c) void {
+    switch (@as(Dtype, @fromBackingInt(@intCast(dtype)))) {
+        inline .float32, .float16, .bfloat16 => |d| if (pass == 0)
+            Kernels(d).forward_rows(@ptrCast(@alignCast(args)), begin, end)
+        else
+            Kernels(d).backward_blocks(@ptrCast(@alignCast(args)), begin, end),
+        else => unreachable,
+    }
+}
+
+fn picked_range() *const @TypeOf(norm_range_c) {
+    return dispatch.pick(*const @TypeOf(norm_range_c), "norm_range", &norm_range_c);
+}
+
+fn RangeCall(comptime Args: type) type {
+    return struct {
+        args: *const Args,
+        pass: u32,
+        dtype: u32,
+        range: *const @TypeOf(norm_range_c),
+
+        fn run(call: *const @This(), begin: u64, end: u64) void {
+            call.range(call.pass, call.dtype, call.args, begin, end);
         }
     };
 }
@@ -416,6 +450,79 @@ test "bfloat16 norm stores equal the float32 kernel's result rounded once" {
         try testing.expectEqual(rounded[0], narrow);
     }
 }
+
+test "every dispatch path gives the same bits: layer and RMS norm, forward and backward, every dtype" {
+    const rows = 300;
+    const width = 77; // Vector body and scalar tail.
+    const allocator = testing.allocator;
+    const n = rows * width;
+    const buffers = try allocator.alloc(f32, 3 * n + 2 * width + 2 * rows + workspace_count(rows, width) + 2 * (n + 2 * width + 2 * rows));
+    defer allocator.free(buffers);
+    var rest = buffers;
+    const take = struct {
+        fn f(from: *[]f32, count: u64) []f32 {
+            const out = from.*[0..count];
+            from.* = from.*[count..];
+            return out;
+        }
+    }.f;
+    const x = take(&rest, n);
+    const grad_out = take(&rest, n);
+    const out = take(&rest, n);
+    const weight = take(&rest, width);
+    const bias = take(&rest, width);
+    const mean = take(&rest, rows);
+    const rstd = take(&rest, rows);
+    const workspace = take(&rest, workspace_count(rows, width));
+    // Per path: out | grad_x, grad_weight, grad_bias, mean, rstd (what the passes write).
+    const results = [_][]f32{ take(&rest, n + 2 * width + 2 * rows), take(&rest, n + 2 * width + 2 * rows) };
+    var prng = std.Random.DefaultPrng.init(3);
+    defer dispatch.set_path_for_test(null);
+    inline for (.{ Dtype.float32, Dtype.bfloat16, Dtype.float16 }) |dtype| {
+        for (x, 0..) |_, i| storage.store_one(dtype, @ptrCast(x.ptr), i, (prng.random().float(f32) - 0.3) * 4);
+        for (grad_out, 0..) |_, i| storage.store_one(dtype, @ptrCast(grad_out.ptr), i, prng.random().float(f32) - 0.5);
+        for (0..width) |i| {
+            storage.store_one(dtype, @ptrCast(weight.ptr), i, 0.5 + prng.random().float(f32));
+            storage.store_one(dtype, @ptrCast(bias.ptr), i, prng.random().float(f32) - 0.5);
+        }
+        for ([_]Kind{ .layer, .rms }) |kind| {
+            for (dispatch.paths_available(), 0..) |path, index| {
+                dispatch.set_path_for_test(path);
+                const result = results[@min(index, 1)];
+                @memset(result, 0);
+                forward(dtype, &.{ .kind = kind, .x = @ptrCast(x.ptr), .weight = @ptrCast(weight.ptr), .bias = if (kind == .layer) @ptrCast(bias.ptr) else null, .out = @ptrCast(out.ptr), .mean = mean.ptr, .rstd = rstd.ptr, .rows = rows, .width = width, .eps = 1e-5 });
+                backward(dtype, &.{
+                    .kind = kind,
+                    .x = @ptrCast(x.ptr),
+                    .weight = @ptrCast(weight.ptr),
+                    .mean = mean.ptr,
+                    .rstd = rstd.ptr,
+                    .grad_out = @ptrCast(grad_out.ptr),
+                    .grad_x = @ptrCast(result.ptr),
+                    .grad_weight = @ptrCast(result[n..].ptr),
+                    .grad_bias = if (kind == .layer) @ptrCast(result[n + width ..].ptr) else null,
+                    .workspace = workspace.ptr,
+                    .rows = rows,
+                    .width = width,
+                });
+                // The forward's statistics join the compared results, its output by a hash.
+                @memcpy(result[n + 2 * width ..][0..rows], mean);
+                @memcpy(result[n + 2 * width + rows ..][0..rows], rstd);
+                const out_bits: []const u32 = @ptrCast(out);
+                var out_hash: u64 = 0;
+                for (out_bits) |bits| out_hash = out_hash *% 1_000_003 +% bits;
+                if (index == 0) {
+                    forward_hash = out_hash;
+                } else {
+                    try testing.expectEqual(forward_hash, out_hash);
+                    try testing.expectEqualSlices(u32, @ptrCast(results[0]), @ptrCast(results[1]));
+                }
+            }
+        }
+    }
+}
+
+var forward_hash: u64 = 0;
 
 test "block sizes depend on the row count only and cover every row" {
     for ([_]u64{ 1, 2, 63, 64, 65, 127, 128, 1000, 4097 }) |rows| {
