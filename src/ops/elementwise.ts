@@ -138,6 +138,15 @@ export function addSame(a: Tensor, b: Tensor): Tensor {
 }
 
 /**
+ * `g` summed down to `shape` (a shape that broadcasts to g's, e.g. a bias's [out] from [..., out]),
+ * in g's dtype, without autocast or recording: each element sums its terms in order in float64
+ * and is rounded once. For backward passes (a linear layer's bias gradient). @internal
+ */
+export function sumToShape(g: Tensor, shape: Shape): Tensor {
+  return reduceInto("sum to shape", MapOp.copy, shape, g.shape, g.dtype, g.device, [g], 1);
+}
+
+/**
  * `a + b` with NumPy broadcasting, in autocast's "add" dtype (the widest input by default).
  *
  * @param a A tensor, or a number.

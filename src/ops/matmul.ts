@@ -11,9 +11,10 @@ import { record } from "../autodiff.ts";
 import { backendOf } from "../backend/backend.ts";
 import { MatmulFlag } from "../backend/cpu/layout.ts";
 import type { DtypeName } from "../dtype.ts";
-import { type Shape, Tensor, full } from "../tensor.ts";
+import { type Shape, Tensor } from "../tensor.ts";
 import { autocastDtype } from "./_autocast.ts";
 import { checkSameDevice, checkTensor, empty, shapeText, toDtype } from "./_util.ts";
+import { sumToShape } from "./elementwise.ts";
 
 /**
  * op(A) op(B) (+ bias) in `dtype`, accumulated in float32 and rounded once. On the CPU the
@@ -141,8 +142,8 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
     const gradX = product(g, wc, null, xc.shape, dtype, [1, rows, inFeatures, outFeatures], 0);
     const gradW = product(g, xc, null, wc.shape, dtype, [1, outFeatures, inFeatures, rows], MatmulFlag.transA);
     if (bc === null) return [gradX, gradW];
-    // The bias gradient sums g over its rows: ones^T g through the same kernel (float32 sums).
-    using ones = full([rows], 1, { device: g.device });
-    return [gradX, gradW, product(ones, g, null, bc.shape, dtype, [1, 1, outFeatures, rows], MatmulFlag.transA)];
+    // The bias gradient sums g over its rows: a column reduction of the map engine (float64
+    // sums, rounded once), several times as fast as a one-row product ones^T g.
+    return [gradX, gradW, sumToShape(g, bc.shape)];
   });
 }

@@ -492,6 +492,44 @@ fn offsets_of(shape: []const u64, strides: *const [operands_max][dims_max]u64, i
     return result;
 }
 
+/// The operand offsets of reduced index r and its odometer over the reduced dimensions, stepped
+/// one r at a time.
+const Walk = struct {
+    reduced: [operands_max]u64,
+    counter: [dims_max]u64,
+
+    fn start(layout: *const Layout, r: u64) Walk {
+        const shape = layout.reduced_shape[0..layout.reduced_ndim];
+        var walk = Walk{ .reduced = offsets_of(shape, &layout.reduced_strides, r), .counter = undefined };
+        var rest = r;
+        var d = shape.len;
+        while (d > 0) {
+            d -= 1;
+            walk.counter[d] = rest % shape[d];
+            rest /= shape[d];
+        }
+        return walk;
+    }
+
+    inline fn base(walk: *const Walk, kept_base: [operands_max]u64) [operands_max]u64 {
+        var result: [operands_max]u64 = undefined;
+        for (0..operands_max) |i| result[i] = kept_base[i] + walk.reduced[i];
+        return result;
+    }
+
+    inline fn step(walk: *Walk, layout: *const Layout) void {
+        var d: usize = layout.reduced_ndim;
+        while (d > 0) {
+            d -= 1;
+            walk.counter[d] += 1;
+            for (0..operands_max) |i| walk.reduced[i] += layout.reduced_strides[i][d];
+            if (walk.counter[d] < layout.reduced_shape[d]) break;
+            for (0..operands_max) |i| walk.reduced[i] -= walk.counter[d] * layout.reduced_strides[i][d];
+            walk.counter[d] = 0;
+        }
+    }
+};
+
 fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
     return struct {
         const Self = @This();
@@ -548,44 +586,52 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
                 inner[i] = layout.kept_strides[i][kept_ndim - 1];
                 if (i < arity and !self.map.constant[i] and inner[i] > 1) vector = false;
             }
-            const reduced_shape = layout.reduced_shape[0..layout.reduced_ndim];
-            var reduced = offsets_of(reduced_shape, &layout.reduced_strides, r_begin);
-            var counter: [dims_max]u64 = undefined;
-            {
-                var rest = r_begin;
-                var d = reduced_shape.len;
-                while (d > 0) {
-                    d -= 1;
-                    counter[d] = rest % reduced_shape[d];
-                    rest /= reduced_shape[d];
+            // Each target's terms in order of r, in float64. Over contiguous targets the loops run
+            // over r innermost, a block of targets at a time, so the running sums stay in
+            // registers (a target's order of additions does not depend on the blocking).
+            var k: u32 = 0;
+            if (vector) {
+                const V64 = @Vector(lanes, f64);
+                while (k + 2 * lanes <= len) : (k += 2 * lanes) {
+                    var walk = Walk.start(layout, r_begin);
+                    var first_half: V64 = undefined;
+                    var second_half: V64 = undefined;
+                    var r = r_begin;
+                    while (r < r_end) : (r += 1) {
+                        const base = walk.base(kept_base);
+                        const x: V64 = self.term(lanes, base, k, inner);
+                        const y: V64 = self.term(lanes, base, k + lanes, inner);
+                        first_half = if (r == r_begin) x else first_half + x;
+                        second_half = if (r == r_begin) y else second_half + y;
+                        walk.step(layout);
+                    }
+                    sums[k..][0..lanes].* = first_half;
+                    sums[k + lanes ..][0..lanes].* = second_half;
+                }
+                while (k + lanes <= len) : (k += lanes) {
+                    var walk = Walk.start(layout, r_begin);
+                    var total: V64 = undefined;
+                    var r = r_begin;
+                    while (r < r_end) : (r += 1) {
+                        const x: V64 = self.term(lanes, walk.base(kept_base), k, inner);
+                        total = if (r == r_begin) x else total + x;
+                        walk.step(layout);
+                    }
+                    sums[k..][0..lanes].* = total;
                 }
             }
+            if (k == len) return;
+            // The rest (a tail, or targets that are not contiguous): r outer, so the targets'
+            // independent sums interleave instead of one long dependent chain at a time.
+            var walk = Walk.start(layout, r_begin);
             var r = r_begin;
             while (r < r_end) : (r += 1) {
-                var base: [operands_max]u64 = undefined;
-                for (0..operands_max) |i| base[i] = kept_base[i] + reduced[i];
-                var k: u32 = 0;
-                if (vector) {
-                    while (k + lanes <= len) : (k += lanes) {
-                        const wide: @Vector(lanes, f64) = self.term(lanes, base, k, inner);
-                        const slot: *[lanes]f64 = sums[k..][0..lanes];
-                        slot.* = if (r == r_begin) wide else @as(@Vector(lanes, f64), slot.*) + wide;
-                    }
+                const base = walk.base(kept_base);
+                for (k..len) |j| {
+                    const x: f64 = self.term(1, base, @intCast(j), inner)[0];
+                    sums[j] = if (r == r_begin) x else sums[j] + x;
                 }
-                while (k < len) : (k += 1) {
-                    const wide: f64 = self.term(1, base, k, inner)[0];
-                    sums[k] = if (r == r_begin) wide else sums[k] + wide;
-                }
-                // Step the odometer over the reduced dimensions.
-                var d = reduced_shape.len;
-                while (d > 0) {
-                    d -= 1;
-                    counter[d] += 1;
-                    for (0..operands_max) |i| reduced[i] += layout.reduced_strides[i][d];
-                    if (counter[d] < reduced_shape[d]) break;
-                    for (0..operands_max) |i| reduced[i] -= counter[d] * layout.reduced_strides[i][d];
-                    counter[d] = 0;
-                }
+                walk.step(layout);
             }
         }
 
@@ -687,7 +733,6 @@ pub fn reduce_chunks(layout: *const Layout) u32 {
         1;
 }
 
-/// Runs the engine: target[j] = scale * sum_r f(operands at (j, r)).
 /// What one map_run call's engine works from, shared by every worker.
 pub const MapState = struct {
     map: *const Map,
@@ -712,6 +757,7 @@ pub fn map_body_c(op: u32, dtype: u32, state: *const MapState, worker: u32, work
     }
 }
 
+/// Runs the engine: target[j] = scale * sum_r f(operands at (j, r)).
 pub fn map_run(comptime op: MapOp, comptime dtype: Dtype, map: *const Map) void {
     const layout = map.layout;
     var reads: [operands_max]bool = undefined;
