@@ -499,15 +499,16 @@ const Walk = struct {
     counter: [dims_max]u64,
 
     fn start(layout: *const Layout, r: u64) Walk {
-        const shape = layout.reduced_shape[0..layout.reduced_ndim];
-        var walk = Walk{ .reduced = offsets_of(shape, &layout.reduced_strides, r), .counter = undefined };
+        var walk = Walk{ .reduced = @splat(0), .counter = undefined };
         var rest = r;
-        var d = shape.len;
+        var d: usize = layout.reduced_ndim;
         while (d > 0) {
             d -= 1;
-            walk.counter[d] = rest % shape[d];
-            rest /= shape[d];
+            walk.counter[d] = rest % layout.reduced_shape[d];
+            rest /= layout.reduced_shape[d];
+            for (0..operands_max) |i| walk.reduced[i] += walk.counter[d] * layout.reduced_strides[i][d];
         }
+        assert(rest == 0);
         return walk;
     }
 
@@ -535,32 +536,13 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
         const Self = @This();
         const arity = op.arity();
 
-        map: *const Map,
-        reduced_count: u64,
-        inner_len: u64,
-        tiles_per_row: u64,
-        tile_count: u64,
-        chunk_count: u32,
-        /// Per chunk and tile element: the float64 partials of a chunked (single-tile) reduction.
-        partials: *[chunks_max][tile_len]f64,
-
-        fn of(state: *const MapState) Self {
-            return .{
-                .map = state.map,
-                .reduced_count = state.reduced_count,
-                .inner_len = state.inner_len,
-                .tiles_per_row = state.tiles_per_row,
-                .tile_count = state.tile_count,
-                .chunk_count = state.chunk_count,
-                .partials = state.partials,
-            };
-        }
+        state: *const MapState,
 
         inline fn operand(self: *const Self, comptime n: comptime_int, comptime i: usize, index: u64, stride: u64) F(n) {
             if (i >= arity) return splat(n, 0);
-            if (self.map.constant[i]) return splat(n, self.map.scalar);
-            if (n == 1 or stride == 0) return @splat(storage.load_one(dtype, self.map.operands[i], index));
-            return storage.load(n, dtype, self.map.operands[i], index);
+            if (self.state.map.constant[i]) return splat(n, self.state.map.scalar);
+            if (n == 1 or stride == 0) return @splat(storage.load_one(dtype, self.state.map.operands[i], index));
+            return storage.load(n, dtype, self.state.map.operands[i], index);
         }
 
         inline fn term(self: *const Self, comptime n: comptime_int, base: [operands_max]u64, k: u64, inner: [operands_max]u64) F(n) {
@@ -577,14 +559,14 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
         /// (within one run of the innermost kept dimension) into `sums`.
         fn accumulate(self: *const Self, first: u64, len: u32, r_begin: u64, r_end: u64, sums: *[tile_len]f64) void {
             assert(len >= 1 and len <= tile_len and r_begin < r_end);
-            const layout = self.map.layout;
+            const layout = self.state.map.layout;
             const kept_ndim = layout.kept_ndim;
             const kept_base = offsets_of(layout.kept_shape[0..kept_ndim], &layout.kept_strides, first);
             var inner: [operands_max]u64 = undefined;
             var vector = true;
             for (0..operands_max) |i| {
                 inner[i] = layout.kept_strides[i][kept_ndim - 1];
-                if (i < arity and !self.map.constant[i] and inner[i] > 1) vector = false;
+                if (i < arity and !self.state.map.constant[i] and inner[i] > 1) vector = false;
             }
             // Each target's terms in order of r, in float64. Over contiguous targets the loops run
             // over r innermost, a block of targets at a time, so the running sums stay in
@@ -637,81 +619,81 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
 
         /// Without reduced dimensions: target = scale * f, vector by vector, no accumulator.
         fn elementwise(self: *const Self, first: u64, len: u32) void {
-            const layout = self.map.layout;
+            const layout = self.state.map.layout;
             const kept_ndim = layout.kept_ndim;
             const base = offsets_of(layout.kept_shape[0..kept_ndim], &layout.kept_strides, first);
             var inner: [operands_max]u64 = undefined;
             var vector = true;
             for (0..operands_max) |i| {
                 inner[i] = layout.kept_strides[i][kept_ndim - 1];
-                if (i < arity and !self.map.constant[i] and inner[i] > 1) vector = false;
+                if (i < arity and !self.state.map.constant[i] and inner[i] > 1) vector = false;
             }
-            const scale = self.map.scale;
+            const scale = self.state.map.scale;
             var k: u32 = 0;
             if (vector) {
                 while (k + lanes <= len) : (k += lanes) {
                     var value = self.term(lanes, base, k, inner);
                     if (scale != 1) value *= splat(lanes, scale);
-                    storage.store(lanes, dtype, self.map.target, first + k, value);
+                    storage.store(lanes, dtype, self.state.map.target, first + k, value);
                 }
             }
             while (k < len) : (k += 1) {
                 var value = self.term(1, base, k, inner);
                 if (scale != 1) value *= splat(1, scale);
-                storage.store(1, dtype, self.map.target, first + k, value);
+                storage.store(1, dtype, self.state.map.target, first + k, value);
             }
         }
 
         fn finish(self: *const Self, first: u64, len: u32, sums: *const [tile_len]f64) void {
             // A float32 scale times a float32-rounded sum is exact in float64 before the one
             // rounding to float32, so this equals a float32 multiply when nothing was summed.
-            const scale: f64 = self.map.scale;
+            const scale: f64 = self.state.map.scale;
             var k: u32 = 0;
             while (k + lanes <= len) : (k += lanes) {
                 const wide: @Vector(lanes, f64) = sums[k..][0..lanes].*;
                 const value: F(lanes) = @floatCast(wide * @as(@Vector(lanes, f64), @splat(scale)));
-                storage.store(lanes, dtype, self.map.target, first + k, value);
+                storage.store(lanes, dtype, self.state.map.target, first + k, value);
             }
             while (k < len) : (k += 1) {
-                storage.store_one(dtype, self.map.target, first + k, @floatCast(sums[k] * scale));
+                storage.store_one(dtype, self.state.map.target, first + k, @floatCast(sums[k] * scale));
             }
         }
 
         fn tile_bounds(self: *const Self, tile: u64) struct { u64, u32 } {
-            const row = tile / self.tiles_per_row;
-            const column = (tile % self.tiles_per_row) * tile_len;
-            const len: u32 = @intCast(@min(tile_len, self.inner_len - column));
-            return .{ row * self.inner_len + column, len };
+            const row = tile / self.state.tiles_per_row;
+            const column = (tile % self.state.tiles_per_row) * tile_len;
+            const len: u32 = @intCast(@min(tile_len, self.state.inner_len - column));
+            return .{ row * self.state.inner_len + column, len };
         }
 
         fn run_tile(self: *const Self, tile: u64) void {
             const first, const len = self.tile_bounds(tile);
-            if (self.reduced_count == 1 and self.map.layout.reduced_ndim == 0) {
+            if (self.state.reduced_count == 1 and self.state.map.layout.reduced_ndim == 0) {
                 self.elementwise(first, len);
                 return;
             }
             var sums: [tile_len]f64 = undefined;
-            self.accumulate(first, len, 0, self.reduced_count, &sums);
+            self.accumulate(first, len, 0, self.state.reduced_count, &sums);
             self.finish(first, len, &sums);
         }
 
         fn run_chunk(self: *const Self, chunk: u32) void {
-            assert(self.tile_count == 1);
-            assert(chunk < self.chunk_count);
+            assert(self.state.tile_count == 1);
+            assert(chunk < self.state.chunk_count);
             const first, const len = self.tile_bounds(0);
-            const begin = self.reduced_count * chunk / self.chunk_count;
-            const end = self.reduced_count * (chunk + 1) / self.chunk_count;
-            self.accumulate(first, len, begin, end, &self.partials[chunk]);
+            const begin = self.state.reduced_count * chunk / self.state.chunk_count;
+            const end = self.state.reduced_count * (chunk + 1) / self.state.chunk_count;
+            self.accumulate(first, len, begin, end, &self.state.partials[chunk]);
         }
 
         /// Worker `worker` of `workers` takes a contiguous share of the units (tiles or chunks).
         fn body(self: *const Self, worker: u32, workers: u32) void {
-            const units: u64 = if (self.chunk_count > 1) self.chunk_count else self.tile_count;
+            const units: u64 = if (self.state.chunk_count > 1) self.state.chunk_count else self.state.tile_count;
             const begin = units * worker / workers;
             const end = units * (worker + 1) / workers;
             var unit = begin;
             while (unit < end) : (unit += 1) {
-                if (self.chunk_count > 1) self.run_chunk(@intCast(unit)) else self.run_tile(unit);
+                if (self.state.chunk_count > 1) self.run_chunk(@intCast(unit)) else self.run_tile(unit);
             }
         }
     };
@@ -741,6 +723,7 @@ pub const MapState = struct {
     tiles_per_row: u64,
     tile_count: u64,
     chunk_count: u32,
+    /// Per chunk and tile element: the float64 partials of a chunked (single-tile) reduction.
     partials: *[chunks_max][tile_len]f64,
 };
 
@@ -751,7 +734,7 @@ pub const MapState = struct {
 pub fn map_body_c(op: u32, dtype: u32, state: *const MapState, worker: u32, workers: u32) callconv(.c) void {
     switch (@as(MapOp, @fromBackingInt(@intCast(op)))) {
         inline else => |o| switch (@as(Dtype, @fromBackingInt(@intCast(dtype)))) {
-            inline .float32, .float16, .bfloat16 => |d| Engine(o, d).of(state).body(worker, workers),
+            inline .float32, .float16, .bfloat16 => |d| (Engine(o, d){ .state = state }).body(worker, workers),
             else => unreachable,
         },
     }
@@ -797,7 +780,7 @@ pub fn map_run(comptime op: MapOp, comptime dtype: Dtype, map: *const Map) void 
     const split = Split{ .state = &state, .workers = workers, .body = dispatch.pick(*const @TypeOf(map_body_c), "map_body", &map_body_c) };
     pool.run_workers(workers, &split, Split.call);
     if (chunk_count > 1) {
-        const engine = Engine(op, dtype).of(&state);
+        const engine = Engine(op, dtype){ .state = &state };
         const first, const len = engine.tile_bounds(0);
         var sums = partials[0];
         for (partials[1..chunk_count]) |*partial| {
