@@ -600,16 +600,23 @@ fn Kernels(comptime dtype: Dtype) type {
         /// order, then rows in order.
         fn backward_keys_item(g: *const Backward, item: u64) void {
             const p = &g.problem;
-            const dim = p.head_dim;
             var tiles: KeyTiles = undefined;
             const tile = item % kv_tiles(p);
             const h_kv = (item / kv_tiles(p)) % p.heads_kv;
             const b = item / kv_tiles(p) / p.heads_kv;
-            const k0 = tile * block_kv;
+            key_tile(g, &tiles, b, h_kv, tile * block_kv, null);
+        }
+
+        /// dk and dv of the key tile at k0 of (batch b, kv head h_kv), stored; with `dq` (every
+        /// row of the group's heads, head by head), each row's ds over the tile is also added into
+        /// its dq, in backward_queries_item's order.
+        fn key_tile(g: *const Backward, t: *KeyTiles, b: u64, h_kv: u64, k0: u64, dq: ?[]f32) void {
+            const p = &g.problem;
+            const dim = p.head_dim;
             const cols = @min(block_kv, p.steps_kv - k0);
-            tiles.keys.load(dtype, p, g.k, g.v, g.mask, b, h_kv, k0, cols);
-            @memset(tiles.dk[0 .. cols * dim], 0);
-            @memset(tiles.dv[0 .. cols * dim], 0);
+            t.keys.load(dtype, p, g.k, g.v, g.mask, b, h_kv, k0, cols);
+            @memset(t.dk[0 .. cols * dim], 0);
+            @memset(t.dv[0 .. cols * dim], 0);
             const first_row = p.rows_begin(k0);
             var delta: [block_q]f32 = undefined;
             var lse: [block_q]f32 = undefined;
@@ -618,16 +625,17 @@ fn Kernels(comptime dtype: Dtype) type {
                 var q0 = first_row / block_q * block_q;
                 while (q0 < p.steps_q) : (q0 += block_q) {
                     const rows = @min(block_q, p.steps_q - q0);
-                    load_queries(g, b, h, q0, rows, &tiles.q, &tiles.d_out, &delta, &lse);
+                    load_queries(g, b, h, q0, rows, &t.q, &t.d_out, &delta, &lse);
                     for (0..rows) |r| {
-                        row_gradients(g, &tiles.keys, row_of(&tiles.q, r, dim), row_of(&tiles.d_out, r, dim), q0 + r, k0, cols, lse[r], delta[r], &tiles.probs[r], &tiles.d_scores[r]);
+                        row_gradients(g, &t.keys, row_of(&t.q, r, dim), row_of(&t.d_out, r, dim), q0 + r, k0, cols, lse[r], delta[r], &t.probs[r], &t.d_scores[r]);
+                        if (dq) |all| add_dq(row_of(all, member * p.steps_q + q0 + r, dim), &t.probs[r], &t.d_scores[r], cols, &t.keys);
                     }
-                    key_sums(&tiles, rows, cols, dim);
+                    key_sums(t, rows, cols, dim);
                 }
             }
             for (0..cols) |c| {
-                store_row(dtype, g.dk, p.k_index(b, k0 + c, h_kv), row_of(&tiles.dk, c, dim), 1);
-                store_row(dtype, g.dv, p.v_index(b, k0 + c, h_kv), row_of(&tiles.dv, c, dim), 1);
+                store_row(dtype, g.dk, p.k_index(b, k0 + c, h_kv), row_of(&t.dk, c, dim), 1);
+                store_row(dtype, g.dv, p.v_index(b, k0 + c, h_kv), row_of(&t.dv, c, dim), 1);
             }
         }
 
@@ -643,51 +651,27 @@ fn Kernels(comptime dtype: Dtype) type {
             const p = &g.problem;
             const dim = p.head_dim;
             var tiles: FusedTiles = undefined;
-            const t = &tiles.key;
             const h_kv = item % p.heads_kv;
             const b = item / p.heads_kv;
-            const group = p.group();
-            const dq_all = tiles.dq[0 .. group * p.steps_q * dim];
+            const dq_all = tiles.dq[0 .. p.group() * p.steps_q * dim];
             @memset(dq_all, 0);
-            var delta: [block_q]f32 = undefined;
-            var lse: [block_q]f32 = undefined;
             var k0: u64 = 0;
-            while (k0 < p.steps_kv) : (k0 += block_kv) {
-                const cols = @min(block_kv, p.steps_kv - k0);
-                t.keys.load(dtype, p, g.k, g.v, g.mask, b, h_kv, k0, cols);
-                @memset(t.dk[0 .. cols * dim], 0);
-                @memset(t.dv[0 .. cols * dim], 0);
-                const first_row = p.rows_begin(k0);
-                for (0..group) |member| {
-                    const h = h_kv * group + member;
-                    const dq_head = dq_all[member * p.steps_q * dim ..][0 .. p.steps_q * dim];
-                    var q0 = first_row / block_q * block_q;
-                    while (q0 < p.steps_q) : (q0 += block_q) {
-                        const rows = @min(block_q, p.steps_q - q0);
-                        load_queries(g, b, h, q0, rows, &t.q, &t.d_out, &delta, &lse);
-                        for (0..rows) |r| {
-                            row_gradients(g, &t.keys, row_of(&t.q, r, dim), row_of(&t.d_out, r, dim), q0 + r, k0, cols, lse[r], delta[r], &t.probs[r], &t.d_scores[r]);
-                            // dq_i += sum over the tile's keys with weight, in order (backward_queries_item).
-                            var list: [block_kv]u8 = undefined;
-                            var listed: usize = 0;
-                            for (0..cols) |c| {
-                                list[listed] = @intCast(c);
-                                listed += @intFromBool(t.probs[r][c] != 0);
-                            }
-                            gather_add_row(row_of(dq_head, q0 + r, dim), 1, &t.d_scores[r], 1, list[0..listed], &t.keys.k);
-                        }
-                        key_sums(t, rows, cols, dim);
-                    }
-                }
-                for (0..cols) |c| {
-                    store_row(dtype, g.dk, p.k_index(b, k0 + c, h_kv), row_of(&t.dk, c, dim), 1);
-                    store_row(dtype, g.dv, p.v_index(b, k0 + c, h_kv), row_of(&t.dv, c, dim), 1);
-                }
-            }
-            for (0..group) |member| {
-                const h = h_kv * group + member;
+            while (k0 < p.steps_kv) : (k0 += block_kv) key_tile(g, &tiles.key, b, h_kv, k0, dq_all);
+            for (0..p.group()) |member| {
+                const h = h_kv * p.group() + member;
                 for (0..p.steps_q) |row| store_row(dtype, g.dq, p.q_index(b, row, h), row_of(dq_all, member * p.steps_q + row, dim), 1);
             }
+        }
+
+        /// dq_row += sum over the tile's keys with weight (probs not 0), in order, of ds k.
+        fn add_dq(dq_row: []f32, probs: *const [block_kv]f32, d_scores: *const [block_kv]f32, cols: u64, keys: *const Keys) void {
+            var list: [block_kv]u8 = undefined;
+            var listed: usize = 0;
+            for (0..cols) |c| {
+                list[listed] = @intCast(c);
+                listed += @intFromBool(probs[c] != 0);
+            }
+            gather_add_row(dq_row, 1, d_scores, 1, list[0..listed], &keys.k);
         }
 
         const QueryTiles = struct { q: QTile, d_out: QTile, dq: QTile, keys: Keys, probs: [block_kv]f32, d_scores: [block_kv]f32 };
@@ -711,13 +695,7 @@ fn Kernels(comptime dtype: Dtype) type {
                 for (0..rows) |r| {
                     if (lse[r] == -std.math.inf(f32)) continue;
                     row_gradients(g, &tiles.keys, row_of(&tiles.q, r, dim), row_of(&tiles.d_out, r, dim), q0 + r, k0, cols, lse[r], delta[r], &tiles.probs, &tiles.d_scores);
-                    var list: [block_kv]u8 = undefined;
-                    var listed: usize = 0;
-                    for (0..cols) |c| {
-                        list[listed] = @intCast(c);
-                        listed += @intFromBool(tiles.probs[c] != 0);
-                    }
-                    gather_add_row(row_of(&tiles.dq, r, dim), 1, &tiles.d_scores, 1, list[0..listed], &tiles.keys.k);
+                    add_dq(row_of(&tiles.dq, r, dim), &tiles.probs, &tiles.d_scores, cols, &tiles.keys);
                 }
             }
             for (0..rows) |r| store_row(dtype, g.dq, p.q_index(b, q0 + r, h), row_of(&tiles.dq, r, dim), 1);
