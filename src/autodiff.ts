@@ -46,8 +46,8 @@ interface Frame {
 interface Tape {
   readonly nodes: Node[];
   readonly requires: Set<Tensor>;
-  /** Every tensor some recorded node's backward function reads. */
-  readonly saved: Set<Tensor>;
+  /** How many recorded nodes list each tensor their backward function reads. */
+  readonly readers: Map<Tensor, number>;
 }
 
 const frames: Frame[] = [];
@@ -143,7 +143,7 @@ export function record(
   if (!inputs.some((input) => tape.requires.has(input))) return output;
   tape.requires.add(output);
   tape.nodes.push({ inputs, output, saved, backward });
-  for (const t of saved) tape.saved.add(t);
+  for (const t of saved) tape.readers.set(t, (tape.readers.get(t) ?? 0) + 1);
   return output;
 }
 
@@ -158,7 +158,7 @@ export function discard(...tensors: Tensor[]): void {
   const frame = frames[frames.length - 1];
   if (frame === undefined) return;
   for (const t of tensors) {
-    if (frame.tape?.saved.has(t) === true) continue;
+    if (frame.tape?.readers.has(t) === true) continue;
     if (frame.created.lastIndexOf(t) >= 0) t.dispose();
   }
 }
@@ -188,15 +188,13 @@ function addInto(existing: Tensor, extra: Tensor): Tensor {
 class Release {
   readonly #owned: ReadonlySet<Tensor>;
   readonly #keep: ReadonlySet<Tensor>;
-  /** How many listings in nodes still to run each saved tensor has. */
-  readonly #readers = new Map<Tensor, number>();
+  /** The tape's count of listings per saved tensor, counted down as the nodes run (one walk per tape). */
+  readonly #readers: Map<Tensor, number>;
 
   constructor(tape: Tape, owned: readonly Tensor[], keep: ReadonlySet<Tensor>) {
     this.#owned = new Set(owned);
     this.#keep = keep;
-    for (const node of tape.nodes) {
-      for (const t of node.saved) this.#readers.set(t, (this.#readers.get(t) ?? 0) + 1);
-    }
+    this.#readers = tape.readers;
   }
 
   /** Frees every owned tensor that no backward function reads: what only the forward pass used. */
@@ -354,7 +352,7 @@ export function valueAndGrad<P extends Tensor | TreeOf<P, Tensor>, A extends unk
   if (typeof fn !== "function") throw new TypeError(`valueAndGrad takes a function, got ${typeof fn}`);
   return (params: P, ...args: A) => {
     const leaves = checkParams(params);
-    const tape: Tape = { nodes: [], requires: new Set(leaves), saved: new Set() };
+    const tape: Tape = { nodes: [], requires: new Set(leaves), readers: new Map() };
     const frame: Frame = { created: [], tape };
     frames.push(frame);
     let lossTensor: Tensor;
@@ -523,7 +521,7 @@ export function checkpoint<A extends unknown[]>(fn: (...args: A) => Tensor): (..
     // The backward pass runs fn again on every tensor argument.
     return record(result, needed, inputs, (outputGrad) => {
       // Recompute fn on a fresh tape, then backpropagate the incoming gradient through it.
-      const inner: Tape = { nodes: [], requires: new Set(needed), saved: new Set() };
+      const inner: Tape = { nodes: [], requires: new Set(needed), readers: new Map() };
       const frame: Frame = { created: [], tape: inner };
       frames.push(frame);
       let again: Tensor;
