@@ -11,7 +11,9 @@
 //! activation and SwiGLU loops (ops/elementwise.zig's unary_range_c), compute-bound polynomials
 //! that run about 1.5 times as fast (the same values; a NaN may come out with the other sign),
 //! and the broadcast map engine's workers (map_body_c: binary ops, sums, means; bfloat16's
-//! conversions make it compute-bound on cache-resident tensors), bit for bit the same.
+//! conversions make it compute-bound on cache-resident tensors), bit for bit the same, as are the
+//! attention forward and one-pass backward items (a query tile's rows in one zmm register, eight
+//! keys' products in flight).
 //! Only loops live here: the thread pool and the dispatch decision stay in the baseline code, so
 //! there is one of each.
 
@@ -24,6 +26,7 @@ const sgd = @import("cpu/sgd.zig");
 const dispatch = @import("cpu/dispatch.zig");
 const elementwise = @import("ops/elementwise.zig");
 const norm = @import("ops/norm.zig");
+const attention = @import("ops/attention.zig");
 
 comptime {
     // A wide object built for the baseline would export a path dispatch can never pick safely.
@@ -43,4 +46,6 @@ comptime {
     @export(&elementwise.unary_range_c, options.of("unary_range"));
     @export(&elementwise.map_body_c, options.of("map_body"));
     @export(&norm.norm_range_c, options.of("norm_range"));
+    @export(&attention.forward_item_c, options.of("attention_forward_item"));
+    @export(&attention.backward_fused_item_c, options.of("attention_backward_item"));
 }

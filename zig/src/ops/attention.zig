@@ -20,14 +20,23 @@
 //! Backward, recomputing p = exp(s - lse) tile by tile, with delta_i = dO_i . O_i:
 //!   dv_j = sum_i p_ij dO_i, dk_j = sum_i ds_ij q_i, dq_i = sum_j ds_ij k_j,
 //!   ds_ij = p_ij (dO_i . v_j - delta_i) * scale.
-//! Every sum runs in a fixed order: dk and dv of a key tile over the group's query heads in head
-//! order and over query rows in row order; dq of a row over key tiles in order. Two passes do it
-//! with fine tasks: one per (batch, kv head, key tile) gives dk and dv, one per (batch, query head,
-//! query tile) gives dq, recomputing p and ds. Where a kv head's dq fits a stack tile and there are
-//! enough (batch, kv head) tasks for the threads, one pass per (batch, kv head) runs the key tiles
-//! in order and adds each ds row into dq as well, computing p and ds once: the same sums in the
-//! same order, so the same bits. No task's result depends on which thread ran it, so outputs are
-//! bit-identical on any thread count.
+//! Every sum runs in a fixed order: dk and dv of a key over the group's query heads in head order
+//! and over query rows in row order; dq of a row over key tiles in order. Two passes do it with
+//! fine tasks: one per (batch, kv head, key tile) gives dk and dv, one per (batch, query head,
+//! query tile) gives dq, recomputing p and ds. Where there are enough (batch, kv head) tasks for
+//! the threads (and, for 16-bit storage, the kv head's dk and dv sums fit a stack tile), one pass
+//! per (batch, kv head) walks the group's heads, their query tiles and the key tiles each sees,
+//! computes p and ds once and adds them into dq, dk and dv: the same sums in the same order, so
+//! the same bits. No task's result depends on which thread ran it, so outputs are bit-identical
+//! on any thread count.
+//!
+//! The forward pass and the one-pass backward hold a query tile transposed, [d][row], so the
+//! scores of all the tile's rows with one key are one vector (block_q = the vector width): key
+//! products are register-blocked over keys with no transposed key tiles and no horizontal sums;
+//! the masking, running maxima, exp and row sums run over rows in the lanes; the weighted sums
+//! (p v, ds k, p^T dO, ds^T q) run four rows or two keys at a time where the nonzero weights form
+//! one run, else over the listed nonzero weights. These two are compiled again for x86-64-v4 in
+//! zig/src/wide.zig and dispatched at run time (their key blocks are 8 keys there, 4 on AVX2).
 //!
 //! Storage is float32, float16 or bfloat16 (storage.zig), loaded into float32 tiles; every output
 //! is rounded once on store. Row functions are generic over the lane count n (the CPU runs
@@ -36,9 +45,11 @@
 //! so a vector lane gives the bits of a scalar call (and a device kernel that keeps the order).
 
 const std = @import("std");
+const builtin = @import("builtin");
 const storage = @import("storage.zig");
 const mathf = @import("mathf.zig");
 const pool = @import("../cpu/pool.zig");
+const dispatch = @import("../cpu/dispatch.zig");
 
 const Dtype = storage.Dtype;
 const F = storage.F;
@@ -50,6 +61,15 @@ pub const head_dim_max: u64 = 256;
 pub const block_q: u64 = 16;
 /// Key rows per tile.
 pub const block_kv: u64 = 32;
+
+/// Keys whose products with a query tile the forward pass sums at once (accumulator chains in
+/// flight): eight where AVX-512's 32 vector registers hold them, four on AVX2.
+const key_block: usize = if (builtin.cpu.arch == .x86_64 and std.Target.x86.featureSetHas(builtin.cpu.features, .avx512f)) 8 else 4;
+
+comptime {
+    // The forward pass holds a query tile's rows in the lanes of one vector.
+    std.debug.assert(block_q == lanes);
+}
 
 /// Problem flags.
 pub const flag_causal: u64 = 1;
@@ -242,9 +262,6 @@ fn gather_add_row(target: []f32, factor: f32, weights: []const f32, weight_strid
     while (j < dim) : (j += 1) gather_add(1, target, factor, weights, weight_stride, list, tile, dim, j);
 }
 
-/// The list of every key of a full tile, in order.
-const every_key: [block_kv]u8 = std.simd.iota(u8, block_kv);
-
 /// Two gather_add_row sums over the same rows (`list`, or every row 0..count - 1 where `dense`):
 /// x_target = x_target * x_factor + sum x_weights[i * weight_stride] * x_tile row i, and the same
 /// for y. Each element is the same chain in the same order as gather_add_row's (the same bits); the
@@ -329,12 +346,6 @@ const Keys = struct {
     keep: [block_kv]bool,
 
     fn load(keys: *Keys, comptime dtype: Dtype, p: *const Problem, kp: [*]const u8, vp: [*]const u8, mask: ?Mask, b: u64, h: u64, k0: u64, cols: u64) void {
-        keys.load_parts(dtype, p, kp, vp, mask, b, h, k0, cols, true);
-    }
-
-    /// load, without the transposed values when `values_t` is false (the forward pass reads the
-    /// value rows only): a third less copying per tile.
-    fn load_parts(keys: *Keys, comptime dtype: Dtype, p: *const Problem, kp: [*]const u8, vp: [*]const u8, mask: ?Mask, b: u64, h: u64, k0: u64, cols: u64, comptime values_t: bool) void {
         std.debug.assert(cols >= 1 and cols <= block_kv);
         const dim = p.head_dim;
         for (0..cols) |c| {
@@ -346,10 +357,8 @@ const Keys = struct {
         for (0..dim) |d| {
             for (0..cols) |c| keys.k_t[d * block_kv + c] = keys.k[c * dim + d];
             @memset(keys.k_t[d * block_kv + cols ..][0 .. block_kv - cols], 0);
-            if (values_t) {
-                for (0..cols) |c| keys.v_t[d * block_kv + c] = keys.v[c * dim + d];
-                @memset(keys.v_t[d * block_kv + cols ..][0 .. block_kv - cols], 0);
-            }
+            for (0..cols) |c| keys.v_t[d * block_kv + c] = keys.v[c * dim + d];
+            @memset(keys.v_t[d * block_kv + cols ..][0 .. block_kv - cols], 0);
         }
     }
 };
@@ -360,13 +369,6 @@ pub inline fn products(comptime n: comptime_int, a: []const f32, tile: []const f
     var total: F(n) = @splat(0);
     for (a, 0..) |x, d| total = @mulAdd(F(n), @splat(x), tile[d * block_kv + col ..][0..n].*, total);
     return total;
-}
-
-/// The products of row `a` with every column of a transposed tile, into out[0..block_kv].
-fn products_row(a: []const f32, tile: []const f32, out: *[block_kv]f32) void {
-    comptime std.debug.assert(block_kv % lanes == 0);
-    var col: usize = 0;
-    while (col < block_kv) : (col += lanes) out[col..][0..lanes].* = products(lanes, a, tile, col);
 }
 
 /// products_row of two rows, each against its own transposed tile, in one pass over d: the same
@@ -456,77 +458,394 @@ pub fn kv_tiles(p: *const Problem) u64 {
 
 fn Kernels(comptime dtype: Dtype) type {
     return struct {
-        const ForwardTiles = struct { q: QTile, acc: QTile, keys: Keys, scores: [block_q][block_kv]f32 };
+        const RowVec = F(block_q);
+        const RowIndex = @Vector(block_q, u32);
+        const none_row: RowVec = @splat(-std.math.inf(f32));
 
+        /// The forward pass's tiles: the query tile transposed ([d] is a vector over the tile's
+        /// rows), the rows' accumulators, one key/value tile as rows (float32 storage reads the
+        /// operands in place instead), and the tile's scores and then weights transposed.
+        const ForwardTiles = struct {
+            q_t: [head_dim_max]RowVec,
+            acc: QTile,
+            k: KTile,
+            v: KTile,
+            s_t: [block_kv][block_q]f32,
+            keep: [block_kv]bool,
+        };
+
+        /// Rows of a key or value tile: row c at rows[c * stride ..][0..dim].
+        const TileRows = struct { rows: [*]const f32, stride: usize };
+
+        /// A key or value tile [k0, k0 + cols) of kv head h: in place for float32 storage, else
+        /// widened into `tile`.
+        fn tile_rows(base: [*]const u8, first: u64, stride: u64, cols: u64, dim: u64, tile: *KTile) TileRows {
+            if (dtype == .float32) {
+                const all: [*]const f32 = @ptrCast(@alignCast(base));
+                return .{ .rows = all + first, .stride = stride };
+            }
+            for (0..cols) |c| load_row(dtype, base, first + c * stride, row_of(tile, c, dim));
+            return .{ .rows = tile, .stride = dim };
+        }
+
+        /// s_t[c0 + i] = the tile rows' products with key c0 + i, i < n: a vector over rows per
+        /// key, each lane summed over d in order from 0 (the bits of `products`), n chains in flight.
+        inline fn key_products(comptime n: usize, q_t: *const [head_dim_max]RowVec, keys: TileRows, dim: usize, c0: usize, s_t: *[block_kv][block_q]f32) void {
+            var sums: [n]RowVec = @splat(@splat(0));
+            for (0..dim) |d| {
+                const q = q_t[d];
+                inline for (0..n) |i| sums[i] = @mulAdd(RowVec, q, @splat(keys.rows[(c0 + i) * keys.stride + d]), sums[i]);
+            }
+            inline for (0..n) |i| s_t[c0 + i] = sums[i];
+        }
+
+        /// acc rows r0 .. r0 + R, elements [j, j + n): times their factors, plus the weighted sum
+        /// of value rows c in [c_begin, c_end) in order of c (each element the chain of
+        /// gather_add's), with R * n / lanes chains in flight.
+        inline fn weighted_chunk(comptime R: usize, comptime n: usize, acc: *QTile, dim: usize, r0: usize, factors: [R]f32, s_t: *const [block_kv][block_q]f32, values: TileRows, c_begin: usize, c_end: usize, j: usize) void {
+            var sums: [R]F(n) = undefined;
+            inline for (0..R) |i| sums[i] = @as(F(n), acc[(r0 + i) * dim + j ..][0..n].*) * @as(F(n), @splat(factors[i]));
+            for (c_begin..c_end) |c| {
+                const value: F(n) = values.rows[c * values.stride + j ..][0..n].*;
+                inline for (0..R) |i| sums[i] = @mulAdd(F(n), @splat(s_t[c][r0 + i]), value, sums[i]);
+            }
+            inline for (0..R) |i| acc[(r0 + i) * dim + j ..][0..n].* = sums[i];
+        }
+
+        /// weighted_chunk over whole rows (two-vector chunks, a vector, then single elements).
+        fn weighted_rows(comptime R: usize, acc: *QTile, dim: usize, r0: usize, factors: [R]f32, s_t: *const [block_kv][block_q]f32, values: TileRows, c_begin: usize, c_end: usize) void {
+            var j: usize = 0;
+            while (j + 2 * lanes <= dim) : (j += 2 * lanes) weighted_chunk(R, 2 * lanes, acc, dim, r0, factors, s_t, values, c_begin, c_end, j);
+            while (j + lanes <= dim) : (j += lanes) weighted_chunk(R, lanes, acc, dim, r0, factors, s_t, values, c_begin, c_end, j);
+            while (j < dim) : (j += 1) weighted_chunk(R, 1, acc, dim, r0, factors, s_t, values, c_begin, c_end, j);
+        }
+
+        /// One (batch, query head, query tile) of the forward pass. The query tile is held
+        /// transposed, so each key's scores for all the tile's rows are one vector: the products,
+        /// scaling, masking, running maxima, exp and sums run over rows in vector lanes, with no
+        /// horizontal reductions and no key transposes. Each row's sums are the same operations in
+        /// the same order as a row-at-a-time pass (the weighted value sums skip exactly the keys
+        /// whose weight is 0), so the bits do not depend on how rows are grouped.
         fn forward_item(f: *const Forward, item: u64) void {
             const p = &f.problem;
             const dim = p.head_dim;
             var tiles: ForwardTiles = undefined;
             const b, const h, const q0, const rows = query_item(p, item);
             const h_kv = h / p.group();
-            var m: [block_q]f32 = @splat(-std.math.inf(f32));
-            var l: [block_q]f32 = @splat(0);
-            for (0..rows) |r| {
-                load_row(dtype, f.q, p.q_index(b, q0 + r, h), row_of(&tiles.q, r, dim));
-                @memset(row_of(&tiles.acc, r, dim), 0);
+            // The query tile, transposed through the accumulator tile (then cleared).
+            for (0..rows) |r| load_row(dtype, f.q, p.q_index(b, q0 + r, h), row_of(&tiles.acc, r, dim));
+            for (0..dim) |d| {
+                var column: [block_q]f32 = @splat(0);
+                for (0..rows) |r| column[r] = tiles.acc[r * dim + d];
+                tiles.q_t[d] = column;
             }
+            @memset(tiles.acc[0 .. rows * dim], 0);
+            var row_limits: [block_q]u32 = undefined;
+            for (&row_limits, 0..) |*limit, r| limit.* = @intCast(p.keys_end(q0 + @min(r, rows - 1)));
+            const limits: RowIndex = row_limits;
+            var m: RowVec = none_row;
+            var l: RowVec = @splat(0);
             const kv_end = p.keys_end(q0 + rows - 1);
             var k0: u64 = 0;
             while (k0 < kv_end) : (k0 += block_kv) {
                 const cols = @min(block_kv, kv_end - k0);
-                tiles.keys.load_parts(dtype, p, f.k, f.v, f.mask, b, h_kv, k0, cols, false);
-                // The rows' products with the tile two rows at a time (independent chains in flight).
-                var r0: u64 = 0;
-                while (r0 + 2 <= rows) : (r0 += 2) {
-                    products_pair(row_of(&tiles.q, r0, dim), &tiles.keys.k_t, &tiles.scores[r0], row_of(&tiles.q, r0 + 1, dim), &tiles.keys.k_t, &tiles.scores[r0 + 1]);
+                const keys = tile_rows(f.k, p.k_index(b, k0, h_kv), p.k_stride, cols, dim, &tiles.k);
+                const values = tile_rows(f.v, p.v_index(b, k0, h_kv), p.v_stride, cols, dim, &tiles.v);
+                for (0..cols) |c| tiles.keep[c] = if (f.mask) |mask| mask.keep(b * p.steps_kv + k0 + c) else true;
+                var c0: usize = 0;
+                while (c0 + key_block <= cols) : (c0 += key_block) key_products(key_block, &tiles.q_t, keys, dim, c0, &tiles.s_t);
+                inline for (1..key_block) |n| {
+                    if (cols - c0 == n) key_products(n, &tiles.q_t, keys, dim, c0, &tiles.s_t);
                 }
-                if (r0 < rows) products_row(row_of(&tiles.q, r0, dim), &tiles.keys.k_t, &tiles.scores[r0]);
-                // A dense row whose sum waits for a second one.
-                var waiting: ?u64 = null;
-                var waiting_alpha: f32 = 0;
-                for (0..rows) |r| {
-                    const tile_max = finish_scores(p, &tiles.keys, q0 + r, k0, cols, f.scale, 0, &tiles.scores[r]);
-                    if (tile_max == -std.math.inf(f32)) continue; // Nothing visible here.
-                    const m_new = @max(m[r], tile_max);
-                    // exp(-inf) = 0 on a row's first visible tile: the empty accumulators stay 0.
-                    const alpha = exp(1, @splat(m[r] - m_new))[0];
-                    const s = tiles.scores[r][0..cols];
-                    for (s) |*x| x.* -= m_new;
-                    exp_row(s);
-                    var total: f32 = 0;
-                    if (cols == block_kv and all_nonzero(&tiles.scores[r])) {
-                        // Every key of the tile carries weight: no list to build or read, and the
-                        // sums of two such rows run together (twice the chains in flight).
-                        for (s) |x| total += x;
-                        l[r] = l[r] * alpha + total;
-                        m[r] = m_new;
-                        if (waiting) |w| {
-                            gather_add_shared2(true, row_of(&tiles.acc, w, dim), waiting_alpha, &tiles.scores[w], &tiles.keys.v, row_of(&tiles.acc, r, dim), alpha, s, &tiles.keys.v, 1, &.{}, block_kv);
-                            waiting = null;
-                        } else {
-                            waiting = r;
-                            waiting_alpha = alpha;
-                        }
-                        continue;
+                // Scale, hide what a row cannot see, and take each row's maximum.
+                var tile_max = none_row;
+                for (0..cols) |c| {
+                    const index: u32 = @intCast(k0 + c);
+                    const visible = @select(bool, @as(RowIndex, @splat(index)) < limits, @as(@Vector(block_q, bool), @splat(tiles.keep[c])), @as(@Vector(block_q, bool), @splat(false)));
+                    const scaled = @as(RowVec, tiles.s_t[c]) * @as(RowVec, @splat(f.scale));
+                    const score = @select(f32, visible, scaled, none_row);
+                    tiles.s_t[c] = score;
+                    tile_max = @max(tile_max, score);
+                }
+                const m_new = @max(m, tile_max);
+                // A row that sees nothing here keeps its state: factor 1, weights 0.
+                const seen = tile_max != none_row;
+                const alpha = @select(f32, seen, exp(block_q, m - m_new), @as(RowVec, @splat(1)));
+                const shift = @select(f32, m_new == none_row, @as(RowVec, @splat(0)), m_new);
+                // Weights and their sums in order of keys.
+                var total: RowVec = @splat(0);
+                for (0..cols) |c| {
+                    const weight = exp(block_q, @as(RowVec, tiles.s_t[c]) - shift);
+                    tiles.s_t[c] = weight;
+                    total += weight;
+                }
+                l = l * alpha + total;
+                m = m_new;
+                // acc = acc * alpha + weights . values, row by row in order of keys, over each
+                // row's nonzero weights.
+                const alphas: [block_q]f32 = alpha;
+                add_weighted(&tiles.acc, dim, rows, &alphas, &tiles.s_t, &tiles.s_t, values, cols);
+            }
+            const totals: [block_q]f32 = l;
+            const maxima: [block_q]f32 = m;
+            for (0..rows) |r| {
+                const seen = totals[r] > 0;
+                // A row that sees no key: output 0 (its accumulators are 0) and lse -inf.
+                store_row(dtype, f.out, p.o_index(b, q0 + r, h), row_of(&tiles.acc, r, dim), if (seen) 1 / totals[r] else 0);
+                f.lse[p.lse_index(b, h, q0 + r)] = if (seen) maxima[r] + mathf.log(totals[r]) else -std.math.inf(f32);
+            }
+        }
+
+        /// acc row r = acc row r * factor + sum over keys c in `list` (in order) of weight c * value row c.
+        fn weighted_list(acc: *QTile, dim: usize, r: usize, factor: f32, s_t: *const [block_kv][block_q]f32, values: TileRows, list: []const u8) void {
+            const row = row_of(acc, r, dim);
+            for (row) |*x| x.* *= factor;
+            for (list) |c| {
+                const w = s_t[c][r];
+                const value = values.rows[c * values.stride ..][0..dim];
+                var j: usize = 0;
+                while (j + lanes <= dim) : (j += lanes) row[j..][0..lanes].* = @mulAdd(F(lanes), @splat(w), value[j..][0..lanes].*, row[j..][0..lanes].*);
+                while (j < dim) : (j += 1) row[j] = @mulAdd(f32, w, value[j], row[j]);
+            }
+        }
+
+        /// Rows of float32 sums: row c at rows[c * stride ..][0..dim].
+        const SumRows = struct {
+            rows: [*]f32,
+            stride: usize,
+            fn row(s: SumRows, c: usize, dim: usize) []f32 {
+                return s.rows[c * s.stride ..][0..dim];
+            }
+        };
+
+        /// Where each row's weights over the tile's keys are nonzero, from `pattern` (vectors over
+        /// rows, keys [0, cols)): how many, and whether they are a prefix of the keys.
+        const RowPattern = struct { counts: [block_q]u32, prefix: [block_q]bool };
+
+        fn row_pattern(pattern: *const [block_kv][block_q]f32, cols: usize) RowPattern {
+            var nonzero: RowIndex = @splat(0);
+            var first_zero: RowIndex = @splat(@intCast(cols));
+            for (0..cols) |c| {
+                const kept = @as(RowVec, pattern[c]) != @as(RowVec, @splat(0));
+                nonzero += @select(u32, kept, @as(RowIndex, @splat(1)), @as(RowIndex, @splat(0)));
+                first_zero = @select(u32, kept, first_zero, @min(first_zero, @as(RowIndex, @splat(@intCast(c)))));
+            }
+            return .{ .counts = nonzero, .prefix = nonzero == first_zero };
+        }
+
+        /// acc row r (r < rows) = acc row r * factors[r] + sum over the keys c where pattern[c][r]
+        /// is not 0, in order, of weights[c][r] * value row c: gather_add's chain for every
+        /// element. Rows whose keys are a prefix of the tile run four at a time.
+        fn add_weighted(acc: *QTile, dim: usize, rows: usize, factors: *const [block_q]f32, pattern: *const [block_kv][block_q]f32, weights: *const [block_kv][block_q]f32, values: TileRows, cols: usize) void {
+            const shape = row_pattern(pattern, cols);
+            const counts = &shape.counts;
+            const prefix = &shape.prefix;
+            var r: usize = 0;
+            while (r < rows) {
+                if (r + 4 <= rows and prefix[r] and prefix[r + 1] and prefix[r + 2] and prefix[r + 3]) {
+                    const shared = @min(@min(counts[r], counts[r + 1]), @min(counts[r + 2], counts[r + 3]));
+                    weighted_rows(4, acc, dim, r, factors[r..][0..4].*, weights, values, 0, shared);
+                    for (r..r + 4) |i| {
+                        if (counts[i] > shared) weighted_rows(1, acc, dim, i, .{1}, weights, values, shared, counts[i]);
                     }
+                    r += 4;
+                    continue;
+                }
+                if (prefix[r]) {
+                    weighted_rows(1, acc, dim, r, .{factors[r]}, weights, values, 0, counts[r]);
+                } else {
                     var list: [block_kv]u8 = undefined;
                     var listed: usize = 0;
-                    for (s, 0..) |x, c| {
-                        total += x;
+                    for (0..cols) |c| {
                         list[listed] = @intCast(c);
-                        listed += @intFromBool(x != 0);
+                        listed += @intFromBool(pattern[c][r] != 0);
                     }
-                    l[r] = l[r] * alpha + total;
-                    m[r] = m_new;
-                    gather_add_row(row_of(&tiles.acc, r, dim), alpha, s, 1, list[0..listed], &tiles.keys.v);
+                    weighted_list(acc, dim, r, factors[r], weights, values, list[0..listed]);
                 }
-                if (waiting) |w| gather_add_row(row_of(&tiles.acc, w, dim), waiting_alpha, &tiles.scores[w], 1, &every_key, &tiles.keys.v);
+                r += 1;
             }
-            for (0..rows) |r| {
-                const seen = l[r] > 0;
-                // A row that sees no key: output 0 (its accumulators are 0) and lse -inf.
-                store_row(dtype, f.out, p.o_index(b, q0 + r, h), row_of(&tiles.acc, r, dim), if (seen) 1 / l[r] else 0);
-                f.lse[p.lse_index(b, h, q0 + r)] = if (seen) m[r] + mathf.log(l[r]) else -std.math.inf(f32);
+        }
+
+        /// dv row c += sum over rows r of probs[c][r] * dO row r and dk row c += sum of
+        /// d_scores[c][r] * q row r, for C keys c0 .. c0 + C over rows [r_begin, r_end) in order,
+        /// elements [j, j + n): 2 * C * n / lanes chains in flight.
+        inline fn key_grads_chunk(comptime C: usize, comptime n: usize, t: *const BackwardTiles, dk: SumRows, dv: SumRows, c0: usize, k0: usize, dim: usize, r_begin: usize, r_end: usize, j: usize) void {
+            var x: [C]F(n) = undefined;
+            var y: [C]F(n) = undefined;
+            inline for (0..C) |i| {
+                x[i] = dv.rows[(k0 + c0 + i) * dv.stride + j ..][0..n].*;
+                y[i] = dk.rows[(k0 + c0 + i) * dk.stride + j ..][0..n].*;
+            }
+            for (r_begin..r_end) |r| {
+                const d_out: F(n) = t.d_out[r * dim + j ..][0..n].*;
+                const q: F(n) = t.q[r * dim + j ..][0..n].*;
+                inline for (0..C) |i| {
+                    x[i] = @mulAdd(F(n), @splat(t.p_t[c0 + i][r]), d_out, x[i]);
+                    y[i] = @mulAdd(F(n), @splat(t.ds_t[c0 + i][r]), q, y[i]);
+                }
+            }
+            inline for (0..C) |i| {
+                dv.rows[(k0 + c0 + i) * dv.stride + j ..][0..n].* = x[i];
+                dk.rows[(k0 + c0 + i) * dk.stride + j ..][0..n].* = y[i];
+            }
+        }
+
+        fn key_grads(comptime C: usize, t: *const BackwardTiles, dk: SumRows, dv: SumRows, c0: usize, k0: usize, dim: usize, r_begin: usize, r_end: usize) void {
+            var j: usize = 0;
+            while (j + 2 * lanes <= dim) : (j += 2 * lanes) key_grads_chunk(C, 2 * lanes, t, dk, dv, c0, k0, dim, r_begin, r_end, j);
+            while (j + lanes <= dim) : (j += lanes) key_grads_chunk(C, lanes, t, dk, dv, c0, k0, dim, r_begin, r_end, j);
+            while (j < dim) : (j += 1) key_grads_chunk(C, 1, t, dk, dv, c0, k0, dim, r_begin, r_end, j);
+        }
+
+        /// The rows of key c's nonzero probabilities as a bit set (bit r: row r).
+        fn rows_of_key(t: *const BackwardTiles, c: usize, rows: usize) u32 {
+            const bits: u32 = @as(u16, @bitCast(@as(RowVec, t.p_t[c]) != @as(RowVec, @splat(0))));
+            return bits & ((@as(u32, 1) << @intCast(rows)) - 1);
+        }
+
+        /// Whether a row set is one run ending at the last row (rows >= the first set bit).
+        fn is_suffix(set: u32, rows: usize) bool {
+            return set != 0 and set >> @intCast(@ctz(set)) == (@as(u32, 1) << @intCast(rows - @ctz(set))) - 1;
+        }
+
+        /// Adds one query tile's terms to dk and dv of keys [k0, k0 + cols): each key over its
+        /// rows with a nonzero probability, in order (backward_keys' sums). Two keys run together
+        /// where both rows sets are runs ending at the tile's last row (all but the diagonal).
+        fn add_key_grads(t: *const BackwardTiles, dk: SumRows, dv: SumRows, k0: usize, cols: usize, rows: usize, dim: usize) void {
+            var c: usize = 0;
+            while (c < cols) {
+                const set = rows_of_key(t, c, rows);
+                if (c + 1 < cols) {
+                    const next = rows_of_key(t, c + 1, rows);
+                    if (is_suffix(set, rows) and is_suffix(next, rows)) {
+                        const first: usize = @ctz(set);
+                        const second: usize = @ctz(next);
+                        if (first < second) key_grads(1, t, dk, dv, c, k0, dim, first, second);
+                        if (second < first) key_grads(1, t, dk, dv, c + 1, k0, dim, second, first);
+                        key_grads(2, t, dk, dv, c, k0, dim, @max(first, second), rows);
+                        c += 2;
+                        continue;
+                    }
+                }
+                if (is_suffix(set, rows)) {
+                    key_grads(1, t, dk, dv, c, k0, dim, @ctz(set), rows);
+                } else if (set != 0) {
+                    var list: [block_q]u8 = undefined;
+                    var listed: usize = 0;
+                    for (0..rows) |r| {
+                        list[listed] = @intCast(r);
+                        listed += @intFromBool(set >> @intCast(r) & 1 != 0);
+                    }
+                    gather_add_shared2(false, dv.row(k0 + c, dim), 1, &t.p_t[c], &t.d_out, dk.row(k0 + c, dim), 1, &t.ds_t[c], &t.q, 1, list[0..listed], listed);
+                }
+                c += 1;
+            }
+        }
+
+        const BackwardTiles = struct {
+            q: QTile,
+            d_out: QTile,
+            q_t: [head_dim_max]RowVec,
+            d_out_t: [head_dim_max]RowVec,
+            dq: QTile,
+            k: KTile,
+            v: KTile,
+            p_t: [block_kv][block_q]f32,
+            ds_t: [block_kv][block_q]f32,
+            keep: [block_kv]bool,
+        };
+
+        /// dq, dk and dv of one (batch, kv head) in one pass: for each of the group's query heads
+        /// in order, each query tile in order, each key tile it sees in order, the tile's
+        /// probabilities and score gradients are computed once (a vector over the query tile's
+        /// rows per key, as the forward pass) and added into the query tile's dq and the kv
+        /// head's dk and dv (float32 storage sums them in place in the outputs, else in
+        /// `dkv_floats`-bounded stack rows). Every sum runs in the order of backward_keys and
+        /// backward_queries: the same bits.
+        fn backward_fused_item(g: *const Backward, item: u64) void {
+            const p = &g.problem;
+            const dim = p.head_dim;
+            const h_kv = item % p.heads_kv;
+            const b = item / p.heads_kv;
+            var t: BackwardTiles = undefined;
+            var stack_sums: [if (dtype == .float32) 1 else 2 * fused_kv_floats]f32 = undefined;
+            const dk: SumRows, const dv: SumRows = if (dtype == .float32) .{
+                .{ .rows = @as([*]f32, @ptrCast(@alignCast(g.dk))) + p.k_index(b, 0, h_kv), .stride = p.k_stride },
+                .{ .rows = @as([*]f32, @ptrCast(@alignCast(g.dv))) + p.v_index(b, 0, h_kv), .stride = p.v_stride },
+            } else .{
+                .{ .rows = &stack_sums, .stride = dim },
+                .{ .rows = stack_sums[fused_kv_floats..].ptr, .stride = dim },
+            };
+            for (0..p.steps_kv) |c| {
+                @memset(dk.row(c, dim), 0);
+                @memset(dv.row(c, dim), 0);
+            }
+            const ones: [block_q]f32 = @splat(1);
+            for (0..p.group()) |member| {
+                const h = h_kv * p.group() + member;
+                var q0: u64 = 0;
+                while (q0 < p.steps_q) : (q0 += block_q) {
+                    const rows = @min(block_q, p.steps_q - q0);
+                    var delta: [block_q]f32 = @splat(0);
+                    var lse: [block_q]f32 = @splat(-std.math.inf(f32));
+                    load_queries(g, b, h, q0, rows, &t.q, &t.d_out, &delta, &lse);
+                    for (0..dim) |d| {
+                        var q_column: [block_q]f32 = @splat(0);
+                        var d_out_column: [block_q]f32 = @splat(0);
+                        for (0..rows) |r| {
+                            q_column[r] = t.q[r * dim + d];
+                            d_out_column[r] = t.d_out[r * dim + d];
+                        }
+                        t.q_t[d] = q_column;
+                        t.d_out_t[d] = d_out_column;
+                    }
+                    @memset(t.dq[0 .. rows * dim], 0);
+                    var row_limits: [block_q]u32 = undefined;
+                    for (&row_limits, 0..) |*limit, r| limit.* = @intCast(p.keys_end(q0 + @min(r, rows - 1)));
+                    const limits: RowIndex = row_limits;
+                    const shift: RowVec = lse;
+                    // A row that sees no key (lse -inf) gets no gradient: its probabilities are 0.
+                    const live = shift != none_row;
+                    const kv_end = p.keys_end(q0 + rows - 1);
+                    var k0: u64 = 0;
+                    while (k0 < kv_end) : (k0 += block_kv) {
+                        const cols = @min(block_kv, kv_end - k0);
+                        const keys = tile_rows(g.k, p.k_index(b, k0, h_kv), p.k_stride, cols, dim, &t.k);
+                        const values = tile_rows(g.v, p.v_index(b, k0, h_kv), p.v_stride, cols, dim, &t.v);
+                        for (0..cols) |c| t.keep[c] = if (g.mask) |mask| mask.keep(b * p.steps_kv + k0 + c) else true;
+                        var c0: usize = 0;
+                        while (c0 + key_block <= cols) : (c0 += key_block) {
+                            key_products(key_block, &t.q_t, keys, dim, c0, &t.p_t);
+                            key_products(key_block, &t.d_out_t, values, dim, c0, &t.ds_t);
+                        }
+                        inline for (1..key_block) |n| {
+                            if (cols - c0 == n) {
+                                key_products(n, &t.q_t, keys, dim, c0, &t.p_t);
+                                key_products(n, &t.d_out_t, values, dim, c0, &t.ds_t);
+                            }
+                        }
+                        const scale: RowVec = @splat(g.scale);
+                        for (0..cols) |c| {
+                            const index: u32 = @intCast(k0 + c);
+                            const visible = @select(bool, @as(RowIndex, @splat(index)) < limits, @as(@Vector(block_q, bool), @splat(t.keep[c])), @as(@Vector(block_q, bool), @splat(false)));
+                            const seen = @select(bool, live, visible, @as(@Vector(block_q, bool), @splat(false)));
+                            const scaled = @as(RowVec, t.p_t[c]) * scale;
+                            const prob = exp(block_q, @select(f32, seen, scaled - shift, none_row));
+                            t.p_t[c] = prob;
+                            const d_score = prob * (@as(RowVec, t.ds_t[c]) - @as(RowVec, delta)) * scale;
+                            t.ds_t[c] = @select(f32, prob == @as(RowVec, @splat(0)), @as(RowVec, @splat(0)), d_score);
+                        }
+                        add_weighted(&t.dq, dim, rows, &ones, &t.p_t, &t.ds_t, keys, cols);
+                        add_key_grads(&t, dk, dv, k0, cols, rows, dim);
+                    }
+                    for (0..rows) |r| store_row(dtype, g.dq, p.q_index(b, q0 + r, h), row_of(&t.dq, r, dim), 1);
+                }
+            }
+            if (dtype != .float32) {
+                for (0..p.steps_kv) |c| {
+                    store_row(dtype, g.dk, p.k_index(b, c, h_kv), dk.row(c, dim), 1);
+                    store_row(dtype, g.dv, p.v_index(b, c, h_kv), dv.row(c, dim), 1);
+                }
             }
         }
 
@@ -604,13 +923,11 @@ fn Kernels(comptime dtype: Dtype) type {
             const tile = item % kv_tiles(p);
             const h_kv = (item / kv_tiles(p)) % p.heads_kv;
             const b = item / kv_tiles(p) / p.heads_kv;
-            key_tile(g, &tiles, b, h_kv, tile * block_kv, null);
+            key_tile(g, &tiles, b, h_kv, tile * block_kv);
         }
 
-        /// dk and dv of the key tile at k0 of (batch b, kv head h_kv), stored; with `dq` (every
-        /// row of the group's heads, head by head), each row's ds over the tile is also added into
-        /// its dq, in backward_queries_item's order.
-        fn key_tile(g: *const Backward, t: *KeyTiles, b: u64, h_kv: u64, k0: u64, dq: ?[]f32) void {
+        /// dk and dv of the key tile at k0 of (batch b, kv head h_kv), stored.
+        fn key_tile(g: *const Backward, t: *KeyTiles, b: u64, h_kv: u64, k0: u64) void {
             const p = &g.problem;
             const dim = p.head_dim;
             const cols = @min(block_kv, p.steps_kv - k0);
@@ -628,7 +945,6 @@ fn Kernels(comptime dtype: Dtype) type {
                     load_queries(g, b, h, q0, rows, &t.q, &t.d_out, &delta, &lse);
                     for (0..rows) |r| {
                         row_gradients(g, &t.keys, row_of(&t.q, r, dim), row_of(&t.d_out, r, dim), q0 + r, k0, cols, lse[r], delta[r], &t.probs[r], &t.d_scores[r]);
-                        if (dq) |all| add_dq(row_of(all, member * p.steps_q + q0 + r, dim), &t.probs[r], &t.d_scores[r], cols, &t.keys);
                     }
                     key_sums(t, rows, cols, dim);
                 }
@@ -636,30 +952,6 @@ fn Kernels(comptime dtype: Dtype) type {
             for (0..cols) |c| {
                 store_row(dtype, g.dk, p.k_index(b, k0 + c, h_kv), row_of(&t.dk, c, dim), 1);
                 store_row(dtype, g.dv, p.v_index(b, k0 + c, h_kv), row_of(&t.dv, c, dim), 1);
-            }
-        }
-
-        const FusedTiles = struct { key: KeyTiles, dq: [fused_dq_floats]f32 };
-
-        /// dq, dk and dv of one (batch, kv head) in one pass: each key tile in order, as
-        /// backward_keys_item, and each row's probabilities and score gradients, computed there
-        /// once, also added into its dq (kept for every row of the group's heads), so no second
-        /// pass recomputes them. Every sum runs in the two-pass order (dk and dv over the group's
-        /// heads, query tiles and rows; dq over key tiles in order, then the tile's listed keys),
-        /// so the bits are backward_keys' and backward_queries'.
-        fn backward_fused_item(g: *const Backward, item: u64) void {
-            const p = &g.problem;
-            const dim = p.head_dim;
-            var tiles: FusedTiles = undefined;
-            const h_kv = item % p.heads_kv;
-            const b = item / p.heads_kv;
-            const dq_all = tiles.dq[0 .. p.group() * p.steps_q * dim];
-            @memset(dq_all, 0);
-            var k0: u64 = 0;
-            while (k0 < p.steps_kv) : (k0 += block_kv) key_tile(g, &tiles.key, b, h_kv, k0, dq_all);
-            for (0..p.group()) |member| {
-                const h = h_kv * p.group() + member;
-                for (0..p.steps_q) |row| store_row(dtype, g.dq, p.q_index(b, row, h), row_of(dq_all, member * p.steps_q + row, dim), 1);
             }
         }
 
@@ -737,8 +1029,22 @@ pub fn forward(comptime dtype: Dtype, f: *const Forward) void {
     const p = &f.problem;
     std.debug.assert(p.valid());
     std.debug.assert(f.scale == f.scale); // Not NaN.
-    const K = Kernels(dtype);
-    Items(Forward, K.forward_item).go(f, p.batch * p.heads_q * q_tiles(p), p.work());
+    const picked = struct {
+        fn item(args: *const Forward, index: u64) void {
+            dispatch.pick(*const @TypeOf(forward_item_c), "attention_forward_item", &forward_item_c)(@backingInt(dtype), args, index);
+        }
+    };
+    Items(Forward, picked.item).go(f, p.batch * p.heads_q * q_tiles(p), p.work());
+}
+
+/// One work item of the forward pass, as a C function: zig/src/wide.zig exports its x86-64-v4
+/// compilations, whose 32 zmm registers hold a query tile's rows in one vector and eight keys'
+/// products in flight. The same operations in the same order on every path: the same bits.
+pub fn forward_item_c(dtype: u32, args: *const Forward, item: u64) callconv(.c) void {
+    switch (@as(Dtype, @fromBackingInt(@intCast(dtype)))) {
+        inline .float32, .float16, .bfloat16 => |d| Kernels(d).forward_item(args, item),
+        else => unreachable,
+    }
 }
 
 /// The backward pass's first half alone: dk and dv (the CUDA fake driver emulates the device's
@@ -761,7 +1067,7 @@ pub fn backward(comptime dtype: Dtype, g: *const Backward) void {
     const p = &g.problem;
     std.debug.assert(p.valid());
     const K = Kernels(dtype);
-    if (fused_fits(p) and p.batch * p.heads_kv >= pool.thread_count()) return backward_fused(dtype, g);
+    if (fused_fits(dtype, p) and p.batch * p.heads_kv >= pool.thread_count()) return backward_fused(dtype, g);
     Items(Backward, K.backward_keys_item).go(g, p.batch * p.heads_kv * kv_tiles(p), p.work());
     Items(Backward, K.backward_queries_item).go(g, p.batch * p.heads_q * q_tiles(p), p.work());
 }
@@ -769,15 +1075,30 @@ pub fn backward(comptime dtype: Dtype, g: *const Backward) void {
 /// The one-pass backward (`fused_fits` must hold).
 pub fn backward_fused(comptime dtype: Dtype, g: *const Backward) void {
     const p = &g.problem;
-    std.debug.assert(p.valid() and fused_fits(p));
-    Items(Backward, Kernels(dtype).backward_fused_item).go(g, p.batch * p.heads_kv, p.work());
+    std.debug.assert(p.valid() and fused_fits(dtype, p));
+    const picked = struct {
+        fn item(args: *const Backward, index: u64) void {
+            dispatch.pick(*const @TypeOf(backward_fused_item_c), "attention_backward_item", &backward_fused_item_c)(@backingInt(dtype), args, index);
+        }
+    };
+    Items(Backward, picked.item).go(g, p.batch * p.heads_kv, p.work());
 }
 
-/// Floats of the fused pass's dq tile: dq of every row of a kv head's group of query heads.
-const fused_dq_floats: u64 = 64 * 1024;
+/// One work item of the one-pass backward, as a C function (exported by zig/src/wide.zig as
+/// forward_item_c is): the same bits on every path.
+pub fn backward_fused_item_c(dtype: u32, args: *const Backward, item: u64) callconv(.c) void {
+    switch (@as(Dtype, @fromBackingInt(@intCast(dtype)))) {
+        inline .float32, .float16, .bfloat16 => |d| Kernels(d).backward_fused_item(args, item),
+        else => unreachable,
+    }
+}
 
-pub fn fused_fits(p: *const Problem) bool {
-    return p.group() * p.steps_q * p.head_dim <= fused_dq_floats;
+/// Floats of each of the one-pass backward's dk and dv sums of a kv head on the stack, for
+/// bfloat16 and float16 storage (float32 storage sums in place in the outputs).
+const fused_kv_floats: usize = 32 * 1024;
+
+pub fn fused_fits(comptime dtype: Dtype, p: *const Problem) bool {
+    return dtype == .float32 or p.steps_kv * p.head_dim <= fused_kv_floats;
 }
 
 // ---- Tests ----
@@ -894,7 +1215,8 @@ test "the tiled forward matches float64 attention for causal GQA with a padding 
     try testing.expect(lse[p.lse_index(1, 0, 0)] == -std.math.inf(f32));
 }
 
-test "the one-pass backward gives the two passes' bits: GQA, masks, causal or not, T != S, tile tails, every dtype" {
+test "the one-pass backward gives the two passes' bits, and every dispatch path the same forward and one-pass bits: GQA, masks, causal or not, T != S, tile tails, every dtype" {
+    defer dispatch.set_path_for_test(null);
     const cases = [_]struct { u64, u64, u64, u64, u64, u64, u64, bool }{
         // batch, steps_q, steps_kv, heads_q, heads_kv, head_dim, flags, mask
         .{ 2, 37, 41, 4, 2, 19, flag_causal, true },
@@ -919,10 +1241,11 @@ test "the one-pass backward gives the two passes' bits: GQA, masks, causal or no
                 .o_stride = case[3] * case[5],
                 .flags = case[6],
             };
-            try testing.expect(fused_fits(&p));
+            try testing.expect(fused_fits(dtype, &p));
             const q_len = p.batch * p.steps_q * p.q_stride;
             const k_len = p.batch * p.steps_kv * p.k_stride;
-            const buffers = try allocator.alloc(f32, 5 * q_len + 6 * k_len + p.batch * p.heads_q * p.steps_q + p.batch * p.steps_kv);
+            const lse_len = p.batch * p.heads_q * p.steps_q;
+            const buffers = try allocator.alloc(f32, 7 * q_len + 8 * k_len + 2 * lse_len + p.batch * p.steps_kv);
             defer allocator.free(buffers);
             var rest = buffers;
             const take = struct {
@@ -947,35 +1270,51 @@ test "the one-pass backward gives the two passes' bits: GQA, masks, causal or no
             for (mask, 0..) |*x, i| x.* = if (i % 5 == 2) 0 else 1;
             const m: ?Mask = if (case[7]) .{ .values = @ptrCast(mask.ptr), .dtype = .float32 } else null;
             const scale: f32 = 0.37;
-            forward(dtype, &.{ .problem = p, .scale = scale, .q = @ptrCast(q.ptr), .k = @ptrCast(k.ptr), .v = @ptrCast(v.ptr), .mask = m, .out = @ptrCast(out.ptr), .lse = lse.ptr });
-            for (0..2) |pass| {
-                const g = Backward{
-                    .problem = p,
-                    .scale = scale,
-                    .q = @ptrCast(q.ptr),
-                    .k = @ptrCast(k.ptr),
-                    .v = @ptrCast(v.ptr),
-                    .mask = m,
-                    .out = @ptrCast(out.ptr),
-                    .lse = lse.ptr,
-                    .d_out = @ptrCast(d_out.ptr),
-                    .dq = @ptrCast(grads[3 * pass].ptr),
-                    .dk = @ptrCast(grads[3 * pass + 1].ptr),
-                    .dv = @ptrCast(grads[3 * pass + 2].ptr),
-                };
-                for (grads[3 * pass ..][0..3]) |grad| @memset(grad, std.math.nan(f32));
-                if (pass == 0) {
-                    backward_keys(dtype, &g);
-                    backward_queries(dtype, &g);
-                } else backward_fused(dtype, &g);
-            }
-            const size = if (dtype == .float32) 4 else 2;
-            for (0..3) |i| {
-                const want: []const u8 = @as([*]const u8, @ptrCast(grads[i].ptr))[0 .. grads[i].len * size];
-                const got: []const u8 = @as([*]const u8, @ptrCast(grads[3 + i].ptr))[0 .. grads[i].len * size];
-                try testing.expectEqualSlices(u8, want, got);
-                // dv is not all zero: the comparison saw gradients (one key alone has ds = 0).
-                if (i == 2) try testing.expect(std.mem.indexOfNone(u8, want, &.{0}) != null);
+            // The first path's forward and one-pass results, for the other paths to match.
+            const first_out = take(&rest, q_len);
+            const first_lse = take(&rest, lse_len);
+            const first_grads = [_][]f32{ take(&rest, q_len), take(&rest, k_len), take(&rest, k_len) };
+            for (dispatch.paths_available(), 0..) |path, path_index| {
+                dispatch.set_path_for_test(path);
+                forward(dtype, &.{ .problem = p, .scale = scale, .q = @ptrCast(q.ptr), .k = @ptrCast(k.ptr), .v = @ptrCast(v.ptr), .mask = m, .out = @ptrCast(out.ptr), .lse = lse.ptr });
+                for (0..2) |pass| {
+                    const g = Backward{
+                        .problem = p,
+                        .scale = scale,
+                        .q = @ptrCast(q.ptr),
+                        .k = @ptrCast(k.ptr),
+                        .v = @ptrCast(v.ptr),
+                        .mask = m,
+                        .out = @ptrCast(out.ptr),
+                        .lse = lse.ptr,
+                        .d_out = @ptrCast(d_out.ptr),
+                        .dq = @ptrCast(grads[3 * pass].ptr),
+                        .dk = @ptrCast(grads[3 * pass + 1].ptr),
+                        .dv = @ptrCast(grads[3 * pass + 2].ptr),
+                    };
+                    for (grads[3 * pass ..][0..3]) |grad| @memset(grad, std.math.nan(f32));
+                    if (pass == 0) {
+                        backward_keys(dtype, &g);
+                        backward_queries(dtype, &g);
+                    } else backward_fused(dtype, &g);
+                }
+                const size = if (dtype == .float32) 4 else 2;
+                for (0..3) |i| {
+                    const want: []const u8 = @as([*]const u8, @ptrCast(grads[i].ptr))[0 .. grads[i].len * size];
+                    const got: []const u8 = @as([*]const u8, @ptrCast(grads[3 + i].ptr))[0 .. grads[i].len * size];
+                    try testing.expectEqualSlices(u8, want, got);
+                    // dv is not all zero: the comparison saw gradients (one key alone has ds = 0).
+                    if (i == 2) try testing.expect(std.mem.indexOfNone(u8, want, &.{0}) != null);
+                }
+                if (path_index == 0) {
+                    @memcpy(first_out, out);
+                    @memcpy(first_lse, lse);
+                    for (first_grads, grads[3..]) |first, grad| @memcpy(first, grad);
+                } else {
+                    try testing.expectEqualSlices(u32, @ptrCast(first_out), @ptrCast(out));
+                    try testing.expectEqualSlices(u32, @ptrCast(first_lse), @ptrCast(lse));
+                    for (first_grads, grads[3..]) |first, grad| try testing.expectEqualSlices(u32, @ptrCast(first), @ptrCast(grad));
+                }
             }
         }
     }
