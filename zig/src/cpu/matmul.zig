@@ -500,20 +500,29 @@ const Before = enum { nothing, zero, c };
 /// Before.c) row stride `ldc`. The same float32 additions and one rounding as store_tile followed
 /// by the epilogue, so the same bits.
 fn store_out(final: *const Final, values: [*]const f32, stride: u64, before: Before, c: [*]const f32, ldc: u64, r0: u64, j0: u64, rows: u64, cols: u64) void {
+    // The dtype, what comes before and whether there is a bias are fixed per call: choosing the
+    // loop once keeps the per-vector work to the loads, adds, rounding and store.
     switch (final.dtype) {
-        inline .float32, .float16, .bfloat16 => |dtype| {
-            for (0..rows) |i| {
-                const index = (final.row0 + r0 + i) * final.n + final.col0 + j0;
-                var j: u64 = 0;
-                while (j + lanes <= cols) : (j += lanes) out_lanes(lanes, dtype, final, values[i * stride + j ..], before, c[i * ldc + j ..], j0 + j, index + j);
-                while (j < cols) : (j += 1) out_lanes(1, dtype, final, values[i * stride + j ..], before, c[i * ldc + j ..], j0 + j, index + j);
-            }
+        inline .float32, .float16, .bfloat16 => |dtype| switch (before) {
+            inline else => |b| if (final.bias) |bias|
+                store_rows(dtype, b, true, final, bias, values, stride, c, ldc, r0, j0, rows, cols)
+            else
+                store_rows(dtype, b, false, final, undefined, values, stride, c, ldc, r0, j0, rows, cols),
         },
         else => unreachable,
     }
 }
 
-inline fn out_lanes(comptime n: comptime_int, comptime dtype: Dtype, final: *const Final, values: [*]const f32, before: Before, c: [*]const f32, column: u64, index: u64) void {
+inline fn store_rows(comptime dtype: Dtype, comptime before: Before, comptime has_bias: bool, final: *const Final, bias: [*]const u8, values: [*]const f32, stride: u64, c: [*]const f32, ldc: u64, r0: u64, j0: u64, rows: u64, cols: u64) void {
+    for (0..rows) |i| {
+        const index = (final.row0 + r0 + i) * final.n + final.col0 + j0;
+        var j: u64 = 0;
+        while (j + lanes <= cols) : (j += lanes) out_lanes(lanes, dtype, before, has_bias, final, bias, values[i * stride + j ..], c[i * ldc + j ..], j0 + j, index + j);
+        while (j < cols) : (j += 1) out_lanes(1, dtype, before, has_bias, final, bias, values[i * stride + j ..], c[i * ldc + j ..], j0 + j, index + j);
+    }
+}
+
+inline fn out_lanes(comptime n: comptime_int, comptime dtype: Dtype, comptime before: Before, comptime has_bias: bool, final: *const Final, bias: [*]const u8, values: [*]const f32, c: [*]const f32, column: u64, index: u64) void {
     const V = @Vector(n, f32);
     const acc: V = values[0..n].*;
     var value = switch (before) {
@@ -521,7 +530,7 @@ inline fn out_lanes(comptime n: comptime_int, comptime dtype: Dtype, final: *con
         .zero => @as(V, @splat(0)) + acc,
         .c => @as(V, c[0..n].*) + acc,
     };
-    if (final.bias) |bias| value += storage.load(n, dtype, bias, final.col0 + column);
+    if (has_bias) value += storage.load(n, dtype, bias, final.col0 + column);
     storage.store(n, dtype, final.out, index, value);
 }
 
