@@ -64,12 +64,45 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   return record(result, [x], [], (g) => [g.reshape(x.shape)]);
 }
 
+/** transpose()'s permutation from its arguments (see there), with clear errors for anything else. */
+function transposeOrder(
+  ndim: number,
+  perm: readonly number[] | number | undefined,
+  dim1: number | undefined,
+): readonly number[] {
+  if (typeof perm === "number") {
+    if (typeof dim1 !== "number") {
+      throw new TypeError(
+        `transpose: got dim0 ${perm} without dim1: pass two dimensions to swap, as transpose(x, 0, 1), or a permutation array`,
+      );
+    }
+    const first = normalizeAxis(perm, ndim, "transpose");
+    const second = normalizeAxis(dim1, ndim, "transpose");
+    return [...Array(ndim).keys()].map((d) => (d === first ? second : d === second ? first : d));
+  }
+  if (dim1 !== undefined) {
+    throw new TypeError(
+      `transpose: dim1 ${String(dim1)} needs a number dim0 before it, got ${perm === undefined ? "undefined" : "an array"}`,
+    );
+  }
+  if (perm === undefined)
+    return [...Array(ndim).keys()].map((d) => (d < ndim - 2 ? d : d === ndim - 2 ? ndim - 1 : ndim - 2));
+  if (!Array.isArray(perm)) {
+    throw new TypeError(
+      `transpose: perm must be an array of dimensions or a number (transpose(x, dim0, dim1)), got ${typeof perm}`,
+    );
+  }
+  return perm;
+}
+
 /**
  * Permutes dimensions (NumPy's transpose): output dimension i is input dimension perm[i].
- * Without perm, the last two dimensions swap.
+ * Without perm, the last two dimensions swap. `transpose(x, dim0, dim1)` swaps two dimensions, as
+ * PyTorch's `torch.transpose` (negative dimensions count from the end).
  *
  * @param x A tensor of at least one dimension.
- * @param perm A permutation of [0, ndim).
+ * @param perm A permutation of [0, ndim), or the first of two dimensions to swap.
+ * @param dim1 The second dimension to swap, when perm is a number.
  * @returns The permuted copy.
  * @example
  * ```ts
@@ -79,10 +112,10 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
  * if (y.toArray().join() !== "1,4,2,5,3,6") throw new Error("transpose");
  * ```
  */
-export function transpose(x: Tensor, perm?: readonly number[]): Tensor {
+export function transpose(x: Tensor, perm?: readonly number[] | number, dim1?: number): Tensor {
   checkTensor(x, "transpose", "x");
   const ndim = x.ndim;
-  const order = perm ?? [...Array(ndim).keys()].map((d) => (d < ndim - 2 ? d : d === ndim - 2 ? ndim - 1 : ndim - 2));
+  const order = transposeOrder(ndim, perm, dim1);
   const normalized = order.map((axis) => normalizeAxis(axis, ndim, "transpose"));
   if (normalized.length !== ndim || new Set(normalized).size !== ndim) {
     throw new RangeError(`transpose: perm [${order.join(", ")}] is not a permutation of ${ndim} dimensions`);

@@ -101,6 +101,27 @@ describe("shape", () => {
     expect(() => reshape(x, [3, -1])).toThrow(RangeError);
     expect(() => concat([x, tensor([[1, 2]])])).toThrow(TypeError);
   });
+
+  test("transpose(x, dim0, dim1) swaps two dimensions as torch.transpose, and bad arguments say what to pass", () => {
+    fc.assert(
+      fc.property(shape3, fc.integer({ min: -3, max: 2 }), fc.integer({ min: -3, max: 2 }), (shape, d0, d1) => {
+        using x = randn(shape, { seed: 5 });
+        const a = d0 < 0 ? d0 + 3 : d0;
+        const b = d1 < 0 ? d1 + 3 : d1;
+        const perm = [0, 1, 2].map((d) => (d === a ? b : d === b ? a : d));
+        using swapped = transpose(x, d0, d1);
+        using permuted = transpose(x, perm);
+        expect(swapped.shape).toEqual(perm.map((p) => shape[p]!));
+        expect(Array.from(swapped.toArray())).toEqual(Array.from(permuted.toArray()));
+      }),
+      { numRuns: 40 },
+    );
+    using x = randn([2, 3], { seed: 1 });
+    expect(() => transpose(x, 0)).toThrow(/without dim1: pass two dimensions to swap/);
+    expect(() => transpose(x, 0, 2)).toThrow(/axis 2 is out of range for 2 dimensions/);
+    expect(() => transpose(x, [1, 0], 1)).toThrow(/dim1 1 needs a number dim0/);
+    expect(() => transpose(x, "1" as unknown as number[])).toThrow(/perm must be an array of dimensions or a number/);
+  });
 });
 
 describe("shape ops move bits natively", () => {
