@@ -172,14 +172,6 @@ function withoutScope<T>(fn: () => T): T {
   }
 }
 
-function addInto(existing: Tensor, extra: Tensor): Tensor {
-  // Native, on the gradients' device: sum in float32 registers, round once to their dtype.
-  const sum = addSame(existing, extra);
-  existing.dispose();
-  extra.dispose();
-  return sum;
-}
-
 /**
  * Frees a scope's tensors as soon as no backward function still to run reads them (PyTorch frees a
  * node's saved tensors once it has run), so the backward pass's peak is the forward's saved
@@ -224,6 +216,10 @@ class Release {
  * Walks `tape` backwards from `output` seeded with `seed`, and returns the gradients of the tensors
  * in `targets` (null where none reached them). Disposes every intermediate gradient, and with
  * `release`, each saved tensor after its last reader has run.
+ *
+ * A backward function may return its output's gradient itself as an input's (an add passes it
+ * through unchanged instead of copying it), so one tensor can be held by several entries: each
+ * holder beyond the first is counted, and a tensor is disposed when its last holder lets go.
  */
 function backwardPass(
   tape: Tape,
@@ -235,6 +231,15 @@ function backwardPass(
   const grads = new Map<Tensor, Tensor>();
   grads.set(output, seed);
   const wanted = new Set(targets);
+  // Holders beyond the first of a gradient that more than one entry holds.
+  const shared = new Map<Tensor, number>();
+  const share = (t: Tensor) => shared.set(t, (shared.get(t) ?? 0) + 1);
+  const drop = (t: Tensor) => {
+    const extra = shared.get(t);
+    if (extra === undefined) t.dispose();
+    else if (extra <= 1) shared.delete(t);
+    else shared.set(t, extra - 1);
+  };
   withoutScope(() => {
     for (let index = tape.nodes.length - 1; index >= 0; index--) {
       const node = tape.nodes[index]!;
@@ -246,12 +251,13 @@ function backwardPass(
       // A target that is also an op's output keeps its gradient; others are consumed here.
       if (!wanted.has(node.output)) grads.delete(node.output);
       const inputGrads = node.backward(outputGrad);
-      if (!wanted.has(node.output)) outputGrad.dispose();
+      for (const grad of inputGrads) if (grad === outputGrad) share(outputGrad);
+      if (!wanted.has(node.output)) drop(outputGrad);
       node.inputs.forEach((input, i) => {
         const grad = inputGrads[i];
         if (grad === null || grad === undefined) return;
         if (!tape.requires.has(input)) {
-          grad.dispose();
+          drop(grad);
           return;
         }
         if (grad.dtype !== input.dtype || grad.size !== input.size) {
@@ -260,14 +266,32 @@ function backwardPass(
           );
         }
         const existing = grads.get(input);
-        grads.set(input, existing === undefined ? grad : addInto(existing, grad));
+        if (existing === undefined) {
+          grads.set(input, grad);
+          return;
+        }
+        // Native, on the gradients' device: sum in float32 registers, round once to their dtype.
+        grads.set(input, addSame(existing, grad));
+        drop(existing);
+        drop(grad);
       });
       release?.done(node);
     }
   });
-  const results = targets.map((target) => grads.get(target) ?? null);
-  const kept = new Set(results);
-  for (const grad of grads.values()) if (!kept.has(grad)) grad.dispose();
+  // Each target gets a tensor of its own: one held for two targets is copied for the second.
+  const given = new Set<Tensor>();
+  const results = targets.map((target) => {
+    const grad = grads.get(target);
+    if (grad === undefined) return null;
+    if (!given.has(grad)) {
+      given.add(grad);
+      return grad;
+    }
+    return withoutScope(() => grad.clone());
+  });
+  for (const [target, grad] of grads) {
+    if (results[targets.indexOf(target)] !== grad) drop(grad);
+  }
   return results;
 }
 

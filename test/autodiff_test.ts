@@ -9,7 +9,7 @@ import {
   track,
   valueAndGrad,
 } from "../src/autodiff.ts";
-import { add, crossEntropy, gelu, linear, matmul, mean, mul, sum, tanh, toDtype } from "../src/ops/mod.ts";
+import { add, crossEntropy, gelu, linear, matmul, mean, mul, sub, sum, tanh, toDtype } from "../src/ops/mod.ts";
 import { liveTensorCount, randn, type Tensor, tensor } from "../src/tensor.ts";
 import { treeLeaves } from "../src/tree.ts";
 import { autocast } from "../src/autocast.ts";
@@ -49,6 +49,37 @@ describe("autodiff", () => {
     expect(g.unused.dtype).toBe("bfloat16");
     g.a.dispose();
     g.unused.dispose();
+  });
+
+  test("add and sub pass their gradient through uncopied, yet every parameter gets a tensor of its own and nothing leaks", () => {
+    using a = tensor([1, 2, 3]);
+    using b = tensor([10, 20, 30]);
+    using c = tensor([-1, 0.5, 4]);
+    using w = tensor([2, -3, 0.25]);
+    const before = liveTensorCount();
+    const f = (p: { a: Tensor; b: Tensor; c: Tensor; w: Tensor }) =>
+      add(sum(mul(sub(add(add(p.a, p.b), p.c), p.b), p.w)), add(sum(add(p.a, p.a)), sum(add(p.b, p.c))));
+    const [loss, grads] = valueAndGrad(f)({ a, b, c, w }) as [number, Record<"a" | "b" | "c" | "w", Tensor>];
+    // loss = sum((a + c) * w) + 2 sum(a) + sum(b) + sum(c)
+    expect(loss).toBeCloseTo(2 * 0 + -3 * 2.5 + 0.25 * 7 + 12 + 60 + 3.5, 5);
+    const all = [grads.a, grads.b, grads.c, grads.w];
+    expect(new Set(all).size).toBe(4);
+    grads.b.dispose();
+    expect([...grads.a.toArray()]).toEqual([4, -1, 2.25]);
+    expect([...grads.c.toArray()]).toEqual([3, -2, 1.25]);
+    expect([...grads.w.toArray()]).toEqual([0, 2.5, 7]);
+    for (const g of all) g.dispose();
+    expect(liveTensorCount()).toBe(before);
+    // Two parameters whose gradient is the same pass-through tensor each get their own copy.
+    const [, pair] = valueAndGrad((p: { a: Tensor; c: Tensor }) => sum(add(p.a, p.c)))({ a, c }) as [
+      number,
+      Record<"a" | "c", Tensor>,
+    ];
+    expect(pair.a).not.toBe(pair.c);
+    pair.a.dispose();
+    expect([...pair.c.toArray()]).toEqual([1, 1, 1]);
+    pair.c.dispose();
+    expect(liveTensorCount()).toBe(before);
   });
 
   test("hasAux returns the aux output alive and the loss value", () => {

@@ -121,8 +121,11 @@ function binaryGrad(op: BinaryName, which: 0 | 1, g: Tensor, a: Operand, b: Oper
   const other = which === 0 ? b : a;
   const into = (code: MapOpCode, operands: Operand[], scale: number) =>
     reduceInto(`${op} backward`, code, x.shape, shape, g.dtype, g.device, operands, scale);
-  if (op === "add") return into(MapOp.copy, [g], 1);
-  if (op === "sub") return into(MapOp.copy, [g], which === 0 ? 1 : -1);
+  // An operand of the output's shape gets the output's gradient itself: the tape lets one
+  // gradient be held twice (autodiff.ts), so a residual add copies nothing.
+  const whole = x.shape.length === shape.length && x.shape.every((d, i) => d === shape[i]);
+  if (op === "add") return whole ? g : into(MapOp.copy, [g], 1);
+  if (op === "sub") return whole && which === 0 ? g : into(MapOp.copy, [g], which === 0 ? 1 : -1);
   if (op === "mul") return into(MapOp.mul, [g, other], 1);
   // d(a / b)/da = 1 / b; d(a / b)/db = -a / b^2.
   if (which === 0) return into(MapOp.div, [g, b], 1);
