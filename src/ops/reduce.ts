@@ -61,8 +61,25 @@ function stridesOf(shape: readonly number[], skip: readonly boolean[] | null): n
   return strides;
 }
 
-function reduce(op: "sum" | "mean", x: Tensor, options: ReduceOptions): Tensor {
+/** The axes of `sum(x, 1)` / `sum(x, [0, 1])` (torch.sum's dim) as options; refuses what is neither. */
+function optionsOf(op: string, options: ReduceOptions | number | readonly number[]): ReduceOptions {
+  if (typeof options === "number" || Array.isArray(options)) return { axis: options as number | readonly number[] };
+  if (options === null || typeof options !== "object") {
+    throw new TypeError(`${op}: expected an axis, an array of axes or { axis, keepDims }, got ${String(options)}`);
+  }
+  for (const key of Object.keys(options)) {
+    if (key !== "axis" && key !== "keepDims") {
+      throw new TypeError(
+        `${op}: unknown option ${JSON.stringify(key)}: use { axis, keepDims }${key === "dim" || key === "keepdim" ? " (PyTorch's dim and keepdim)" : ""}`,
+      );
+    }
+  }
+  return options as ReduceOptions;
+}
+
+function reduce(op: "sum" | "mean", x: Tensor, given: ReduceOptions | number | readonly number[]): Tensor {
   checkTensor(x, op, "x");
+  const options = optionsOf(op, given);
   const p = plan(x.shape, options, op);
   const dtype = autocastDtype(op, [x.dtype], x.device);
   const xc = toDtype(x, dtype);
@@ -96,7 +113,7 @@ function reduce(op: "sum" | "mean", x: Tensor, options: ReduceOptions): Tensor {
  * Sum over axes (all by default), accumulated in float64 in a fixed order.
  *
  * @param x A tensor.
- * @param options axis, keepDims.
+ * @param options axis, keepDims; or the axis or axes alone, as torch.sum's dim (`sum(x, [0, 1])`).
  * @returns The sums.
  * @example
  * ```ts
@@ -106,7 +123,7 @@ function reduce(op: "sum" | "mean", x: Tensor, options: ReduceOptions): Tensor {
  * if (s.toArray().join() !== "4,6") throw new Error("column sums");
  * ```
  */
-export function sum(x: Tensor, options: ReduceOptions = {}): Tensor {
+export function sum(x: Tensor, options: ReduceOptions | number | readonly number[] = {}): Tensor {
   return reduce("sum", x, options);
 }
 
@@ -114,7 +131,7 @@ export function sum(x: Tensor, options: ReduceOptions = {}): Tensor {
  * Mean over axes (all by default).
  *
  * @param x A tensor.
- * @param options axis, keepDims.
+ * @param options axis, keepDims; or the axis or axes alone (`mean(x, -1)`).
  * @returns The means.
  * @example
  * ```ts
@@ -124,6 +141,6 @@ export function sum(x: Tensor, options: ReduceOptions = {}): Tensor {
  * if (m.toArray().join() !== "1.5,3.5") throw new Error("row means");
  * ```
  */
-export function mean(x: Tensor, options: ReduceOptions = {}): Tensor {
+export function mean(x: Tensor, options: ReduceOptions | number | readonly number[] = {}): Tensor {
   return reduce("mean", x, options);
 }

@@ -68,6 +68,24 @@ describe("reduce", () => {
     expect(() => sum(x, { axis: 1 })).toThrow(RangeError);
   });
 
+  test("sum(x, axes) and mean(x, axis) take the axes alone, as torch.sum's dim; unknown options are refused, not ignored", () => {
+    using x = tensor(
+      Float32Array.from({ length: 24 }, (_, i) => i),
+      { shape: [2, 3, 4] },
+    );
+    using byArray = sum(x, [0, 1]);
+    using byOptions = sum(x, { axis: [0, 1] });
+    expect(byArray.shape).toEqual([4]);
+    expect([...byArray.toArray()]).toEqual([...byOptions.toArray()]);
+    using last = mean(x, -1);
+    expect([...last.toArray()]).toEqual([1.5, 5.5, 9.5, 13.5, 17.5, 21.5]);
+    expect(() => sum(x, { dim: 0 } as never)).toThrow(
+      /unknown option "dim": use \{ axis, keepDims \} \(PyTorch's dim and keepdim\)/,
+    );
+    expect(() => mean(x, "0" as never)).toThrow(/expected an axis, an array of axes or \{ axis, keepDims \}, got 0/);
+    expect(() => sum(x, [0, 3])).toThrow(/axis 3 is out of range for 3 dimensions/);
+  });
+
   for (const dtype of ["float32", "float16", "bfloat16"] as DtypeName[]) {
     test(`sum() and mean() of ${dtype} tensors match float64 within (eps / 2 + 2 eps32) of the summed magnitudes, and their gradient is the broadcast seed`, () => {
       const eps = dtypeInfo(dtype).eps;
