@@ -538,20 +538,22 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
 
         state: *const MapState,
 
-        inline fn operand(self: *const Self, comptime n: comptime_int, comptime i: usize, index: u64, stride: u64) F(n) {
+        // The loops read the call's Map through a local copy (`map`): through the shared state the
+        // compiler must reload its fields after every store to the target, which may alias them.
+        inline fn operand(map: *const Map, comptime n: comptime_int, comptime i: usize, index: u64, stride: u64) F(n) {
             if (i >= arity) return splat(n, 0);
-            if (self.state.map.constant[i]) return splat(n, self.state.map.scalar);
-            if (n == 1 or stride == 0) return @splat(storage.load_one(dtype, self.state.map.operands[i], index));
-            return storage.load(n, dtype, self.state.map.operands[i], index);
+            if (map.constant[i]) return splat(n, map.scalar);
+            if (n == 1 or stride == 0) return @splat(storage.load_one(dtype, map.operands[i], index));
+            return storage.load(n, dtype, map.operands[i], index);
         }
 
-        inline fn term(self: *const Self, comptime n: comptime_int, base: [operands_max]u64, k: u64, inner: [operands_max]u64) F(n) {
+        inline fn term(map: *const Map, comptime n: comptime_int, base: [operands_max]u64, k: u64, inner: [operands_max]u64) F(n) {
             return map_apply(
                 op,
                 n,
-                self.operand(n, 0, base[0] + k * inner[0], inner[0]),
-                self.operand(n, 1, base[1] + k * inner[1], inner[1]),
-                self.operand(n, 2, base[2] + k * inner[2], inner[2]),
+                operand(map, n, 0, base[0] + k * inner[0], inner[0]),
+                operand(map, n, 1, base[1] + k * inner[1], inner[1]),
+                operand(map, n, 2, base[2] + k * inner[2], inner[2]),
             );
         }
 
@@ -559,7 +561,8 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
         /// (within one run of the innermost kept dimension) into `sums`.
         fn accumulate(self: *const Self, first: u64, len: u32, r_begin: u64, r_end: u64, sums: *[tile_len]f64) void {
             assert(len >= 1 and len <= tile_len and r_begin < r_end);
-            const layout = self.state.map.layout;
+            const map = self.state.map.*;
+            const layout = map.layout;
             const kept_ndim = layout.kept_ndim;
             const kept_base = offsets_of(layout.kept_shape[0..kept_ndim], &layout.kept_strides, first);
             var inner: [operands_max]u64 = undefined;
@@ -581,8 +584,8 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
                     var r = r_begin;
                     while (r < r_end) : (r += 1) {
                         const base = walk.base(kept_base);
-                        const x: V64 = self.term(lanes, base, k, inner);
-                        const y: V64 = self.term(lanes, base, k + lanes, inner);
+                        const x: V64 = term(&map, lanes, base, k, inner);
+                        const y: V64 = term(&map, lanes, base, k + lanes, inner);
                         first_half = if (r == r_begin) x else first_half + x;
                         second_half = if (r == r_begin) y else second_half + y;
                         walk.step(layout);
@@ -595,7 +598,7 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
                     var total: V64 = undefined;
                     var r = r_begin;
                     while (r < r_end) : (r += 1) {
-                        const x: V64 = self.term(lanes, walk.base(kept_base), k, inner);
+                        const x: V64 = term(&map, lanes, walk.base(kept_base), k, inner);
                         total = if (r == r_begin) x else total + x;
                         walk.step(layout);
                     }
@@ -610,38 +613,92 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
             while (r < r_end) : (r += 1) {
                 const base = walk.base(kept_base);
                 for (k..len) |j| {
-                    const x: f64 = self.term(1, base, @intCast(j), inner)[0];
+                    const x: f64 = term(&map, 1, base, @intCast(j), inner)[0];
                     sums[j] = if (r == r_begin) x else sums[j] + x;
                 }
                 walk.step(layout);
             }
         }
 
-        /// Without reduced dimensions: target = scale * f, vector by vector, no accumulator.
-        fn elementwise(self: *const Self, first: u64, len: u32) void {
-            const layout = self.state.map.layout;
+        /// Without reduced dimensions: target = scale * f, vector by vector, no accumulator. `len`
+        /// may span many tiles of one row of the innermost kept dimension.
+        fn elementwise(self: *const Self, first: u64, len: u64) void {
+            const map = self.state.map.*;
+            const layout = map.layout;
             const kept_ndim = layout.kept_ndim;
             const base = offsets_of(layout.kept_shape[0..kept_ndim], &layout.kept_strides, first);
             var inner: [operands_max]u64 = undefined;
-            var vector = true;
-            for (0..operands_max) |i| {
+            var kinds: [operands_max]Kind = @splat(.unused);
+            for (0..arity) |i| {
                 inner[i] = layout.kept_strides[i][kept_ndim - 1];
-                if (i < arity and !self.state.map.constant[i] and inner[i] > 1) vector = false;
+                kinds[i] = if (map.constant[i]) .constant else if (inner[i] == 0) .broadcast else if (inner[i] == 1) .contiguous else .strided;
             }
-            const scale = self.state.map.scale;
-            var k: u32 = 0;
-            if (vector) {
-                while (k + lanes <= len) : (k += lanes) {
-                    var value = self.term(lanes, base, k, inner);
-                    if (scale != 1) value *= splat(lanes, scale);
-                    storage.store(lanes, dtype, self.state.map.target, first + k, value);
+            for (arity..operands_max) |i| inner[i] = 0;
+            var k: u64 = 0;
+            // The common operand kinds run loops specialized for them (no per-vector tests of
+            // the kinds or the scale); the rest run the general loop.
+            inline for (fast_kinds) |fast| {
+                if (std.mem.eql(Kind, &kinds, &fast)) {
+                    k = if (map.scale == 1) fast_loop(fast, false, &map, base, first, len) else fast_loop(fast, true, &map, base, first, len);
+                    break;
+                }
+            } else {
+                const vector = std.mem.indexOfScalar(Kind, &kinds, .strided) == null;
+                if (vector) {
+                    while (k + lanes <= len) : (k += lanes) {
+                        var value = term(&map, lanes, base, k, inner);
+                        if (map.scale != 1) value *= splat(lanes, map.scale);
+                        storage.store(lanes, dtype, map.target, first + k, value);
+                    }
                 }
             }
             while (k < len) : (k += 1) {
-                var value = self.term(1, base, k, inner);
-                if (scale != 1) value *= splat(1, scale);
-                storage.store(1, dtype, self.state.map.target, first + k, value);
+                var value = term(&map, 1, base, k, inner);
+                if (map.scale != 1) value *= splat(1, map.scale);
+                storage.store(1, dtype, map.target, first + k, value);
             }
+        }
+
+        /// How an elementwise pass reads an operand along the innermost kept dimension.
+        const Kind = enum { unused, contiguous, broadcast, constant, strided };
+
+        /// The operand kinds with loops of their own: every operand contiguous, or one a broadcast
+        /// or a number beside a contiguous one.
+        const fast_kinds: []const [operands_max]Kind = switch (arity) {
+            1 => &.{.{ .contiguous, .unused, .unused }},
+            2 => &.{
+                .{ .contiguous, .contiguous, .unused },
+                .{ .contiguous, .broadcast, .unused },
+                .{ .broadcast, .contiguous, .unused },
+                .{ .contiguous, .constant, .unused },
+                .{ .constant, .contiguous, .unused },
+            },
+            else => &.{.{ .contiguous, .contiguous, .contiguous }},
+        };
+
+        /// Whole vectors of an elementwise pass whose operand kinds are `kinds`; returns how many
+        /// elements it did (the same values as the general loop: the same loads and operations).
+        inline fn fast_loop(comptime kinds: [operands_max]Kind, comptime scaled: bool, map: *const Map, base: [operands_max]u64, first: u64, len: u64) u64 {
+            var fixed: [operands_max]F(lanes) = undefined;
+            inline for (0..operands_max) |i| {
+                switch (kinds[i]) {
+                    .constant => fixed[i] = splat(lanes, map.scalar),
+                    .broadcast => fixed[i] = @splat(storage.load_one(dtype, map.operands[i], base[i])),
+                    else => fixed[i] = splat(lanes, 0),
+                }
+            }
+            const scale = splat(lanes, map.scale);
+            var k: u64 = 0;
+            while (k + lanes <= len) : (k += lanes) {
+                var x: [operands_max]F(lanes) = undefined;
+                inline for (0..operands_max) |i| {
+                    x[i] = if (kinds[i] == .contiguous) storage.load(lanes, dtype, map.operands[i], base[i] + k) else fixed[i];
+                }
+                var value = map_apply(op, lanes, x[0], x[1], x[2]);
+                if (scaled) value *= scale;
+                storage.store(lanes, dtype, map.target, first + k, value);
+            }
+            return k;
         }
 
         fn finish(self: *const Self, first: u64, len: u32, sums: *const [tile_len]f64) void {
@@ -691,6 +748,18 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
             const units: u64 = if (self.state.chunk_count > 1) self.state.chunk_count else self.state.tile_count;
             const begin = units * worker / workers;
             const end = units * (worker + 1) / workers;
+            if (self.state.reduced_count == 1 and self.state.map.layout.reduced_ndim == 0) {
+                // Elementwise: the share's tiles of one row run as one stretch.
+                var tile = begin;
+                while (tile < end) {
+                    const row_end = @min(end, (tile / self.state.tiles_per_row + 1) * self.state.tiles_per_row);
+                    const first, _ = self.tile_bounds(tile);
+                    const last_first, const last_len = self.tile_bounds(row_end - 1);
+                    self.elementwise(first, last_first + last_len - first);
+                    tile = row_end;
+                }
+                return;
+            }
             var unit = begin;
             while (unit < end) : (unit += 1) {
                 if (self.state.chunk_count > 1) self.run_chunk(@intCast(unit)) else self.run_tile(unit);
