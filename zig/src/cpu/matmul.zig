@@ -737,10 +737,15 @@ inline fn micro_tiles(comptime path: Path, steps: u64, direct: ?DirectA, pack_a:
                     finish_tile(&tile, final, tile_c, ldc, ir, jr, valid_rows, valid_cols, add);
                 },
                 .amx => if (final) |f| {
-                    // Through a buffer holding C's valid corner (or zeros), as tile_amx's edge tiles.
-                    var buffer: [amx_rows][nr]f32 align(64) = @splat(@splat(0));
-                    if (add) for (0..valid_rows) |i| @memcpy(buffer[i][0..valid_cols], tile_c[i * ldc ..][0..valid_cols]);
-                    kernel_amx(steps / amx_pairs, a_words + ir * steps, b_words + jr * steps, &buffer[0], nr, true);
+                    // Through a buffer holding C's valid corner (zeros elsewhere) where C is added,
+                    // as tile_amx's edge tiles; else the tiles start from tilezero's zeros (the
+                    // same +0 a zeroed buffer would load) and the buffer is only written.
+                    var buffer: [amx_rows][nr]f32 align(64) = undefined;
+                    if (add) {
+                        if (valid_rows < amx_rows or valid_cols < nr) buffer = @splat(@splat(0));
+                        for (0..valid_rows) |i| @memcpy(buffer[i][0..valid_cols], tile_c[i * ldc ..][0..valid_cols]);
+                    }
+                    kernel_amx(steps / amx_pairs, a_words + ir * steps, b_words + jr * steps, &buffer[0], nr, add);
                     store_out(f, &buffer[0], nr, .nothing, tile_c, ldc, ir, jr, valid_rows, valid_cols);
                 } else tile_amx(steps / amx_pairs, a_words + ir * steps, b_words + jr * steps, tile_c, ldc, valid_rows, valid_cols, add),
             }
