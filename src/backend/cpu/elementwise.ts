@@ -8,7 +8,7 @@
  */
 
 import { ptr } from "bun:ffi";
-import { check, native } from "../../_ffi.ts";
+import { check, native, Status } from "../../_ffi.ts";
 import { dtypeInfo } from "../../dtype.ts";
 import type { Tensor } from "../../tensor.ts";
 
@@ -125,18 +125,19 @@ export const elementwiseCpu: ElementwiseKernels = {
       scale,
       flags,
     );
-    check(status, `mp_elementwise_map(op ${op}, ${target.dtype}, [${target.shape.join(", ")}])`);
+    if (status !== Status.ok)
+      check(status, `mp_elementwise_map(op ${op}, ${target.dtype}, [${target.shape.join(", ")}])`);
   },
   activationForward(op, x, out) {
     if (x.size === 0) return;
     const status = native().mp_elementwise_forward(op, dtypeInfo(x.dtype).code, x.address, out.address, x.size);
-    check(status, `mp_elementwise_forward(op ${op}, ${x.dtype})`);
+    if (status !== Status.ok) check(status, `mp_elementwise_forward(op ${op}, ${x.dtype})`);
   },
   activationBackward(op, saved, g, dx) {
     if (saved.size === 0) return;
     const code = dtypeInfo(saved.dtype).code;
     const status = native().mp_elementwise_backward(op, code, saved.address, g.address, dx.address, saved.size);
-    check(status, `mp_elementwise_backward(op ${op}, ${saved.dtype})`);
+    if (status !== Status.ok) check(status, `mp_elementwise_backward(op ${op}, ${saved.dtype})`);
   },
   swigluForward(a, b, out) {
     if (a.size === 0) return;

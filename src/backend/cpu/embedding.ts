@@ -6,7 +6,7 @@
  */
 
 import { ptr } from "bun:ffi";
-import { check, native } from "../../_ffi.ts";
+import { check, native, Status } from "../../_ffi.ts";
 import { dtypeInfo } from "../../dtype.ts";
 import type { Tensor } from "../../tensor.ts";
 
@@ -36,7 +36,8 @@ export const embeddingCpu: EmbeddingKernels = {
       ids.length,
       dtypeInfo(table.dtype).code,
     );
-    check(status, `mp_embedding_forward(${table.dtype}, ${vocabulary} x ${dim}, ${ids.length} ids)`);
+    if (status !== Status.ok)
+      check(status, `mp_embedding_forward(${table.dtype}, ${vocabulary} x ${dim}, ${ids.length} ids)`);
   },
   embeddingBackward(ids, gradOut, gradTable) {
     const [vocabulary, dim] = gradTable.shape as [number, number];
@@ -58,7 +59,8 @@ export const embeddingCpu: EmbeddingKernels = {
         ids.length,
         dtypeInfo(gradTable.dtype).code,
       );
-      check(status, `mp_embedding_backward(${gradTable.dtype}, ${vocabulary} x ${dim}, ${ids.length} ids)`);
+      if (status !== Status.ok)
+        check(status, `mp_embedding_backward(${gradTable.dtype}, ${vocabulary} x ${dim}, ${ids.length} ids)`);
     } finally {
       check(native().mp_free(workspace, sizeBytes), "freeing embedding workspace");
     }

@@ -7,7 +7,7 @@
  */
 
 import { ptr } from "bun:ffi";
-import { check, native } from "../../_ffi.ts";
+import { check, native, Status } from "../../_ffi.ts";
 import { type DtypeName, dtypeInfo, type StorageArray } from "../../dtype.ts";
 import type { Tensor } from "../../tensor.ts";
 
@@ -102,7 +102,7 @@ export const layoutCpu: LayoutKernels = {
       dtypeInfo(b.dtype).code,
       flags,
     );
-    check(status, `mp_matmul(${a.dtype} x ${b.dtype}, ${batch} x ${m} x ${n} x ${k})`);
+    if (status !== Status.ok) check(status, `mp_matmul(${a.dtype} x ${b.dtype}, ${batch} x ${m} x ${n} x ${k})`);
   },
   matmulEpilogue(product, bias, out) {
     const cols = out.shape[out.ndim - 1] ?? 1;
@@ -135,7 +135,8 @@ export const layoutCpu: LayoutKernels = {
       dtypeInfo(out.dtype).code,
       flags,
     );
-    check(status, `mp_matmul_out(${a.dtype} x ${b.dtype} -> ${out.dtype}, ${batch} x ${m} x ${n} x ${k})`);
+    if (status !== Status.ok)
+      check(status, `mp_matmul_out(${a.dtype} x ${b.dtype} -> ${out.dtype}, ${batch} x ${m} x ${n} x ${k})`);
   },
   matmulOutNeedsScratch(outDtype, k) {
     // A float32 output holds its own partial sums.
@@ -178,6 +179,6 @@ export function matmulInto(
     dtypeInfo(bDtype).code,
     flags,
   );
-  check(status, `mp_matmul(${aDtype} x ${bDtype}, ${batch} x ${m} x ${n} x ${k})`);
+  if (status !== Status.ok) check(status, `mp_matmul(${aDtype} x ${bDtype}, ${batch} x ${m} x ${n} x ${k})`);
   return c;
 }

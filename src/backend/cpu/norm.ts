@@ -7,7 +7,7 @@
  */
 
 import { ptr } from "bun:ffi";
-import { check, native } from "../../_ffi.ts";
+import { check, native, Status } from "../../_ffi.ts";
 import { dtypeInfo } from "../../dtype.ts";
 import type { Tensor } from "../../tensor.ts";
 import { addressOf, rowsOf } from "../_args.ts";
@@ -82,7 +82,8 @@ function forward(
     dtypeInfo(x.dtype).code,
     eps,
   );
-  check(status, `mp_norm_forward(${op === Op.layer ? "layer" : "rms"}, ${x.dtype}, ${rows} x ${width})`);
+  if (status !== Status.ok)
+    check(status, `mp_norm_forward(${op === Op.layer ? "layer" : "rms"}, ${x.dtype}, ${rows} x ${width})`);
 }
 
 function backward(
@@ -133,7 +134,8 @@ function backward(
       width,
       dtypeInfo(x.dtype).code,
     );
-    check(status, `mp_norm_backward(${op === Op.layer ? "layer" : "rms"}, ${x.dtype}, ${rows} x ${width})`);
+    if (status !== Status.ok)
+      check(status, `mp_norm_backward(${op === Op.layer ? "layer" : "rms"}, ${x.dtype}, ${rows} x ${width})`);
   } finally {
     if (workspace !== 0) check(native().mp_free(workspace, sizeBytes), "freeing norm workspace");
   }

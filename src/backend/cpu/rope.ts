@@ -7,7 +7,7 @@
  */
 
 import { ptr } from "bun:ffi";
-import { check, native } from "../../_ffi.ts";
+import { check, native, Status } from "../../_ffi.ts";
 import { dtypeInfo } from "../../dtype.ts";
 import type { Tensor } from "../../tensor.ts";
 
@@ -68,7 +68,7 @@ function call(
     ptr(problem.invFreq),
     positions === null || positions.length === 0 ? 0 : ptr(positions),
   );
-  check(status, `rope${which === "mp_rope_backward" ? " backward" : ""}(${source.dtype})`);
+  if (status !== Status.ok) check(status, `rope${which === "mp_rope_backward" ? " backward" : ""}(${source.dtype})`);
 }
 
 export const ropeCpu: RopeKernels = {

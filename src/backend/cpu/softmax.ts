@@ -7,7 +7,7 @@
  */
 
 import { ptr } from "bun:ffi";
-import { check, native } from "../../_ffi.ts";
+import { check, native, Status } from "../../_ffi.ts";
 import { dtypeInfo } from "../../dtype.ts";
 import type { Tensor } from "../../tensor.ts";
 import { rowsOf } from "../_args.ts";
@@ -63,7 +63,7 @@ function forward(op: number, x: Tensor, out: Tensor): void {
     0,
     0,
   );
-  check(status, `mp_softmax_forward(${NAMES[op]}, ${x.dtype}, ${rows} x ${width})`);
+  if (status !== Status.ok) check(status, `mp_softmax_forward(${NAMES[op]}, ${x.dtype}, ${rows} x ${width})`);
 }
 
 function backward(op: number, y: Tensor, gradOut: Tensor, gradX: Tensor): void {
@@ -81,7 +81,7 @@ function backward(op: number, y: Tensor, gradOut: Tensor, gradX: Tensor): void {
     0,
     0,
   );
-  check(status, `mp_softmax_backward(${NAMES[op]}, ${y.dtype}, ${rows} x ${width})`);
+  if (status !== Status.ok) check(status, `mp_softmax_backward(${NAMES[op]}, ${y.dtype}, ${rows} x ${width})`);
 }
 
 export const softmaxCpu: SoftmaxKernels = {
@@ -141,6 +141,6 @@ export const softmaxCpu: SoftmaxKernels = {
       ignoreIndex,
       lse.address,
     );
-    check(status, `mp_softmax_backward(cross-entropy, ${logits.dtype}, ${rows} x ${width})`);
+    if (status !== Status.ok) check(status, `mp_softmax_backward(cross-entropy, ${logits.dtype}, ${rows} x ${width})`);
   },
 };
