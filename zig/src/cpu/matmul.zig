@@ -1009,9 +1009,9 @@ pub fn run_worker(task: *Task, worker: u32) void {
     }
 }
 
-/// Below this many multiply-adds (about 40 microseconds of one core) a call runs on one thread:
-/// waking a worker of the pool costs a few microseconds.
-pub const parallel_macs_min: u64 = 1 << 21;
+/// Below this many multiply-adds (about 10 microseconds of one core) a call runs on one thread:
+/// handing a share to a worker of the pool costs a few microseconds (less while it spins).
+pub const parallel_macs_min: u64 = 1 << 19;
 
 /// Whether a dtype is a valid matmul input.
 pub fn input_dtype(dtype: Dtype) bool {

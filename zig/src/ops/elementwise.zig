@@ -33,7 +33,8 @@ pub const operands_max = 3;
 const tile_len: u32 = 256;
 /// Reduced-space chunks when few targets sum many terms; a function of the size only.
 const chunks_max: u32 = 16;
-const chunk_len_min: u64 = pool.parallel_threshold;
+/// Terms per chunk at least: fixed (not the pool's threshold), since it decides the bits.
+const chunk_len_min: u64 = 1 << 16;
 
 // ---- Math shared by the activations (float32 lanes, a few ulp). ----
 
