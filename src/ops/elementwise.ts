@@ -354,7 +354,8 @@ const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 /**
  * erf: of a number, to within 1.5e-7 absolute (Abramowitz and Stegun 7.1.26: one exp and a
  * degree-5 polynomial; the reference the gelu tests use); of a tensor, elementwise and native
- * (the Maclaurin series below |x| = 1, 7.1.26 beyond: within a few float32 ulp), differentiable.
+ * (polynomial fits with no division: x S(x^2) below |x| = 1, 1 - exp(P(|x|) - x^2) beyond; within
+ * 3 float32 ulp + 1.5e-7), differentiable.
  *
  * @param x A number, or a tensor.
  * @returns erf(x), a number or a tensor of x's dtype.
