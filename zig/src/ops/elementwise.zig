@@ -590,6 +590,20 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
             var k: u32 = 0;
             if (vector) {
                 const V64 = @Vector(lanes, f64);
+                while (k + 4 * lanes <= len) : (k += 4 * lanes) {
+                    var walk = Walk.start(layout, r_begin);
+                    var totals: [4]V64 = undefined;
+                    var r = r_begin;
+                    while (r < r_end) : (r += 1) {
+                        const base = walk.base(kept_base);
+                        inline for (0..4) |q| {
+                            const x: V64 = term(&map, lanes, base, k + q * lanes, inner);
+                            totals[q] = if (r == r_begin) x else totals[q] + x;
+                        }
+                        walk.step(layout);
+                    }
+                    inline for (0..4) |q| sums[k + q * lanes ..][0..lanes].* = totals[q];
+                }
                 while (k + 2 * lanes <= len) : (k += 2 * lanes) {
                     var walk = Walk.start(layout, r_begin);
                     var first_half: V64 = undefined;
@@ -731,8 +745,8 @@ fn Engine(comptime op: MapOp, comptime dtype: Dtype) type {
 
         fn tile_bounds(self: *const Self, tile: u64) struct { u64, u32 } {
             const row = tile / self.state.tiles_per_row;
-            const column = (tile % self.state.tiles_per_row) * tile_len;
-            const len: u32 = @intCast(@min(tile_len, self.state.inner_len - column));
+            const column = (tile % self.state.tiles_per_row) * self.state.tile_width;
+            const len: u32 = @intCast(@min(self.state.tile_width, self.state.inner_len - column));
             return .{ row * self.state.inner_len + column, len };
         }
 
@@ -802,6 +816,8 @@ pub const MapState = struct {
     map: *const Map,
     reduced_count: u64,
     inner_len: u64,
+    /// Targets per tile: tile_len, or less for a reduction with few tiles.
+    tile_width: u64,
     tiles_per_row: u64,
     tile_count: u64,
     chunk_count: u32,
@@ -833,14 +849,22 @@ pub fn map_run(comptime op: MapOp, comptime dtype: Dtype, map: *const Map) void 
     const inner_len = layout.kept_shape[layout.kept_ndim - 1];
     assert(kept_count >= 1 and reduced_count >= 1);
     assert(kept_count % inner_len == 0);
-    const tiles_per_row = (inner_len + tile_len - 1) / tile_len;
-    const tile_count = kept_count / inner_len * tiles_per_row;
     const chunk_count = reduce_chunks(layout);
+    // A reduction over few tiles splits its targets finer, so every thread gets a share (each
+    // target's sum is the same chain whatever the tile it is in: the same bits).
+    const reduces = reduced_count > 1 or layout.reduced_ndim > 0;
+    var tile_width: u64 = tile_len;
+    if (reduces and chunk_count == 1) {
+        while (tile_width > 64 and kept_count / inner_len * ((inner_len + tile_width - 1) / tile_width) < 4 * pool.thread_count()) tile_width /= 2;
+    }
+    const tiles_per_row = (inner_len + tile_width - 1) / tile_width;
+    const tile_count = kept_count / inner_len * tiles_per_row;
     var partials: [chunks_max][tile_len]f64 = undefined;
     const state = MapState{
         .map = map,
         .reduced_count = reduced_count,
         .inner_len = inner_len,
+        .tile_width = tile_width,
         .tiles_per_row = tiles_per_row,
         .tile_count = tile_count,
         .chunk_count = chunk_count,
