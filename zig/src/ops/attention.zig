@@ -520,6 +520,38 @@ fn Kernels(comptime dtype: Dtype) type {
             while (j < dim) : (j += 1) weighted_chunk(R, 1, acc, dim, r0, factors, s_t, values, c_begin, c_end, j);
         }
 
+        /// tile rows [0, rows) of width dim, transposed into vectors over the rows (lanes past
+        /// `rows` are 0).
+        fn transpose_rows(tile: []const f32, rows: u64, dim: u64, out: *[head_dim_max]RowVec) void {
+            for (0..dim) |d| {
+                var column: [block_q]f32 = @splat(0);
+                for (0..rows) |r| column[r] = tile[r * dim + d];
+                out[d] = column;
+            }
+        }
+
+        /// keys_end of each row of the query tile at q0 (lanes past `rows` repeat the last row's).
+        fn row_limits(p: *const Problem, q0: u64, rows: u64) RowIndex {
+            var limits: [block_q]u32 = undefined;
+            for (&limits, 0..) |*limit, r| limit.* = @intCast(p.keys_end(q0 + @min(r, rows - 1)));
+            return limits;
+        }
+
+        /// Which rows see key `index`: causally visible and kept by the mask.
+        inline fn visible_rows(limits: RowIndex, index: u64, keep: bool) @Vector(block_q, bool) {
+            const none: @Vector(block_q, bool) = @splat(false);
+            return @select(bool, @as(RowIndex, @splat(@intCast(index))) < limits, @as(@Vector(block_q, bool), @splat(keep)), none);
+        }
+
+        /// out[c] = the tile rows' products with key c, for every key c < cols (blocks of key_block).
+        fn tile_products(q_t: *const [head_dim_max]RowVec, keys: TileRows, dim: usize, cols: usize, out: *[block_kv][block_q]f32) void {
+            var c0: usize = 0;
+            while (c0 + key_block <= cols) : (c0 += key_block) key_products(key_block, q_t, keys, dim, c0, out);
+            inline for (1..key_block) |n| {
+                if (cols - c0 == n) key_products(n, q_t, keys, dim, c0, out);
+            }
+        }
+
         /// One (batch, query head, query tile) of the forward pass. The query tile is held
         /// transposed, so each key's scores for all the tile's rows are one vector: the products,
         /// scaling, masking, running maxima, exp and sums run over rows in vector lanes, with no
@@ -534,15 +566,9 @@ fn Kernels(comptime dtype: Dtype) type {
             const h_kv = h / p.group();
             // The query tile, transposed through the accumulator tile (then cleared).
             for (0..rows) |r| load_row(dtype, f.q, p.q_index(b, q0 + r, h), row_of(&tiles.acc, r, dim));
-            for (0..dim) |d| {
-                var column: [block_q]f32 = @splat(0);
-                for (0..rows) |r| column[r] = tiles.acc[r * dim + d];
-                tiles.q_t[d] = column;
-            }
+            transpose_rows(&tiles.acc, rows, dim, &tiles.q_t);
             @memset(tiles.acc[0 .. rows * dim], 0);
-            var row_limits: [block_q]u32 = undefined;
-            for (&row_limits, 0..) |*limit, r| limit.* = @intCast(p.keys_end(q0 + @min(r, rows - 1)));
-            const limits: RowIndex = row_limits;
+            const limits = row_limits(p, q0, rows);
             var m: RowVec = none_row;
             var l: RowVec = @splat(0);
             const kv_end = p.keys_end(q0 + rows - 1);
@@ -552,16 +578,11 @@ fn Kernels(comptime dtype: Dtype) type {
                 const keys = tile_rows(f.k, p.k_index(b, k0, h_kv), p.k_stride, cols, dim, &tiles.k);
                 const values = tile_rows(f.v, p.v_index(b, k0, h_kv), p.v_stride, cols, dim, &tiles.v);
                 for (0..cols) |c| tiles.keep[c] = if (f.mask) |mask| mask.keep(b * p.steps_kv + k0 + c) else true;
-                var c0: usize = 0;
-                while (c0 + key_block <= cols) : (c0 += key_block) key_products(key_block, &tiles.q_t, keys, dim, c0, &tiles.s_t);
-                inline for (1..key_block) |n| {
-                    if (cols - c0 == n) key_products(n, &tiles.q_t, keys, dim, c0, &tiles.s_t);
-                }
+                tile_products(&tiles.q_t, keys, dim, cols, &tiles.s_t);
                 // Scale, hide what a row cannot see, and take each row's maximum.
                 var tile_max = none_row;
                 for (0..cols) |c| {
-                    const index: u32 = @intCast(k0 + c);
-                    const visible = @select(bool, @as(RowIndex, @splat(index)) < limits, @as(@Vector(block_q, bool), @splat(tiles.keep[c])), @as(@Vector(block_q, bool), @splat(false)));
+                    const visible = visible_rows(limits, k0 + c, tiles.keep[c]);
                     const scaled = @as(RowVec, tiles.s_t[c]) * @as(RowVec, @splat(f.scale));
                     const score = @select(f32, visible, scaled, none_row);
                     tiles.s_t[c] = score;
@@ -789,20 +810,10 @@ fn Kernels(comptime dtype: Dtype) type {
                     var delta: [block_q]f32 = @splat(0);
                     var lse: [block_q]f32 = @splat(-std.math.inf(f32));
                     load_queries(g, b, h, q0, rows, &t.q, &t.d_out, &delta, &lse);
-                    for (0..dim) |d| {
-                        var q_column: [block_q]f32 = @splat(0);
-                        var d_out_column: [block_q]f32 = @splat(0);
-                        for (0..rows) |r| {
-                            q_column[r] = t.q[r * dim + d];
-                            d_out_column[r] = t.d_out[r * dim + d];
-                        }
-                        t.q_t[d] = q_column;
-                        t.d_out_t[d] = d_out_column;
-                    }
+                    transpose_rows(&t.q, rows, dim, &t.q_t);
+                    transpose_rows(&t.d_out, rows, dim, &t.d_out_t);
                     @memset(t.dq[0 .. rows * dim], 0);
-                    var row_limits: [block_q]u32 = undefined;
-                    for (&row_limits, 0..) |*limit, r| limit.* = @intCast(p.keys_end(q0 + @min(r, rows - 1)));
-                    const limits: RowIndex = row_limits;
+                    const limits = row_limits(p, q0, rows);
                     const shift: RowVec = lse;
                     // A row that sees no key (lse -inf) gets no gradient: its probabilities are 0.
                     const live = shift != none_row;
@@ -813,21 +824,11 @@ fn Kernels(comptime dtype: Dtype) type {
                         const keys = tile_rows(g.k, p.k_index(b, k0, h_kv), p.k_stride, cols, dim, &t.k);
                         const values = tile_rows(g.v, p.v_index(b, k0, h_kv), p.v_stride, cols, dim, &t.v);
                         for (0..cols) |c| t.keep[c] = if (g.mask) |mask| mask.keep(b * p.steps_kv + k0 + c) else true;
-                        var c0: usize = 0;
-                        while (c0 + key_block <= cols) : (c0 += key_block) {
-                            key_products(key_block, &t.q_t, keys, dim, c0, &t.p_t);
-                            key_products(key_block, &t.d_out_t, values, dim, c0, &t.ds_t);
-                        }
-                        inline for (1..key_block) |n| {
-                            if (cols - c0 == n) {
-                                key_products(n, &t.q_t, keys, dim, c0, &t.p_t);
-                                key_products(n, &t.d_out_t, values, dim, c0, &t.ds_t);
-                            }
-                        }
+                        tile_products(&t.q_t, keys, dim, cols, &t.p_t);
+                        tile_products(&t.d_out_t, values, dim, cols, &t.ds_t);
                         const scale: RowVec = @splat(g.scale);
                         for (0..cols) |c| {
-                            const index: u32 = @intCast(k0 + c);
-                            const visible = @select(bool, @as(RowIndex, @splat(index)) < limits, @as(@Vector(block_q, bool), @splat(t.keep[c])), @as(@Vector(block_q, bool), @splat(false)));
+                            const visible = visible_rows(limits, k0 + c, t.keep[c]);
                             const seen = @select(bool, live, visible, @as(@Vector(block_q, bool), @splat(false)));
                             const scaled = @as(RowVec, t.p_t[c]) * scale;
                             const prob = exp(block_q, @select(f32, seen, scaled - shift, none_row));
