@@ -520,6 +520,16 @@ fn Kernels(comptime dtype: Dtype) type {
             while (j < dim) : (j += 1) weighted_chunk(R, 1, acc, dim, r0, factors, s_t, values, c_begin, c_end, j);
         }
 
+        /// The key and value rows of the tile [k0, k0 + cols) of (batch b, kv head h_kv), and in
+        /// `keep` which keys the mask keeps.
+        fn key_value_rows(p: *const Problem, kp: [*]const u8, vp: [*]const u8, mask: ?Mask, b: u64, h_kv: u64, k0: u64, cols: u64, k_tile: *KTile, v_tile: *KTile, keep: *[block_kv]bool) struct { TileRows, TileRows } {
+            for (0..cols) |c| keep[c] = if (mask) |m| m.keep(b * p.steps_kv + k0 + c) else true;
+            return .{
+                tile_rows(kp, p.k_index(b, k0, h_kv), p.k_stride, cols, p.head_dim, k_tile),
+                tile_rows(vp, p.v_index(b, k0, h_kv), p.v_stride, cols, p.head_dim, v_tile),
+            };
+        }
+
         /// tile rows [0, rows) of width dim, transposed into vectors over the rows (lanes past
         /// `rows` are 0).
         fn transpose_rows(tile: []const f32, rows: u64, dim: u64, out: *[head_dim_max]RowVec) void {
@@ -575,9 +585,7 @@ fn Kernels(comptime dtype: Dtype) type {
             var k0: u64 = 0;
             while (k0 < kv_end) : (k0 += block_kv) {
                 const cols = @min(block_kv, kv_end - k0);
-                const keys = tile_rows(f.k, p.k_index(b, k0, h_kv), p.k_stride, cols, dim, &tiles.k);
-                const values = tile_rows(f.v, p.v_index(b, k0, h_kv), p.v_stride, cols, dim, &tiles.v);
-                for (0..cols) |c| tiles.keep[c] = if (f.mask) |mask| mask.keep(b * p.steps_kv + k0 + c) else true;
+                const keys, const values = key_value_rows(p, f.k, f.v, f.mask, b, h_kv, k0, cols, &tiles.k, &tiles.v, &tiles.keep);
                 tile_products(&tiles.q_t, keys, dim, cols, &tiles.s_t);
                 // Scale, hide what a row cannot see, and take each row's maximum.
                 var tile_max = none_row;
@@ -821,9 +829,7 @@ fn Kernels(comptime dtype: Dtype) type {
                     var k0: u64 = 0;
                     while (k0 < kv_end) : (k0 += block_kv) {
                         const cols = @min(block_kv, kv_end - k0);
-                        const keys = tile_rows(g.k, p.k_index(b, k0, h_kv), p.k_stride, cols, dim, &t.k);
-                        const values = tile_rows(g.v, p.v_index(b, k0, h_kv), p.v_stride, cols, dim, &t.v);
-                        for (0..cols) |c| t.keep[c] = if (g.mask) |mask| mask.keep(b * p.steps_kv + k0 + c) else true;
+                        const keys, const values = key_value_rows(p, g.k, g.v, g.mask, b, h_kv, k0, cols, &t.k, &t.v, &t.keep);
                         tile_products(&t.q_t, keys, dim, cols, &t.p_t);
                         tile_products(&t.d_out_t, values, dim, cols, &t.ds_t);
                         const scale: RowVec = @splat(g.scale);
