@@ -363,16 +363,9 @@ const Keys = struct {
     }
 };
 
-/// The products of one row `a` (length D) with n columns of a transposed tile [D][block_kv]
-/// starting at `col`: sum over d of a[d] * tile[d][col + i], summed in order of d.
-pub inline fn products(comptime n: comptime_int, a: []const f32, tile: []const f32, col: usize) F(n) {
-    var total: F(n) = @splat(0);
-    for (a, 0..) |x, d| total = @mulAdd(F(n), @splat(x), tile[d * block_kv + col ..][0..n].*, total);
-    return total;
-}
-
-/// products_row of two rows, each against its own transposed tile, in one pass over d: the same
-/// sums in the same order as two products_row calls, with four accumulator chains in flight.
+/// The products of two rows, each against its own transposed tile [D][block_kv], with every
+/// column: out[c] = sum over d of a[d] * tile[d][c], each summed with fused multiply-adds in order
+/// of d from 0, four accumulator chains in flight.
 fn products_pair(a0: []const f32, tile0: []const f32, out0: *[block_kv]f32, a1: []const f32, tile1: []const f32, out1: *[block_kv]f32) void {
     comptime std.debug.assert(block_kv == 2 * lanes);
     std.debug.assert(a0.len == a1.len);
@@ -395,7 +388,7 @@ fn products_pair(a0: []const f32, tile0: []const f32, out0: *[block_kv]f32, a1: 
     out1[lanes..][0..lanes].* = y1;
 }
 
-/// Turns a row's products with the key tile (in `out`, from products_row or products_pair) into
+/// Turns a row's products with the key tile (in `out`, from products_pair) into
 /// its scores: times scale, minus `shift`, -inf where the row cannot see the key. Returns the
 /// maximum before the shift (-inf: none seen).
 fn finish_scores(p: *const Problem, keys: *const Keys, position: u64, k0: u64, cols: u64, scale: f32, shift: f32, out: *[block_kv]f32) f32 {
@@ -489,7 +482,7 @@ fn Kernels(comptime dtype: Dtype) type {
         }
 
         /// s_t[c0 + i] = the tile rows' products with key c0 + i, i < n: a vector over rows per
-        /// key, each lane summed over d in order from 0 (the bits of `products`), n chains in flight.
+        /// key, each lane summed over d in order from 0 (the bits of products_pair), n chains in flight.
         inline fn key_products(comptime n: usize, q_t: *const [head_dim_max]RowVec, keys: TileRows, dim: usize, c0: usize, s_t: *[block_kv][block_q]f32) void {
             var sums: [n]RowVec = @splat(@splat(0));
             for (0..dim) |d| {
