@@ -1041,6 +1041,21 @@ fn test_layout() Layout {
     return std.mem.zeroes(Layout);
 }
 
+/// The sum of all `count` elements of every operand into one target (each read contiguously); for
+/// tests, here and in map_device.zig.
+pub fn full_reduction_layout(count: u64) Layout {
+    var layout = test_layout();
+    layout.kept_ndim = 1;
+    layout.kept_shape[0] = 1;
+    layout.reduced_ndim = 1;
+    layout.reduced_shape[0] = count;
+    for (0..operands_max) |i| {
+        layout.reduced_strides[i][0] = 1;
+        layout.operand_counts[i] = count;
+    }
+    return layout;
+}
+
 test "map adds a broadcast row to a matrix and sums the matrix back over its rows" {
     // x [3, 20] + b [20] -> y; then sum y over axis 0 -> [20].
     var x: [60]f32 = undefined;
@@ -1102,15 +1117,7 @@ test "every dispatch path gives the map engine's bits for every op and dtype: br
     rows_layout.reduced_strides[1][0] = 0;
     rows_layout.reduced_strides[2][0] = cols;
     rows_layout.operand_counts[0..3].* = .{ rows * cols, cols, rows * cols };
-    var full_layout = test_layout();
-    full_layout.kept_ndim = 1;
-    full_layout.kept_shape[0] = 1;
-    full_layout.reduced_ndim = 1;
-    full_layout.reduced_shape[0] = count;
-    full_layout.reduced_strides[0][0] = 1;
-    full_layout.reduced_strides[1][0] = 1;
-    full_layout.reduced_strides[2][0] = 1;
-    full_layout.operand_counts[0..3].* = .{ count, count, count };
+    const full_layout = full_reduction_layout(count);
     defer dispatch.set_path_for_test(null);
     inline for (.{ Dtype.float32, Dtype.bfloat16, Dtype.float16 }) |dtype| {
         for (0..inputs.len) |i| storage.store_one(dtype, @ptrCast(inputs.ptr), i, 0.5 + 1.5 * prng.random().float(f32));
@@ -1135,13 +1142,7 @@ test "a chunked full reduction gives the same bits on one and on four threads" {
     const x = try testing.allocator.alloc(u16, count);
     defer testing.allocator.free(x);
     for (x, 0..) |*v, i| v.* = @truncate((i * 2654435761) >> 7 & 0x3fff | 0x3c00);
-    var layout = test_layout();
-    layout.kept_ndim = 1;
-    layout.kept_shape[0] = 1;
-    layout.reduced_ndim = 1;
-    layout.reduced_shape[0] = count;
-    layout.reduced_strides[0][0] = 1;
-    layout.operand_counts[0] = count;
+    const layout = full_reduction_layout(count);
     var totals: [2]u16 = undefined;
     for (&totals, [_]u32{ 1, 4 }) |*total, threads| {
         pool.set_thread_count(threads);

@@ -255,13 +255,7 @@ test "map_target splits long reductions into the engine's chunks" {
         try expect_same_mirrored(.copy, dtype, &space, 0, 0, 1, true);
     }
     // A full reduction of 2^20 + 7 terms into one target: sixteen chunks.
-    var full = empty_layout();
-    full.kept_ndim = 1;
-    full.kept_shape[0] = 1;
-    full.reduced_ndim = 1;
-    full.reduced_shape[0] = (1 << 20) + 7;
-    full.reduced_strides[0][0] = 1;
-    full.operand_counts[0] = (1 << 20) + 7;
+    const full = elementwise.full_reduction_layout((1 << 20) + 7);
     try testing.expectEqual(@as(u32, 16), elementwise.reduce_chunks(&full));
     try expect_same(.copy, .float32, &full, 0, 0, 1);
     try expect_same_mirrored(.copy, .float32, &full, 0, 0, 1, true);
