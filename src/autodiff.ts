@@ -289,9 +289,8 @@ function backwardPass(
     }
     return withoutScope(() => grad.clone());
   });
-  for (const [target, grad] of grads) {
-    if (results[targets.indexOf(target)] !== grad) drop(grad);
-  }
+  const kept = new Set(results);
+  for (const grad of grads.values()) if (!kept.has(grad)) drop(grad);
   return results;
 }
 
